@@ -1,0 +1,14 @@
+//! The content-addressable store ("TheSource"): where blobs live, how they enter atomically,
+//! and the bookkeeping beside them (registry of projects, store lock).
+
+pub mod error;
+pub mod layout;
+pub mod lock;
+pub mod registry;
+pub mod shard;
+pub mod store;
+pub mod sys;
+
+pub use error::{CasError, Result};
+pub use layout::{blob_rel, parse_blob_name, BLOB_DIR};
+pub use store::{Cas, CopyKind, SIBLING_TEMP_PREFIX, WRITE_BITS};

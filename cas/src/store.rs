@@ -1,0 +1,390 @@
+//! The store itself: opening it and the atomic ways a blob can enter it.
+//!
+//! A blob appears only by `link`/`rename` of a complete file, so a reader never sees a partial
+//! blob, and an existing blob is never replaced (EEXIST is how a dedup hit shows up).
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vrift_manifest::Hash;
+
+use crate::error::{CasError, Result};
+use crate::layout::{blob_rel_into, shard_index, BLOB_DIR, MAX_REL_LEN};
+use crate::shard::ShardSet;
+use crate::sys;
+
+/// Write bits are stripped from every blob: a blob's name is its content, so nobody may write it.
+pub const WRITE_BITS: u32 = 0o222;
+
+/// Sub-directories of a store root. All state lives under the root, so one directory is one
+/// complete store and a custom `--the-source-root` never scatters files into its parent.
+pub const TMP_DIR: &str = "tmp";
+pub const MANIFEST_DIR: &str = "manifests";
+pub const LOCK_DIR: &str = "locks";
+
+/// How a copy into the store was made, for metrics and the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyKind {
+    Reflink,
+    Copy,
+}
+
+/// A content-addressable store rooted at one directory.
+pub struct Cas {
+    root: PathBuf,
+    blob_dir: PathBuf,
+    blob_fd: OwnedFd,
+    shards: ShardSet,
+    tmp_counter: AtomicU64,
+}
+
+impl Cas {
+    /// Opens a store, creating its skeleton on first use (but not the 65,536 shard directories,
+    /// which appear on demand).
+    pub fn open(root: &Path) -> Result<Cas> {
+        for sub in [BLOB_DIR, TMP_DIR, MANIFEST_DIR, LOCK_DIR] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(|e| CasError::io(&p, e))?;
+        }
+        Self::open_existing(root)
+    }
+
+    /// Opens a store that must already exist; maintenance commands use this so a mistyped
+    /// root is an error instead of a new empty store.
+    pub fn open_existing(root: &Path) -> Result<Cas> {
+        let root = fs::canonicalize(root).map_err(|e| CasError::io(root, e))?;
+        let blob_dir = root.join(BLOB_DIR);
+        if !blob_dir.is_dir() {
+            return Err(CasError::NotAStore { path: root });
+        }
+        let blob_fd = sys::open_dir_path(&blob_dir).map_err(|e| CasError::io(&blob_dir, e))?;
+        Ok(Cas {
+            root,
+            blob_dir,
+            blob_fd,
+            shards: ShardSet::default(),
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_dir(&self) -> &Path {
+        &self.blob_dir
+    }
+
+    /// Absolute path of a blob (which may or may not exist).
+    pub fn blob_path(&self, hash: &Hash, size: u64) -> PathBuf {
+        let mut rel = Vec::with_capacity(MAX_REL_LEN);
+        blob_rel_into(hash, size, &mut rel);
+        self.blob_dir.join(std::ffi::OsStr::from_bytes(&rel))
+    }
+
+    fn rel_c(hash: &Hash, size: u64) -> CString {
+        let mut rel = Vec::with_capacity(MAX_REL_LEN + 1);
+        blob_rel_into(hash, size, &mut rel);
+        // hex digits and ASCII only: no interior NUL.
+        CString::new(rel).expect("blob names are ASCII")
+    }
+
+    fn bfd(&self) -> RawFd {
+        self.blob_fd.as_raw_fd()
+    }
+
+    /// Makes sure the `ab/cd/` directory for `hash` exists. Cheap after the first call per
+    /// shard; safe to race with other threads and processes.
+    pub fn ensure_shard(&self, hash: &Hash) -> Result<()> {
+        let idx = shard_index(hash);
+        if self.shards.has_leaf(idx) {
+            return Ok(());
+        }
+        let mut hex = [0u8; 64];
+        vrift_manifest::hex_into(hash, &mut hex);
+        let top = (idx >> 8) as usize;
+        if !self.shards.has_top(top) {
+            let name = sys::cbytes(&hex[0..2]).expect("ascii");
+            match sys::mkdirat(self.bfd(), &name, 0o755) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(CasError::io(self.blob_dir.join(name.to_str().unwrap()), e)),
+            }
+            self.shards.set_top(top);
+        }
+        let mut leaf = [0u8; 5];
+        leaf[..2].copy_from_slice(&hex[0..2]);
+        leaf[2] = b'/';
+        leaf[3..].copy_from_slice(&hex[2..4]);
+        let name = sys::cbytes(&leaf).expect("ascii");
+        match sys::mkdirat(self.bfd(), &name, 0o755) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(CasError::io(self.blob_dir.join(name.to_str().unwrap()), e)),
+        }
+        self.shards.set_leaf(idx);
+        Ok(())
+    }
+
+    /// Runs `op` on the blob's relative name; if the shard is missing (ENOENT), creates it and
+    /// tries once more. Trying first keeps a warm store at one syscall per file.
+    fn with_shard<T>(
+        &self,
+        hash: &Hash,
+        size: u64,
+        mut op: impl FnMut(&CString) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let rel = Self::rel_c(hash, size);
+        let idx = shard_index(hash);
+        if !self.shards.has_leaf(idx) {
+            // Unknown shard: a failed attempt is as costly as the mkdir we may need anyway.
+            match op(&rel) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                other => {
+                    if other.is_ok() {
+                        self.shards.set_leaf(idx);
+                    }
+                    return other;
+                }
+            }
+            self.ensure_shard(hash)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        op(&rel)
+    }
+
+    /// Hard-links an open file (the inode that was hashed) in as the blob.
+    /// `Err(EEXIST)` means the blob already exists: a dedup hit. EXDEV, EMLINK and EPERM are
+    /// returned as is, so the caller can fall back to a copy.
+    pub fn link_in(
+        &self,
+        file: BorrowedFd<'_>,
+        src: &Path,
+        hash: &Hash,
+        size: u64,
+    ) -> io::Result<()> {
+        self.with_shard(hash, size, |rel| {
+            match sys::link_fd(file, self.bfd(), rel) {
+                // Kernels or filesystems that refuse AT_EMPTY_PATH: link by path instead.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EINVAL)) => {
+                    let c = sys::cstring(src)?;
+                    sys::linkat(libc::AT_FDCWD, &c, self.bfd(), rel)
+                }
+                other => other,
+            }
+        })
+    }
+
+    /// Moves a source file in as the blob (phantom mode). Never replaces an existing blob.
+    pub fn rename_in(&self, src: &Path, hash: &Hash, size: u64) -> io::Result<()> {
+        let c = sys::cstring(src)?;
+        self.with_shard(hash, size, |rel| {
+            sys::rename_noreplace(libc::AT_FDCWD, &c, self.bfd(), rel)
+        })
+    }
+
+    /// Copies `src` into the store (reflink where the filesystem can, else a byte copy), for
+    /// the cases a link cannot serve: another filesystem (EXDEV), a full inode (EMLINK), a file
+    /// we may not link. The copy is complete and read-only before it becomes visible.
+    pub fn copy_in(&self, src: &Path, hash: &Hash, size: u64, mode: u32) -> Result<CopyKind> {
+        let tmp = self.temp_path("copy");
+        let kind = match reflink_copy::reflink_or_copy(src, &tmp) {
+            Ok(None) => CopyKind::Reflink,
+            Ok(Some(_)) => CopyKind::Copy,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(CasError::io(src, e));
+            }
+        };
+        let result = (|| {
+            let f = File::open(&tmp).map_err(|e| CasError::io(&tmp, e))?;
+            let st = sys::fstat(f.as_fd()).map_err(|e| CasError::io(&tmp, e))?;
+            if st.st_size as u64 != size {
+                return Err(CasError::Changed {
+                    path: src.to_path_buf(),
+                });
+            }
+            sys::fchmod(f.as_fd(), mode & 0o7777 & !WRITE_BITS)
+                .map_err(|e| CasError::io(&tmp, e))?;
+            let c = sys::cstring(&tmp).map_err(|e| CasError::io(&tmp, e))?;
+            match self.with_shard(hash, size, |rel| {
+                sys::linkat(libc::AT_FDCWD, &c, self.bfd(), rel)
+            }) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(CasError::io(self.blob_path(hash, size), e)),
+            }
+        })();
+        let _ = fs::remove_file(&tmp);
+        result.map(|()| kind)
+    }
+
+    /// A fresh name under `<root>/tmp`, unique across threads and processes.
+    pub fn temp_path(&self, what: &str) -> PathBuf {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join(TMP_DIR)
+            .join(format!(".{what}-{}-{n}", std::process::id()))
+    }
+
+    /// `lstat` of a blob, or the error (ENOENT when absent).
+    pub fn blob_stat(&self, hash: &Hash, size: u64) -> io::Result<libc::stat> {
+        let rel = Self::rel_c(hash, size);
+        sys::fstatat(self.bfd(), &rel, libc::AT_SYMLINK_NOFOLLOW)
+    }
+
+    pub fn has_blob(&self, hash: &Hash, size: u64) -> bool {
+        self.blob_stat(hash, size).is_ok()
+    }
+
+    /// Removes write bits from a blob left writable (e.g. by a crash between link and chmod).
+    pub fn protect_blob(&self, hash: &Hash, size: u64, mode: u32) -> io::Result<()> {
+        let rel = Self::rel_c(hash, size);
+        sys::fchmodat(self.bfd(), &rel, mode & 0o7777 & !WRITE_BITS)
+    }
+
+    /// Hard-links a blob to `dest` (which must not exist). EMLINK/EXDEV are returned so the
+    /// caller can copy instead.
+    pub fn link_out(&self, hash: &Hash, size: u64, dest: &Path) -> io::Result<()> {
+        let rel = Self::rel_c(hash, size);
+        let d = sys::cstring(dest)?;
+        sys::linkat(self.bfd(), &rel, libc::AT_FDCWD, &d)
+    }
+
+    /// Atomically replaces `dest` by a hard link to the blob: link to a temp name beside it,
+    /// then rename over it. At no moment is `dest` missing or partial.
+    pub fn replace_with_blob(&self, hash: &Hash, size: u64, dest: &Path) -> io::Result<()> {
+        let rel = Self::rel_c(hash, size);
+        let tmp = sibling_temp(dest, self.tmp_counter.fetch_add(1, Ordering::Relaxed));
+        let t = sys::cstring(&tmp)?;
+        let d = sys::cstring(dest)?;
+        sys::linkat(self.bfd(), &rel, libc::AT_FDCWD, &t)?;
+        if let Err(e) = sys::renameat(libc::AT_FDCWD, &t, libc::AT_FDCWD, &d) {
+            let _ = sys::unlinkat(libc::AT_FDCWD, &t);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes a blob (gc, verify --repair). Other hard links to the inode are untouched.
+    pub fn remove_blob(&self, hash: &Hash, size: u64) -> io::Result<()> {
+        let rel = Self::rel_c(hash, size);
+        sys::unlinkat(self.bfd(), &rel)
+    }
+}
+
+/// Prefix of the temp names put beside project files; the walker ignores them, so a crash
+/// between link and rename never adds a stray entry to a manifest.
+pub const SIBLING_TEMP_PREFIX: &[u8] = b".vrift-tmp-";
+
+fn sibling_temp(dest: &Path, n: u64) -> PathBuf {
+    let mut name = SIBLING_TEMP_PREFIX.to_vec();
+    name.extend_from_slice(format!("{}-{n}", std::process::id()).as_bytes());
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    parent.join(std::ffi::OsStr::from_bytes(&name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn hash_of(b: &[u8]) -> Hash {
+        *blake3::hash(b).as_bytes()
+    }
+
+    #[test]
+    fn link_in_then_dedup_is_eexist() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(&dir.path().join("store")).unwrap();
+        let a = dir.path().join("a");
+        fs::write(&a, b"same").unwrap();
+        let b = dir.path().join("b");
+        fs::write(&b, b"same").unwrap();
+        let h = hash_of(b"same");
+        let fa = File::open(&a).unwrap();
+        cas.link_in(fa.as_fd(), &a, &h, 4).unwrap();
+        assert_eq!(fs::read(cas.blob_path(&h, 4)).unwrap(), b"same");
+        let fb = File::open(&b).unwrap();
+        let err = cas.link_in(fb.as_fd(), &b, &h, 4).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        cas.replace_with_blob(&h, 4, &b).unwrap();
+        assert_eq!(
+            fs::metadata(&b).unwrap().ino(),
+            fs::metadata(cas.blob_path(&h, 4)).unwrap().ino()
+        );
+        // no temp files left beside b
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn rename_in_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(&dir.path().join("store")).unwrap();
+        let h = hash_of(b"x");
+        let a = dir.path().join("a");
+        fs::write(&a, b"x").unwrap();
+        cas.rename_in(&a, &h, 1).unwrap();
+        assert!(!a.exists());
+        let b = dir.path().join("b");
+        fs::write(&b, b"y").unwrap();
+        let err = cas.rename_in(&b, &h, 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(cas.blob_path(&h, 1)).unwrap(), b"x");
+    }
+
+    #[test]
+    fn copy_in_is_read_only_and_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(&dir.path().join("store")).unwrap();
+        let a = dir.path().join("a");
+        fs::write(&a, b"content").unwrap();
+        let h = hash_of(b"content");
+        cas.copy_in(&a, &h, 7, 0o755).unwrap();
+        let p = cas.blob_path(&h, 7);
+        assert_eq!(fs::read(&p).unwrap(), b"content");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o555
+        );
+        assert_ne!(
+            fs::metadata(&p).unwrap().ino(),
+            fs::metadata(&a).unwrap().ino()
+        );
+        // a second copy of the same content is a no-op, not an error
+        cas.copy_in(&a, &h, 7, 0o644).unwrap();
+        assert_eq!(fs::read_dir(cas.root().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn copy_in_notices_size_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(&dir.path().join("store")).unwrap();
+        let a = dir.path().join("a");
+        fs::write(&a, b"longer content").unwrap();
+        let h = hash_of(b"short");
+        assert!(matches!(
+            cas.copy_in(&a, &h, 5, 0o644),
+            Err(CasError::Changed { .. })
+        ));
+        assert!(!cas.has_blob(&h, 5));
+    }
+
+    #[test]
+    fn open_existing_refuses_non_store() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Cas::open_existing(dir.path()),
+            Err(CasError::NotAStore { .. })
+        ));
+    }
+}

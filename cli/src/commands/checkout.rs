@@ -1,0 +1,47 @@
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use vrift_cas::Cas;
+use vrift_manifest::Manifest;
+use vrift_pipeline::Counters;
+
+use crate::args::CheckoutArgs;
+use crate::format::thousands;
+use crate::{Globals, Outcome};
+
+pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
+    let manifest = Manifest::open(&a.manifest)?;
+    let cas =
+        Cas::open_existing(&g.store).with_context(|| format!("store {}", g.store.display()))?;
+    let threads = if a.jobs > 0 {
+        a.jobs
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    };
+    let counters = Arc::new(Counters::default());
+    let report = vrift_pipeline::checkout(&cas, &manifest, &a.dir, threads, &counters)?;
+    super::print_issues(&counters.take_issues(), 20);
+    if g.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "Checked out {} → {}: {} files ({} linked, {} copied), {} dirs, {} symlinks, {} errors in {:.2} s",
+            a.manifest.display(),
+            a.dir.display(),
+            thousands(report.files),
+            thousands(report.linked),
+            thousands(report.copied),
+            thousands(report.dirs),
+            thousands(report.symlinks),
+            thousands(report.errors),
+            report.seconds
+        );
+    }
+    Ok(if report.errors > 0 {
+        Outcome::Failed
+    } else {
+        Outcome::Ok
+    })
+}

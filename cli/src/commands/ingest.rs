@@ -1,0 +1,126 @@
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use vrift_pipeline::{ingest, Counters, IngestOptions, IngestReport, IoBackend, Mode, Tier};
+
+use crate::args::{BackendArg, IngestArgs, ModeArg, TierArg};
+use crate::format::{bytes, thousands};
+use crate::progress::Progress;
+use crate::{Globals, Outcome};
+
+pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
+    let source = match &a.dir {
+        Some(d) => d.clone(),
+        None => resume_source(&a.output)?,
+    };
+    let mut opts = IngestOptions::new(source, a.output.clone());
+    opts.mode = match a.mode {
+        ModeArg::Solid => Mode::Solid,
+        ModeArg::Phantom => Mode::Phantom,
+    };
+    opts.tier = match a.tier {
+        TierArg::Tier1 => Tier::Tier1,
+        TierArg::Tier2 => Tier::Tier2,
+    };
+    opts.threads = a.jobs;
+    opts.io_backend = match a.io_backend {
+        BackendArg::Auto => IoBackend::Auto,
+        BackendArg::Uring => IoBackend::Uring,
+        BackendArg::Threads => IoBackend::Threads,
+    };
+    opts.security_filter = !a.no_security_filter;
+    opts.excludes = a.exclude.clone();
+    opts.record_excluded = a.show_excluded;
+    opts.name = a.name.clone();
+    opts.reuse_previous = !a.no_cache;
+
+    let counters = Arc::new(Counters::default());
+    let progress = Progress::start(g.progress, counters.clone(), "ingest");
+    let result = ingest(&opts, &g.store, &counters, |holders| {
+        let who: Vec<String> = holders.iter().map(|h| format!("pid {}", h.pid)).collect();
+        eprintln!(
+            "waiting for the store lock held by {}",
+            if who.is_empty() {
+                "another process".to_string()
+            } else {
+                who.join(", ")
+            }
+        );
+    });
+    progress.finish();
+    let report = result.with_context(|| format!("ingest of {} failed", opts.source.display()))?;
+
+    super::print_issues(&report.details.issues, 20);
+    if a.show_excluded {
+        for p in &report.details.excluded_paths {
+            if g.json {
+                eprintln!("excluded: {}", p.display());
+            } else {
+                println!("excluded: {}", p.display());
+            }
+        }
+    }
+    if g.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_summary(&report);
+    }
+    Ok(if report.errors > 0 {
+        Outcome::Failed
+    } else {
+        Outcome::Ok
+    })
+}
+
+/// `vrift ingest --resume -o OUT` without DIR: the journal knows the source.
+fn resume_source(output: &std::path::Path) -> Result<std::path::PathBuf> {
+    let j = vrift_pipeline::phantom::read_journal(output)?.with_context(|| {
+        format!(
+            "{}: nothing to resume (no journal beside it)",
+            output.display()
+        )
+    })?;
+    Ok(j.root)
+}
+
+fn print_summary(r: &IngestReport) {
+    let d = &r.details;
+    println!("Ingested {} → {}", d.source.display(), r.manifest.display());
+    if let Some(p) = &d.project {
+        println!("  project     {p} (store {})", d.store.display());
+    }
+    println!(
+        "  files       {:>12}  ({})",
+        thousands(r.files),
+        bytes(r.bytes)
+    );
+    println!("  dirs        {:>12}", thousands(r.dirs));
+    println!("  symlinks    {:>12}", thousands(r.symlinks));
+    println!("  new blobs   {:>12}", thousands(r.blobs_new));
+    println!("  dedup hits  {:>12}", thousands(r.dedup_hits));
+    println!(
+        "  skipped     {:>12}  (unchanged since the last ingest)",
+        thousands(r.skipped)
+    );
+    println!("  excluded    {:>12}", thousands(r.excluded));
+    println!("  errors      {:>12}", thousands(r.errors));
+    let copies = d.link_copy + d.link_reflink;
+    if copies > 0 || d.mode_conflicts > 0 {
+        println!(
+            "  copies      {:>12}  (cross-device {}, link cap {}, no permission {}); own inode for mode: {}",
+            thousands(copies),
+            thousands(d.fallback_exdev),
+            thousands(d.fallback_emlink),
+            thousands(d.fallback_eperm),
+            thousands(d.mode_conflicts)
+        );
+    }
+    if d.resumed {
+        println!("  resumed     an interrupted phantom ingest was completed first");
+    }
+    println!(
+        "  time        {:>10.2} s  ({} files/s)",
+        r.seconds,
+        thousands(r.files_per_sec.round() as u64)
+    );
+}

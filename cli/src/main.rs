@@ -1,0 +1,58 @@
+//! `vrift`: the command line over the ingest pipeline and the store.
+
+mod args;
+mod commands;
+mod format;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Command};
+
+/// What a command tells `main` about how it went (usage errors never get here: clap exits 2).
+pub enum Outcome {
+    Ok,
+    /// Completed, but something needs the user's attention (per-file errors, a failed check).
+    Failed,
+}
+
+/// Resolved global settings every command needs.
+pub struct Globals {
+    pub store: PathBuf,
+    pub json: bool,
+    pub progress: bool,
+}
+
+fn default_store() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    home.join(".vrift").join("the_source")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let g = Globals {
+        store: cli.the_source_root.clone().unwrap_or_else(default_store),
+        json: cli.json,
+        progress: !cli.no_progress && !cli.json,
+    };
+    let result = match &cli.command {
+        Command::Ingest(a) => commands::ingest::run(&g, a),
+        Command::Checkout(a) => commands::checkout::run(&g, a),
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Err(e) => {
+            if g.json {
+                println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! A live progress line on stderr, fed by polling the pipeline's atomic counters.
+//!
+//! Drawn only when stderr is a terminal (indicatif hides itself otherwise), so CI logs and
+//! pipes never see control characters.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use vrift_pipeline::Counters;
+
+use crate::format::{bytes, thousands};
+
+pub struct Progress {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Progress {
+    /// Starts polling `counters` if `enabled`; `label` leads the line.
+    pub fn start(enabled: bool, counters: Arc<Counters>, label: &'static str) -> Progress {
+        let stop = Arc::new(AtomicBool::new(false));
+        if !enabled || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return Progress { stop, handle: None };
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(label);
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let g = Counters::get;
+            while !s.load(Ordering::Relaxed) {
+                let c = &counters;
+                bar.set_message(format!(
+                    "{} files ({}), hashed {}, new {}, dedup {}, unchanged {}",
+                    thousands(g(&c.files)),
+                    bytes(g(&c.bytes)),
+                    thousands(g(&c.hashed_files)),
+                    thousands(g(&c.blobs_new)),
+                    thousands(g(&c.dedup_hits)),
+                    thousands(g(&c.skipped)),
+                ));
+                bar.tick();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        });
+        Progress {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

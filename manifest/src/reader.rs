@@ -1,0 +1,373 @@
+//! Opening manifests: mmap (or an aligned heap copy), verify once, then read in place.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapOptions};
+use rkyv::util::AlignedVec;
+
+use crate::entry::{Entry, Kind};
+use crate::format::{self, Header, HEADER_LEN};
+use crate::order::{cmp_paths, trim_trailing_slashes};
+use crate::schema::{ArchivedEntryData, ArchivedManifestData};
+use crate::ManifestError;
+
+/// rkyv needs the payload aligned to the archive's largest alignment (8); 16 leaves room.
+const PAYLOAD_ALIGN: usize = 16;
+
+enum Storage {
+    Mmap(Mmap),
+    /// A caller's buffer that happened to be suitably aligned already.
+    Vec(Vec<u8>),
+    Aligned(AlignedVec<PAYLOAD_ALIGN>),
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mmap(m) => m,
+            Storage::Vec(v) => v,
+            Storage::Aligned(v) => v,
+        }
+    }
+}
+
+// Shims and `run` share one opened manifest across threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Manifest>();
+};
+
+/// Options for [`Manifest::open_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// Verify the xxh3 checksum (reads every byte of the file). Structural validation
+    /// happens regardless, so skipping this can never cause a panic or unsafety — only
+    /// silently wrong data if the file was damaged. Default: `true`.
+    pub verify_checksum: bool,
+    /// Pre-fault the whole mapping (`MAP_POPULATE`); cheaper than faulting page by page
+    /// when the whole file is going to be read anyway (checksum). Default: `true`.
+    pub populate: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            verify_checksum: true,
+            populate: true,
+        }
+    }
+}
+
+/// An opened, validated manifest. Owns its bytes (an mmap or an aligned heap buffer);
+/// every accessor reads the archive in place.
+///
+/// The file must not be modified in place while mapped (writers in this project always
+/// replace manifests by rename, see [`crate::ManifestBuilder::write_atomic`]).
+pub struct Manifest {
+    storage: Storage,
+    header: Header,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifest")
+            .field("path", &self.path)
+            .field("root", &String::from_utf8_lossy(self.root()))
+            .field("entries", &self.len())
+            .field("flags", &self.flags())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Manifest {
+    /// Memory-maps and fully validates the manifest at `path`.
+    pub fn open(path: &Path) -> Result<Manifest, ManifestError> {
+        Self::open_with(path, OpenOptions::default())
+    }
+
+    /// [`open`](Self::open) with explicit [`OpenOptions`].
+    pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Manifest, ManifestError> {
+        let file = File::open(path).map_err(|e| ManifestError::io(path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| ManifestError::io(path, e))?
+            .len();
+        let storage = if len < HEADER_LEN as u64 {
+            // Too small to be a manifest (mmap of an empty file fails anyway); read it so
+            // the header check reports why.
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &file, &mut bytes)
+                .map_err(|e| ManifestError::io(path, e))?;
+            Storage::Vec(bytes)
+        } else {
+            let mut mo = MmapOptions::new();
+            if opts.populate {
+                mo.populate();
+            }
+            // SAFETY: the mapping is read-only and private to this process; manifests
+            // are only ever replaced by rename, never modified in place, so the bytes
+            // do not change under us (the usual mmap caveat, documented on `Manifest`).
+            let map = unsafe { mo.map(&file) }.map_err(|e| ManifestError::io(path, e))?;
+            Storage::Mmap(map)
+        };
+        Self::from_storage(storage, path, opts.verify_checksum)
+    }
+
+    /// Validates an in-memory manifest image (e.g. a cached copy). Copies it into an
+    /// aligned buffer only if `bytes` is not suitably aligned already. `name_for_errors`
+    /// is only used in error messages.
+    pub fn from_bytes(bytes: Vec<u8>, name_for_errors: &Path) -> Result<Manifest, ManifestError> {
+        let storage = if (bytes.as_ptr() as usize).is_multiple_of(PAYLOAD_ALIGN) {
+            Storage::Vec(bytes)
+        } else {
+            let mut v = AlignedVec::<PAYLOAD_ALIGN>::with_capacity(bytes.len());
+            v.extend_from_slice(&bytes);
+            Storage::Aligned(v)
+        };
+        Self::from_storage(storage, name_for_errors, true)
+    }
+
+    fn from_storage(
+        storage: Storage,
+        path: &Path,
+        verify_checksum: bool,
+    ) -> Result<Manifest, ManifestError> {
+        let bytes = storage.bytes();
+        let header = if verify_checksum {
+            format::verify(bytes, path)?
+        } else {
+            verify_length(bytes, path)?
+        };
+        let payload = &bytes[HEADER_LEN..];
+        let data = rkyv::access::<ArchivedManifestData, rkyv::rancor::Error>(payload)
+            .map_err(|e| ManifestError::invalid(path, format!("archive validation failed: {e}")))?;
+        check_invariants(data, &header).map_err(|reason| ManifestError::invalid(path, reason))?;
+        Ok(Manifest {
+            storage,
+            header,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn data(&self) -> &ArchivedManifestData {
+        let payload = self.storage.bytes().get(HEADER_LEN..).unwrap_or_default();
+        // SAFETY: `from_storage` validated exactly these bytes with `rkyv::access`
+        // (bytecheck) before constructing `self`, and the storage is immutable and owned
+        // by `self` (see the note on mmaps on `Manifest`).
+        unsafe { rkyv::access_unchecked::<ArchivedManifestData>(payload) }
+    }
+
+    fn raw_entries(&self) -> &[ArchivedEntryData] {
+        self.data().entries.as_slice()
+    }
+
+    /// The file this manifest was read from (or the name given to `from_bytes`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The decoded file header.
+    pub fn header(&self) -> Header {
+        self.header
+    }
+
+    /// Absolute directory the tree was ingested from (raw bytes).
+    pub fn root(&self) -> &[u8] {
+        self.data().root.as_slice()
+    }
+
+    /// Header flags (see [`crate::format::FLAG_PHANTOM`]).
+    pub fn flags(&self) -> u32 {
+        self.header.flags
+    }
+
+    /// True if the tree was ingested in phantom mode.
+    pub fn is_phantom(&self) -> bool {
+        self.header.flags & format::FLAG_PHANTOM != 0
+    }
+
+    /// When the manifest was built, ns since the Unix epoch.
+    pub fn created_unix_ns(&self) -> i64 {
+        self.data().created_unix_ns.to_native()
+    }
+
+    /// Number of entries, the root included (so never 0 for a valid manifest).
+    pub fn len(&self) -> usize {
+        self.raw_entries().len()
+    }
+
+    /// True if there are no entries (cannot happen for a validated manifest, which always
+    /// holds the root; provided for API symmetry).
+    pub fn is_empty(&self) -> bool {
+        self.raw_entries().is_empty()
+    }
+
+    /// Entry number `index` (0 is the root).
+    pub fn entry(&self, index: usize) -> Option<Entry<'_>> {
+        let data = self.data();
+        data.entries
+            .as_slice()
+            .get(index)
+            .map(|raw| Entry::new(index, raw, data.strings.as_slice()))
+    }
+
+    /// The root directory entry.
+    pub fn root_entry(&self) -> Option<Entry<'_>> {
+        self.entry(0)
+    }
+
+    /// Looks up a path relative to the root in O(log n). `""` is the root; trailing
+    /// slashes are ignored.
+    pub fn lookup(&self, rel_path: &[u8]) -> Option<Entry<'_>> {
+        self.lookup_index(rel_path).and_then(|i| self.entry(i))
+    }
+
+    /// Index of `rel_path` (see [`lookup`](Self::lookup)).
+    pub fn lookup_index(&self, rel_path: &[u8]) -> Option<usize> {
+        let want = trim_trailing_slashes(rel_path);
+        let data = self.data();
+        let strings = data.strings.as_slice();
+        data.entries
+            .as_slice()
+            .binary_search_by(|raw| {
+                let start = raw.path_off.to_native() as usize;
+                let end = start.saturating_add(raw.path_len.to_native() as usize);
+                let p = strings.get(start..end).unwrap_or_default();
+                cmp_paths(p, want)
+            })
+            .ok()
+    }
+
+    /// Direct children of `dir` in name order, found by hopping over each child's
+    /// subtree — O(number of children), not O(subtree). Empty for non-directories.
+    pub fn children(&self, dir: &Entry<'_>) -> Children<'_> {
+        let (next, end) = if dir.is_dir() {
+            (dir.index() + 1, dir.subtree_end().min(self.len()))
+        } else {
+            (0, 0)
+        };
+        Children {
+            manifest: self,
+            next,
+            end,
+        }
+    }
+
+    /// Every entry strictly below `dir` (its whole subtree), in manifest order.
+    pub fn descendants(&self, dir: &Entry<'_>) -> impl Iterator<Item = Entry<'_>> + '_ {
+        let end = dir.subtree_end().min(self.len());
+        (dir.index() + 1..end).filter_map(move |i| self.entry(i))
+    }
+
+    /// All entries in manifest (component-wise path) order, the root first.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Entry<'_>> + '_ {
+        let data = self.data();
+        let strings = data.strings.as_slice();
+        data.entries
+            .as_slice()
+            .iter()
+            .enumerate()
+            .map(move |(i, raw)| Entry::new(i, raw, strings))
+    }
+
+    /// The whole file image (header + payload), e.g. to store a cached copy.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.storage.bytes()
+    }
+}
+
+/// Iterator over a directory's direct children; see [`Manifest::children`].
+#[derive(Clone)]
+pub struct Children<'a> {
+    manifest: &'a Manifest,
+    next: usize,
+    end: usize,
+}
+
+impl<'a> Iterator for Children<'a> {
+    type Item = Entry<'a>;
+
+    fn next(&mut self) -> Option<Entry<'a>> {
+        if self.next >= self.end {
+            return None;
+        }
+        let e = self.manifest.entry(self.next)?;
+        // subtree_end > index was validated at open, so this always advances.
+        self.next = e.subtree_end().max(self.next + 1);
+        Some(e)
+    }
+}
+
+impl std::iter::FusedIterator for Children<'_> {}
+
+/// The header checks of `format::verify` minus the checksum.
+fn verify_length(bytes: &[u8], path: &Path) -> Result<Header, ManifestError> {
+    let header = Header::parse(bytes, path)?;
+    let expected = header.payload_len.saturating_add(HEADER_LEN as u64);
+    let found = bytes.len() as u64;
+    if found < expected {
+        return Err(ManifestError::Truncated {
+            path: path.into(),
+            expected,
+            found,
+        });
+    }
+    if found > expected {
+        return Err(ManifestError::invalid(
+            path,
+            format!("{} trailing bytes after the payload", found - expected),
+        ));
+    }
+    Ok(header)
+}
+
+/// The O(n) integer checks that make every accessor safe to use without further range
+/// checks: string ranges in bounds, known kinds, `subtree_end` in `(index, len]` (exactly
+/// `index + 1` for non-directories), and a root directory with the empty path at index 0.
+/// Sortedness is not re-checked (the checksum covers accidental damage; a deliberately
+/// mis-sorted file only makes lookups miss, never misbehave).
+fn check_invariants(data: &ArchivedManifestData, header: &Header) -> Result<(), String> {
+    let entries = data.entries.as_slice();
+    let strings_len = data.strings.len() as u64;
+    let n = entries.len();
+    if header.entry_count != n as u64 {
+        return Err(format!(
+            "header says {} entries, archive holds {n}",
+            header.entry_count
+        ));
+    }
+    let Some(root) = entries.first() else {
+        return Err("no root entry".into());
+    };
+    if root.path_len.to_native() != 0 || root.kind != Kind::Dir as u8 {
+        return Err("entry 0 is not the root directory".into());
+    }
+    if root.subtree_end.to_native() as usize != n {
+        return Err("root subtree does not span the manifest".into());
+    }
+    for (i, e) in entries.iter().enumerate() {
+        let path_end = u64::from(e.path_off.to_native()) + u64::from(e.path_len.to_native());
+        let target_end = u64::from(e.target_off.to_native()) + u64::from(e.target_len.to_native());
+        if path_end > strings_len || target_end > strings_len {
+            return Err(format!("entry {i}: string range out of bounds"));
+        }
+        if i > 0 && e.path_len.to_native() == 0 {
+            return Err(format!("entry {i}: empty path"));
+        }
+        let Some(kind) = Kind::from_u8(e.kind) else {
+            return Err(format!("entry {i}: unknown kind {}", e.kind));
+        };
+        let end = e.subtree_end.to_native() as usize;
+        let ok = if kind == Kind::Dir {
+            end > i && end <= n
+        } else {
+            end == i + 1
+        };
+        if !ok {
+            return Err(format!("entry {i}: subtree_end {end} out of range"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! Stage 3: read each file once and BLAKE3 it, noticing files that change under us.
+//!
+//! Small files (the vast majority in `node_modules`) are read whole into a per-thread buffer;
+//! large ones are streamed in 1 MiB reads. We deliberately do not `mmap`: a file truncated
+//! by another process while mapped raises SIGBUS and would kill the whole ingest.
+//! The open descriptor travels on to the place stage, which links *that* inode into the store,
+//! so a path swapped between hashing and linking cannot smuggle in other content.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::Instant;
+
+use flume::{Receiver, Sender};
+use vrift_manifest::Hash;
+
+use crate::report::Counters;
+use crate::walk::{FileItem, Stat};
+
+/// Files up to this size are read in one go into a reused buffer.
+const WHOLE_READ_MAX: u64 = 1 << 20;
+const CHUNK: usize = 1 << 20;
+/// How often a file that keeps changing is re-read before we give up on it.
+const ATTEMPTS: usize = 3;
+
+/// A hashed file, still open.
+pub struct Hashed {
+    pub item: FileItem,
+    pub hash: Hash,
+    pub file: File,
+    /// The file's state as hashed (fresh `fstat` after reading).
+    pub st: Stat,
+}
+
+/// Runs one hash worker until the input channel closes.
+pub fn hash_stage(rx: Receiver<Vec<FileItem>>, tx: Sender<Vec<Hashed>>, counters: &Counters) {
+    let mut buf = Vec::new();
+    for batch in rx.iter() {
+        let t = Instant::now();
+        Counters::sub_queue(&counters.queue_hash, batch.len() as u64);
+        let mut out = Vec::with_capacity(batch.len());
+        for item in batch {
+            match hash_file(&item, &mut buf) {
+                Ok((hash, file, st)) => {
+                    Counters::add(&counters.hashed_files, 1);
+                    Counters::add(&counters.hashed_bytes, st.size);
+                    out.push(Hashed {
+                        item,
+                        hash,
+                        file,
+                        st,
+                    });
+                }
+                Err(e) => counters.error(&item.path, e),
+            }
+        }
+        Counters::add(&counters.hash_ns, t.elapsed().as_nanos() as u64);
+        if !out.is_empty() {
+            Counters::add(&counters.queue_place, out.len() as u64);
+            if tx.send(out).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Why a file could not be hashed; the message names no path (the caller adds it).
+#[derive(Debug)]
+pub enum HashError {
+    Open(io::Error),
+    Read(io::Error),
+    NotRegular,
+    Changed,
+}
+
+impl std::fmt::Display for HashError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashError::Open(e) => write!(f, "cannot open: {e}"),
+            HashError::Read(e) => write!(f, "cannot read: {e}"),
+            HashError::NotRegular => write!(f, "is no longer a regular file"),
+            HashError::Changed => {
+                write!(f, "file kept changing while it was being hashed; skipped")
+            }
+        }
+    }
+}
+
+fn fstat(file: &File) -> Result<Stat, HashError> {
+    vrift_cas::sys::fstat(file.as_fd())
+        .map(|st| Stat::from_libc(&st))
+        .map_err(HashError::Read)
+}
+
+/// Hashes one file. The walk's `lstat` is the "before" picture when it is still the same
+/// inode; a fresh `fstat` after reading is the "after" picture. Size or mtime moving between
+/// them means the bytes we hashed may be a mix of old and new: read again.
+pub fn hash_file(item: &FileItem, buf: &mut Vec<u8>) -> Result<(Hash, File, Stat), HashError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&item.path)
+        .map_err(HashError::Open)?;
+    let mut before = item.st;
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            before = fstat(&file)?;
+        }
+        let (hash, read) = hash_contents(&file, before.size, buf)?;
+        let after = fstat(&file)?;
+        if after.mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(HashError::NotRegular);
+        }
+        if after.ino == before.ino
+            && after.size == before.size
+            && after.mtime_ns == before.mtime_ns
+            && read == after.size
+        {
+            return Ok((hash, file, after));
+        }
+        // Different inode at the path than the walk saw, or modified: take a fresh "before".
+        use std::io::Seek;
+        (&file)
+            .seek(io::SeekFrom::Start(0))
+            .map_err(HashError::Read)?;
+    }
+    Err(HashError::Changed)
+}
+
+fn hash_contents(
+    mut file: &File,
+    expect: u64,
+    buf: &mut Vec<u8>,
+) -> Result<(Hash, u64), HashError> {
+    if expect <= WHOLE_READ_MAX {
+        buf.clear();
+        // One spare byte so that a file that grew is noticed without a second read call
+        // in the common case.
+        buf.reserve(expect as usize + 1);
+        let n = file.read_to_end(buf).map_err(HashError::Read)?;
+        Ok((*blake3::hash(&buf[..n]).as_bytes(), n as u64))
+    } else {
+        let mut hasher = blake3::Hasher::new();
+        buf.resize(CHUNK, 0);
+        let mut total = 0u64;
+        loop {
+            let n = match file.read(&mut buf[..]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(HashError::Read(e)),
+            };
+            hasher.update(&buf[..n]);
+            total += n as u64;
+        }
+        Ok((*hasher.finalize().as_bytes(), total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn item(path: PathBuf) -> FileItem {
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        FileItem {
+            rel: b"x".to_vec(),
+            st: Stat::from_metadata(&md),
+            path,
+        }
+    }
+
+    #[test]
+    fn small_and_large_files_hash_like_blake3() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        for size in [0usize, 1, 4096, (1 << 20) + 17, 3 << 20] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let p = dir.path().join(format!("f{size}"));
+            std::fs::write(&p, &data).unwrap();
+            let (h, _, st) = hash_file(&item(p), &mut buf).unwrap();
+            assert_eq!(h, *blake3::hash(&data).as_bytes(), "size {size}");
+            assert_eq!(st.size, size as u64);
+        }
+    }
+
+    #[test]
+    fn a_file_replaced_after_the_walk_is_hashed_as_it_is_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"old").unwrap();
+        let it = item(p.clone());
+        let q = dir.path().join("g");
+        std::fs::write(&q, b"newer content").unwrap();
+        std::fs::rename(&q, &p).unwrap();
+        let (h, _, st) = hash_file(&it, &mut Vec::new()).unwrap();
+        assert_eq!(h, *blake3::hash(b"newer content").as_bytes());
+        assert_eq!(st.size, 13);
+    }
+
+    #[test]
+    fn unreadable_and_missing_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gone");
+        std::fs::write(&p, b"x").unwrap();
+        let it = item(p.clone());
+        std::fs::remove_file(&p).unwrap();
+        assert!(matches!(
+            hash_file(&it, &mut Vec::new()),
+            Err(HashError::Open(_))
+        ));
+    }
+}

@@ -1,0 +1,262 @@
+//! The whole ingest, stage by stage: walk → filter → hash → place → manifest.
+//!
+//! Each stage is a pool of threads joined to the next by a bounded `flume` channel carrying
+//! batches, so a slow stage pushes back instead of queueing the tree in memory. The filter
+//! runs inside the walker threads (see `filter.rs`). The collect side runs on the calling
+//! thread and owns the only unbounded thing: the list of entries for the manifest.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use vrift_cas::lock::{Holder, LockKind, StoreLock};
+use vrift_cas::registry::{self, Registration};
+use vrift_cas::Cas;
+use vrift_manifest::FLAG_PHANTOM;
+
+use crate::error::PipelineError;
+use crate::filter::Filter;
+use crate::hash::hash_stage;
+use crate::manifest;
+use crate::options::{IngestOptions, IoBackend, Mode};
+use crate::phantom;
+use crate::place::{place_stage, PlaceConfig};
+use crate::reingest::{NotReused, Previous};
+use crate::report::{Counters, IngestReport, ReportDetails};
+use crate::walk::{walk, WalkConfig, WalkSinks};
+
+/// Runs one ingest into the store at `store_root`. Per-file problems are in the report
+/// (`errors`, `details.issues`); only problems with the run as a whole are `Err`.
+pub fn ingest(
+    opts: &IngestOptions,
+    store_root: &Path,
+    counters: &Counters,
+    on_lock_wait: impl FnOnce(&[Holder]),
+) -> Result<IngestReport, PipelineError> {
+    let started = Instant::now();
+    raise_fd_limit();
+    let start =
+        std::fs::canonicalize(&opts.source).map_err(|e| PipelineError::io(&opts.source, e))?;
+    let md = std::fs::metadata(&start).map_err(|e| PipelineError::io(&start, e))?;
+    let root: PathBuf = if md.is_dir() {
+        start.clone()
+    } else if md.is_file() {
+        start.parent().unwrap_or(Path::new("/")).to_path_buf()
+    } else {
+        return Err(PipelineError::NotIngestable { path: start });
+    };
+    let output = absolute(&opts.output)?;
+    let threads = opts.thread_count();
+
+    let cas = Cas::open(store_root)?;
+    let _lock = StoreLock::acquire(cas.root(), LockKind::Shared, true, on_lock_wait)?;
+
+    let mut details = ReportDetails {
+        source: root.clone(),
+        store: cas.root().to_path_buf(),
+        io_backend: backend_name(opts.io_backend),
+        ..Default::default()
+    };
+
+    // An interrupted phantom ingest of this output is finished before anything else, so its
+    // moved files are never mistaken for deleted ones.
+    if let Some(j) = phantom::read_journal(&output)? {
+        if j.root != root {
+            return Err(PipelineError::PendingJournal {
+                path: phantom::journal_path(&output),
+                root: j.root,
+            });
+        }
+        let tier = if j.tier1 {
+            crate::Tier::Tier1
+        } else {
+            crate::Tier::Tier2
+        };
+        phantom::move_phase(&cas, &output, tier, threads, counters)?;
+        phantom::remove_journal(&output)?;
+        details.resumed = true;
+    }
+
+    let previous = if opts.reuse_previous {
+        match Previous::load(&output, &root, cas.blob_dir()) {
+            Ok(p) => Some(p),
+            Err(NotReused::Unreadable(why)) => {
+                counters.warn(&output, format!("previous manifest not reused: {why}"));
+                None
+            }
+            Err(NotReused::Missing) | Err(NotReused::OtherRoot) => None,
+        }
+    } else {
+        None
+    };
+
+    let mut filter = Filter::new(opts.security_filter, true, &opts.excludes)?;
+    for own in [output.clone(), phantom::journal_path(&output)] {
+        if let Ok(rel) = own.strip_prefix(&root) {
+            filter.ignore_path(rel);
+        }
+    }
+
+    let cap = threads.max(1) * 2;
+    let (hash_tx, hash_rx) = flume::bounded(cap);
+    let (place_tx, place_rx) = flume::bounded(cap);
+    let (done_tx, done_rx) = flume::bounded(cap * 4);
+    let place_cfg = PlaceConfig {
+        cas: &cas,
+        mode: opts.mode,
+        tier: opts.tier,
+        counters,
+    };
+    let walk_cfg = WalkConfig {
+        start: &start,
+        root: &root,
+        threads,
+        filter: &filter,
+        previous: previous.as_ref(),
+        counters,
+        record_excluded: opts.record_excluded,
+    };
+    let entries = std::thread::scope(|s| {
+        {
+            let sinks = WalkSinks {
+                to_hash: hash_tx,
+                done: done_tx.clone(),
+            };
+            let walk_cfg = &walk_cfg;
+            s.spawn(move || walk(walk_cfg, sinks));
+        }
+        for _ in 0..threads {
+            let (rx, tx) = (hash_rx.clone(), place_tx.clone());
+            s.spawn(move || hash_stage(rx, tx, counters));
+        }
+        drop(place_tx);
+        for _ in 0..threads {
+            let (rx, tx) = (place_rx.clone(), done_tx.clone());
+            let cfg = &place_cfg;
+            s.spawn(move || place_stage(rx, tx, cfg));
+        }
+        drop(done_tx);
+        manifest::collect(done_rx, counters)
+    });
+
+    let mut entries = entries;
+    if opts.mode == Mode::Phantom {
+        if let Some(p) = previous.as_ref() {
+            manifest::keep_phantom_entries(&mut entries, p);
+        }
+    }
+    let flags = if opts.mode == Mode::Phantom {
+        FLAG_PHANTOM
+    } else {
+        0
+    };
+    let (files, bytes) = entries
+        .iter()
+        .filter(|e| e.kind.has_content())
+        .fold((0u64, 0u64), |(f, b), e| (f + 1, b + e.size));
+    details.manifest_written =
+        manifest::write(entries, &root, flags, &output, previous.as_ref(), counters)?;
+    drop(previous);
+
+    if opts.mode == Mode::Phantom {
+        phantom::write_journal(
+            &output,
+            &phantom::Journal {
+                version: 1,
+                root: root.clone(),
+                output: output.clone(),
+                tier1: opts.tier == crate::Tier::Tier1,
+                pid: std::process::id(),
+            },
+        )?;
+        phantom::move_phase(&cas, &output, opts.tier, threads, counters)?;
+        phantom::remove_journal(&output)?;
+    }
+
+    if opts.register {
+        let name = opts
+            .name
+            .clone()
+            .unwrap_or_else(|| registry::default_name(&root));
+        registry::register(
+            cas.root(),
+            &Registration {
+                name: &name,
+                source: &root,
+                manifest: &output,
+                files,
+                bytes,
+            },
+        )?;
+        details.project = Some(name);
+    }
+
+    let g = Counters::get;
+    let seconds = started.elapsed().as_secs_f64();
+    let files_walked = g(&counters.files);
+    details.hashed_files = g(&counters.hashed_files);
+    details.hashed_bytes = g(&counters.hashed_bytes);
+    details.specials = g(&counters.specials);
+    details.mode_conflicts = g(&counters.mode_conflicts);
+    details.link_hardlink = g(&counters.link_hardlink);
+    details.link_rename = g(&counters.link_rename);
+    details.link_copy = g(&counters.link_copy);
+    details.link_reflink = g(&counters.link_reflink);
+    details.fallback_exdev = g(&counters.fallback_exdev);
+    details.fallback_emlink = g(&counters.fallback_emlink);
+    details.fallback_eperm = g(&counters.fallback_eperm);
+    details.walk_seconds = g(&counters.walk_ns) as f64 / 1e9;
+    details.hash_seconds = g(&counters.hash_ns) as f64 / 1e9;
+    details.place_seconds = g(&counters.place_ns) as f64 / 1e9;
+    details.manifest_seconds = g(&counters.manifest_ns) as f64 / 1e9;
+    details.issues = counters.take_issues();
+    details.excluded_paths = counters.take_excluded();
+    Ok(IngestReport {
+        files: files_walked,
+        dirs: g(&counters.dirs),
+        symlinks: g(&counters.symlinks),
+        bytes: g(&counters.bytes),
+        blobs_new: g(&counters.blobs_new),
+        dedup_hits: g(&counters.dedup_hits),
+        skipped: g(&counters.skipped),
+        excluded: g(&counters.excluded),
+        errors: g(&counters.errors),
+        seconds,
+        files_per_sec: if seconds > 0.0 {
+            files_walked as f64 / seconds
+        } else {
+            0.0
+        },
+        manifest: output,
+        details,
+    })
+}
+
+fn backend_name(b: IoBackend) -> &'static str {
+    match b {
+        IoBackend::Auto | IoBackend::Threads => "threads",
+        IoBackend::Uring => "uring",
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, PipelineError> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    let cwd = std::env::current_dir().map_err(|e| PipelineError::io(".", e))?;
+    Ok(cwd.join(p))
+}
+
+/// Batches in flight hold open files; make sure the soft limit is not what stops us.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max.min(1 << 16);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The ingest pipeline. Read the stages in order, one file each:
+//! [`walk`] → [`filter`] → [`hash`] → [`place`] → [`manifest`]; [`ingest`] wires them
+//! together, [`reingest`] skips unchanged files, [`phantom`] moves files after the manifest is
+//! durable, and [`checkout`] turns a manifest back into a tree.
+
+pub mod checkout;
+pub mod error;
+pub mod filter;
+pub mod hash;
+pub mod ingest;
+pub mod manifest;
+pub mod options;
+pub mod phantom;
+pub mod place;
+pub mod reingest;
+pub mod report;
+pub mod walk;
+
+pub use checkout::{checkout, CheckoutReport};
+pub use error::PipelineError;
+pub use ingest::ingest;
+pub use options::{IngestOptions, IoBackend, Mode, Tier};
+pub use report::{Counters, IngestReport, Issue, ReportDetails, Severity};

@@ -1,0 +1,85 @@
+//! What a user asks of an ingest. Names mirror the CLI flags in DESIGN.md section 2.
+
+use std::path::PathBuf;
+
+/// How a source file's bytes get into the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Hard-link the source into the store; the source stays (as the same inode).
+    #[default]
+    Solid,
+    /// Move the source into the store; afterwards the tree exists only through its manifest.
+    Phantom,
+}
+
+/// What is left at the source path after ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tier {
+    /// Immutable assets: each source file becomes a symlink to its blob.
+    Tier1,
+    /// Originals stay regular files in place.
+    #[default]
+    Tier2,
+}
+
+/// Which system-call engine the place stage uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// Whichever measured faster on this machine (see bench/README.md).
+    #[default]
+    Auto,
+    Uring,
+    Threads,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    pub source: PathBuf,
+    pub output: PathBuf,
+    pub mode: Mode,
+    pub tier: Tier,
+    /// Worker threads per parallel stage; 0 = all cores.
+    pub threads: usize,
+    pub io_backend: IoBackend,
+    /// Drop secrets (`.env*`, `*.pem`, keys) from the manifest; on by default.
+    pub security_filter: bool,
+    /// Extra user exclusion globs (gitignore-style, matched against the relative path).
+    pub excludes: Vec<String>,
+    /// Keep the list of excluded paths for `--show-excluded`.
+    pub record_excluded: bool,
+    /// Project name in the registry; defaults to the directory's name.
+    pub name: Option<String>,
+    /// Record the project in the store's registry (off for transient ingests).
+    pub register: bool,
+    /// Use the previous manifest at `output` to skip unchanged files.
+    pub reuse_previous: bool,
+}
+
+impl IngestOptions {
+    pub fn new(source: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
+        IngestOptions {
+            source: source.into(),
+            output: output.into(),
+            mode: Mode::Solid,
+            tier: Tier::Tier2,
+            threads: 0,
+            io_backend: IoBackend::Auto,
+            security_filter: true,
+            excludes: Vec::new(),
+            record_excluded: false,
+            name: None,
+            register: true,
+            reuse_previous: true,
+        }
+    }
+
+    pub fn thread_count(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }
+    }
+}

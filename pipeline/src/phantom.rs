@@ -1,0 +1,221 @@
+//! Phantom mode's second phase: moving source files into the store.
+//!
+//! Nothing is moved before the manifest naming every file is durable on disk, and a journal
+//! beside the output says a move phase may be unfinished. A `kill -9` at any moment therefore
+//! leaves every file either at its path or in the store under a durable manifest entry; a
+//! rerun (or `vrift ingest --resume`) finds the journal and completes the moves.
+
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use vrift_cas::{Cas, CopyKind, WRITE_BITS};
+use vrift_manifest::{EntryInput, Manifest};
+
+use crate::error::PipelineError;
+use crate::hash::hash_file;
+use crate::options::Tier;
+use crate::place::symlink_over;
+use crate::report::Counters;
+use crate::walk::{rel_os, FileItem, Stat};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Journal {
+    pub version: u32,
+    pub root: PathBuf,
+    pub output: PathBuf,
+    pub tier1: bool,
+    pub pid: u32,
+}
+
+/// Where the journal for an output manifest lives.
+pub fn journal_path(output: &Path) -> PathBuf {
+    let mut name = output.file_name().unwrap_or_default().to_os_string();
+    name.push(".journal");
+    output.with_file_name(name)
+}
+
+pub fn read_journal(output: &Path) -> Result<Option<Journal>, PipelineError> {
+    let path = journal_path(output);
+    match fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| PipelineError::Journal {
+                path,
+                reason: format!("unreadable journal: {e}"),
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PipelineError::io(path, e)),
+    }
+}
+
+pub fn write_journal(output: &Path, j: &Journal) -> Result<(), PipelineError> {
+    let path = journal_path(output);
+    let bytes = serde_json::to_vec_pretty(j).map_err(|e| PipelineError::Journal {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    vrift_manifest::write_file_atomic(&path, &bytes)?;
+    Ok(())
+}
+
+pub fn remove_journal(output: &Path) -> Result<(), PipelineError> {
+    let path = journal_path(output);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PipelineError::io(path, e)),
+    }
+}
+
+/// Moves every file of the (durable) manifest at `output` that is still at its path into the
+/// store. Files changed since they were hashed are re-hashed first and their entries updated;
+/// then the manifest is rewritten. Idempotent: safe to run again after a crash.
+pub fn move_phase(
+    cas: &Cas,
+    output: &Path,
+    tier: Tier,
+    threads: usize,
+    counters: &Counters,
+) -> Result<(), PipelineError> {
+    let manifest = Manifest::open(output)?;
+    let root = PathBuf::from(std::ffi::OsStr::from_bytes(manifest.root()));
+    let files: Vec<EntryInput> = manifest
+        .iter()
+        .filter(|e| e.kind().has_content())
+        .map(|e| e.to_input())
+        .collect();
+    let chunk = files.len().div_ceil(threads.max(1)).max(1);
+    let updates: Vec<EntryInput> = std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                let root = &root;
+                s.spawn(move || {
+                    let mut updated = Vec::new();
+                    let mut buf = Vec::new();
+                    for e in part {
+                        let path = root.join(rel_os(&e.path));
+                        match move_one(cas, e, &path, tier, counters, &mut buf) {
+                            Ok(Some(newer)) => updated.push(newer),
+                            Ok(None) => {}
+                            Err(msg) => counters.error(&path, msg),
+                        }
+                    }
+                    updated
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    if !updates.is_empty() {
+        let mut b = vrift_manifest::ManifestBuilder::with_capacity(
+            manifest.root().to_vec(),
+            manifest.len(),
+        );
+        b.set_flags(manifest.flags());
+        for e in manifest.iter() {
+            b.push(e.to_input());
+        }
+        for u in updates {
+            b.push(u); // later push of the same path wins
+        }
+        drop(manifest);
+        b.write_atomic(output)?;
+    }
+    Ok(())
+}
+
+/// Moves one file. `Ok(Some(entry))` when the file had changed and its entry was updated.
+fn move_one(
+    cas: &Cas,
+    e: &EntryInput,
+    path: &Path,
+    tier: Tier,
+    counters: &Counters,
+    buf: &mut Vec<u8>,
+) -> Result<Option<EntryInput>, String> {
+    let md = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            // Moved by an earlier (interrupted) run, or removed by the user since.
+            return if cas.has_blob(&e.hash, e.size) {
+                Ok(None)
+            } else {
+                Err(format!(
+                    "gone from its path and its blob {} is missing",
+                    vrift_cas::blob_rel(&e.hash, e.size)
+                ))
+            };
+        }
+        Err(err) => return Err(format!("cannot stat: {err}")),
+    };
+    if md.file_type().is_symlink() {
+        // tier1 leaves a symlink to the blob where the file was: already done.
+        return Ok(None);
+    }
+    if !md.file_type().is_file() {
+        return Err("is no longer a regular file; left in place".into());
+    }
+    let st = Stat::from_metadata(&md);
+    let same =
+        st.dev == e.dev && st.ino == e.ino && st.size == e.size && st.mtime_ns == e.cache_mtime_ns;
+    let (entry, updated) = if same {
+        (e.clone(), false)
+    } else {
+        let item = FileItem {
+            path: path.to_path_buf(),
+            rel: e.path.clone(),
+            st,
+        };
+        let (hash, _file, now) = hash_file(&item, buf).map_err(|err| err.to_string())?;
+        let mut n = e.clone();
+        n.hash = hash;
+        n.size = now.size;
+        n.mtime_ns = now.mtime_ns;
+        n.mode = now.mode & 0o7777;
+        n.kind = now.file_kind();
+        n.dev = now.dev;
+        n.ino = now.ino;
+        n.cache_mtime_ns = now.mtime_ns;
+        (n, true)
+    };
+    fs::set_permissions(
+        path,
+        std::os::unix::fs::PermissionsExt::from_mode(entry.mode & 0o7777 & !WRITE_BITS),
+    )
+    .map_err(|err| format!("cannot protect before moving: {err}"))?;
+    match cas.rename_in(path, &entry.hash, entry.size) {
+        Ok(()) => {
+            Counters::add(&counters.blobs_new, 1);
+            Counters::add(&counters.link_rename, 1);
+        }
+        Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+            Counters::add(&counters.dedup_hits, 1);
+            fs::remove_file(path).map_err(|err| format!("cannot remove after dedup: {err}"))?;
+        }
+        Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+            Counters::add(&counters.fallback_exdev, 1);
+            match cas.copy_in(path, &entry.hash, entry.size, entry.mode) {
+                Ok(CopyKind::Reflink) => Counters::add(&counters.link_reflink, 1),
+                Ok(CopyKind::Copy) => Counters::add(&counters.link_copy, 1),
+                Err(err) => return Err(format!("cannot copy into store: {err}")),
+            }
+            Counters::add(&counters.blobs_new, 1);
+            fs::remove_file(path).map_err(|err| format!("cannot remove after copy: {err}"))?;
+        }
+        Err(err) => return Err(format!("cannot move into store: {err}")),
+    }
+    if tier == Tier::Tier1 {
+        let blob = cas.blob_path(&entry.hash, entry.size);
+        std::os::unix::fs::symlink(&blob, path)
+            .or_else(|_| symlink_over(&blob, path))
+            .map_err(|err| format!("moved, but the tier1 symlink failed: {err}"))?;
+    }
+    Ok(updated.then_some(entry))
+}
