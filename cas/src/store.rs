@@ -87,6 +87,47 @@ impl Cas {
         self.blob_dir.join(std::ffi::OsStr::from_bytes(&rel))
     }
 
+    /// The blob's path relative to the blob directory, for `*at` calls (io_uring backends).
+    pub fn blob_rel_c(hash: &Hash, size: u64) -> CString {
+        Self::rel_c(hash, size)
+    }
+
+    /// The blob directory as a raw fd, for `*at` calls relative to it (stays open as long as
+    /// the `Cas`).
+    pub fn blob_dir_fd(&self) -> RawFd {
+        self.bfd()
+    }
+
+    /// Whether this process already knows the `ab/cd/` shard of `hash` exists.
+    pub fn shard_known(&self, hash: &Hash) -> bool {
+        self.shards.has_leaf(shard_index(hash))
+    }
+
+    /// Records that the shard (and its parent) of `hash` exists, e.g. after another engine
+    /// created it.
+    pub fn mark_shard(&self, hash: &Hash) {
+        let idx = shard_index(hash);
+        self.shards.set_top(idx >> 8);
+        self.shards.set_leaf(idx);
+    }
+
+    /// Whether the parent `ab/` of the shard of `hash` is known to exist.
+    pub fn shard_parent_known(&self, hash: &Hash) -> bool {
+        self.shards.has_top(shard_index(hash) >> 8)
+    }
+
+    /// Relative names of the shard's parent (`ab`) and the shard itself (`ab/cd`).
+    pub fn shard_names(hash: &Hash) -> (CString, CString) {
+        let mut hex = [0u8; 64];
+        vrift_manifest::hex_into(hash, &mut hex);
+        let top = sys::cbytes(&hex[0..2]).expect("ascii");
+        let mut leaf = [0u8; 5];
+        leaf[..2].copy_from_slice(&hex[0..2]);
+        leaf[2] = b'/';
+        leaf[3..].copy_from_slice(&hex[2..4]);
+        (top, sys::cbytes(&leaf).expect("ascii"))
+    }
+
     fn rel_c(hash: &Hash, size: u64) -> CString {
         let mut rel = Vec::with_capacity(MAX_REL_LEN + 1);
         blob_rel_into(hash, size, &mut rel);
@@ -229,7 +270,7 @@ impl Cas {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         self.root
             .join(TMP_DIR)
-            .join(format!(".{what}-{}-{n}", std::process::id()))
+            .join(format!(".{what}-{}-{n}", pid()))
     }
 
     /// `lstat` of a blob, or the error (ENOENT when absent).
@@ -282,9 +323,16 @@ impl Cas {
 /// between link and rename never adds a stray entry to a manifest.
 pub const SIBLING_TEMP_PREFIX: &[u8] = b".vrift-tmp-";
 
+/// The process id, asked of the kernel once (it is part of every temp name).
+pub fn pid() -> u32 {
+    use std::sync::OnceLock;
+    static PID: OnceLock<u32> = OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 fn sibling_temp(dest: &Path, n: u64) -> PathBuf {
     let mut name = SIBLING_TEMP_PREFIX.to_vec();
-    name.extend_from_slice(format!("{}-{n}", std::process::id()).as_bytes());
+    name.extend_from_slice(format!("{}-{n}", pid()).as_bytes());
     let parent = dest.parent().unwrap_or(Path::new("."));
     parent.join(std::ffi::OsStr::from_bytes(&name))
 }

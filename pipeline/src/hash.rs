@@ -128,33 +128,54 @@ pub fn hash_file(item: &FileItem, buf: &mut Vec<u8>) -> Result<(Hash, File, Stat
     Err(HashError::Changed)
 }
 
-fn hash_contents(
-    mut file: &File,
-    expect: u64,
-    buf: &mut Vec<u8>,
-) -> Result<(Hash, u64), HashError> {
+fn hash_contents(file: &File, expect: u64, buf: &mut Vec<u8>) -> Result<(Hash, u64), HashError> {
     if expect <= WHOLE_READ_MAX {
-        buf.clear();
-        // One spare byte so that a file that grew is noticed without a second read call
-        // in the common case.
-        buf.reserve(expect as usize + 1);
-        let n = file.read_to_end(buf).map_err(HashError::Read)?;
+        // Ask for one byte more than the walk saw: a single read() then returns the whole file
+        // and a file that grew shows up as a full buffer. (`read_to_end` would add an fstat and
+        // an lseek per file; the caller's fstat already confirms nothing moved.)
+        let want = expect as usize + 1;
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let mut n = 0;
+        while n < want {
+            match read_at_most(file, &mut buf[n..want])? {
+                0 => break,
+                k => n += k,
+            }
+            if n as u64 == expect {
+                // Regular files return short reads only at EOF; the size check after
+                // hashing catches a file that grew in between.
+                break;
+            }
+        }
         Ok((*blake3::hash(&buf[..n]).as_bytes(), n as u64))
     } else {
         let mut hasher = blake3::Hasher::new();
-        buf.resize(CHUNK, 0);
+        if buf.len() < CHUNK {
+            buf.resize(CHUNK, 0);
+        }
         let mut total = 0u64;
         loop {
-            let n = match file.read(&mut buf[..]) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(HashError::Read(e)),
-            };
-            hasher.update(&buf[..n]);
-            total += n as u64;
+            match read_at_most(file, &mut buf[..CHUNK])? {
+                0 => break,
+                n => {
+                    hasher.update(&buf[..n]);
+                    total += n as u64;
+                }
+            }
         }
         Ok((*hasher.finalize().as_bytes(), total))
+    }
+}
+
+fn read_at_most(mut file: &File, buf: &mut [u8]) -> Result<usize, HashError> {
+    loop {
+        match file.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(HashError::Read(e)),
+        }
     }
 }
 

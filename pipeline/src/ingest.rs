@@ -53,7 +53,6 @@ pub fn ingest(
     let mut details = ReportDetails {
         source: root.clone(),
         store: cas.root().to_path_buf(),
-        io_backend: backend_name(opts.io_backend),
         ..Default::default()
     };
 
@@ -96,6 +95,16 @@ pub fn ingest(
         }
     }
 
+    let use_uring = match opts.io_backend {
+        IoBackend::Threads => false,
+        IoBackend::Uring => {
+            crate::uring::available()?;
+            true
+        }
+        IoBackend::Auto => AUTO_USES_URING && crate::uring::available().is_ok(),
+    };
+    details.io_backend = if use_uring { "uring" } else { "threads" };
+
     let cap = threads.max(1) * 2;
     let (hash_tx, hash_rx) = flume::bounded(cap);
     let (place_tx, place_rx) = flume::bounded(cap);
@@ -132,7 +141,17 @@ pub fn ingest(
         for _ in 0..threads {
             let (rx, tx) = (place_rx.clone(), done_tx.clone());
             let cfg = &place_cfg;
-            s.spawn(move || place_stage(rx, tx, cfg));
+            if use_uring {
+                s.spawn(move || {
+                    if let Err(e) = crate::uring::place_stage(rx.clone(), tx.clone(), cfg) {
+                        // A ring that cannot be set up in this thread: serve on threads.
+                        cfg.counters.warn(cfg.cas.root(), e);
+                        place_stage(rx, tx, cfg);
+                    }
+                });
+            } else {
+                s.spawn(move || place_stage(rx, tx, cfg));
+            }
         }
         drop(done_tx);
         manifest::collect(done_rx, counters)
@@ -231,12 +250,8 @@ pub fn ingest(
     })
 }
 
-fn backend_name(b: IoBackend) -> &'static str {
-    match b {
-        IoBackend::Auto | IoBackend::Threads => "threads",
-        IoBackend::Uring => "uring",
-    }
-}
+/// What `--io-backend auto` picks. Set from the interleaved measurements in bench/README.md.
+const AUTO_USES_URING: bool = false;
 
 fn absolute(p: &Path) -> Result<PathBuf, PipelineError> {
     if p.is_absolute() {

@@ -14,6 +14,7 @@ pub mod phantom;
 pub mod place;
 pub mod reingest;
 pub mod report;
+pub mod uring;
 pub mod walk;
 
 pub use checkout::{checkout, CheckoutReport};

@@ -74,10 +74,16 @@ pub fn place_one(h: Hashed, cfg: &PlaceConfig<'_>) -> Option<EntryInput> {
     if cfg.mode == Mode::Phantom {
         return Some(entry_for(&h, &h.st));
     }
-    let c = cfg.counters;
     let linked = cfg
         .cas
         .link_in(h.file.as_fd(), &h.item.path, &h.hash, h.st.size);
+    finish_link(h, linked, cfg)
+}
+
+/// Everything after the attempt to link the file in as a new blob: protecting a new blob,
+/// deduplicating on EEXIST, copying where a link is impossible. Shared by both io backends.
+pub fn finish_link(h: Hashed, linked: io::Result<()>, cfg: &PlaceConfig<'_>) -> Option<EntryInput> {
+    let c = cfg.counters;
     let result = match linked {
         Ok(()) => {
             Counters::add(&c.blobs_new, 1);
@@ -201,7 +207,7 @@ fn replace_with_symlink(cas: &Cas, h: &Hashed) -> io::Result<()> {
 pub fn symlink_over(target: &Path, path: &Path) -> io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     let mut name = vrift_cas::SIBLING_TEMP_PREFIX.to_vec();
-    name.extend_from_slice(format!("{}-l-{}", std::process::id(), unique()).as_bytes());
+    name.extend_from_slice(format!("{}-l-{}", vrift_cas::store::pid(), unique()).as_bytes());
     let tmp = parent.join(std::ffi::OsStr::from_bytes(&name));
     std::os::unix::fs::symlink(target, &tmp)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
