@@ -1,13 +1,18 @@
 //! The content-addressable store ("TheSource"): where blobs live, how they enter atomically,
 //! and the bookkeeping beside them (registry of projects, store lock).
 
+pub mod clean;
 pub mod error;
+pub mod gc;
 pub mod layout;
 pub mod lock;
 pub mod registry;
+pub mod scan;
 pub mod shard;
 pub mod store;
 pub mod sys;
+pub mod usage;
+pub mod verify;
 
 pub use error::{CasError, Result};
 pub use layout::{blob_rel, parse_blob_name, BLOB_DIR};

@@ -148,7 +148,7 @@ impl Cas {
         }
         let mut hex = [0u8; 64];
         vrift_manifest::hex_into(hash, &mut hex);
-        let top = (idx >> 8) as usize;
+        let top = idx >> 8;
         if !self.shards.has_top(top) {
             let name = sys::cbytes(&hex[0..2]).expect("ascii");
             match sys::mkdirat(self.bfd(), &name, 0o755) {

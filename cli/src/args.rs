@@ -39,6 +39,86 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Materialize a manifest as a tree of hard links to blobs (copies where a link cannot be).
     Checkout(CheckoutArgs),
+    /// Store location, size, blobs, and a table of registered projects.
+    Status(StatusArgs),
+    /// List (and with --delete remove) blobs that no registered manifest references.
+    Gc(GcArgs),
+    /// Check the store's health and recommend fixes (exit 1 when something needs action).
+    Doctor(DoctorArgs),
+    /// Re-hash every blob against its name and report corrupted ones.
+    Verify(VerifyArgs),
+    /// Inspect or rebuild the project registry.
+    Registry(RegistryArgs),
+    /// Delete the whole store.
+    Clean(CleanArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Actually delete the orphans (default: dry run).
+    #[arg(long)]
+    pub delete: bool,
+    /// Only touch blobs last linked longer ago than DUR (e.g. 30m, 2h, 7d).
+    #[arg(long, value_name = "DUR")]
+    pub older_than: Option<String>,
+    /// First drop registry entries whose project directory or manifest no longer exists.
+    #[arg(long)]
+    pub prune_stale: bool,
+    /// Fail instead of waiting when another process holds the store lock.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// List every orphan blob path.
+    #[arg(long)]
+    pub list: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// How many blobs to re-hash as a sample (0 = none; `vrift verify` checks all).
+    #[arg(long, default_value_t = 256)]
+    pub sample: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Delete corrupted blobs so the next ingest stores their content afresh.
+    #[arg(long)]
+    pub repair: bool,
+    /// Worker threads (default: all cores).
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 0)]
+    pub jobs: usize,
+    /// Fail instead of waiting when another process holds the store lock (with --repair).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RegistryArgs {
+    /// Rebuild the registry from the cached manifests inside the store.
+    #[arg(long)]
+    pub rebuild: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CleanArgs {
+    /// Delete the entire store (the only kind of clean there is).
+    #[arg(long)]
+    pub all: bool,
+    /// Required: says you mean it.
+    #[arg(long)]
+    pub force: bool,
+    /// First give project files hard-linked to blobs their write bits back.
+    #[arg(long)]
+    pub fix_perms: bool,
+    /// Do not ask for confirmation (CI).
+    #[arg(long)]
+    pub yes: bool,
+    /// Fail instead of waiting when another process holds the store lock.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 #[derive(Args, Debug)]

@@ -17,6 +17,8 @@ pub enum Outcome {
     Ok,
     /// Completed, but something needs the user's attention (per-file errors, a failed check).
     Failed,
+    /// The request was refused as asked (exit 2, like a usage error).
+    Usage,
 }
 
 /// Resolved global settings every command needs.
@@ -43,10 +45,17 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Ingest(a) => commands::ingest::run(&g, a),
         Command::Checkout(a) => commands::checkout::run(&g, a),
+        Command::Status(a) => commands::status::run(&g, a),
+        Command::Gc(a) => commands::gc::run(&g, a),
+        Command::Doctor(a) => commands::doctor::run(&g, a),
+        Command::Verify(a) => commands::verify::run(&g, a),
+        Command::Registry(a) => commands::registry::run(&g, a),
+        Command::Clean(a) => commands::clean::run(&g, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(1),
+        Ok(Outcome::Usage) => ExitCode::from(2),
         Err(e) => {
             if g.json {
                 println!("{}", serde_json::json!({ "error": format!("{e:#}") }));

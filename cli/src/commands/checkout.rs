@@ -20,6 +20,15 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
             .map(|n| n.get())
             .unwrap_or(2)
     };
+    // Shared lock: a concurrent `gc --delete` must not remove blobs while we link them.
+    let _lock = vrift_cas::lock::StoreLock::acquire(
+        cas.root(),
+        vrift_cas::lock::LockKind::Shared,
+        true,
+        |_| {
+            eprintln!("waiting for the store lock (a gc or clean is running)");
+        },
+    )?;
     let counters = Arc::new(Counters::default());
     let report = vrift_pipeline::checkout(&cas, &manifest, &a.dir, threads, &counters)?;
     super::print_issues(&counters.take_issues(), 20);

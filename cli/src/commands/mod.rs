@@ -1,5 +1,11 @@
 pub mod checkout;
+pub mod clean;
+pub mod doctor;
+pub mod gc;
 pub mod ingest;
+pub mod registry;
+pub mod status;
+pub mod verify;
 
 use vrift_pipeline::{Issue, Severity};
 
@@ -18,4 +24,45 @@ pub fn print_issues(issues: &[Issue], limit: usize) {
             eprintln!("{word}: ... and {} more", of_kind.len() - limit);
         }
     }
+}
+
+/// Opens an existing store for a maintenance command, with a message that says which.
+pub fn open_store(g: &crate::Globals) -> anyhow::Result<vrift_cas::Cas> {
+    use anyhow::Context;
+    vrift_cas::Cas::open_existing(&g.store).with_context(|| {
+        format!(
+            "no vrift store at {} (nothing ingested yet?)",
+            g.store.display()
+        )
+    })
+}
+
+/// Takes the exclusive store lock for a destructive command, saying whom it waits for.
+pub fn exclusive_lock(
+    g: &crate::Globals,
+    no_wait: bool,
+) -> anyhow::Result<vrift_cas::lock::StoreLock> {
+    use vrift_cas::lock::{LockKind, StoreLock};
+    let lock = StoreLock::acquire(&g.store, LockKind::Exclusive, !no_wait, |holders| {
+        let who: Vec<String> = holders.iter().map(|h| format!("pid {}", h.pid)).collect();
+        eprintln!(
+            "waiting for the store lock held by {}",
+            if who.is_empty() {
+                "another process".to_string()
+            } else {
+                who.join(", ")
+            }
+        );
+    })?;
+    Ok(lock)
+}
+
+/// `~/x` for paths under the home directory, as the DESIGN.md examples print them.
+pub fn tilde(p: &std::path::Path) -> String {
+    if let Some(home) = std::env::var_os("HOME") {
+        if let Ok(rest) = p.strip_prefix(&home) {
+            return format!("~/{}", rest.display());
+        }
+    }
+    p.display().to_string()
 }

@@ -1,0 +1,60 @@
+use anyhow::Result;
+use vrift_cas::registry::{self, Registry};
+
+use crate::args::RegistryArgs;
+use crate::format::thousands;
+use crate::{Globals, Outcome};
+
+pub fn run(g: &Globals, a: &RegistryArgs) -> Result<Outcome> {
+    let cas = super::open_store(g)?;
+    if a.rebuild {
+        let (reg, bad) = registry::rebuild(cas.root())?;
+        for (p, e) in &bad {
+            eprintln!("error: {}: {e}", p.display());
+        }
+        if g.json {
+            println!(
+                "{}",
+                serde_json::json!({ "projects": reg.projects, "unreadable": bad.iter().map(|(p, e)| (p.display().to_string(), e)).collect::<Vec<_>>() })
+            );
+        } else {
+            println!(
+                "Rebuilt the registry from cached manifests: {} projects",
+                reg.projects.len()
+            );
+            for p in &reg.projects {
+                println!(
+                    "  {} ({} files) {}",
+                    p.name,
+                    thousands(p.files),
+                    p.source.display()
+                );
+            }
+        }
+        return Ok(if bad.is_empty() {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        });
+    }
+    let reg = Registry::load(cas.root())?;
+    if g.json {
+        println!("{}", serde_json::to_string(&reg)?);
+    } else {
+        println!(
+            "{} registered projects in {}",
+            reg.projects.len(),
+            super::tilde(cas.root())
+        );
+        for p in &reg.projects {
+            println!(
+                "  {}  {} files  source {}  manifest {}",
+                p.name,
+                thousands(p.files),
+                p.source.display(),
+                p.manifest.display()
+            );
+        }
+    }
+    Ok(Outcome::Ok)
+}

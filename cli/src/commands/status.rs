@@ -1,0 +1,110 @@
+use anyhow::Result;
+use comfy_table::{Cell, CellAlignment, ContentArrangement, Table};
+use serde_json::json;
+use vrift_cas::registry::Registry;
+use vrift_cas::scan::scan;
+use vrift_cas::usage::Usage;
+
+use crate::args::StatusArgs;
+use crate::format::{bytes, thousands};
+use crate::{Globals, Outcome};
+
+/// Box drawing as in the DESIGN.md example: full borders, a rule under the header only.
+const TABLE_STYLE: &str = "││──├─┼┤│    ┬┴┌┐└┘";
+
+pub fn run(g: &Globals, _a: &StatusArgs) -> Result<Outcome> {
+    let cas = super::open_store(g)?;
+    let reg = Registry::load(cas.root())?;
+    let usage = Usage::load(cas.root(), &reg)?;
+    let blobs = scan(&cas)?;
+    let orphans: Vec<_> = blobs
+        .blobs
+        .iter()
+        .filter(|b| !usage.is_referenced(&(b.hash, b.size)))
+        .collect();
+    let orphan_bytes: u64 = orphans.iter().map(|b| b.disk_bytes).sum();
+    let disk = blobs.disk_bytes();
+    let apparent = usage.apparent_bytes();
+    let stored = usage.referenced_bytes();
+    let saved = apparent.saturating_sub(stored);
+    let ratio = if apparent > 0 {
+        saved as f64 / apparent as f64
+    } else {
+        0.0
+    };
+
+    if g.json {
+        println!(
+            "{}",
+            json!({
+                "store": cas.root(),
+                "total_bytes": disk,
+                "content_bytes": blobs.content_bytes(),
+                "blobs": blobs.blobs.len(),
+                "projects": usage.projects,
+                "orphans": orphans.len(),
+                "orphan_bytes": orphan_bytes,
+                "apparent_bytes": apparent,
+                "referenced_bytes": stored,
+                "saved_bytes": saved,
+                "dedup_ratio": ratio,
+                "foreign_files": blobs.foreign.len(),
+            })
+        );
+        return Ok(Outcome::Ok);
+    }
+    println!("VRift CAS Status:");
+    println!();
+    println!("  CAS Location: {}", super::tilde(cas.root()));
+    println!("  Total Size:   {}", bytes(disk));
+    println!("  Total Blobs:  {}", thousands(blobs.blobs.len() as u64));
+    if apparent > 0 {
+        println!(
+            "  Space Saved:  {} ({} across projects, {} stored; {:.0}% deduplicated)",
+            bytes(saved),
+            bytes(apparent),
+            bytes(stored),
+            ratio * 100.0
+        );
+    }
+    println!();
+    if usage.projects.is_empty() {
+        println!("  Registered Projects: none (run `vrift ingest DIR -o MANIFEST`)");
+    } else {
+        println!("  Registered Projects:");
+        let mut t = Table::new();
+        t.load_preset(TABLE_STYLE)
+            .set_content_arrangement(ContentArrangement::Disabled)
+            .set_header(vec!["Project", "Files", "Unique Blobs", "Shared", "Size"]);
+        for (i, p) in usage.projects.iter().enumerate() {
+            let size = if p.unreadable.is_some() {
+                "unreadable".to_string()
+            } else if i == 0 {
+                bytes(p.added_bytes)
+            } else {
+                format!("+{}", bytes(p.added_bytes))
+            };
+            t.add_row(vec![
+                Cell::new(&p.name),
+                Cell::new(thousands(p.files)).set_alignment(CellAlignment::Left),
+                Cell::new(thousands(p.unique_blobs)),
+                Cell::new(thousands(p.shared_blobs)),
+                Cell::new(size),
+            ]);
+        }
+        for line in t.to_string().lines() {
+            println!("  {line}");
+        }
+    }
+    println!();
+    println!(
+        "  Orphaned Blobs: {}{} (run `vrift gc` to check)",
+        thousands(orphans.len() as u64),
+        if orphans.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", bytes(orphan_bytes))
+        }
+    );
+    Ok(Outcome::Ok)
+}

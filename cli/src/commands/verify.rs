@@ -1,0 +1,63 @@
+use anyhow::Result;
+use vrift_cas::scan::scan;
+use vrift_cas::verify::verify;
+
+use crate::args::VerifyArgs;
+use crate::format::{bytes, thousands};
+use crate::{Globals, Outcome};
+
+pub fn run(g: &Globals, a: &VerifyArgs) -> Result<Outcome> {
+    let cas = super::open_store(g)?;
+    let _lock = if a.repair {
+        Some(super::exclusive_lock(g, a.no_wait)?)
+    } else {
+        None
+    };
+    let blobs = scan(&cas)?;
+    let threads = if a.jobs > 0 {
+        a.jobs
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    };
+    let t = std::time::Instant::now();
+    let r = verify(&cas, &blobs.blobs, threads, a.repair);
+    if g.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["seconds"] = serde_json::json!(t.elapsed().as_secs_f64());
+        v["foreign"] = serde_json::json!(blobs.foreign);
+        println!("{v}");
+    } else {
+        for p in &r.corrupt {
+            println!("corrupt: {p}");
+        }
+        for (p, e) in &r.unreadable {
+            println!("unreadable: {p}: {e}");
+        }
+        for p in &blobs.foreign {
+            println!("foreign file (not a blob): {}", p.display());
+        }
+        println!(
+            "Verified {} blobs ({}) in {:.2} s: {} corrupt, {} unreadable{}",
+            thousands(r.checked),
+            bytes(r.bytes),
+            t.elapsed().as_secs_f64(),
+            thousands(r.corrupt.len() as u64),
+            thousands(r.unreadable.len() as u64),
+            if a.repair {
+                format!(", {} removed", thousands(r.repaired))
+            } else {
+                String::new()
+            }
+        );
+        if !r.corrupt.is_empty() && !a.repair {
+            println!("Run `vrift verify --repair` to drop them; the next ingest of that content stores it again.");
+        }
+    }
+    Ok(if r.corrupt.is_empty() && r.unreadable.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    })
+}

@@ -1,0 +1,219 @@
+//! `libvrift_shim.so`: an `LD_PRELOAD` library that makes the trees of one or more manifests
+//! appear at their root paths, reading every file from the content-addressable store.
+//! See `README.md` beside this crate for the design, the interposed symbols and their
+//! limits; in short:
+//!
+//! * Configuration comes from the environment (`VRIFT_MANIFESTS`, `VRIFT_STORE`,
+//!   `VRIFT_UPPER`, set by `vrift run`) and is loaded once, in the library constructor.
+//!   Without `VRIFT_MANIFESTS` every hook is a plain call to the real function.
+//! * Every hook resolves its path to an absolute, normalized path in a stack buffer. Paths
+//!   outside every manifest root go to the real function untouched. Inside, the path is
+//!   looked up in the upper dir's shared index (writes), then in the mmapped manifests
+//!   (O(log n) binary search, symlinks followed), and answered from there: `stat` data is
+//!   synthesized, files are opened as their real blob files, directories as a real empty
+//!   directory fd plus a synthesized listing. Misses go to the real filesystem.
+//! * Hooks never panic across the FFI boundary (each body runs under `catch_unwind` and
+//!   falls back to the real call), never recurse (a thread-local guard; our own libc calls
+//!   go through [`real`]), never allocate or lock on the stat/open/access hot paths, and keep
+//!   the fd table in a static array (safe after `fork`).
+
+#![allow(clippy::missing_safety_doc)]
+
+mod dir;
+mod exec;
+mod fdtab;
+mod misc;
+mod open;
+mod path;
+mod real;
+mod stat;
+mod state;
+mod upper;
+mod vfs;
+
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
+
+use libc::c_int;
+
+use crate::path::PBuf;
+use crate::state::State;
+
+thread_local! {
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+struct Guard;
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = BUSY.try_with(|b| b.set(false));
+    }
+}
+
+/// Runs a hook body if the shim is active and this thread is not already inside a hook.
+/// `None` (inactive, re-entered, the body declined, or the body panicked) means: call the
+/// real function with the caller's arguments.
+#[inline]
+pub(crate) fn guarded<R>(f: impl FnOnce(&'static State) -> Option<R>) -> Option<R> {
+    let st = state::get()?;
+    let entered = BUSY
+        .try_with(|b| {
+            if b.get() {
+                false
+            } else {
+                b.set(true);
+                true
+            }
+        })
+        .unwrap_or(false);
+    if !entered {
+        return None;
+    }
+    let _g = Guard;
+    std::panic::catch_unwind(AssertUnwindSafe(|| f(st)))
+        .ok()
+        .flatten()
+}
+
+/// Sets errno and returns `Some(fail)`: the hook's answer is an error.
+#[inline]
+pub(crate) fn fail<T: real::FailVal>(e: c_int) -> Option<T> {
+    real::set_errno(e);
+    Some(T::fail())
+}
+
+/// Logs a hook call when `VRIFT_TRACE` is set (the measurement build is this one).
+#[inline]
+pub(crate) fn trace(name: &str, p: *const libc::c_char) {
+    if !state::TRACE.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let mut b = PBuf::new();
+    let _ = b.push(b"vrift-trace ");
+    let _ = b.push(name.as_bytes());
+    let _ = b.push(b" ");
+    // SAFETY: `p` is NULL or a C string from the caller.
+    let _ = b.push(unsafe { path::cbytes(p) });
+    let _ = b.push(b"\n");
+    // SAFETY: writing our buffer to stderr.
+    unsafe { real::write(2, b.as_ptr().cast(), b.len()) };
+}
+
+/// An absolute path the shim must look at, and whether the caller's own (dirfd, path) pair
+/// still names the same thing for the kernel (false when it is relative to a virtual
+/// directory fd or to a virtual cwd).
+pub(crate) struct Abs {
+    pub p: PBuf,
+    pub orig_ok: bool,
+}
+
+/// True if `p` is absolute and already normal (no `//`, `.`, `..`, trailing `/`).
+fn is_normal(p: &[u8]) -> bool {
+    if p.len() > 1 && p.ends_with(b"/") {
+        return false;
+    }
+    let mut prev_slash = false;
+    let mut i = 0;
+    while i < p.len() {
+        let c = p[i];
+        if c == b'/' {
+            if prev_slash {
+                return false;
+            }
+            prev_slash = true;
+        } else {
+            if prev_slash && c == b'.' {
+                let next = p.get(i + 1).copied();
+                if next.is_none() || next == Some(b'/') {
+                    return false;
+                }
+                if next == Some(b'.') {
+                    let n2 = p.get(i + 2).copied();
+                    if n2.is_none() || n2 == Some(b'/') {
+                        return false;
+                    }
+                }
+            }
+            prev_slash = false;
+        }
+        i += 1;
+    }
+    true
+}
+
+fn touches(st: &State, p: &[u8]) -> bool {
+    st.in_view(p) || st.ancestor_id(p).is_some()
+}
+
+/// The absolute path of (dirfd, raw), if it is in the view or a real ancestor of a root;
+/// `None` means the caller's arguments go to the real function unchanged.
+pub(crate) fn abs_of(st: &State, dirfd: c_int, raw: &[u8]) -> Option<Abs> {
+    if raw.is_empty() {
+        return None;
+    }
+    if raw[0] == b'/' {
+        let p = if is_normal(raw) {
+            if !touches(st, raw) {
+                return None;
+            }
+            PBuf::from(raw)?
+        } else {
+            let p = path::normalize_abs(raw)?;
+            if !touches(st, p.as_bytes()) {
+                return None;
+            }
+            p
+        };
+        return Some(Abs { p, orig_ok: true });
+    }
+    let mut base = PBuf::new();
+    let mut orig_ok = true;
+    if dirfd == libc::AT_FDCWD {
+        path::cwd_into(&mut base)?;
+        orig_ok = !path::cwd_mirrored();
+    } else {
+        match fdtab::get(dirfd) {
+            Some(fdtab::Tag::Dir { layer, idx }) => {
+                let e = vfs::entry(st, layer, idx)?;
+                base = vfs::entry_abs(st, layer, &e)?;
+                orig_ok = false;
+            }
+            Some(fdtab::Tag::Ancestor { id }) => {
+                base = PBuf::from(st.ancestors.get(id)?)?;
+            }
+            Some(fdtab::Tag::File { .. }) => return None,
+            None => {
+                // A real directory we did not open: only `..` can lead into the view.
+                if !raw.split(|&b| b == b'/').any(|c| c == b"..") {
+                    return None;
+                }
+                let mut link = PBuf::from(b"/proc/self/fd/")?;
+                link.push(dirfd.to_string().as_bytes())?;
+                let mut buf = [0u8; path::MAX];
+                // SAFETY: valid buffers.
+                let n = unsafe { real::readlink(link.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    return None;
+                }
+                base = PBuf::from(&buf[..n as usize])?;
+            }
+        }
+    }
+    let p = path::join(base.as_bytes(), raw)?;
+    if !touches(st, p.as_bytes()) {
+        if orig_ok {
+            return None;
+        }
+        return Some(Abs { p, orig_ok });
+    }
+    Some(Abs { p, orig_ok })
+}
+
+extern "C" fn vrift_shim_ctor() {
+    state::init();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = vrift_shim_ctor;

@@ -1,0 +1,333 @@
+//! `realpath`, the working directory, `dlopen`, and `syscall()`.
+
+use libc::{c_char, c_int, c_long, c_uint, c_void, size_t};
+
+use crate::fdtab::{self, Tag};
+use crate::path::{self, cbytes, PBuf};
+use crate::state::State;
+use crate::upper;
+use crate::vfs::{self, Node};
+use crate::{abs_of, fail, guarded, real, trace};
+
+// ---- realpath ------------------------------------------------------------------------------
+
+/// Copies `p` into the caller's buffer (PATH_MAX bytes) or a malloc'd one.
+unsafe fn hand_out(p: &[u8], resolved: *mut c_char) -> *mut c_char {
+    let out = if resolved.is_null() {
+        libc::malloc(p.len() + 1) as *mut c_char
+    } else {
+        if p.len() >= libc::PATH_MAX as usize {
+            real::set_errno(libc::ENAMETOOLONG);
+            return std::ptr::null_mut();
+        }
+        resolved
+    };
+    if out.is_null() {
+        real::set_errno(libc::ENOMEM);
+        return out;
+    }
+    std::ptr::copy_nonoverlapping(p.as_ptr(), out.cast::<u8>(), p.len());
+    *out.add(p.len()) = 0;
+    out
+}
+
+fn realpath_impl(p: *const c_char, resolved: *mut c_char) -> Option<*mut c_char> {
+    guarded(|st| {
+        // SAFETY: caller's C string.
+        let raw = unsafe { cbytes(p) };
+        let a = abs_of(st, libc::AT_FDCWD, raw)?;
+        if !st.in_view(a.p.as_bytes()) {
+            if a.orig_ok {
+                return None;
+            }
+            // SAFETY: valid buffers.
+            return Some(unsafe { real::realpath(a.p.as_ptr(), resolved) });
+        }
+        let r = vfs::resolve(st, a.p, true);
+        match r.node {
+            // SAFETY: caller's buffer.
+            Node::V { .. } | Node::Upper => Some(unsafe { hand_out(r.path.as_bytes(), resolved) }),
+            Node::Gone(e) => fail(e),
+            Node::Real if !r.moved && a.orig_ok => None,
+            // SAFETY: valid buffers.
+            Node::Real => Some(unsafe { real::realpath(r.path.as_ptr(), resolved) }),
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn realpath(p: *const c_char, resolved: *mut c_char) -> *mut c_char {
+    trace("realpath", p);
+    realpath_impl(p, resolved).unwrap_or_else(|| real::realpath(p, resolved))
+}
+#[no_mangle]
+pub unsafe extern "C" fn canonicalize_file_name(p: *const c_char) -> *mut c_char {
+    trace("canonicalize_file_name", p);
+    realpath_impl(p, std::ptr::null_mut()).unwrap_or_else(|| real::realpath(p, std::ptr::null_mut()))
+}
+
+// ---- the working directory -------------------------------------------------------------------
+
+/// chdir into the virtual directory `virt`: the kernel's cwd becomes its mirror directory
+/// in the upper dir (created empty), and we remember the virtual path.
+fn chdir_virtual(st: &State, virt: &PBuf) -> Option<c_int> {
+    let target = match &st.upper {
+        Some(up) => {
+            let mp = up.mirror_of(virt.as_bytes())?;
+            upper::mkdir_p(mp.as_bytes());
+            mp
+        }
+        None => PBuf::from(st.placeholder.as_bytes())?,
+    };
+    // SAFETY: valid buffer.
+    let rc = unsafe { real::chdir(target.as_ptr()) };
+    if rc == 0 {
+        path::set_cwd(virt.as_bytes());
+        path::set_cwd_mirrored(true);
+    }
+    Some(rc)
+}
+
+fn chdir_impl(p: *const c_char) -> Option<c_int> {
+    guarded(|st| {
+        // SAFETY: caller's C string.
+        let raw = unsafe { cbytes(p) };
+        let a = abs_of(st, libc::AT_FDCWD, raw)?;
+        let r = vfs::resolve(st, a.p, true);
+        match r.node {
+            Node::V { layer, idx } => {
+                let e = vfs::entry(st, layer, idx)?;
+                if !e.is_dir() {
+                    return fail(libc::ENOTDIR);
+                }
+                chdir_virtual(st, &r.path)
+            }
+            Node::Upper => chdir_virtual(st, &r.path),
+            Node::Gone(e) => fail(e),
+            Node::Real => {
+                // SAFETY: valid buffers.
+                let rc = unsafe {
+                    if !r.moved && a.orig_ok {
+                        real::chdir(p)
+                    } else {
+                        real::chdir(r.path.as_ptr())
+                    }
+                };
+                if rc == 0 {
+                    path::forget_cwd();
+                    path::set_cwd_mirrored(false);
+                }
+                Some(rc)
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn chdir(p: *const c_char) -> c_int {
+    trace("chdir", p);
+    chdir_impl(p).unwrap_or_else(|| {
+        let rc = real::chdir(p);
+        if rc == 0 {
+            path::forget_cwd();
+            path::set_cwd_mirrored(false);
+        }
+        rc
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fchdir(fd: c_int) -> c_int {
+    if let Some(Tag::Dir { layer, idx }) = fdtab::get(fd) {
+        let r = guarded(|st| {
+            let e = vfs::entry(st, layer, idx)?;
+            let p = vfs::entry_abs(st, layer, &e)?;
+            chdir_virtual(st, &p)
+        });
+        if let Some(rc) = r {
+            return rc;
+        }
+    }
+    let rc = real::fchdir(fd);
+    if rc == 0 {
+        path::forget_cwd();
+        path::set_cwd_mirrored(false);
+    }
+    rc
+}
+
+fn getcwd_impl(buf: *mut c_char, size: size_t) -> Option<*mut c_char> {
+    guarded(|_st| {
+        if !path::cwd_mirrored() {
+            return None;
+        }
+        let mut c = PBuf::new();
+        path::cwd_into(&mut c)?;
+        let need = c.len() + 1;
+        // SAFETY: the caller's buffer of `size` bytes, or one we allocate like glibc does.
+        unsafe {
+            let out = if buf.is_null() {
+                let n = if size == 0 { need } else { size };
+                if n < need {
+                    return fail(libc::ERANGE);
+                }
+                libc::malloc(n) as *mut c_char
+            } else {
+                if size < need {
+                    return fail(libc::ERANGE);
+                }
+                buf
+            };
+            if out.is_null() {
+                return fail(libc::ENOMEM);
+            }
+            std::ptr::copy_nonoverlapping(c.as_ptr(), out, need);
+            Some(out)
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn getcwd(buf: *mut c_char, size: size_t) -> *mut c_char {
+    getcwd_impl(buf, size).unwrap_or_else(|| real::getcwd(buf, size))
+}
+
+// ---- dlopen ----------------------------------------------------------------------------------
+
+/// A virtual shared object is loaded through a symlink to its blob placed at
+/// `<upper>/dl/<virtual path>`, so its `$ORIGIN` is a directory that mirrors the virtual
+/// one; the other shared objects of that virtual directory get symlinks there too, so
+/// `$ORIGIN`-relative dependencies resolve.
+fn dlopen_impl(p: *const c_char, flags: c_int) -> Option<*mut c_void> {
+    guarded(|st| {
+        // SAFETY: caller's C string.
+        let raw = unsafe { cbytes(p) };
+        if !raw.contains(&b'/') {
+            return None;
+        }
+        let a = abs_of(st, libc::AT_FDCWD, raw)?;
+        if !st.in_view(a.p.as_bytes()) {
+            return None;
+        }
+        let r = vfs::resolve(st, a.p, true);
+        match r.node {
+            Node::V { layer, idx } => {
+                let e = vfs::entry(st, layer, idx)?;
+                let blob = vfs::blob_path(st, &e)?;
+                let target = match &st.upper {
+                    Some(up) => {
+                        let mut dl = up.sub(b"dl")?;
+                        dl.push(r.path.as_bytes())?;
+                        materialize_dir(st, &r.path, &dl);
+                        dl
+                    }
+                    None => blob,
+                };
+                // SAFETY: valid buffer.
+                Some(unsafe { real::dlopen(target.as_ptr(), flags) })
+            }
+            Node::Gone(_) => None,
+            Node::Upper => {
+                let mp = st.upper.as_ref()?.mirror_of(r.path.as_bytes())?;
+                // SAFETY: valid buffer.
+                Some(unsafe { real::dlopen(mp.as_ptr(), flags) })
+            }
+            Node::Real if !r.moved && a.orig_ok => None,
+            // SAFETY: valid buffer.
+            Node::Real => Some(unsafe { real::dlopen(r.path.as_ptr(), flags) }),
+        }
+    })
+}
+
+/// Symlinks in `dl`'s directory for `virt` and its sibling shared objects.
+fn materialize_dir(st: &State, virt: &PBuf, dl: &PBuf) {
+    upper::mkdir_p(path::parent(dl.as_bytes()));
+    let vdir = path::parent(virt.as_bytes());
+    let ddir = path::parent(dl.as_bytes());
+    let me = path::file_name(virt.as_bytes());
+    for d in vfs::list_virtual(st, vdir, 0).iter().skip(2) {
+        let is_so = d.name.windows(3).any(|w| w == b".so") || d.name.ends_with(b".node");
+        if *d.name != *me && !is_so {
+            continue;
+        }
+        let (Some(mut v), Some(mut l)) = (PBuf::from(vdir), PBuf::from(ddir)) else {
+            continue;
+        };
+        if v.as_bytes() != b"/" && v.push(b"/").is_none() {
+            continue;
+        }
+        if l.push(b"/").is_none() || v.push(&d.name).is_none() || l.push(&d.name).is_none() {
+            continue;
+        }
+        let r = vfs::resolve(st, v, true);
+        let Node::V { layer, idx } = r.node else {
+            continue;
+        };
+        let Some(e) = vfs::entry(st, layer, idx) else {
+            continue;
+        };
+        if e.is_dir() {
+            continue;
+        }
+        if let Some(blob) = vfs::blob_path(st, &e) {
+            // SAFETY: valid buffers.
+            unsafe { real::symlink(blob.as_ptr(), l.as_ptr()) };
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dlopen(p: *const c_char, flags: c_int) -> *mut c_void {
+    trace("dlopen", p);
+    dlopen_impl(p, flags).unwrap_or_else(|| real::dlopen(p, flags))
+}
+
+// ---- syscall() -------------------------------------------------------------------------------
+
+/// `syscall(2)`: runtimes such as libuv (Node.js) call `statx` and friends through it.
+#[no_mangle]
+pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_long, a5: c_long, a6: c_long) -> c_long {
+    let ptr = |v: c_long| v as usize as *const c_char;
+    let r: Option<c_long> = match n {
+        libc::SYS_statx => {
+            crate::stat::statx_impl(a1 as c_int, ptr(a2), a3 as c_int, a4 as c_uint, a5 as usize as *mut libc::statx).map(c_long::from)
+        }
+        libc::SYS_newfstatat => crate::stat::fstatat_impl(a1 as c_int, ptr(a2), a3 as usize as *mut libc::stat, a4 as c_int).map(c_long::from),
+        libc::SYS_stat => crate::stat::fstatat_impl(libc::AT_FDCWD, ptr(a1), a2 as usize as *mut libc::stat, 0).map(c_long::from),
+        libc::SYS_lstat => {
+            crate::stat::fstatat_impl(libc::AT_FDCWD, ptr(a1), a2 as usize as *mut libc::stat, libc::AT_SYMLINK_NOFOLLOW).map(c_long::from)
+        }
+        libc::SYS_fstat => crate::stat::fstat_impl(a1 as c_int, a2 as usize as *mut libc::stat).map(c_long::from),
+        libc::SYS_open => crate::open::open_impl(libc::AT_FDCWD, ptr(a1), a2 as c_int, a3 as c_uint).map(c_long::from),
+        libc::SYS_openat => crate::open::open_impl(a1 as c_int, ptr(a2), a3 as c_int, a4 as c_uint).map(c_long::from),
+        libc::SYS_access => crate::stat::access_impl(libc::AT_FDCWD, ptr(a1), a2 as c_int, 0).map(c_long::from),
+        libc::SYS_faccessat => crate::stat::access_impl(a1 as c_int, ptr(a2), a3 as c_int, 0).map(c_long::from),
+        libc::SYS_faccessat2 => crate::stat::access_impl(a1 as c_int, ptr(a2), a3 as c_int, a4 as c_int).map(c_long::from),
+        libc::SYS_readlink => {
+            crate::stat::readlinkat_impl(libc::AT_FDCWD, ptr(a1), a2 as usize as *mut c_char, a3 as size_t).map(|v| v as c_long)
+        }
+        libc::SYS_readlinkat => {
+            crate::stat::readlinkat_impl(a1 as c_int, ptr(a2), a3 as usize as *mut c_char, a4 as size_t).map(|v| v as c_long)
+        }
+        libc::SYS_getdents64 => crate::dir::getdents_impl(a1 as c_int, a2 as usize as *mut c_void, a3 as usize).map(|v| v as c_long),
+        libc::SYS_close => {
+            fdtab::clear(a1 as c_int);
+            None
+        }
+        libc::SYS_chdir => Some(c_long::from(chdir(ptr(a1)))),
+        libc::SYS_fchdir => Some(c_long::from(fchdir(a1 as c_int))),
+        libc::SYS_unlink => Some(c_long::from(crate::open::unlink(ptr(a1)))),
+        libc::SYS_unlinkat => Some(c_long::from(crate::open::unlinkat(a1 as c_int, ptr(a2), a3 as c_int))),
+        libc::SYS_mkdir => Some(c_long::from(crate::open::mkdir(ptr(a1), a2 as libc::mode_t))),
+        libc::SYS_execve => Some(c_long::from(crate::exec::execve(
+            ptr(a1),
+            a2 as usize as *const *const c_char,
+            a3 as usize as *const *const c_char,
+        ))),
+        _ => None,
+    };
+    match r {
+        Some(v) => v,
+        None => real::syscall(n, a1, a2, a3, a4, a5, a6),
+    }
+}

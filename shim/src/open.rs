@@ -1,0 +1,756 @@
+//! Opening files (blob fds, copy-up on write, creation in the upper dir), the fd
+//! bookkeeping hooks (`close`, `dup*`, `fcntl`), and the other writers (`unlink`, `mkdir`,
+//! `rename`, `truncate`, `chmod`, `utimensat`, `symlink`).
+
+use libc::{c_char, c_int, c_long, c_uint, mode_t, off_t, FILE};
+use vrift_manifest::{Entry, Kind};
+
+use crate::fdtab::{self, Tag};
+use crate::path::{self, cbytes, PBuf};
+use crate::state::State;
+use crate::upper::{self, Mirror};
+use crate::vfs::{self, Node};
+use crate::{abs_of, fail, guarded, real, trace, Abs};
+
+fn is_write(flags: c_int) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+/// Copies virtual file `virt` (entry `e`) into the upper mirror unless it is already there;
+/// returns the mirror path. The blob is only read. `empty`: the caller truncates anyway.
+pub(crate) fn copy_up(st: &State, virt: &[u8], e: &Entry<'_>, empty: bool) -> Result<PBuf, c_int> {
+    let up = st.upper.as_ref().ok_or(libc::EROFS)?;
+    let mp = up.mirror_of(virt).ok_or(libc::ENAMETOOLONG)?;
+    upper::mkdir_p(path::parent(mp.as_bytes()));
+    let perm = (e.mode() & 0o7777) | 0o200;
+    let mut tmp = PBuf::from(mp.as_bytes()).ok_or(libc::ENAMETOOLONG)?;
+    tmp.push(b".vrift-tmp-").ok_or(libc::ENAMETOOLONG)?;
+    // SAFETY: getpid never fails.
+    tmp.push(unsafe { libc::getpid() }.to_string().as_bytes())
+        .ok_or(libc::ENAMETOOLONG)?;
+    // SAFETY: real functions on valid buffers and our own fds, all closed before returning.
+    unsafe {
+        if e.kind() == Kind::Symlink {
+            let t = PBuf::from(e.target()).ok_or(libc::ENAMETOOLONG)?;
+            real::unlink(tmp.as_ptr());
+            if real::symlink(t.as_ptr(), tmp.as_ptr()) != 0 {
+                return Err(real::errno());
+            }
+        } else {
+            let out = real::open(
+                tmp.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+                perm,
+            );
+            if out < 0 {
+                return Err(real::errno());
+            }
+            if !empty && e.size() > 0 {
+                let blob = vfs::blob_path(st, e).ok_or(libc::ENAMETOOLONG)?;
+                let inp = real::open(blob.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC, 0);
+                if inp < 0 {
+                    let err = real::errno();
+                    real::close(out);
+                    real::unlink(tmp.as_ptr());
+                    return Err(err);
+                }
+                let ok = copy_fd(inp, out);
+                real::close(inp);
+                if !ok {
+                    let err = real::errno();
+                    real::close(out);
+                    real::unlink(tmp.as_ptr());
+                    return Err(err);
+                }
+            }
+            libc::fchmod(out, perm);
+            real::close(out);
+        }
+        if real::rename(tmp.as_ptr(), mp.as_ptr()) != 0 {
+            let err = real::errno();
+            real::unlink(tmp.as_ptr());
+            return Err(err);
+        }
+    }
+    up.flag_with_ancestors(virt);
+    Ok(mp)
+}
+
+unsafe fn copy_fd(inp: c_int, out: c_int) -> bool {
+    loop {
+        let n = libc::copy_file_range(inp, std::ptr::null_mut(), out, std::ptr::null_mut(), 1 << 30, 0);
+        if n == 0 {
+            return true;
+        }
+        if n < 0 {
+            break;
+        }
+    }
+    // Fallback: plain reads and writes.
+    if libc::lseek(inp, 0, libc::SEEK_SET) < 0 || libc::ftruncate(out, 0) != 0 || libc::lseek(out, 0, libc::SEEK_SET) < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = real::read(inp, buf.as_mut_ptr().cast(), buf.len());
+        if n == 0 {
+            return true;
+        }
+        if n < 0 {
+            return false;
+        }
+        let mut off = 0usize;
+        while off < n as usize {
+            let w = real::write(out, buf[off..].as_ptr().cast(), n as usize - off);
+            if w <= 0 {
+                return false;
+            }
+            off += w as usize;
+        }
+    }
+}
+
+/// Is `virt`'s parent a directory of the view (virtual or in the mirror)?
+fn parent_is_view_dir(st: &State, virt: &[u8]) -> bool {
+    let Some(pp) = PBuf::from(path::parent(virt)) else {
+        return false;
+    };
+    let r = vfs::resolve(st, pp, true);
+    match r.node {
+        Node::V { layer, idx } => vfs::entry(st, layer, idx).is_some_and(|e| e.is_dir()),
+        Node::Upper => true,
+        _ => false,
+    }
+}
+
+fn real_exists(p: &PBuf) -> bool {
+    // SAFETY: valid buffers.
+    unsafe {
+        let mut s: libc::stat = std::mem::zeroed();
+        real::lstat(p.as_ptr(), &mut s) == 0
+    }
+}
+
+/// Prepares the mirror for a new entry at `virt` (parents, stale whiteout) and returns its path.
+fn prepare_new(st: &State, virt: &[u8]) -> Result<PBuf, c_int> {
+    let up = st.upper.as_ref().ok_or(libc::EROFS)?;
+    let mp = up.mirror_of(virt).ok_or(libc::ENAMETOOLONG)?;
+    upper::mkdir_p(path::parent(mp.as_bytes()));
+    if up.flagged(virt) && matches!(upper::probe(up, virt), Mirror::Whiteout) {
+        // SAFETY: valid buffer.
+        unsafe { real::unlink(mp.as_ptr()) };
+    }
+    Ok(mp)
+}
+
+/// The real path to hand the kernel for a `Node::Real` result.
+fn real_arg<'a>(a: &'a Abs, r: &'a vfs::Resolved) -> Option<&'a PBuf> {
+    if !r.moved && a.orig_ok {
+        None
+    } else {
+        Some(&r.path)
+    }
+}
+
+pub(crate) fn open_impl(dirfd: c_int, p: *const c_char, flags: c_int, mode: c_uint) -> Option<c_int> {
+    guarded(|st| {
+        // SAFETY: caller's C string.
+        let raw = unsafe { cbytes(p) };
+        let a = abs_of(st, dirfd, raw)?;
+        if !st.in_view(a.p.as_bytes()) {
+            let id = st.ancestor_id(a.p.as_bytes());
+            if id.is_none() && a.orig_ok {
+                return None;
+            }
+            // SAFETY: valid buffers.
+            let fd = unsafe {
+                if a.orig_ok {
+                    real::openat(dirfd, p, flags, mode)
+                } else {
+                    real::openat(libc::AT_FDCWD, a.p.as_ptr(), flags, mode)
+                }
+            };
+            if let Some(id) = id {
+                if fd >= 0 {
+                    fdtab::set(fd, Tag::Ancestor { id });
+                }
+            }
+            return Some(fd);
+        }
+        let follow = flags & libc::O_NOFOLLOW == 0;
+        let r = vfs::resolve(st, a.p, follow);
+        match r.node {
+            Node::V { layer, idx } => {
+                let e = vfs::entry(st, layer, idx)?;
+                if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
+                    return fail(libc::EEXIST);
+                }
+                match e.kind() {
+                    Kind::Dir => {
+                        if flags & libc::O_TMPFILE == libc::O_TMPFILE {
+                            let up = st.upper.as_ref().ok_or(libc::EROFS).ok()?;
+                            let mp = up.mirror_of(r.path.as_bytes())?;
+                            upper::mkdir_p(mp.as_bytes());
+                            // SAFETY: valid buffers.
+                            return Some(unsafe { real::openat(libc::AT_FDCWD, mp.as_ptr(), flags, mode) });
+                        }
+                        if is_write(flags) {
+                            return fail(libc::EISDIR);
+                        }
+                        let f = libc::O_RDONLY | libc::O_DIRECTORY | (flags & (libc::O_CLOEXEC | libc::O_PATH));
+                        // SAFETY: valid buffer.
+                        let fd = unsafe { real::openat(libc::AT_FDCWD, st.placeholder.as_ptr(), f, 0) };
+                        if fd >= 0 {
+                            fdtab::set(fd, Tag::Dir { layer, idx });
+                        }
+                        Some(fd)
+                    }
+                    Kind::Symlink => {
+                        if flags & libc::O_PATH != 0 {
+                            // SAFETY: valid buffer.
+                            let fd = unsafe { real::openat(libc::AT_FDCWD, st.placeholder.as_ptr(), libc::O_PATH | (flags & libc::O_CLOEXEC), 0) };
+                            return Some(fd);
+                        }
+                        fail(libc::ELOOP)
+                    }
+                    Kind::File | Kind::Executable | Kind::Whiteout => {
+                        if flags & libc::O_DIRECTORY != 0 {
+                            return fail(libc::ENOTDIR);
+                        }
+                        if is_write(flags) {
+                            let mp = match copy_up(st, r.path.as_bytes(), &e, flags & libc::O_TRUNC != 0) {
+                                Ok(mp) => mp,
+                                Err(err) => return fail(err),
+                            };
+                            let f = flags & !(libc::O_CREAT | libc::O_EXCL);
+                            // SAFETY: valid buffers.
+                            return Some(unsafe { real::openat(libc::AT_FDCWD, mp.as_ptr(), f, mode) });
+                        }
+                        let blob = vfs::blob_path(st, &e)?;
+                        let f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOATIME | libc::O_NOFOLLOW);
+                        // SAFETY: valid buffer.
+                        let fd = unsafe { real::openat(libc::AT_FDCWD, blob.as_ptr(), f, 0) };
+                        if fd >= 0 {
+                            fdtab::set(fd, Tag::File { layer, idx });
+                        }
+                        Some(fd)
+                    }
+                }
+            }
+            Node::Gone(err) => {
+                if err == libc::ENOENT && flags & libc::O_CREAT != 0 && parent_is_view_dir(st, r.path.as_bytes()) {
+                    return create_new(st, &r.path, flags, mode);
+                }
+                fail(err)
+            }
+            Node::Upper => {
+                let mp = st.upper.as_ref()?.mirror_of(r.path.as_bytes())?;
+                // SAFETY: valid buffers.
+                Some(unsafe { real::openat(libc::AT_FDCWD, mp.as_ptr(), flags, mode) })
+            }
+            Node::Real => {
+                if flags & libc::O_CREAT != 0 && !real_exists(&r.path) && parent_is_view_dir(st, r.path.as_bytes()) {
+                    return create_new(st, &r.path, flags, mode);
+                }
+                let rp = real_arg(&a, &r)?;
+                // SAFETY: valid buffers.
+                Some(unsafe { real::openat(libc::AT_FDCWD, rp.as_ptr(), flags, mode) })
+            }
+        }
+    })
+}
+
+fn create_new(st: &State, virt: &PBuf, flags: c_int, mode: c_uint) -> Option<c_int> {
+    let mp = match prepare_new(st, virt.as_bytes()) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    // SAFETY: valid buffers.
+    let fd = unsafe { real::openat(libc::AT_FDCWD, mp.as_ptr(), flags, mode) };
+    if fd >= 0 {
+        if let Some(up) = &st.upper {
+            up.flag_with_ancestors(virt.as_bytes());
+        }
+    }
+    Some(fd)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn open(p: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    trace("open", p);
+    open_impl(libc::AT_FDCWD, p, flags, mode).unwrap_or_else(|| real::open(p, flags, mode))
+}
+#[no_mangle]
+pub unsafe extern "C" fn open64(p: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    trace("open64", p);
+    open_impl(libc::AT_FDCWD, p, flags, mode).unwrap_or_else(|| real::open64(p, flags, mode))
+}
+#[no_mangle]
+pub unsafe extern "C" fn __open_2(p: *const c_char, flags: c_int) -> c_int {
+    trace("__open_2", p);
+    open_impl(libc::AT_FDCWD, p, flags, 0).unwrap_or_else(|| real::open(p, flags, 0))
+}
+#[no_mangle]
+pub unsafe extern "C" fn __open64_2(p: *const c_char, flags: c_int) -> c_int {
+    trace("__open64_2", p);
+    open_impl(libc::AT_FDCWD, p, flags, 0).unwrap_or_else(|| real::open64(p, flags, 0))
+}
+#[no_mangle]
+pub unsafe extern "C" fn openat(d: c_int, p: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    trace("openat", p);
+    open_impl(d, p, flags, mode).unwrap_or_else(|| real::openat(d, p, flags, mode))
+}
+#[no_mangle]
+pub unsafe extern "C" fn openat64(d: c_int, p: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    trace("openat64", p);
+    open_impl(d, p, flags, mode).unwrap_or_else(|| real::openat64(d, p, flags, mode))
+}
+#[no_mangle]
+pub unsafe extern "C" fn __openat_2(d: c_int, p: *const c_char, flags: c_int) -> c_int {
+    trace("__openat_2", p);
+    open_impl(d, p, flags, 0).unwrap_or_else(|| real::openat(d, p, flags, 0))
+}
+#[no_mangle]
+pub unsafe extern "C" fn __openat64_2(d: c_int, p: *const c_char, flags: c_int) -> c_int {
+    trace("__openat64_2", p);
+    open_impl(d, p, flags, 0).unwrap_or_else(|| real::openat64(d, p, flags, 0))
+}
+#[no_mangle]
+pub unsafe extern "C" fn creat(p: *const c_char, mode: mode_t) -> c_int {
+    trace("creat", p);
+    let f = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+    open_impl(libc::AT_FDCWD, p, f, mode).unwrap_or_else(|| real::open(p, f, mode))
+}
+#[no_mangle]
+pub unsafe extern "C" fn creat64(p: *const c_char, mode: mode_t) -> c_int {
+    trace("creat64", p);
+    let f = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+    open_impl(libc::AT_FDCWD, p, f, mode).unwrap_or_else(|| real::open64(p, f, mode))
+}
+
+/// `fopen` mode string → `open` flags.
+fn fopen_flags(mode: &[u8]) -> c_int {
+    let mut f = match mode.first() {
+        Some(b'w') => libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        Some(b'a') => libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
+        _ => libc::O_RDONLY,
+    };
+    for &c in mode.iter().skip(1) {
+        match c {
+            b'+' => f = (f & !libc::O_ACCMODE) | libc::O_RDWR,
+            b'x' => f |= libc::O_EXCL,
+            b'e' => f |= libc::O_CLOEXEC,
+            b',' => break,
+            _ => {}
+        }
+    }
+    f
+}
+
+unsafe fn fopen_impl(p: *const c_char, mode: *const c_char) -> Option<*mut FILE> {
+    let flags = fopen_flags(cbytes(mode));
+    let fd = open_impl(libc::AT_FDCWD, p, flags, 0o666)?;
+    if fd < 0 {
+        return Some(std::ptr::null_mut());
+    }
+    let f = libc::fdopen(fd, mode);
+    if f.is_null() {
+        let e = real::errno();
+        fdtab::clear(fd);
+        real::close(fd);
+        real::set_errno(e);
+    }
+    Some(f)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fopen(p: *const c_char, mode: *const c_char) -> *mut FILE {
+    trace("fopen", p);
+    fopen_impl(p, mode).unwrap_or_else(|| real::fopen(p, mode))
+}
+#[no_mangle]
+pub unsafe extern "C" fn fopen64(p: *const c_char, mode: *const c_char) -> *mut FILE {
+    trace("fopen64", p);
+    fopen_impl(p, mode).unwrap_or_else(|| real::fopen64(p, mode))
+}
+
+// ---- fd bookkeeping ------------------------------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    fdtab::clear(fd);
+    real::close(fd)
+}
+#[no_mangle]
+pub unsafe extern "C" fn fclose(f: *mut FILE) -> c_int {
+    if !f.is_null() {
+        fdtab::clear(libc::fileno(f));
+    }
+    real::fclose(f)
+}
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    let r = real::dup(fd);
+    if r >= 0 {
+        fdtab::copy(fd, r);
+    }
+    r
+}
+#[no_mangle]
+pub unsafe extern "C" fn dup2(a: c_int, b: c_int) -> c_int {
+    let r = real::dup2(a, b);
+    if r >= 0 && a != b {
+        fdtab::copy(a, r);
+    }
+    r
+}
+#[no_mangle]
+pub unsafe extern "C" fn dup3(a: c_int, b: c_int, flags: c_int) -> c_int {
+    let r = real::dup3(a, b, flags);
+    if r >= 0 {
+        fdtab::copy(a, r);
+    }
+    r
+}
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
+    let r = real::fcntl(fd, cmd, arg);
+    if r >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
+        fdtab::copy(fd, r);
+    }
+    r
+}
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
+    let r = real::fcntl64(fd, cmd, arg);
+    if r >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
+        fdtab::copy(fd, r);
+    }
+    r
+}
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    let r = real::close_range(first, last, flags);
+    if r == 0 && flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) == 0 {
+        fdtab::clear_range(first, last);
+    }
+    r
+}
+
+// ---- other writers -------------------------------------------------------------------------
+
+fn remove_impl(dirfd: c_int, p: *const c_char, dir: bool) -> Option<c_int> {
+    guarded(|st| {
+        // SAFETY: caller's C string.
+        let raw = unsafe { cbytes(p) };
+        let a = abs_of(st, dirfd, raw)?;
+        let r = vfs::resolve(st, a.p, false);
+        match r.node {
+            Node::V { layer, idx } => {
+                let e = vfs::entry(st, layer, idx)?;
+                let up = match st.upper.as_ref() {
+                    Some(u) => u,
+                    None => return fail(libc::EROFS),
+                };
+                if dir {
+                    if !e.is_dir() {
+                        return fail(libc::ENOTDIR);
+                    }
+                    if vfs::list_virtual(st, r.path.as_bytes(), 0).len() > 2 {
+                        return fail(libc::ENOTEMPTY);
+                    }
+                    if let Some(mp) = up.mirror_of(r.path.as_bytes()) {
+                        upper::remove_dir_with_whiteouts(&mp);
+                    }
+                } else if e.is_dir() {
+                    return fail(libc::EISDIR);
+                }
+                if upper::whiteout(up, r.path.as_bytes()) {
+                    Some(0)
+                } else {
+                    fail(libc::EIO)
+                }
+            }
+            Node::Gone(e) => fail(e),
+            Node::Upper => {
+                let up = st.upper.as_ref()?;
+                let mp = up.mirror_of(r.path.as_bytes())?;
+                // SAFETY: valid buffer.
+                let rc = unsafe {
+                    if dir {
+                        if upper::remove_dir_with_whiteouts(&mp) {
+                            0
+                        } else {
+                            -1
+                        }
+                    } else {
+                        real::unlink(mp.as_ptr())
+                    }
+                };
+                if rc != 0 {
+                    return Some(rc);
+                }
+                // A lower (manifest) entry of the same name must stay hidden.
+                if let Some(pb) = PBuf::from(r.path.as_bytes()) {
+                    if let Node::V { .. } = vfs::resolve_manifest_only(st, pb) {
+                        upper::whiteout(up, r.path.as_bytes());
+                    }
+                }
+                Some(0)
+            }
+            Node::Real => {
+                let rp = real_arg(&a, &r)?;
+                // SAFETY: valid buffer.
+                Some(unsafe {
+                    if dir {
+                        real::rmdir(rp.as_ptr())
+                    } else {
+                        real::unlink(rp.as_ptr())
+                    }
+                })
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn unlink(p: *const c_char) -> c_int {
+    trace("unlink", p);
+    remove_impl(libc::AT_FDCWD, p, false).unwrap_or_else(|| real::unlink(p))
+}
+#[no_mangle]
+pub unsafe extern "C" fn unlinkat(d: c_int, p: *const c_char, flags: c_int) -> c_int {
+    trace("unlinkat", p);
+    remove_impl(d, p, flags & libc::AT_REMOVEDIR != 0).unwrap_or_else(|| real::unlinkat(d, p, flags))
+}
+#[no_mangle]
+pub unsafe extern "C" fn rmdir(p: *const c_char) -> c_int {
+    trace("rmdir", p);
+    remove_impl(libc::AT_FDCWD, p, true).unwrap_or_else(|| real::rmdir(p))
+}
+
+/// Shared by `mkdir` and `symlink`: create something new at a path of the view.
+fn create_impl(dirfd: c_int, p: *const c_char, what: &dyn Fn(&PBuf) -> c_int) -> Option<c_int> {
+    guarded(|st| {
+        // SAFETY: caller's C string.
+        let raw = unsafe { cbytes(p) };
+        let a = abs_of(st, dirfd, raw)?;
+        if !st.in_view(a.p.as_bytes()) {
+            if a.orig_ok {
+                return None;
+            }
+            return Some(what(&a.p));
+        }
+        let r = vfs::resolve(st, a.p, false);
+        match r.node {
+            Node::V { .. } | Node::Upper => fail(libc::EEXIST),
+            Node::Gone(e) if e != libc::ENOENT => fail(e),
+            Node::Gone(_) | Node::Real => {
+                if matches!(r.node, Node::Real) && real_exists(&r.path) {
+                    return fail(libc::EEXIST);
+                }
+                if !parent_is_view_dir(st, r.path.as_bytes()) {
+                    let rp = real_arg(&a, &r)?;
+                    return Some(what(rp));
+                }
+                let mp = match prepare_new(st, r.path.as_bytes()) {
+                    Ok(m) => m,
+                    Err(e) => return fail(e),
+                };
+                let rc = what(&mp);
+                if rc == 0 {
+                    if let Some(up) = &st.upper {
+                        up.flag_with_ancestors(r.path.as_bytes());
+                    }
+                }
+                Some(rc)
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mkdir(p: *const c_char, mode: mode_t) -> c_int {
+    trace("mkdir", p);
+    create_impl(libc::AT_FDCWD, p, &|q| real::mkdir(q.as_ptr(), mode)).unwrap_or_else(|| real::mkdir(p, mode))
+}
+#[no_mangle]
+pub unsafe extern "C" fn mkdirat(d: c_int, p: *const c_char, mode: mode_t) -> c_int {
+    trace("mkdirat", p);
+    create_impl(d, p, &|q| real::mkdir(q.as_ptr(), mode)).unwrap_or_else(|| real::mkdirat(d, p, mode))
+}
+#[no_mangle]
+pub unsafe extern "C" fn symlink(t: *const c_char, p: *const c_char) -> c_int {
+    trace("symlink", p);
+    create_impl(libc::AT_FDCWD, p, &|q| real::symlink(t, q.as_ptr())).unwrap_or_else(|| real::symlink(t, p))
+}
+#[no_mangle]
+pub unsafe extern "C" fn symlinkat(t: *const c_char, d: c_int, p: *const c_char) -> c_int {
+    trace("symlinkat", p);
+    create_impl(d, p, &|q| real::symlink(t, q.as_ptr())).unwrap_or_else(|| real::symlinkat(t, d, p))
+}
+
+/// Shared by `truncate`, `chmod`, `utimensat`: modify an existing entry (copy-up first).
+fn modify_impl(dirfd: c_int, p: *const c_char, follow: bool, what: &dyn Fn(&PBuf) -> c_int) -> Option<c_int> {
+    guarded(|st| {
+        // SAFETY: caller's C string.
+        let raw = unsafe { cbytes(p) };
+        if raw.is_empty() {
+            return None;
+        }
+        let a = abs_of(st, dirfd, raw)?;
+        let r = vfs::resolve(st, a.p, follow);
+        match r.node {
+            Node::V { layer, idx } => {
+                let e = vfs::entry(st, layer, idx)?;
+                if e.is_dir() {
+                    return Some(0); // directories keep their manifest metadata
+                }
+                match copy_up(st, r.path.as_bytes(), &e, false) {
+                    Ok(mp) => Some(what(&mp)),
+                    Err(err) => fail(err),
+                }
+            }
+            Node::Gone(e) => fail(e),
+            Node::Upper => Some(what(&st.upper.as_ref()?.mirror_of(r.path.as_bytes())?)),
+            Node::Real => {
+                let rp = real_arg(&a, &r)?;
+                Some(what(rp))
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn truncate(p: *const c_char, len: off_t) -> c_int {
+    trace("truncate", p);
+    modify_impl(libc::AT_FDCWD, p, true, &|q| real::truncate(q.as_ptr(), len)).unwrap_or_else(|| real::truncate(p, len))
+}
+#[no_mangle]
+pub unsafe extern "C" fn truncate64(p: *const c_char, len: off_t) -> c_int {
+    trace("truncate64", p);
+    modify_impl(libc::AT_FDCWD, p, true, &|q| real::truncate(q.as_ptr(), len)).unwrap_or_else(|| real::truncate(p, len))
+}
+#[no_mangle]
+pub unsafe extern "C" fn chmod(p: *const c_char, mode: mode_t) -> c_int {
+    trace("chmod", p);
+    modify_impl(libc::AT_FDCWD, p, true, &|q| real::chmod(q.as_ptr(), mode)).unwrap_or_else(|| real::chmod(p, mode))
+}
+#[no_mangle]
+pub unsafe extern "C" fn fchmodat(d: c_int, p: *const c_char, mode: mode_t, flags: c_int) -> c_int {
+    trace("fchmodat", p);
+    let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
+    modify_impl(d, p, follow, &|q| real::fchmodat(libc::AT_FDCWD, q.as_ptr(), mode, flags))
+        .unwrap_or_else(|| real::fchmodat(d, p, mode, flags))
+}
+#[no_mangle]
+pub unsafe extern "C" fn utimensat(d: c_int, p: *const c_char, t: *const libc::timespec, flags: c_int) -> c_int {
+    if p.is_null() {
+        return real::utimensat(d, p, t, flags);
+    }
+    trace("utimensat", p);
+    let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
+    modify_impl(d, p, follow, &|q| real::utimensat(libc::AT_FDCWD, q.as_ptr(), t, flags))
+        .unwrap_or_else(|| real::utimensat(d, p, t, flags))
+}
+
+fn rename_impl(fa: c_int, pa: *const c_char, fb: c_int, pb: *const c_char, flags: c_uint) -> Option<c_int> {
+    guarded(|st| {
+        // SAFETY: caller's C strings.
+        let (ra, rb) = unsafe { (cbytes(pa), cbytes(pb)) };
+        let a = abs_of(st, fa, ra);
+        let b = abs_of(st, fb, rb);
+        let a_in = a.as_ref().is_some_and(|x| st.in_view(x.p.as_bytes()));
+        let b_in = b.as_ref().is_some_and(|x| st.in_view(x.p.as_bytes()));
+        if !a_in && !b_in {
+            return None;
+        }
+        let up = match st.upper.as_ref() {
+            Some(u) => u,
+            None => return fail(libc::EROFS),
+        };
+        // Source: a real path we can rename.
+        let mut whiteout_a: Option<PBuf> = None;
+        let src: PBuf = match &a {
+            Some(x) if a_in => {
+                let r = vfs::resolve(st, PBuf::from(x.p.as_bytes())?, false);
+                match r.node {
+                    Node::V { layer, idx } => {
+                        let e = vfs::entry(st, layer, idx)?;
+                        if e.is_dir() {
+                            return fail(libc::EXDEV); // mv copies directories itself
+                        }
+                        let mp = match copy_up(st, r.path.as_bytes(), &e, false) {
+                            Ok(m) => m,
+                            Err(err) => return fail(err),
+                        };
+                        whiteout_a = PBuf::from(r.path.as_bytes());
+                        mp
+                    }
+                    Node::Upper => {
+                        if let Node::V { .. } = vfs::resolve_manifest_only(st, PBuf::from(r.path.as_bytes())?) {
+                            whiteout_a = PBuf::from(r.path.as_bytes());
+                        }
+                        up.mirror_of(r.path.as_bytes())?
+                    }
+                    Node::Gone(e) => return fail(e),
+                    Node::Real => r.path,
+                }
+            }
+            Some(x) => PBuf::from(x.p.as_bytes())?,
+            None => {
+                if fa != libc::AT_FDCWD && !ra.starts_with(b"/") {
+                    return fail(libc::EXDEV);
+                }
+                let mut c = PBuf::new();
+                path::cwd_into(&mut c)?;
+                path::join(c.as_bytes(), ra)?
+            }
+        };
+        let dst: PBuf = match &b {
+            Some(x) if b_in => match prepare_new(st, x.p.as_bytes()) {
+                Ok(m) => m,
+                Err(e) => return fail(e),
+            },
+            Some(x) => PBuf::from(x.p.as_bytes())?,
+            None => {
+                if fb != libc::AT_FDCWD && !rb.starts_with(b"/") {
+                    return fail(libc::EXDEV);
+                }
+                let mut c = PBuf::new();
+                path::cwd_into(&mut c)?;
+                path::join(c.as_bytes(), rb)?
+            }
+        };
+        // SAFETY: valid buffers.
+        let rc = unsafe { real::renameat2(libc::AT_FDCWD, src.as_ptr(), libc::AT_FDCWD, dst.as_ptr(), flags) };
+        if rc != 0 {
+            return Some(rc);
+        }
+        if let Some(x) = &b {
+            if b_in {
+                up.flag_with_ancestors(x.p.as_bytes());
+            }
+        }
+        if let Some(w) = whiteout_a {
+            upper::whiteout(up, w.as_bytes());
+        }
+        Some(0)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn rename(a: *const c_char, b: *const c_char) -> c_int {
+    trace("rename", a);
+    rename_impl(libc::AT_FDCWD, a, libc::AT_FDCWD, b, 0).unwrap_or_else(|| real::rename(a, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn renameat(fa: c_int, a: *const c_char, fb: c_int, b: *const c_char) -> c_int {
+    trace("renameat", a);
+    rename_impl(fa, a, fb, b, 0).unwrap_or_else(|| real::renameat(fa, a, fb, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn renameat2(fa: c_int, a: *const c_char, fb: c_int, b: *const c_char, flags: c_uint) -> c_int {
+    trace("renameat2", a);
+    rename_impl(fa, a, fb, b, flags).unwrap_or_else(|| real::renameat2(fa, a, fb, b, flags))
+}

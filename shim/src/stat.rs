@@ -1,0 +1,395 @@
+//! `stat` in all its generations, `access`, `readlink`, the xattr readers.
+
+use libc::{c_char, c_int, c_uint, c_void, size_t, ssize_t};
+
+use crate::fdtab::{self, Tag};
+use crate::path::{self, cbytes, PBuf};
+use crate::state::State;
+use crate::vfs::{self, Node};
+use crate::{abs_of, fail, guarded, real, trace};
+
+/// Synthesized `stat` of a tagged fd.
+fn stat_fd(st: &State, fd: c_int, out: *mut libc::stat) -> Option<c_int> {
+    let (layer, idx) = match fdtab::get(fd)? {
+        Tag::File { layer, idx } | Tag::Dir { layer, idx } => (layer, idx),
+        Tag::Ancestor { .. } => return None,
+    };
+    let e = vfs::entry(st, layer, idx)?;
+    // SAFETY: the caller's buffer.
+    vfs::fill_stat(st, layer, &e, unsafe { &mut *out });
+    Some(0)
+}
+
+fn statx_fd(st: &State, fd: c_int, out: *mut libc::statx) -> Option<c_int> {
+    let (layer, idx) = match fdtab::get(fd)? {
+        Tag::File { layer, idx } | Tag::Dir { layer, idx } => (layer, idx),
+        Tag::Ancestor { .. } => return None,
+    };
+    let e = vfs::entry(st, layer, idx)?;
+    // SAFETY: the caller's buffer.
+    vfs::fill_statx(st, layer, &e, unsafe { &mut *out });
+    Some(0)
+}
+
+/// `fstatat` semantics for every stat flavour. `None`: pass the caller's call through.
+pub(crate) fn fstatat_impl(
+    dirfd: c_int,
+    p: *const c_char,
+    out: *mut libc::stat,
+    flags: c_int,
+) -> Option<c_int> {
+    guarded(|st| {
+        // SAFETY: caller's C string.
+        let raw = unsafe { cbytes(p) };
+        if raw.is_empty() {
+            if flags & libc::AT_EMPTY_PATH != 0 {
+                return stat_fd(st, dirfd, out);
+            }
+            return None;
+        }
+        let a = abs_of(st, dirfd, raw)?;
+        let r = vfs::resolve(st, a.p, flags & libc::AT_SYMLINK_NOFOLLOW == 0);
+        match r.node {
+            Node::V { layer, idx } => {
+                let e = vfs::entry(st, layer, idx)?;
+                // SAFETY: the caller's buffer.
+                vfs::fill_stat(st, layer, &e, unsafe { &mut *out });
+                Some(0)
+            }
+            Node::Gone(e) => fail(e),
+            Node::Upper => {
+                let mp = st.upper.as_ref()?.mirror_of(r.path.as_bytes())?;
+                // SAFETY: valid buffers.
+                Some(unsafe {
+                    real::fstatat(libc::AT_FDCWD, mp.as_ptr(), out, flags & libc::AT_SYMLINK_NOFOLLOW)
+                })
+            }
+            Node::Real if !r.moved && a.orig_ok => None,
+            // SAFETY: valid buffers.
+            Node::Real => Some(unsafe { real::fstatat(libc::AT_FDCWD, r.path.as_ptr(), out, flags) }),
+        }
+    })
+}
+
+pub(crate) fn statx_impl(
+    dirfd: c_int,
+    p: *const c_char,
+    flags: c_int,
+    mask: c_uint,
+    out: *mut libc::statx,
+) -> Option<c_int> {
+    guarded(|st| {
+        // SAFETY: caller's C string.
+        let raw = unsafe { cbytes(p) };
+        if raw.is_empty() {
+            if flags & libc::AT_EMPTY_PATH != 0 {
+                return statx_fd(st, dirfd, out);
+            }
+            return None;
+        }
+        let a = abs_of(st, dirfd, raw)?;
+        let r = vfs::resolve(st, a.p, flags & libc::AT_SYMLINK_NOFOLLOW == 0);
+        match r.node {
+            Node::V { layer, idx } => {
+                let e = vfs::entry(st, layer, idx)?;
+                // SAFETY: the caller's buffer.
+                vfs::fill_statx(st, layer, &e, unsafe { &mut *out });
+                Some(0)
+            }
+            Node::Gone(e) => fail(e),
+            Node::Upper => {
+                let mp = st.upper.as_ref()?.mirror_of(r.path.as_bytes())?;
+                // SAFETY: valid buffers.
+                Some(unsafe { real::statx(libc::AT_FDCWD, mp.as_ptr(), flags, mask, out) })
+            }
+            Node::Real if !r.moved && a.orig_ok => None,
+            // SAFETY: valid buffers.
+            Node::Real => Some(unsafe { real::statx(libc::AT_FDCWD, r.path.as_ptr(), flags, mask, out) }),
+        }
+    })
+}
+
+pub(crate) fn fstat_impl(fd: c_int, out: *mut libc::stat) -> Option<c_int> {
+    if fdtab::get(fd).is_none() {
+        return None;
+    }
+    guarded(|st| stat_fd(st, fd, out))
+}
+
+// ---- the exported stat family ------------------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn stat(p: *const c_char, b: *mut libc::stat) -> c_int {
+    trace("stat", p);
+    fstatat_impl(libc::AT_FDCWD, p, b, 0).unwrap_or_else(|| real::stat(p, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn stat64(p: *const c_char, b: *mut libc::stat) -> c_int {
+    trace("stat64", p);
+    fstatat_impl(libc::AT_FDCWD, p, b, 0).unwrap_or_else(|| real::stat(p, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn lstat(p: *const c_char, b: *mut libc::stat) -> c_int {
+    trace("lstat", p);
+    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW).unwrap_or_else(|| real::lstat(p, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn lstat64(p: *const c_char, b: *mut libc::stat) -> c_int {
+    trace("lstat64", p);
+    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW).unwrap_or_else(|| real::lstat(p, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn fstat(fd: c_int, b: *mut libc::stat) -> c_int {
+    fstat_impl(fd, b).unwrap_or_else(|| real::fstat(fd, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn fstat64(fd: c_int, b: *mut libc::stat) -> c_int {
+    fstat_impl(fd, b).unwrap_or_else(|| real::fstat(fd, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn fstatat(d: c_int, p: *const c_char, b: *mut libc::stat, f: c_int) -> c_int {
+    trace("fstatat", p);
+    fstatat_impl(d, p, b, f).unwrap_or_else(|| real::fstatat(d, p, b, f))
+}
+#[no_mangle]
+pub unsafe extern "C" fn fstatat64(d: c_int, p: *const c_char, b: *mut libc::stat, f: c_int) -> c_int {
+    trace("fstatat64", p);
+    fstatat_impl(d, p, b, f).unwrap_or_else(|| real::fstatat(d, p, b, f))
+}
+#[no_mangle]
+pub unsafe extern "C" fn __xstat(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int {
+    trace("__xstat", p);
+    fstatat_impl(libc::AT_FDCWD, p, b, 0).unwrap_or_else(|| real::stat(p, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn __xstat64(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int {
+    trace("__xstat64", p);
+    fstatat_impl(libc::AT_FDCWD, p, b, 0).unwrap_or_else(|| real::stat(p, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn __lxstat(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int {
+    trace("__lxstat", p);
+    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW).unwrap_or_else(|| real::lstat(p, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn __lxstat64(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int {
+    trace("__lxstat64", p);
+    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW).unwrap_or_else(|| real::lstat(p, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn __fxstat(_v: c_int, fd: c_int, b: *mut libc::stat) -> c_int {
+    fstat_impl(fd, b).unwrap_or_else(|| real::fstat(fd, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn __fxstat64(_v: c_int, fd: c_int, b: *mut libc::stat) -> c_int {
+    fstat_impl(fd, b).unwrap_or_else(|| real::fstat(fd, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn __fxstatat(_v: c_int, d: c_int, p: *const c_char, b: *mut libc::stat, f: c_int) -> c_int {
+    trace("__fxstatat", p);
+    fstatat_impl(d, p, b, f).unwrap_or_else(|| real::fstatat(d, p, b, f))
+}
+#[no_mangle]
+pub unsafe extern "C" fn __fxstatat64(_v: c_int, d: c_int, p: *const c_char, b: *mut libc::stat, f: c_int) -> c_int {
+    trace("__fxstatat64", p);
+    fstatat_impl(d, p, b, f).unwrap_or_else(|| real::fstatat(d, p, b, f))
+}
+#[no_mangle]
+pub unsafe extern "C" fn statx(d: c_int, p: *const c_char, f: c_int, m: c_uint, b: *mut libc::statx) -> c_int {
+    trace("statx", p);
+    statx_impl(d, p, f, m, b).unwrap_or_else(|| real::statx(d, p, f, m, b))
+}
+
+// ---- access ------------------------------------------------------------------------------
+
+pub(crate) fn access_impl(dirfd: c_int, p: *const c_char, mode: c_int, flags: c_int) -> Option<c_int> {
+    guarded(|st| {
+        // SAFETY: caller's C string.
+        let raw = unsafe { cbytes(p) };
+        let a = abs_of(st, dirfd, raw)?;
+        let r = vfs::resolve(st, a.p, flags & libc::AT_SYMLINK_NOFOLLOW == 0);
+        match r.node {
+            Node::V { layer, idx } => {
+                let e = vfs::entry(st, layer, idx)?;
+                let m = vfs::mode_of(&e);
+                let ok = (mode & libc::R_OK == 0 || m & 0o444 != 0)
+                    && (mode & libc::X_OK == 0 || m & 0o111 != 0)
+                    && (mode & libc::W_OK == 0 || st.upper.is_some());
+                if ok {
+                    Some(0)
+                } else if mode & libc::W_OK != 0 && st.upper.is_none() {
+                    fail(libc::EROFS)
+                } else {
+                    fail(libc::EACCES)
+                }
+            }
+            Node::Gone(e) => fail(e),
+            Node::Upper => {
+                let mp = st.upper.as_ref()?.mirror_of(r.path.as_bytes())?;
+                // SAFETY: valid buffers.
+                Some(unsafe { real::faccessat(libc::AT_FDCWD, mp.as_ptr(), mode, flags) })
+            }
+            Node::Real if !r.moved && a.orig_ok => None,
+            // SAFETY: valid buffers.
+            Node::Real => Some(unsafe { real::faccessat(libc::AT_FDCWD, r.path.as_ptr(), mode, flags) }),
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn access(p: *const c_char, mode: c_int) -> c_int {
+    trace("access", p);
+    access_impl(libc::AT_FDCWD, p, mode, 0).unwrap_or_else(|| real::access(p, mode))
+}
+#[no_mangle]
+pub unsafe extern "C" fn faccessat(d: c_int, p: *const c_char, mode: c_int, f: c_int) -> c_int {
+    trace("faccessat", p);
+    access_impl(d, p, mode, f).unwrap_or_else(|| real::faccessat(d, p, mode, f))
+}
+#[no_mangle]
+pub unsafe extern "C" fn euidaccess(p: *const c_char, mode: c_int) -> c_int {
+    trace("euidaccess", p);
+    access_impl(libc::AT_FDCWD, p, mode, libc::AT_EACCESS).unwrap_or_else(|| real::euidaccess(p, mode))
+}
+#[no_mangle]
+pub unsafe extern "C" fn eaccess(p: *const c_char, mode: c_int) -> c_int {
+    trace("eaccess", p);
+    access_impl(libc::AT_FDCWD, p, mode, libc::AT_EACCESS).unwrap_or_else(|| real::euidaccess(p, mode))
+}
+
+// ---- readlink ------------------------------------------------------------------------------
+
+fn copy_out(src: &[u8], buf: *mut c_char, n: size_t) -> ssize_t {
+    let k = src.len().min(n);
+    // SAFETY: the caller's buffer holds `n` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf.cast::<u8>(), k) };
+    k as ssize_t
+}
+
+/// `/proc/self/...` links that must name virtual paths.
+fn proc_link(st: &State, raw: &[u8], buf: *mut c_char, n: size_t) -> Option<ssize_t> {
+    let rest = raw
+        .strip_prefix(b"/proc/self/")
+        .or_else(|| raw.strip_prefix(b"/proc/thread-self/"))
+        .or_else(|| {
+            let r = raw.strip_prefix(b"/proc/")?;
+            let slash = r.iter().position(|&b| b == b'/')?;
+            // SAFETY: getpid never fails.
+            let me = unsafe { libc::getpid() }.to_string();
+            (r[..slash] == *me.as_bytes()).then(|| &r[slash + 1..])
+        })?;
+    if rest == b"exe" {
+        return st.exe.as_deref().map(|e| copy_out(e, buf, n));
+    }
+    if rest == b"cwd" {
+        if !path::cwd_mirrored() {
+            return None;
+        }
+        let mut c = PBuf::new();
+        path::cwd_into(&mut c)?;
+        return Some(copy_out(c.as_bytes(), buf, n));
+    }
+    let num = rest.strip_prefix(b"fd/")?;
+    let fd: c_int = std::str::from_utf8(num).ok()?.parse().ok()?;
+    let (layer, idx) = match fdtab::get(fd)? {
+        Tag::File { layer, idx } | Tag::Dir { layer, idx } => (layer, idx),
+        Tag::Ancestor { .. } => return None,
+    };
+    let e = vfs::entry(st, layer, idx)?;
+    let p = vfs::entry_abs(st, layer, &e)?;
+    Some(copy_out(p.as_bytes(), buf, n))
+}
+
+pub(crate) fn readlinkat_impl(dirfd: c_int, p: *const c_char, buf: *mut c_char, n: size_t) -> Option<ssize_t> {
+    guarded(|st| {
+        // SAFETY: caller's C string.
+        let raw = unsafe { cbytes(p) };
+        if raw.starts_with(b"/proc/") {
+            return proc_link(st, raw, buf, n);
+        }
+        let a = abs_of(st, dirfd, raw)?;
+        let r = vfs::resolve(st, a.p, false);
+        match r.node {
+            Node::V { layer, idx } => {
+                let e = vfs::entry(st, layer, idx)?;
+                if e.kind() != vrift_manifest::Kind::Symlink {
+                    return fail(libc::EINVAL);
+                }
+                Some(copy_out(e.target(), buf, n))
+            }
+            Node::Gone(e) => fail(e),
+            Node::Upper => {
+                let mp = st.upper.as_ref()?.mirror_of(r.path.as_bytes())?;
+                // SAFETY: valid buffers.
+                Some(unsafe { real::readlink(mp.as_ptr(), buf, n) })
+            }
+            Node::Real if !r.moved && a.orig_ok => None,
+            // SAFETY: valid buffers.
+            Node::Real => Some(unsafe { real::readlink(r.path.as_ptr(), buf, n) }),
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn readlink(p: *const c_char, buf: *mut c_char, n: size_t) -> ssize_t {
+    trace("readlink", p);
+    readlinkat_impl(libc::AT_FDCWD, p, buf, n).unwrap_or_else(|| real::readlink(p, buf, n))
+}
+#[no_mangle]
+pub unsafe extern "C" fn readlinkat(d: c_int, p: *const c_char, buf: *mut c_char, n: size_t) -> ssize_t {
+    trace("readlinkat", p);
+    readlinkat_impl(d, p, buf, n).unwrap_or_else(|| real::readlinkat(d, p, buf, n))
+}
+
+// ---- xattrs: virtual entries have none ----------------------------------------------------
+
+fn xattr_impl(p: *const c_char, follow: bool, list: bool) -> Option<ssize_t> {
+    guarded(|st| {
+        // SAFETY: caller's C string.
+        let raw = unsafe { cbytes(p) };
+        let a = abs_of(st, libc::AT_FDCWD, raw)?;
+        let r = vfs::resolve(st, a.p, follow);
+        match r.node {
+            Node::V { .. } if list => Some(0),
+            Node::V { .. } => fail(libc::ENODATA),
+            Node::Gone(e) => fail(e),
+            _ => None,
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn getxattr(p: *const c_char, name: *const c_char, v: *mut c_void, s: size_t) -> ssize_t {
+    trace("getxattr", p);
+    xattr_impl(p, true, false).unwrap_or_else(|| real::getxattr(p, name, v, s))
+}
+#[no_mangle]
+pub unsafe extern "C" fn lgetxattr(p: *const c_char, name: *const c_char, v: *mut c_void, s: size_t) -> ssize_t {
+    trace("lgetxattr", p);
+    xattr_impl(p, false, false).unwrap_or_else(|| real::lgetxattr(p, name, v, s))
+}
+#[no_mangle]
+pub unsafe extern "C" fn fgetxattr(fd: c_int, name: *const c_char, v: *mut c_void, s: size_t) -> ssize_t {
+    if matches!(fdtab::get(fd), Some(Tag::File { .. } | Tag::Dir { .. })) {
+        real::set_errno(libc::ENODATA);
+        return -1;
+    }
+    real::fgetxattr(fd, name, v, s)
+}
+#[no_mangle]
+pub unsafe extern "C" fn listxattr(p: *const c_char, l: *mut c_char, s: size_t) -> ssize_t {
+    trace("listxattr", p);
+    xattr_impl(p, true, true).unwrap_or_else(|| real::listxattr(p, l, s))
+}
+#[no_mangle]
+pub unsafe extern "C" fn llistxattr(p: *const c_char, l: *mut c_char, s: size_t) -> ssize_t {
+    trace("llistxattr", p);
+    xattr_impl(p, false, true).unwrap_or_else(|| real::llistxattr(p, l, s))
+}
+#[no_mangle]
+pub unsafe extern "C" fn flistxattr(fd: c_int, l: *mut c_char, s: size_t) -> ssize_t {
+    if matches!(fdtab::get(fd), Some(Tag::File { .. } | Tag::Dir { .. })) {
+        return 0;
+    }
+    real::flistxattr(fd, l, s)
+}

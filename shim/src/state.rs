@@ -1,0 +1,269 @@
+//! Process-wide configuration, read once from the environment at load time.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
+
+use vrift_manifest::{Manifest, OpenOptions};
+
+use crate::path::{self, PBuf};
+use crate::upper::Upper;
+
+/// Environment variables `vrift run` sets (and the shim keeps in children).
+pub const ENV_MANIFESTS: &str = "VRIFT_MANIFESTS";
+pub const ENV_STORE: &str = "VRIFT_STORE";
+pub const ENV_UPPER: &str = "VRIFT_UPPER";
+pub const ENV_TRACE: &str = "VRIFT_TRACE";
+pub const ENV_EXE: &str = "VRIFT_EXE";
+const PASS_ON: [&str; 4] = [ENV_MANIFESTS, ENV_STORE, ENV_UPPER, ENV_TRACE];
+
+pub struct Layer {
+    pub m: Manifest,
+    /// The manifest's root, no trailing slash (`""` for `/`).
+    pub root: Box<[u8]>,
+}
+
+pub struct State {
+    /// Bottom first; later layers win.
+    pub layers: Vec<Layer>,
+    /// `<store>/blake3`.
+    pub blob_dir: Box<[u8]>,
+    pub upper: Option<Upper>,
+    /// Real empty directory opened behind every virtual directory fd (NUL-terminated).
+    pub placeholder: PBuf,
+    /// Proper ancestors of every root (`/` included), normalized.
+    pub ancestors: Vec<Box<[u8]>>,
+    /// `KEY=VALUE` of the variables children must inherit (see [`PASS_ON`]).
+    pub env_pass: Vec<Box<[u8]>>,
+    /// This library's own path, for `LD_PRELOAD` in children.
+    pub shim_path: Box<[u8]>,
+    pub uid: u32,
+    pub gid: u32,
+    /// Virtual path of this process's executable, if it was started from a virtual file.
+    pub exe: Option<Box<[u8]>>,
+}
+
+const UNINIT: u8 = 0;
+const RUNNING: u8 = 1;
+const READY: u8 = 2;
+const INACTIVE: u8 = 3;
+
+static PHASE: AtomicU8 = AtomicU8::new(UNINIT);
+static STATE: AtomicPtr<State> = AtomicPtr::new(std::ptr::null_mut());
+/// `VRIFT_TRACE` set: every hook logs its call on stderr (used to measure what programs call).
+pub static TRACE: AtomicBool = AtomicBool::new(false);
+
+/// The state if the shim is active (initializing on first use), else `None` (pass through).
+#[inline]
+pub fn get() -> Option<&'static State> {
+    match PHASE.load(Ordering::Acquire) {
+        READY => {
+            // SAFETY: set once before READY is published, never freed.
+            unsafe { STATE.load(Ordering::Acquire).as_ref() }
+        }
+        UNINIT => {
+            init();
+            if PHASE.load(Ordering::Acquire) == READY {
+                // SAFETY: as above.
+                unsafe { STATE.load(Ordering::Acquire).as_ref() }
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Loads the configuration. Called from the library constructor; hooks that run during
+/// it (our own `open` of the manifests) see `RUNNING` and pass through.
+pub fn init() {
+    if PHASE
+        .compare_exchange(UNINIT, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return;
+    }
+    crate::real::resolve_all();
+    let st = std::panic::catch_unwind(load).ok().flatten();
+    match st {
+        Some(st) => {
+            STATE.store(Box::into_raw(Box::new(st)), Ordering::Release);
+            PHASE.store(READY, Ordering::Release);
+        }
+        None => PHASE.store(INACTIVE, Ordering::Release),
+    }
+}
+
+fn env(name: &str) -> Option<Vec<u8>> {
+    std::env::var_os(name).map(|v| v.as_bytes().to_vec())
+}
+
+fn load() -> Option<State> {
+    TRACE.store(
+        env(ENV_TRACE).is_some_and(|v| !v.is_empty() && v != b"0"),
+        Ordering::Relaxed,
+    );
+    let list = env(ENV_MANIFESTS)?;
+    let mut layers = Vec::new();
+    for p in list.split(|&b| b == b':').filter(|p| !p.is_empty()) {
+        let opts = OpenOptions {
+            // `vrift run` verified the checksum; every child re-validates the structure.
+            verify_checksum: false,
+            populate: true,
+        };
+        match Manifest::open_with(Path::new(OsStr::from_bytes(p)), opts) {
+            Ok(m) => {
+                let root = path::normalize_abs(m.root())?;
+                let root: Box<[u8]> = if root.as_bytes() == b"/" {
+                    Box::from(&b""[..])
+                } else {
+                    root.as_bytes().into()
+                };
+                layers.push(Layer { m, root });
+            }
+            Err(e) => {
+                let msg = format!("vrift-shim: cannot open manifest: {e}\n");
+                // SAFETY: writing a buffer to stderr.
+                unsafe { crate::real::write(2, msg.as_ptr().cast(), msg.len()) };
+            }
+        }
+    }
+    if layers.is_empty() {
+        return None;
+    }
+    let store = env(ENV_STORE).or_else(|| {
+        env("VR_THE_SOURCE").or_else(|| {
+            env("HOME").map(|mut h| {
+                h.extend_from_slice(b"/.vrift/the_source");
+                h
+            })
+        })
+    })?;
+    let mut blob_dir = path::normalize_abs(&store)?;
+    blob_dir.push(b"/blake3")?;
+    let upper = env(ENV_UPPER).and_then(|u| Upper::open(&u));
+    let placeholder = match &upper {
+        Some(u) => u.sub(b"empty")?,
+        None => {
+            // No upper dir: a private empty directory of our own.
+            let mut p = PBuf::from(b"/tmp/vrift-empty-")?;
+            // SAFETY: getuid never fails.
+            p.push(unsafe { libc::getuid() }.to_string().as_bytes())?;
+            crate::upper::mkdir_p(p.as_bytes());
+            p
+        }
+    };
+    let mut ancestors: Vec<Box<[u8]>> = Vec::new();
+    for l in &layers {
+        let mut r: &[u8] = &l.root;
+        while !r.is_empty() {
+            r = path::parent(r);
+            let a: &[u8] = if r == b"/" { b"/" } else { r };
+            if !ancestors.iter().any(|x| **x == *a) {
+                ancestors.push(a.into());
+            }
+            if r == b"/" {
+                break;
+            }
+        }
+    }
+    let mut env_pass = Vec::new();
+    for k in PASS_ON {
+        if let Some(v) = env(k) {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(&v);
+            kv.push(0);
+            env_pass.push(kv.into_boxed_slice());
+        }
+    }
+    let shim_path = own_path().unwrap_or_default();
+    let mut st = State {
+        layers,
+        blob_dir: blob_dir.as_bytes().into(),
+        upper,
+        placeholder,
+        ancestors,
+        env_pass,
+        shim_path,
+        // SAFETY: never fail.
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+        exe: None,
+    };
+    st.exe = env(ENV_EXE).filter(|v| exe_matches(&st, v)).map(Into::into);
+    Some(st)
+}
+
+/// The path this library was loaded from.
+fn own_path() -> Option<Box<[u8]>> {
+    // SAFETY: dladdr on an address inside this library; the returned name is owned by the loader.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(own_path as *const libc::c_void, &mut info) == 0 || info.dli_fname.is_null()
+        {
+            return None;
+        }
+        Some(path::cbytes(info.dli_fname).into())
+    }
+}
+
+/// `VRIFT_EXE` is only believed if `/proc/self/exe` really is the blob of that virtual file
+/// (a non-virtual program started by a virtual one inherits the variable).
+fn exe_matches(st: &State, virt: &[u8]) -> bool {
+    let Some(abs) = path::normalize_abs(virt) else {
+        return false;
+    };
+    let r = crate::vfs::resolve(st, abs, true);
+    let crate::vfs::Node::V { layer, idx } = r.node else {
+        return false;
+    };
+    let Some(e) = st.layers.get(layer).and_then(|l| l.m.entry(idx)) else {
+        return false;
+    };
+    let Some(blob) = crate::vfs::blob_path(st, &e) else {
+        return false;
+    };
+    let mut buf = [0u8; path::MAX];
+    // SAFETY: valid buffers.
+    let n = unsafe {
+        crate::real::readlink(
+            c"/proc/self/exe".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    n > 0 && &buf[..n as usize] == blob.as_bytes()
+}
+
+impl State {
+    /// True if `abs` is at or below some layer's root.
+    #[inline]
+    pub fn in_view(&self, abs: &[u8]) -> bool {
+        self.layers.iter().any(|l| path::under(&l.root, abs).is_some())
+    }
+
+    /// Index of `abs` in [`State::ancestors`], if it is a proper ancestor of a root.
+    #[inline]
+    pub fn ancestor_id(&self, abs: &[u8]) -> Option<usize> {
+        self.ancestors.iter().position(|a| **a == *abs)
+    }
+
+    /// Names of roots that are direct children of the real directory `abs`.
+    pub fn root_children(&self, abs: &[u8]) -> Vec<&[u8]> {
+        let mut out: Vec<&[u8]> = Vec::new();
+        for l in &self.layers {
+            if l.root.is_empty() {
+                continue;
+            }
+            if path::parent(&l.root) == abs {
+                let n = path::file_name(&l.root);
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+        }
+        out
+    }
+}

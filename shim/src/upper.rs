@@ -1,0 +1,316 @@
+//! The writable side of the view: a real directory (`VRIFT_UPPER`) that holds copies of
+//! virtual files that were written to (copy-up), files and directories created inside
+//! virtual directories, and whiteouts for deleted virtual entries.
+//!
+//! Layout of `<upper>`:
+//! * `fs/<absolute virtual path>`: the mirror. A regular file or directory here wins over the
+//!   manifest; a symlink whose target is [`WHITEOUT`] hides the path.
+//! * `state`: a fixed-size open-addressing hash set, mmapped `MAP_SHARED` by every process
+//!   of the run, of the (hashed) virtual paths that have anything in the mirror. A lookup only
+//!   looks at the mirror when its path is in the set, so a run that never writes pays one
+//!   load per lookup, and a child process sees its parent's writes at once.
+//! * `empty/`: an empty directory; the real fd behind every virtual directory fd.
+//! * `dl/<absolute virtual path>`: symlinks to blobs for `dlopen` (see the crate docs).
+//! * `exec/`: executable copies of blobs that lack the execute bit.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::path::PBuf;
+use crate::real;
+
+/// Symlink target that marks a deleted virtual path.
+pub const WHITEOUT: &[u8] = b"\x01vrift-whiteout";
+
+const TABLE_SLOTS: usize = 1 << 18;
+const HEADER_WORDS: usize = 8;
+/// Size of the `state` file.
+pub const TABLE_BYTES: usize = (HEADER_WORDS + TABLE_SLOTS) * 8;
+
+pub struct Upper {
+    /// `<upper>` without trailing slash.
+    pub dir: Box<[u8]>,
+    /// `<upper>/fs`.
+    pub mirror: Box<[u8]>,
+    table: *const AtomicU64,
+}
+
+// SAFETY: the table pointer is a MAP_SHARED mapping that lives as long as the process and is
+// only accessed through atomics.
+unsafe impl Send for Upper {}
+unsafe impl Sync for Upper {}
+
+fn fnv(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &c in b {
+        h ^= u64::from(c);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
+impl Upper {
+    /// Opens (creating if needed) the upper dir's state table and empty dir.
+    pub fn open(dir: &[u8]) -> Option<Upper> {
+        let dir = crate::path::normalize_abs(dir)?;
+        let dir: Box<[u8]> = dir.as_bytes().into();
+        let mut mirror = PBuf::from(&dir)?;
+        mirror.push(b"/fs")?;
+        mkdir_p(mirror.as_bytes());
+        let mut empty = PBuf::from(&dir)?;
+        empty.push(b"/empty")?;
+        mkdir_p(empty.as_bytes());
+        let mut st = PBuf::from(&dir)?;
+        st.push(b"/state")?;
+        // SAFETY: plain syscalls on our own NUL-terminated buffers.
+        let table = unsafe {
+            let fd = real::open(st.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC, 0o600);
+            if fd < 0 {
+                return None;
+            }
+            let mut s: libc::stat = std::mem::zeroed();
+            if real::fstat(fd, &mut s) == 0 && (s.st_size as usize) < TABLE_BYTES {
+                libc::ftruncate(fd, TABLE_BYTES as libc::off_t);
+            }
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                TABLE_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            real::close(fd);
+            if p == libc::MAP_FAILED {
+                return None;
+            }
+            p as *const AtomicU64
+        };
+        Some(Upper {
+            dir,
+            mirror: mirror.as_bytes().into(),
+            table,
+        })
+    }
+
+    fn word(&self, i: usize) -> &AtomicU64 {
+        // SAFETY: the mapping holds HEADER_WORDS + TABLE_SLOTS words; callers stay in range.
+        unsafe { &*self.table.add(i) }
+    }
+
+    /// True if the mirror may hold something for `virt` (no false negatives).
+    #[inline]
+    pub fn flagged(&self, virt: &[u8]) -> bool {
+        let count = self.word(0).load(Ordering::Acquire);
+        if count == 0 {
+            return false;
+        }
+        if self.word(1).load(Ordering::Relaxed) != 0 {
+            return true; // overflowed: check the mirror for everything
+        }
+        let h = fnv(virt);
+        let mut i = (h as usize) & (TABLE_SLOTS - 1);
+        for _ in 0..TABLE_SLOTS {
+            let v = self.word(HEADER_WORDS + i).load(Ordering::Acquire);
+            if v == h {
+                return true;
+            }
+            if v == 0 {
+                return false;
+            }
+            i = (i + 1) & (TABLE_SLOTS - 1);
+        }
+        true
+    }
+
+    /// Records that the mirror holds something for `virt`.
+    pub fn flag(&self, virt: &[u8]) {
+        let h = fnv(virt);
+        let mut i = (h as usize) & (TABLE_SLOTS - 1);
+        for _ in 0..TABLE_SLOTS / 2 {
+            let w = self.word(HEADER_WORDS + i);
+            match w.compare_exchange(0, h, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    let n = self.word(0).fetch_add(1, Ordering::AcqRel) + 1;
+                    if n as usize > TABLE_SLOTS / 2 {
+                        self.word(1).store(1, Ordering::Release);
+                    }
+                    return;
+                }
+                Err(v) if v == h => {
+                    // Already there; make sure the count is non-zero (it is).
+                    return;
+                }
+                Err(_) => i = (i + 1) & (TABLE_SLOTS - 1),
+            }
+        }
+        self.word(1).store(1, Ordering::Release);
+        self.word(0).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Flags `virt` and every ancestor up to `/`.
+    pub fn flag_with_ancestors(&self, virt: &[u8]) {
+        let mut p = virt;
+        loop {
+            self.flag(p);
+            if p == b"/" || p.is_empty() {
+                break;
+            }
+            p = crate::path::parent(p);
+        }
+    }
+
+    /// The mirror path of a virtual path.
+    pub fn mirror_of(&self, virt: &[u8]) -> Option<PBuf> {
+        let mut p = PBuf::from(&self.mirror)?;
+        if virt != b"/" {
+            p.push(virt)?;
+        }
+        Some(p)
+    }
+
+    /// `real` inside the mirror → its virtual path.
+    pub fn unmirror<'a>(&self, real: &'a [u8]) -> Option<&'a [u8]> {
+        let rest = real.strip_prefix(&*self.mirror)?;
+        if rest.is_empty() {
+            return Some(b"/");
+        }
+        rest.starts_with(b"/").then_some(rest)
+    }
+
+    /// A path inside the upper dir (`<upper>/<name>`).
+    pub fn sub(&self, name: &[u8]) -> Option<PBuf> {
+        let mut p = PBuf::from(&self.dir)?;
+        p.push(b"/")?;
+        p.push(name)?;
+        Some(p)
+    }
+}
+
+/// What the mirror says about a path.
+pub enum Mirror {
+    Nothing,
+    Whiteout,
+    /// A directory (merged with the manifest's directory if there is one).
+    Dir,
+    /// A symlink with this target.
+    Symlink(PBuf),
+    /// A regular file (or anything else): the real upper path serves it.
+    Other,
+}
+
+/// Inspects `<mirror>/virt` with one `lstat` (plus a `readlink` for symlinks).
+pub fn probe(up: &Upper, virt: &[u8]) -> Mirror {
+    let Some(mp) = up.mirror_of(virt) else {
+        return Mirror::Nothing;
+    };
+    // SAFETY: valid buffers.
+    unsafe {
+        let mut s: libc::stat = std::mem::zeroed();
+        if real::lstat(mp.as_ptr(), &mut s) != 0 {
+            return Mirror::Nothing;
+        }
+        match s.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => Mirror::Dir,
+            libc::S_IFLNK => {
+                let mut t = [0u8; crate::path::MAX];
+                let n = real::readlink(mp.as_ptr(), t.as_mut_ptr().cast(), t.len());
+                if n < 0 {
+                    return Mirror::Nothing;
+                }
+                let t = &t[..n as usize];
+                if t == WHITEOUT {
+                    Mirror::Whiteout
+                } else {
+                    PBuf::from(t).map_or(Mirror::Nothing, Mirror::Symlink)
+                }
+            }
+            _ => Mirror::Other,
+        }
+    }
+}
+
+/// `mkdir -p` with the real functions (errors ignored: the caller's next step reports).
+pub fn mkdir_p(path: &[u8]) {
+    let Some(full) = PBuf::from(path) else {
+        return;
+    };
+    // SAFETY: valid NUL-terminated buffers.
+    unsafe {
+        if real::mkdir(full.as_ptr(), 0o755) == 0 || real::errno() == libc::EEXIST {
+            return;
+        }
+        for (i, &b) in path.iter().enumerate().skip(1) {
+            if b == b'/' {
+                if let Some(p) = PBuf::from(&path[..i]) {
+                    real::mkdir(p.as_ptr(), 0o755);
+                }
+            }
+        }
+        real::mkdir(full.as_ptr(), 0o755);
+    }
+}
+
+/// Removes whiteouts in a mirror directory and the directory itself (for `rmdir`).
+pub fn remove_dir_with_whiteouts(mp: &PBuf) -> bool {
+    // SAFETY: real functions on valid buffers; the DIR is closed before returning.
+    unsafe {
+        let d = real::opendir(mp.as_ptr());
+        if !d.is_null() {
+            loop {
+                let e = real::readdir64(d);
+                if e.is_null() {
+                    break;
+                }
+                let name = crate::path::cbytes((*e).d_name.as_ptr());
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                let Some(mut c) = PBuf::from(mp.as_bytes()) else {
+                    continue;
+                };
+                if c.push(b"/").is_none() || c.push(name).is_none() {
+                    continue;
+                }
+                if matches!(probe_real_whiteout(&c), Some(true)) {
+                    real::unlink(c.as_ptr());
+                }
+            }
+            real::closedir(d);
+        }
+        real::rmdir(mp.as_ptr()) == 0 || real::errno() == libc::ENOENT
+    }
+}
+
+fn probe_real_whiteout(p: &PBuf) -> Option<bool> {
+    let mut t = [0u8; 64];
+    // SAFETY: valid buffers.
+    let n = unsafe { real::readlink(p.as_ptr(), t.as_mut_ptr().cast(), t.len()) };
+    if n < 0 {
+        return None;
+    }
+    Some(&t[..n as usize] == WHITEOUT)
+}
+
+/// Writes a whiteout for `virt` into the mirror (replacing whatever is there).
+pub fn whiteout(up: &Upper, virt: &[u8]) -> bool {
+    let Some(mp) = up.mirror_of(virt) else {
+        return false;
+    };
+    mkdir_p(crate::path::parent(mp.as_bytes()));
+    let Some(t) = PBuf::from(WHITEOUT) else {
+        return false;
+    };
+    // SAFETY: valid buffers.
+    let ok = unsafe {
+        real::unlink(mp.as_ptr());
+        real::symlink(t.as_ptr(), mp.as_ptr()) == 0
+    };
+    if ok {
+        up.flag_with_ancestors(virt);
+    }
+    ok
+}

@@ -1,0 +1,512 @@
+//! The view: resolving an absolute path against the layers, the upper dir and the real
+//! filesystem; synthesizing `stat` data; listing directories.
+
+use std::cmp::Ordering;
+
+use vrift_manifest::order::cmp_paths;
+use vrift_manifest::{Entry, Kind, Manifest};
+
+use crate::path::{self, PBuf};
+use crate::state::State;
+use crate::upper::{self, Mirror};
+
+/// Where a resolved path lives.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Node {
+    /// A manifest entry (never a whiteout): `layer` into `State::layers`, entry index.
+    V { layer: usize, idx: usize },
+    /// A real file or directory in the upper mirror (directories here are not in any
+    /// manifest; merged ones resolve to `V`).
+    Upper,
+    /// Does not exist in the view (deleted, or below a non-directory): this errno.
+    Gone(i32),
+    /// Not ours: the real filesystem answers, at [`Resolved::path`].
+    Real,
+}
+
+pub struct Resolved {
+    pub node: Node,
+    /// The absolute path after following symlinks (equal to the input if none were).
+    pub path: PBuf,
+    /// True if any symlink was followed (so `path` differs from the caller's path).
+    pub moved: bool,
+}
+
+enum Lk<'a> {
+    Found(usize, Entry<'a>),
+    /// An ancestor that is a symlink: (layer, entry, absolute path of that entry).
+    ViaSymlink(usize, Entry<'a>),
+    Hidden(i32),
+    Absent,
+}
+
+/// Binary search in component order: `Ok(index)` or `Err(insertion point)`.
+fn search(m: &Manifest, rel: &[u8]) -> Result<usize, usize> {
+    let (mut lo, mut hi) = (0usize, m.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let p = m.entry(mid).map(|e| e.path()).unwrap_or_default();
+        match cmp_paths(p, rel) {
+            Ordering::Less => lo = mid + 1,
+            Ordering::Greater => hi = mid,
+            Ordering::Equal => return Ok(mid),
+        }
+    }
+    Err(lo)
+}
+
+/// The deepest existing ancestor of the missing `rel`, given its insertion point: it is the
+/// longest common component prefix of `rel` and the entry just before the insertion point
+/// (every entry between an ancestor and `rel` lies in that ancestor's subtree).
+fn deepest_ancestor<'a>(m: &'a Manifest, rel: &[u8], pos: usize) -> Option<Entry<'a>> {
+    let prev = m.entry(pos.checked_sub(1)?)?.path();
+    let k = prev.iter().zip(rel).take_while(|(a, b)| a == b).count();
+    let full = k == prev.len() && (k == rel.len() || rel.get(k) == Some(&b'/'));
+    let cut = if full {
+        k
+    } else {
+        rel[..k].iter().rposition(|&b| b == b'/').unwrap_or(0)
+    };
+    let cand = &rel[..cut.min(rel.len())];
+    match search(m, cand) {
+        Ok(i) => m.entry(i),
+        Err(_) => m.entry(0),
+    }
+}
+
+fn lookup_layers<'a>(st: &'a State, abs: &[u8]) -> Lk<'a> {
+    for (li, l) in st.layers.iter().enumerate().rev() {
+        let Some(rel) = path::under(&l.root, abs) else {
+            continue;
+        };
+        match search(&l.m, rel) {
+            Ok(i) => {
+                let Some(e) = l.m.entry(i) else {
+                    continue;
+                };
+                if e.kind() == Kind::Whiteout {
+                    return Lk::Hidden(libc::ENOENT);
+                }
+                return Lk::Found(li, e);
+            }
+            Err(pos) => {
+                let Some(a) = deepest_ancestor(&l.m, rel, pos) else {
+                    continue;
+                };
+                match a.kind() {
+                    Kind::Dir => continue,
+                    Kind::Symlink => return Lk::ViaSymlink(li, a),
+                    Kind::File | Kind::Executable => return Lk::Hidden(libc::ENOTDIR),
+                    Kind::Whiteout => return Lk::Hidden(libc::ENOENT),
+                }
+            }
+        }
+    }
+    Lk::Absent
+}
+
+/// Absolute path of entry `e` of layer `li`.
+pub fn entry_abs(st: &State, li: usize, e: &Entry<'_>) -> Option<PBuf> {
+    let l = st.layers.get(li)?;
+    let mut p = PBuf::from(&l.root)?;
+    if !e.path().is_empty() {
+        p.push(b"/")?;
+        p.push(e.path())?;
+    }
+    p.finish();
+    Some(p)
+}
+
+/// Resolves `abs` (absolute, normalized). `follow`: follow a symlink in the last component.
+pub fn resolve(st: &State, abs: PBuf, follow: bool) -> Resolved {
+    let mut cur = abs;
+    let mut moved = false;
+    for _ in 0..40 {
+        if !st.in_view(cur.as_bytes()) {
+            return Resolved {
+                node: Node::Real,
+                path: cur,
+                moved,
+            };
+        }
+        let mut upper_dir = false;
+        if let Some(up) = &st.upper {
+            if up.flagged(cur.as_bytes()) {
+                match upper::probe(up, cur.as_bytes()) {
+                    Mirror::Nothing => {}
+                    Mirror::Whiteout => {
+                        return Resolved {
+                            node: Node::Gone(libc::ENOENT),
+                            path: cur,
+                            moved,
+                        }
+                    }
+                    Mirror::Dir => upper_dir = true,
+                    Mirror::Other => {
+                        return Resolved {
+                            node: Node::Upper,
+                            path: cur,
+                            moved,
+                        }
+                    }
+                    Mirror::Symlink(t) => {
+                        if !follow {
+                            return Resolved {
+                                node: Node::Upper,
+                                path: cur,
+                                moved,
+                            };
+                        }
+                        match path::join(path::parent(cur.as_bytes()), t.as_bytes()) {
+                            Some(n) => {
+                                cur = n;
+                                moved = true;
+                                continue;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+        match lookup_layers(st, cur.as_bytes()) {
+            Lk::Found(li, e) if e.kind() == Kind::Symlink && follow && !upper_dir => {
+                match path::join(path::parent(cur.as_bytes()), e.target()) {
+                    Some(n) => {
+                        cur = n;
+                        moved = true;
+                    }
+                    None => break,
+                }
+                let _ = li;
+            }
+            Lk::Found(li, e) => {
+                let node = if upper_dir && !e.is_dir() {
+                    Node::Upper
+                } else {
+                    Node::V {
+                        layer: li,
+                        idx: e.index(),
+                    }
+                };
+                return Resolved {
+                    node,
+                    path: cur,
+                    moved,
+                };
+            }
+            Lk::ViaSymlink(li, a) => {
+                // Replace the symlink's prefix of `cur` by its target and go on.
+                let Some(link_abs) = entry_abs(st, li, &a) else {
+                    break;
+                };
+                let rest = &cur.as_bytes()[link_abs.len().min(cur.len())..];
+                let Some(mut n) = path::join(path::parent(link_abs.as_bytes()), a.target())
+                else {
+                    break;
+                };
+                if n.as_bytes() == b"/" {
+                    n.clear();
+                }
+                if n.push(rest).is_none() {
+                    break;
+                }
+                n.finish();
+                cur = n;
+                moved = true;
+            }
+            Lk::Hidden(e) => {
+                return Resolved {
+                    node: if upper_dir { Node::Upper } else { Node::Gone(e) },
+                    path: cur,
+                    moved,
+                }
+            }
+            Lk::Absent => {
+                return Resolved {
+                    node: if upper_dir { Node::Upper } else { Node::Real },
+                    path: cur,
+                    moved,
+                }
+            }
+        }
+    }
+    Resolved {
+        node: Node::Gone(libc::ELOOP),
+        path: cur,
+        moved,
+    }
+}
+
+/// The entry behind a `Node::V`.
+pub fn entry(st: &State, layer: usize, idx: usize) -> Option<Entry<'_>> {
+    st.layers.get(layer)?.m.entry(idx)
+}
+
+/// The CAS path of a file entry's blob.
+pub fn blob_path(st: &State, e: &Entry<'_>) -> Option<PBuf> {
+    let mut p = PBuf::from(&st.blob_dir)?;
+    let mut hex = [0u8; 64];
+    vrift_manifest::hex_into(e.hash(), &mut hex);
+    p.push(b"/")?;
+    p.push(&hex[0..2])?;
+    p.push(b"/")?;
+    p.push(&hex[2..4])?;
+    p.push(b"/")?;
+    p.push(&hex)?;
+    p.push(b"_")?;
+    let mut digits = [0u8; 20];
+    let mut n = e.size();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    p.push(&digits[i..])?;
+    p.push(b".bin")?;
+    Some(p)
+}
+
+/// Device number reported for virtual entries.
+pub const VDEV: u64 = (0x7f << 8) | 0x76; // makedev(0x7f, 0x76): not a real block device
+pub const VDEV_MAJOR: u32 = 0x7f;
+pub const VDEV_MINOR: u32 = 0x76;
+
+/// Inode number reported for a virtual entry: unique per (layer, entry), stable for a run.
+pub fn vino(layer: usize, idx: usize) -> u64 {
+    0x5600_0000_0000_0000 | ((layer as u64 & 0xff) << 40) | (idx as u64 + 1)
+}
+
+/// `S_IF*` type bits plus permission bits of an entry.
+pub fn mode_of(e: &Entry<'_>) -> u32 {
+    let perm = e.mode() & 0o7777;
+    match e.kind() {
+        Kind::Dir => libc::S_IFDIR | if perm == 0 { 0o755 } else { perm },
+        Kind::Symlink => libc::S_IFLNK | 0o777,
+        Kind::Executable => libc::S_IFREG | if perm == 0 { 0o755 } else { perm },
+        Kind::File | Kind::Whiteout => libc::S_IFREG | if perm == 0 { 0o644 } else { perm },
+    }
+}
+
+/// `d_type` of an entry.
+pub fn dtype_of(e: &Entry<'_>) -> u8 {
+    match e.kind() {
+        Kind::Dir => libc::DT_DIR,
+        Kind::Symlink => libc::DT_LNK,
+        _ => libc::DT_REG,
+    }
+}
+
+/// Size as `stat` reports it (4096 for directories, like ext4).
+pub fn size_of(e: &Entry<'_>) -> u64 {
+    match e.kind() {
+        Kind::Dir => 4096,
+        Kind::Symlink => e.target().len() as u64,
+        _ => e.size(),
+    }
+}
+
+fn nlink_of(st: &State, layer: usize, e: &Entry<'_>) -> u64 {
+    if !e.is_dir() {
+        return 1;
+    }
+    let Some(l) = st.layers.get(layer) else {
+        return 2;
+    };
+    2 + l.m.children(e).filter(|c| c.is_dir()).count() as u64
+}
+
+/// Fills `out` for a virtual entry.
+pub fn fill_stat(st: &State, layer: usize, e: &Entry<'_>, out: &mut libc::stat) {
+    // SAFETY: libc::stat is plain old data.
+    *out = unsafe { std::mem::zeroed() };
+    let size = size_of(e);
+    let t = e.mtime_ns();
+    out.st_dev = VDEV;
+    out.st_ino = vino(layer, e.index());
+    out.st_nlink = nlink_of(st, layer, e) as _;
+    out.st_mode = mode_of(e);
+    out.st_uid = st.uid;
+    out.st_gid = st.gid;
+    out.st_size = size as i64;
+    out.st_blksize = 4096;
+    out.st_blocks = (size.div_ceil(4096) * 8) as i64;
+    let (s, ns) = (t.div_euclid(1_000_000_000), t.rem_euclid(1_000_000_000));
+    out.st_atime = s;
+    out.st_atime_nsec = ns;
+    out.st_mtime = s;
+    out.st_mtime_nsec = ns;
+    out.st_ctime = s;
+    out.st_ctime_nsec = ns;
+}
+
+/// Fills `out` for a virtual entry.
+pub fn fill_statx(st: &State, layer: usize, e: &Entry<'_>, out: &mut libc::statx) {
+    // SAFETY: libc::statx is plain old data.
+    *out = unsafe { std::mem::zeroed() };
+    let size = size_of(e);
+    let t = e.mtime_ns();
+    let ts = libc::statx_timestamp {
+        tv_sec: t.div_euclid(1_000_000_000),
+        tv_nsec: t.rem_euclid(1_000_000_000) as u32,
+        __statx_timestamp_pad1: [0],
+    };
+    out.stx_mask = libc::STATX_BASIC_STATS;
+    out.stx_blksize = 4096;
+    out.stx_nlink = nlink_of(st, layer, e) as u32;
+    out.stx_uid = st.uid;
+    out.stx_gid = st.gid;
+    out.stx_mode = mode_of(e) as u16;
+    out.stx_ino = vino(layer, e.index());
+    out.stx_size = size;
+    out.stx_blocks = size.div_ceil(4096) * 8;
+    out.stx_atime = ts;
+    out.stx_ctime = ts;
+    out.stx_mtime = ts;
+    out.stx_dev_major = VDEV_MAJOR;
+    out.stx_dev_minor = VDEV_MINOR;
+}
+
+/// One directory entry of a listing.
+pub struct DEnt {
+    pub name: Box<[u8]>,
+    pub ino: u64,
+    pub dtype: u8,
+}
+
+/// The merged listing of the virtual directory `abs` (`.` and `..` first): every layer's
+/// children, plus the upper mirror's entries, minus whiteouts.
+pub fn list_virtual(st: &State, abs: &[u8], self_ino: u64) -> Vec<DEnt> {
+    let mut out: Vec<DEnt> = vec![
+        DEnt {
+            name: Box::from(&b"."[..]),
+            ino: self_ino,
+            dtype: libc::DT_DIR,
+        },
+        DEnt {
+            name: Box::from(&b".."[..]),
+            ino: 1,
+            dtype: libc::DT_DIR,
+        },
+    ];
+    for (name, li, e) in list_layers(st, abs) {
+        out.push(DEnt {
+            name: name.into(),
+            ino: vino(li, e.index()),
+            dtype: dtype_of(&e),
+        });
+    }
+    // The upper mirror wins: whiteouts hide, files replace, new names are added. A mirror
+    // directory standing for a virtual one keeps the virtual identity.
+    if let Some(up) = &st.upper {
+        if up.flagged(abs) {
+            if let Some(mp) = up.mirror_of(abs) {
+                for (name, ino, dtype, whiteout) in read_real_dir(&mp) {
+                    let at = out.iter().skip(2).position(|d| *d.name == *name).map(|i| i + 2);
+                    match at {
+                        Some(i) if whiteout => {
+                            out.remove(i);
+                        }
+                        None if whiteout => {}
+                        Some(i) if dtype == libc::DT_DIR && out[i].dtype == libc::DT_DIR => {}
+                        Some(i) => out[i] = DEnt { name, ino, dtype },
+                        None => {
+                            if name.ends_with(b".vrift-tmp") || name.windows(11).any(|w| w == b".vrift-tmp-") {
+                                continue;
+                            }
+                            out.push(DEnt { name, ino, dtype })
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Children of `abs` over all layers (like `LayeredView::list_dir`, sorted by name).
+fn list_layers<'a>(st: &'a State, abs: &[u8]) -> Vec<(&'a [u8], usize, Entry<'a>)> {
+    let mut merged: Vec<(&'a [u8], Option<(usize, Entry<'a>)>)> = Vec::new();
+    for (li, l) in st.layers.iter().enumerate().rev() {
+        let Some(rel) = path::under(&l.root, abs) else {
+            continue;
+        };
+        match search(&l.m, rel) {
+            Ok(i) => {
+                let Some(dir) = l.m.entry(i) else { break };
+                if !dir.is_dir() {
+                    break;
+                }
+                for c in l.m.children(&dir) {
+                    let name = c.name();
+                    if merged.iter().any(|(n, _)| *n == name) {
+                        continue;
+                    }
+                    let v = (c.kind() != Kind::Whiteout).then_some((li, c));
+                    merged.push((name, v));
+                }
+            }
+            Err(pos) => match deepest_ancestor(&l.m, rel, pos).map(|a| a.kind()) {
+                Some(Kind::Dir) | None => {}
+                Some(_) => break,
+            },
+        }
+    }
+    merged.sort_by(|a, b| a.0.cmp(b.0));
+    merged
+        .into_iter()
+        .filter_map(|(n, v)| v.map(|(li, e)| (n, li, e)))
+        .collect()
+}
+
+/// Entries of a real directory: (name, ino, d_type, is_whiteout), without `.`/`..`.
+pub fn read_real_dir(p: &PBuf) -> Vec<(Box<[u8]>, u64, u8, bool)> {
+    let mut out = Vec::new();
+    // SAFETY: real functions on valid buffers; the DIR is closed before returning.
+    unsafe {
+        let d = crate::real::opendir(p.as_ptr());
+        if d.is_null() {
+            return out;
+        }
+        loop {
+            let e = crate::real::readdir64(d);
+            if e.is_null() {
+                break;
+            }
+            let name = path::cbytes((*e).d_name.as_ptr());
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let mut wo = false;
+            if (*e).d_type == libc::DT_LNK || (*e).d_type == libc::DT_UNKNOWN {
+                if let Some(mut c) = PBuf::from(p.as_bytes()) {
+                    if c.push(b"/").is_some() && c.push(name).is_some() {
+                        let mut t = [0u8; 32];
+                        let n = crate::real::readlink(c.as_ptr(), t.as_mut_ptr().cast(), t.len());
+                        wo = n > 0 && &t[..n as usize] == upper::WHITEOUT;
+                    }
+                }
+            }
+            out.push((name.into(), (*e).d_ino, (*e).d_type, wo));
+        }
+        crate::real::closedir(d);
+    }
+    out
+}
+
+/// What the manifests alone (ignoring the upper dir) say about `abs`, symlinks in the last
+/// component not followed: `V` if some layer shows an entry there.
+pub fn resolve_manifest_only(st: &State, abs: PBuf) -> Node {
+    match lookup_layers(st, abs.as_bytes()) {
+        Lk::Found(li, e) => Node::V {
+            layer: li,
+            idx: e.index(),
+        },
+        Lk::Hidden(e) => Node::Gone(e),
+        Lk::ViaSymlink(..) | Lk::Absent => Node::Real,
+    }
+}
