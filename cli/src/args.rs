@@ -51,6 +51,12 @@ pub enum Command {
     Registry(RegistryArgs),
     /// Delete the whole store.
     Clean(CleanArgs),
+    /// Long-running Prometheus exporter of store-wide gauges (blobs, bytes, projects, orphans).
+    Serve(ServeArgs),
+    /// Run a command on the virtual view of manifests (LD_PRELOAD shim).
+    Run(crate::commands::run::RunArgs),
+    /// Detect the project type; write the filter config and vrift.manifest.
+    Init(crate::commands::init::InitArgs),
 }
 
 #[derive(Args, Debug)]
@@ -167,7 +173,56 @@ pub struct IngestArgs {
     /// Hash everything again, ignoring the previous manifest at OUT.
     #[arg(long)]
     pub no_cache: bool,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
+
+/// Handing an ingest's metrics to Prometheus (see README, "Metrics and dashboards").
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Metrics")]
+pub struct MetricsArgs {
+    /// Push the run's metrics to this Prometheus Pushgateway (e.g. http://pushgw:9091),
+    /// replacing the group job=JOB, project=NAME.
+    #[arg(long, value_name = "URL")]
+    pub metrics_push: Option<String>,
+
+    /// Write the run's metrics to this node_exporter textfile (*.prom), atomically.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
+
+    /// Serve live metrics on http://ADDR/metrics while the ingest runs (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
+    /// The Pushgateway `job` grouping label.
+    #[arg(long, value_name = "JOB", default_value = "vrift_ingest")]
+    pub metrics_job: String,
+}
+
+/// `vrift serve`: how fresh its numbers are is part of its contract.
+#[derive(Args, Debug)]
+#[command(after_long_help = SERVE_FRESHNESS)]
+pub struct ServeArgs {
+    /// Serve store metrics on http://ADDR/metrics (e.g. 127.0.0.1:9465).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: String,
+
+    /// Re-examine the store at most every SECS seconds (in a background thread).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub refresh: u64,
+}
+
+pub const SERVE_FRESHNESS: &str = "\
+How fresh the numbers are:
+  A scrape never walks the store: it returns the numbers of the last refresh (plus disk free,
+  read at scrape time). A background thread refreshes them at most every --refresh seconds, so
+  they are at most --refresh seconds plus one refresh old; vrift_store_refresh_timestamp_seconds
+  says exactly when they were taken. A refresh is incremental: it stats the registry, each cached
+  manifest and each blob shard directory, re-lists only shard directories that changed (and stats
+  only blobs it has not seen), and re-reads the manifests only when the registry or a cached
+  manifest changed. The first refresh lists the whole store, like `vrift status`; until it is done
+  /metrics answers 503.";
 
 #[derive(Args, Debug)]
 pub struct CheckoutArgs {

@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod format;
+mod metrics_export;
 mod progress;
 
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::Ingest(a) => commands::ingest::run(&g, a),
+        Command::Run(a) => commands::run::run(&g, a),
+        Command::Init(a) => commands::init::run(&g, a),
         Command::Checkout(a) => commands::checkout::run(&g, a),
         Command::Status(a) => commands::status::run(&g, a),
         Command::Gc(a) => commands::gc::run(&g, a),
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => commands::verify::run(&g, a),
         Command::Registry(a) => commands::registry::run(&g, a),
         Command::Clean(a) => commands::clean::run(&g, a),
+        Command::Serve(a) => commands::serve::run(&g, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -36,6 +36,8 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
 
     let counters = Arc::new(Counters::default());
     let progress = Progress::start(g.progress, counters.clone(), "ingest");
+    let export = start_metrics(a, &opts, &counters)?;
+    let started = std::time::Instant::now();
     let result = ingest(&opts, &g.store, &counters, |holders| {
         let who: Vec<String> = holders.iter().map(|h| format!("pid {}", h.pid)).collect();
         eprintln!(
@@ -48,6 +50,12 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
         );
     });
     progress.finish();
+    if let Some(e) = export {
+        let ok = result.as_ref().is_ok_and(|r| r.errors == 0);
+        for problem in e.finish(&counters, started.elapsed().as_secs_f64(), ok) {
+            eprintln!("warning: {problem}");
+        }
+    }
     let report = result.with_context(|| format!("ingest of {} failed", opts.source.display()))?;
 
     super::print_issues(&report.details.issues, 20);
@@ -70,6 +78,34 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
     } else {
         Outcome::Ok
     })
+}
+
+/// Sets up `--metrics-*` (nothing without them), labelled with the project name the
+/// registry will use.
+fn start_metrics(
+    a: &IngestArgs,
+    opts: &IngestOptions,
+    counters: &Arc<Counters>,
+) -> Result<Option<crate::metrics_export::IngestExport>> {
+    let m = &a.metrics;
+    let flags = crate::metrics_export::IngestFlags {
+        listen: m.metrics_listen.as_deref(),
+        textfile: m.metrics_textfile.as_deref(),
+        push: m.metrics_push.as_deref(),
+        job: &m.metrics_job,
+    };
+    if !flags.any() {
+        return Ok(None);
+    }
+    let project = opts.name.clone().unwrap_or_else(|| {
+        let src = std::fs::canonicalize(&opts.source).unwrap_or_else(|_| opts.source.clone());
+        let root = match src.parent() {
+            Some(parent) if src.is_file() => parent.to_path_buf(),
+            _ => src,
+        };
+        vrift_cas::registry::default_name(&root)
+    });
+    crate::metrics_export::IngestExport::start(&flags, &project, counters.clone())
 }
 
 /// `vrift ingest --resume -o OUT` without DIR: the journal knows the source.

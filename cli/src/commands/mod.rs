@@ -3,7 +3,10 @@ pub mod clean;
 pub mod doctor;
 pub mod gc;
 pub mod ingest;
+pub mod init;
 pub mod registry;
+pub mod run;
+pub mod serve;
 pub mod status;
 pub mod verify;
 

@@ -55,7 +55,9 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<Outcome> {
             println!("Run `vrift verify --repair` to drop them; the next ingest of that content stores it again.");
         }
     }
-    Ok(if r.corrupt.is_empty() && r.unreadable.is_empty() {
+    // After a successful repair the store is consistent again: that is a success.
+    let unresolved = r.corrupt.len() as u64 - r.repaired;
+    Ok(if unresolved == 0 && r.unreadable.is_empty() {
         Outcome::Ok
     } else {
         Outcome::Failed

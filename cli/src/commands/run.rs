@@ -1,0 +1,375 @@
+//! `vrift run [--manifest M]... [--isolate] [--base B]... -- CMD...`: run CMD with the
+//! `LD_PRELOAD` shim (`libvrift_shim.so`, see `shim/README.md`) serving the manifests' trees.
+//!
+//! * Manifests: `--base` layers first, then `--manifest` layers (later ones win). With
+//!   none: `./vrift.manifest`, else a transient ingest of the current directory (filters
+//!   from `.vriftignore`, see `init.rs`) into the store and a temporary manifest.
+//! * The shim is found in `VRIFT_SHIM` or next to the `vrift` binary.
+//! * Writes land in an upper directory: `VRIFT_UPPER` if set (kept), else a temporary one
+//!   removed when CMD ends.
+//! * CMD is started through the shim's own exec logic (the library is `dlopen`ed here), so a
+//!   CMD that is itself a virtual file (`node_modules/.bin/tsc`) works.
+//! * `vrift run` exits with CMD's status (or re-raises the signal that killed it) and
+//!   forwards SIGTERM, SIGHUP, SIGUSR1/2, SIGWINCH and user-sent SIGINT/SIGQUIT to it.
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use vrift_manifest::Manifest;
+use vrift_pipeline::{ingest, Counters, IngestOptions};
+
+use crate::commands::init::{read_filter, MANIFEST_FILE};
+use crate::{Globals, Outcome};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Manifest whose tree CMD sees at its root path (repeatable; later ones win).
+    /// Default: ./vrift.manifest, else a transient ingest of the current directory.
+    #[arg(long = "manifest", short = 'm', value_name = "M")]
+    pub manifest: Vec<PathBuf>,
+
+    /// Run in rootless namespaces on a link farm instead of the shim (not yet supported).
+    #[arg(long)]
+    pub isolate: bool,
+
+    /// Base layer below the manifests (repeatable).
+    #[arg(long = "base", value_name = "B")]
+    pub base: Vec<PathBuf>,
+
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<OsString>,
+}
+
+/// Environment variables shared with the shim (see shim/src/state.rs).
+const ENV_MANIFESTS: &str = "VRIFT_MANIFESTS";
+const ENV_STORE: &str = "VRIFT_STORE";
+const ENV_UPPER: &str = "VRIFT_UPPER";
+const ENV_SHIM: &str = "VRIFT_SHIM";
+const SHIM_FILE: &str = "libvrift_shim.so";
+
+/// Where the shim library is: `VRIFT_SHIM`, else beside the running `vrift`.
+pub fn find_shim() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(ENV_SHIM).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("{ENV_SHIM}={}: no such file", p.display());
+        }
+        return absolute(&p);
+    }
+    let exe = std::env::current_exe().context("cannot locate the vrift binary")?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let p = dir.join(SHIM_FILE);
+    if p.is_file() {
+        return Ok(p);
+    }
+    // `cargo test` runs the binary from target/<profile>/; the library sits there too, but
+    // an installed vrift may keep it in ../lib.
+    let lib = dir.join("../lib").join(SHIM_FILE);
+    if lib.is_file() {
+        return absolute(&lib);
+    }
+    bail!(
+        "shim library {SHIM_FILE} not found next to {} (build the workspace: `cargo build --release`), or set {ENV_SHIM}",
+        exe.display()
+    )
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(p).with_context(|| format!("{}: cannot resolve path", p.display()))
+}
+
+/// Removes its directory on drop.
+struct TempDir(Option<PathBuf>);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = make_writable_and_remove(&p);
+        }
+    }
+}
+
+fn make_writable_and_remove(p: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            // Read-only directories inside (a program chmod'ed them): open them up and retry.
+            for e in walk_dirs(p) {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&e, std::fs::Permissions::from_mode(0o700));
+            }
+            std::fs::remove_dir_all(p)
+        }
+    }
+}
+
+fn walk_dirs(p: &Path) -> Vec<PathBuf> {
+    let mut out = vec![p.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(rd) = std::fs::read_dir(&out[i]) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+fn temp_dir(what: &str) -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for n in 0..1000u32 {
+        let p = base.join(format!("vrift-{what}-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", p.display())),
+        }
+    }
+    bail!("cannot create a temporary directory in {}", base.display())
+}
+
+/// The manifests to project, bottom first, plus what must be cleaned up afterwards.
+fn manifests(g: &Globals, a: &RunArgs, cleanup: &mut Vec<TempDir>) -> Result<Vec<PathBuf>> {
+    let mut list: Vec<PathBuf> = a.base.iter().chain(a.manifest.iter()).cloned().collect();
+    if a.manifest.is_empty() {
+        let local = PathBuf::from(MANIFEST_FILE);
+        if local.is_file() {
+            list.push(local);
+        } else {
+            list.push(transient_ingest(g, cleanup)?);
+        }
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for p in list {
+        let abs = absolute(&p)?;
+        if abs.as_os_str().as_bytes().contains(&b':') {
+            bail!("{}: manifest paths must not contain ':'", abs.display());
+        }
+        Manifest::open(&abs).with_context(|| format!("cannot use manifest {}", p.display()))?;
+        out.push(abs);
+    }
+    Ok(out)
+}
+
+/// Ingests the current directory into the store (not registered) and returns the path of
+/// a temporary manifest.
+fn transient_ingest(g: &Globals, cleanup: &mut Vec<TempDir>) -> Result<PathBuf> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let dir = temp_dir("manifest")?;
+    cleanup.push(TempDir(Some(dir.clone())));
+    let out = dir.join("transient.manifest");
+    let mut opts = IngestOptions::new(cwd.clone(), out.clone());
+    opts.register = false;
+    opts.reuse_previous = false;
+    opts.excludes = read_filter(&cwd)?;
+    let counters = Arc::new(Counters::default());
+    let report = ingest(&opts, &g.store, &counters, |_| {
+        eprintln!("vrift run: waiting for the store lock held by another process");
+    })
+    .with_context(|| format!("transient ingest of {} failed", cwd.display()))?;
+    if report.errors > 0 {
+        super::print_issues(&report.details.issues, 5);
+    }
+    Ok(out)
+}
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    let pid = CHILD.load(Ordering::Relaxed);
+    if pid <= 0 {
+        return;
+    }
+    // A terminal's SIGINT/SIGQUIT already reached the whole foreground process group (the
+    // child included); only signals sent to us in particular are passed on.
+    // SAFETY: the kernel hands a valid siginfo to SA_SIGINFO handlers.
+    let code = if info.is_null() {
+        0
+    } else {
+        unsafe { (*info).si_code }
+    };
+    let from_tty = code == libc::SI_KERNEL;
+    if from_tty && (sig == libc::SIGINT || sig == libc::SIGQUIT) {
+        return;
+    }
+    // SAFETY: kill is async-signal-safe.
+    unsafe { libc::kill(pid, sig) };
+}
+
+const FORWARDED: [libc::c_int; 7] = [
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
+fn install_forwarding() {
+    for sig in FORWARDED {
+        // SAFETY: installing a handler that only calls async-signal-safe functions.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = forward as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+type SpawnFn = unsafe extern "C" fn(
+    *mut libc::pid_t,
+    *const libc::c_char,
+    *const *const libc::c_char,
+    *const *const libc::c_char,
+) -> libc::c_int;
+
+/// Loads the shim into this process (its constructor reads the VRIFT_* variables set just
+/// before) and returns its spawn entry point.
+fn load_shim(shim: &Path) -> Result<SpawnFn> {
+    let c = CString::new(shim.as_os_str().as_bytes())?;
+    // SAFETY: dlopen/dlsym with valid strings; the handle is kept for the process lifetime.
+    unsafe {
+        let h = libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        if h.is_null() {
+            let err = libc::dlerror();
+            let msg = if err.is_null() {
+                String::from("unknown error")
+            } else {
+                std::ffi::CStr::from_ptr(err).to_string_lossy().into_owned()
+            };
+            bail!("cannot load the shim {}: {msg}", shim.display());
+        }
+        let f = libc::dlsym(h, c"vrift_shim_spawnp".as_ptr());
+        if f.is_null() {
+            bail!(
+                "{} is not a vrift shim (no vrift_shim_spawnp)",
+                shim.display()
+            );
+        }
+        Ok(std::mem::transmute::<*mut libc::c_void, SpawnFn>(f))
+    }
+}
+
+pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
+    if a.isolate {
+        bail!("--isolate is not yet supported (run without it to use the LD_PRELOAD shim)");
+    }
+    let shim = find_shim()?;
+    let mut cleanup: Vec<TempDir> = Vec::new();
+    let list = manifests(g, a, &mut cleanup)?;
+    std::fs::create_dir_all(&g.store)
+        .with_context(|| format!("cannot create store {}", g.store.display()))?;
+    let store = absolute(&g.store)?;
+    let upper = match std::env::var_os(ENV_UPPER).filter(|u| !u.is_empty()) {
+        Some(u) => {
+            let u = PathBuf::from(u);
+            std::fs::create_dir_all(&u)
+                .with_context(|| format!("cannot create {ENV_UPPER} {}", u.display()))?;
+            absolute(&u)?
+        }
+        None => {
+            let d = temp_dir("upper")?;
+            cleanup.push(TempDir(Some(d.clone())));
+            d
+        }
+    };
+
+    let joined: Vec<OsString> = list.iter().map(|p| p.clone().into_os_string()).collect();
+    let mut manifests_var = OsString::new();
+    for (i, p) in joined.iter().enumerate() {
+        if i > 0 {
+            manifests_var.push(":");
+        }
+        manifests_var.push(p);
+    }
+    let mut preload = shim.clone().into_os_string();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        preload.push(":");
+        preload.push(old);
+    }
+    // The shim's constructor (at dlopen below) and the child read these.
+    std::env::set_var(ENV_MANIFESTS, &manifests_var);
+    std::env::set_var(ENV_STORE, &store);
+    std::env::set_var(ENV_UPPER, &upper);
+    std::env::set_var("LD_PRELOAD", &preload);
+    // libuv (Node.js) must not bypass libc through io_uring.
+    std::env::set_var("UV_USE_IO_URING", "0");
+
+    let spawn = load_shim(&shim)?;
+    let argv: Vec<CString> = a
+        .cmd
+        .iter()
+        .map(|s| CString::new(s.clone().into_vec()))
+        .collect::<Result<_, _>>()
+        .context("a command argument contains a NUL byte")?;
+    let envv: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.into_vec());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let mut argp: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argp.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = envv.iter().map(|c| c.as_ptr()).collect();
+    envp.push(std::ptr::null());
+
+    install_forwarding();
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
+    let rc = unsafe { spawn(&mut pid, argp[0], argp.as_ptr(), envp.as_ptr()) };
+    if rc != 0 {
+        let err = std::io::Error::from_raw_os_error(rc);
+        eprintln!("error: cannot run {}: {err}", a.cmd[0].to_string_lossy());
+        drop(cleanup);
+        std::process::exit(if rc == libc::ENOENT { 127 } else { 126 });
+    }
+    CHILD.store(pid, Ordering::Relaxed);
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
+    CHILD.store(0, Ordering::Relaxed);
+    drop(cleanup);
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // Die the same way, so a shell sees what killed the command.
+        // SAFETY: resetting a handler and raising a signal in our own process.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+        std::process::exit(128 + sig);
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        1
+    };
+    std::process::exit(code)
+}
