@@ -5,6 +5,7 @@ mod commands;
 mod format;
 mod metrics_export;
 mod progress;
+mod store_stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,11 +62,31 @@ fn main() -> ExitCode {
         Ok(Outcome::Failed) => ExitCode::from(1),
         Ok(Outcome::Usage) => ExitCode::from(2),
         Err(e) => {
+            let msg = error_chain(&e);
             if g.json {
-                println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+                println!("{}", serde_json::json!({ "error": msg }));
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {msg}");
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text the previous message
+/// already includes (our library errors name the path *and* the OS error in one message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !last.is_empty() && last.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        last = text;
+    }
+    out
 }
