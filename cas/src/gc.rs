@@ -90,7 +90,44 @@ pub fn collect(cas: &Cas, delete: bool, min_age_secs: Option<u64>) -> Result<GcR
         }
         r.orphan_list.push(b);
     }
+    if delete {
+        // Best effort: `vrift serve` reports it; a gc is not failed over its bookkeeping.
+        let _ = record_last_gc(cas, &r);
+    }
     Ok(r)
+}
+
+/// File in the store root recording the last `gc --delete` (read by `vrift serve`).
+pub const LAST_GC_FILE: &str = "gc-last.json";
+
+/// When the last `gc --delete` ran and what it did.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct LastGc {
+    pub unix: u64,
+    pub deleted: u64,
+    pub deleted_bytes: u64,
+    /// Orphans left behind (too young for `--older-than`, or failed).
+    pub orphans_left: u64,
+}
+
+fn record_last_gc(cas: &Cas, r: &GcReport) -> Result<()> {
+    let last = LastGc {
+        unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        deleted: r.deleted,
+        deleted_bytes: r.deleted_bytes,
+        orphans_left: r.orphans - r.deleted,
+    };
+    let json = serde_json::to_vec(&last).unwrap_or_default();
+    crate::registry::write_atomic(&cas.root().join(LAST_GC_FILE), &json)
+}
+
+/// The last `gc --delete` of the store at `root`, if any ran (and its record is readable).
+pub fn last_gc(root: &std::path::Path) -> Option<LastGc> {
+    let bytes = std::fs::read(root.join(LAST_GC_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Parses `30m`, `2h`, `7d`, `45s`, `1w` (and anything `humantime` understands).

@@ -37,6 +37,9 @@ pub struct ProjectUsage {
     pub apparent_bytes: u64,
     /// Distinct blobs the project references.
     pub blobs: u64,
+    /// Bytes of the distinct blobs the project references (`vrift serve`: shared = this − unique).
+    #[serde(skip)]
+    pub blob_bytes: u64,
     /// Blobs referenced by this project only.
     pub unique_blobs: u64,
     /// Blobs this project shares with a project registered before it.
@@ -96,6 +99,7 @@ impl Usage {
                             r.last = i;
                             r.projects += 1;
                             pu.blobs += 1;
+                            pu.blob_bytes += e.size();
                             if r.first == i {
                                 pu.added_bytes += e.size();
                             } else {

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use vrift_pipeline::metrics::{self as m, IngestMetrics, Sampler};
 use vrift_pipeline::Counters;
 
@@ -103,7 +105,11 @@ fn answer(mut conn: TcpStream, render: &Render) -> std::io::Result<()> {
             "<html><body><a href=\"/metrics\">/metrics</a></body></html>\n".to_string(),
         ),
         ("GET" | "HEAD", _) => (404, "text/plain; charset=utf-8", "not found\n".into()),
-        _ => (405, "text/plain; charset=utf-8", "method not allowed\n".into()),
+        _ => (
+            405,
+            "text/plain; charset=utf-8",
+            "method not allowed\n".into(),
+        ),
     };
     let reason = match status {
         200 => "OK",
@@ -229,10 +235,7 @@ pub fn push(url: &str, text: &str) -> Result<()> {
     let status = resp.status();
     if !status.is_success() {
         let body = resp.body_mut().read_to_string().unwrap_or_default();
-        bail!(
-            "pushing metrics to {url}: HTTP {status}: {}",
-            body.trim()
-        );
+        bail!("pushing metrics to {url}: HTTP {status}: {}", body.trim());
     }
     Ok(())
 }
@@ -406,7 +409,13 @@ mod tests {
         }
         sink.finish(&c, 1.5, true);
         let text = rec.handle().render();
-        assert!(text.contains("vrift_ingest_duration_seconds_bucket"), "{text}");
-        assert!(text.contains("vrift_ingest_last_run_success{project=\"p\"} 1"), "{text}");
+        assert!(
+            text.contains("vrift_ingest_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vrift_ingest_last_run_success{project=\"p\"} 1"),
+            "{text}"
+        );
     }
 }

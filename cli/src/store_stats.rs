@@ -203,7 +203,8 @@ impl Inventory {
             }
         }
         self.tops.retain(|a, _| present.contains(a));
-        self.leaves.retain(|idx, _| present.contains(&((idx >> 8) as u8)));
+        self.leaves
+            .retain(|idx, _| present.contains(&((idx >> 8) as u8)));
         let usage = self.usage.as_ref().ok();
         for a in present {
             let dir = self.blob_dir.join(hex(a));
@@ -215,9 +216,8 @@ impl Inventory {
             if top.stamp.is_none() || top.stamp != st {
                 let (leaves, foreign) = list_shards(&dir)?;
                 let keep: HashSet<u8> = leaves.iter().copied().collect();
-                self.leaves.retain(|idx, _| {
-                    (idx >> 8) as u8 != a || keep.contains(&((idx & 0xff) as u8))
-                });
+                self.leaves
+                    .retain(|idx, _| (idx >> 8) as u8 != a || keep.contains(&((idx & 0xff) as u8)));
                 top.leaves = leaves;
                 top.foreign = foreign;
             }
@@ -321,8 +321,8 @@ fn relist(leaf: &mut Leaf, dir: &Path, a: u8, b: u8) -> io::Result<u64> {
     };
     for e in rd.flatten() {
         let name = e.file_name();
-        let parsed = vrift_cas::parse_blob_name(name.as_bytes())
-            .filter(|(h, _)| h[0] == a && h[1] == b);
+        let parsed =
+            vrift_cas::parse_blob_name(name.as_bytes()).filter(|(h, _)| h[0] == a && h[1] == b);
         let Some((hash, size)) = parsed else {
             foreign += 1;
             continue;

@@ -52,7 +52,10 @@ pub fn hash_stage(rx: Receiver<Vec<FileItem>>, tx: Sender<Vec<Hashed>>, counters
                         st,
                     });
                 }
-                Err(e) => counters.error(&item.path, e),
+                Err(e) => {
+                    Counters::add(&counters.bytes_error, item.st.size);
+                    counters.error(&item.path, e)
+                }
             }
         }
         Counters::add(&counters.hash_ns, t.elapsed().as_nanos() as u64);

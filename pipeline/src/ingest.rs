@@ -48,7 +48,9 @@ pub fn ingest(
     let threads = opts.thread_count();
 
     let cas = Cas::open(store_root)?;
+    let lock_started = Instant::now();
     let _lock = StoreLock::acquire(cas.root(), LockKind::Shared, true, on_lock_wait)?;
+    Counters::add(&counters.lock_wait_ns, lock_started.elapsed().as_nanos() as u64);
 
     let mut details = ReportDetails {
         source: root.clone(),

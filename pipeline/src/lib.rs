@@ -9,6 +9,7 @@ pub mod filter;
 pub mod hash;
 pub mod ingest;
 pub mod manifest;
+pub mod metrics;
 pub mod options;
 pub mod phantom;
 pub mod place;

@@ -101,7 +101,10 @@ pub fn move_phase(
                         match move_one(cas, e, &path, tier, counters, &mut buf) {
                             Ok(Some(newer)) => updated.push(newer),
                             Ok(None) => {}
-                            Err(msg) => counters.error(&path, msg),
+                            Err(msg) => {
+                                Counters::add(&counters.bytes_error, e.size);
+                                counters.error(&path, msg)
+                            }
                         }
                     }
                     updated
@@ -193,10 +196,12 @@ fn move_one(
     match cas.rename_in(path, &entry.hash, entry.size) {
         Ok(()) => {
             Counters::add(&counters.blobs_new, 1);
+            Counters::add(&counters.bytes_new, entry.size);
             Counters::add(&counters.link_rename, 1);
         }
         Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
             Counters::add(&counters.dedup_hits, 1);
+            Counters::add(&counters.bytes_dedup, entry.size);
             fs::remove_file(path).map_err(|err| format!("cannot remove after dedup: {err}"))?;
         }
         Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
@@ -207,6 +212,7 @@ fn move_one(
                 Err(err) => return Err(format!("cannot copy into store: {err}")),
             }
             Counters::add(&counters.blobs_new, 1);
+            Counters::add(&counters.bytes_new, entry.size);
             fs::remove_file(path).map_err(|err| format!("cannot remove after copy: {err}"))?;
         }
         Err(err) => return Err(format!("cannot move into store: {err}")),

@@ -87,6 +87,7 @@ pub fn finish_link(h: Hashed, linked: io::Result<()>, cfg: &PlaceConfig<'_>) -> 
     let result = match linked {
         Ok(()) => {
             Counters::add(&c.blobs_new, 1);
+            Counters::add(&c.bytes_new, h.st.size);
             Counters::add(&c.link_hardlink, 1);
             if h.st.mode & WRITE_BITS != 0 {
                 if let Err(e) = vrift_cas::sys::fchmod(h.file.as_fd(), h.st.mode & SHARED_MODE_BITS)
@@ -126,6 +127,7 @@ pub fn finish_link(h: Hashed, linked: io::Result<()>, cfg: &PlaceConfig<'_>) -> 
             Some(entry)
         }
         Err(msg) => {
+            Counters::add(&c.bytes_error, h.st.size);
             c.error(&h.item.path, msg);
             None
         }
@@ -136,6 +138,7 @@ pub fn finish_link(h: Hashed, linked: io::Result<()>, cfg: &PlaceConfig<'_>) -> 
 fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> EntryInput {
     let c = cfg.counters;
     Counters::add(&c.dedup_hits, 1);
+    Counters::add(&c.bytes_dedup, h.st.size);
     let blob = match cfg.cas.blob_stat(&h.hash, h.st.size) {
         Ok(b) => Stat::from_libc(&b),
         Err(e) => {
@@ -182,11 +185,13 @@ fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<EntryInput, String> {
     let c = cfg.counters;
     if cfg.cas.has_blob(&h.hash, h.st.size) {
         Counters::add(&c.dedup_hits, 1);
+        Counters::add(&c.bytes_dedup, h.st.size);
         return Ok(entry_for(h, &h.st));
     }
     match cfg.cas.copy_in(&h.item.path, &h.hash, h.st.size, h.st.mode) {
         Ok(kind) => {
             Counters::add(&c.blobs_new, 1);
+            Counters::add(&c.bytes_new, h.st.size);
             match kind {
                 CopyKind::Reflink => Counters::add(&c.link_reflink, 1),
                 CopyKind::Copy => Counters::add(&c.link_copy, 1),

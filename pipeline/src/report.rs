@@ -24,6 +24,15 @@ pub struct Counters {
     pub skipped: AtomicU64,
     pub excluded: AtomicU64,
     pub errors: AtomicU64,
+    /// Bytes by outcome (metrics): stored as a new blob, already stored, unchanged since the
+    /// previous manifest, excluded regular files, files that failed.
+    pub bytes_new: AtomicU64,
+    pub bytes_dedup: AtomicU64,
+    pub bytes_skipped: AtomicU64,
+    pub bytes_excluded: AtomicU64,
+    pub bytes_error: AtomicU64,
+    /// Time spent waiting for the shared store lock.
+    pub lock_wait_ns: AtomicU64,
     /// Special files (fifo, socket, device) skipped with a warning.
     pub specials: AtomicU64,
     /// Duplicate content whose file keeps its own inode because its mode differs from the blob's.

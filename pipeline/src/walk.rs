@@ -183,6 +183,10 @@ impl Visitor<'_, '_> {
                 Verdict::Keep => {}
                 Verdict::Ignore => return WalkState::Continue,
                 Verdict::Exclude => {
+                    if !is_dir {
+                        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                        Counters::add(&c.bytes_excluded, size);
+                    }
                     c.exclude(path.to_path_buf(), self.cfg.record_excluded);
                     return if is_dir {
                         WalkState::Skip
@@ -231,6 +235,7 @@ impl Visitor<'_, '_> {
                 Counters::add(&c.files, 1);
                 Counters::add(&c.bytes, prev.size);
                 Counters::add(&c.skipped, 1);
+                Counters::add(&c.bytes_skipped, prev.size);
                 self.done.push(prev);
             } else {
                 if std::fs::metadata(path).is_err() {
@@ -258,6 +263,7 @@ impl Visitor<'_, '_> {
             Counters::add(&c.bytes, st.size);
             if let Some(prev) = self.cfg.previous.and_then(|p| p.unchanged(&rel, &st)) {
                 Counters::add(&c.skipped, 1);
+                Counters::add(&c.bytes_skipped, st.size);
                 self.done.push(prev);
             } else {
                 self.files.push(FileItem {

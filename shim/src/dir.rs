@@ -287,6 +287,10 @@ pub unsafe extern "C" fn readdir64_r(d: *mut DIR, e: *mut dirent64, r: *mut *mut
 }
 #[no_mangle]
 pub unsafe extern "C" fn closedir(d: *mut DIR) -> c_int {
+    do_closedir(d)
+}
+
+unsafe fn do_closedir(d: *mut DIR) -> c_int {
     match ours(d) {
         Some(v) => {
             let fd = v.fd;
@@ -383,7 +387,7 @@ unsafe fn scan(d: *mut DIR, list: *mut *mut *mut dirent64, filter: *mut c_void, 
         std::ptr::copy_nonoverlapping(&tmp, m, 1);
         out.push(m);
     }
-    closedir(d);
+    do_closedir(d);
     finish_scan(out, list, compar)
 }
 

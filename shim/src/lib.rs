@@ -22,6 +22,7 @@
 mod dir;
 mod exec;
 mod fdtab;
+mod mf;
 mod misc;
 mod open;
 mod path;
@@ -106,6 +107,8 @@ pub(crate) fn trace(name: &str, p: *const libc::c_char) {
 pub(crate) struct Abs {
     pub p: PBuf,
     pub orig_ok: bool,
+    /// The caller's path ends in `/` (or `/.`): it names a directory, symlinks followed.
+    pub dir_only: bool,
 }
 
 /// True if `p` is absolute and already normal (no `//`, `.`, `..`, trailing `/`).
@@ -152,6 +155,7 @@ pub(crate) fn abs_of(st: &State, dirfd: c_int, raw: &[u8]) -> Option<Abs> {
     if raw.is_empty() {
         return None;
     }
+    let dir_only = raw.ends_with(b"/") || raw.ends_with(b"/.") || raw.ends_with(b"/..") || raw == b"." || raw == b"..";
     if raw[0] == b'/' {
         let p = if is_normal(raw) {
             if !touches(st, raw) {
@@ -165,7 +169,11 @@ pub(crate) fn abs_of(st: &State, dirfd: c_int, raw: &[u8]) -> Option<Abs> {
             }
             p
         };
-        return Some(Abs { p, orig_ok: true });
+        return Some(Abs {
+            p,
+            orig_ok: true,
+            dir_only,
+        });
     }
     let mut base = PBuf::new();
     let mut orig_ok = true;
@@ -205,9 +213,17 @@ pub(crate) fn abs_of(st: &State, dirfd: c_int, raw: &[u8]) -> Option<Abs> {
         if orig_ok {
             return None;
         }
-        return Some(Abs { p, orig_ok });
+        return Some(Abs {
+            p,
+            orig_ok,
+            dir_only,
+        });
     }
-    Some(Abs { p, orig_ok })
+    Some(Abs {
+        p,
+        orig_ok,
+        dir_only,
+    })
 }
 
 extern "C" fn vrift_shim_ctor() {

@@ -319,7 +319,7 @@ pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, 
         libc::SYS_unlink => Some(c_long::from(crate::open::unlink(ptr(a1)))),
         libc::SYS_unlinkat => Some(c_long::from(crate::open::unlinkat(a1 as c_int, ptr(a2), a3 as c_int))),
         libc::SYS_mkdir => Some(c_long::from(crate::open::mkdir(ptr(a1), a2 as libc::mode_t))),
-        libc::SYS_execve => Some(c_long::from(crate::exec::execve(
+        libc::SYS_execve => Some(c_long::from(crate::exec::do_execve(
             ptr(a1),
             a2 as usize as *const *const c_char,
             a3 as usize as *const *const c_char,

@@ -3,14 +3,16 @@
 //! `rename`, `truncate`, `chmod`, `utimensat`, `symlink`).
 
 use libc::{c_char, c_int, c_long, c_uint, mode_t, off_t, FILE};
-use vrift_manifest::{Entry, Kind};
+use vrift_manifest::Kind;
+
+use crate::mf::Entry;
 
 use crate::fdtab::{self, Tag};
 use crate::path::{self, cbytes, PBuf};
 use crate::state::State;
 use crate::upper::{self, Mirror};
 use crate::vfs::{self, Node};
-use crate::{abs_of, fail, guarded, real, trace, Abs};
+use crate::{abs_of, fail, guarded, real, trace};
 
 fn is_write(flags: c_int) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
@@ -144,8 +146,8 @@ fn prepare_new(st: &State, virt: &[u8]) -> Result<PBuf, c_int> {
 }
 
 /// The real path to hand the kernel for a `Node::Real` result.
-fn real_arg<'a>(a: &'a Abs, r: &'a vfs::Resolved) -> Option<&'a PBuf> {
-    if !r.moved && a.orig_ok {
+fn real_arg(orig_ok: bool, r: &vfs::Resolved) -> Option<&PBuf> {
+    if !r.moved && orig_ok {
         None
     } else {
         Some(&r.path)
@@ -252,7 +254,7 @@ pub(crate) fn open_impl(dirfd: c_int, p: *const c_char, flags: c_int, mode: c_ui
                 if flags & libc::O_CREAT != 0 && !real_exists(&r.path) && parent_is_view_dir(st, r.path.as_bytes()) {
                     return create_new(st, &r.path, flags, mode);
                 }
-                let rp = real_arg(&a, &r)?;
+                let rp = real_arg(a.orig_ok, &r)?;
                 // SAFETY: valid buffers.
                 Some(unsafe { real::openat(libc::AT_FDCWD, rp.as_ptr(), flags, mode) })
             }
@@ -499,7 +501,7 @@ fn remove_impl(dirfd: c_int, p: *const c_char, dir: bool) -> Option<c_int> {
                 Some(0)
             }
             Node::Real => {
-                let rp = real_arg(&a, &r)?;
+                let rp = real_arg(a.orig_ok, &r)?;
                 // SAFETY: valid buffer.
                 Some(unsafe {
                     if dir {
@@ -550,7 +552,7 @@ fn create_impl(dirfd: c_int, p: *const c_char, what: &dyn Fn(&PBuf) -> c_int) ->
                     return fail(libc::EEXIST);
                 }
                 if !parent_is_view_dir(st, r.path.as_bytes()) {
-                    let rp = real_arg(&a, &r)?;
+                    let rp = real_arg(a.orig_ok, &r)?;
                     return Some(what(rp));
                 }
                 let mp = match prepare_new(st, r.path.as_bytes()) {
@@ -614,7 +616,7 @@ fn modify_impl(dirfd: c_int, p: *const c_char, follow: bool, what: &dyn Fn(&PBuf
             Node::Gone(e) => fail(e),
             Node::Upper => Some(what(&st.upper.as_ref()?.mirror_of(r.path.as_bytes())?)),
             Node::Real => {
-                let rp = real_arg(&a, &r)?;
+                let rp = real_arg(a.orig_ok, &r)?;
                 Some(what(rp))
             }
         }

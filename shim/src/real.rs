@@ -80,8 +80,6 @@ real_fns! {
     openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int;
     fopen(path: *const c_char, mode: *const c_char) -> *mut FILE;
     fopen64(path: *const c_char, mode: *const c_char) -> *mut FILE;
-    freopen(path: *const c_char, mode: *const c_char, f: *mut FILE) -> *mut FILE;
-    freopen64(path: *const c_char, mode: *const c_char, f: *mut FILE) -> *mut FILE;
     fclose(f: *mut FILE) -> c_int;
     close(fd: c_int) -> c_int;
     dup(fd: c_int) -> c_int;

@@ -48,10 +48,14 @@ pub(crate) fn fstatat_impl(
             return None;
         }
         let a = abs_of(st, dirfd, raw)?;
-        let r = vfs::resolve(st, a.p, flags & libc::AT_SYMLINK_NOFOLLOW == 0);
+        let dir_only = a.dir_only;
+        let r = vfs::resolve(st, a.p, dir_only || flags & libc::AT_SYMLINK_NOFOLLOW == 0);
         match r.node {
             Node::V { layer, idx } => {
                 let e = vfs::entry(st, layer, idx)?;
+                if dir_only && !e.is_dir() {
+                    return fail(libc::ENOTDIR);
+                }
                 // SAFETY: the caller's buffer.
                 vfs::fill_stat(st, layer, &e, unsafe { &mut *out });
                 Some(0)
@@ -88,10 +92,14 @@ pub(crate) fn statx_impl(
             return None;
         }
         let a = abs_of(st, dirfd, raw)?;
-        let r = vfs::resolve(st, a.p, flags & libc::AT_SYMLINK_NOFOLLOW == 0);
+        let dir_only = a.dir_only;
+        let r = vfs::resolve(st, a.p, dir_only || flags & libc::AT_SYMLINK_NOFOLLOW == 0);
         match r.node {
             Node::V { layer, idx } => {
                 let e = vfs::entry(st, layer, idx)?;
+                if dir_only && !e.is_dir() {
+                    return fail(libc::ENOTDIR);
+                }
                 // SAFETY: the caller's buffer.
                 vfs::fill_statx(st, layer, &e, unsafe { &mut *out });
                 Some(0)
@@ -207,10 +215,14 @@ pub(crate) fn access_impl(dirfd: c_int, p: *const c_char, mode: c_int, flags: c_
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
         let a = abs_of(st, dirfd, raw)?;
-        let r = vfs::resolve(st, a.p, flags & libc::AT_SYMLINK_NOFOLLOW == 0);
+        let dir_only = a.dir_only;
+        let r = vfs::resolve(st, a.p, dir_only || flags & libc::AT_SYMLINK_NOFOLLOW == 0);
         match r.node {
             Node::V { layer, idx } => {
                 let e = vfs::entry(st, layer, idx)?;
+                if dir_only && !e.is_dir() {
+                    return fail(libc::ENOTDIR);
+                }
                 let m = vfs::mode_of(&e);
                 let ok = (mode & libc::R_OK == 0 || m & 0o444 != 0)
                     && (mode & libc::X_OK == 0 || m & 0o111 != 0)

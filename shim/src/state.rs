@@ -1,12 +1,9 @@
 //! Process-wide configuration, read once from the environment at load time.
 
-use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
 
-use vrift_manifest::{Manifest, OpenOptions};
-
+use crate::mf::Mf;
 use crate::path::{self, PBuf};
 use crate::upper::Upper;
 
@@ -19,7 +16,7 @@ pub const ENV_EXE: &str = "VRIFT_EXE";
 const PASS_ON: [&str; 4] = [ENV_MANIFESTS, ENV_STORE, ENV_UPPER, ENV_TRACE];
 
 pub struct Layer {
-    pub m: Manifest,
+    pub m: Mf,
     /// The manifest's root, no trailing slash (`""` for `/`).
     pub root: Box<[u8]>,
 }
@@ -90,6 +87,10 @@ pub fn init() {
         Some(st) => {
             STATE.store(Box::into_raw(Box::new(st)), Ordering::Release);
             PHASE.store(READY, Ordering::Release);
+            // Learn whether we start inside a mirror directory (a virtual cwd inherited
+            // from the parent), so getcwd reports the virtual path from the first call.
+            let mut cwd = PBuf::new();
+            let _ = path::cwd_into(&mut cwd);
         }
         None => PHASE.store(INACTIVE, Ordering::Release),
     }
@@ -107,12 +108,7 @@ fn load() -> Option<State> {
     let list = env(ENV_MANIFESTS)?;
     let mut layers = Vec::new();
     for p in list.split(|&b| b == b':').filter(|p| !p.is_empty()) {
-        let opts = OpenOptions {
-            // `vrift run` verified the checksum; every child re-validates the structure.
-            verify_checksum: false,
-            populate: true,
-        };
-        match Manifest::open_with(Path::new(OsStr::from_bytes(p)), opts) {
+        match Mf::open(p) {
             Ok(m) => {
                 let root = path::normalize_abs(m.root())?;
                 let root: Box<[u8]> = if root.as_bytes() == b"/" {
@@ -123,7 +119,10 @@ fn load() -> Option<State> {
                 layers.push(Layer { m, root });
             }
             Err(e) => {
-                let msg = format!("vrift-shim: cannot open manifest: {e}\n");
+                let msg = format!(
+                    "vrift-shim: cannot open manifest {}: {e}\n",
+                    String::from_utf8_lossy(p)
+                );
                 // SAFETY: writing a buffer to stderr.
                 unsafe { crate::real::write(2, msg.as_ptr().cast(), msg.len()) };
             }

@@ -4,7 +4,9 @@
 use std::cmp::Ordering;
 
 use vrift_manifest::order::cmp_paths;
-use vrift_manifest::{Entry, Kind, Manifest};
+use vrift_manifest::Kind;
+
+use crate::mf::{Entry, Mf};
 
 use crate::path::{self, PBuf};
 use crate::state::State;
@@ -41,7 +43,7 @@ enum Lk<'a> {
 }
 
 /// Binary search in component order: `Ok(index)` or `Err(insertion point)`.
-fn search(m: &Manifest, rel: &[u8]) -> Result<usize, usize> {
+fn search(m: &Mf, rel: &[u8]) -> Result<usize, usize> {
     let (mut lo, mut hi) = (0usize, m.len());
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
@@ -58,7 +60,7 @@ fn search(m: &Manifest, rel: &[u8]) -> Result<usize, usize> {
 /// The deepest existing ancestor of the missing `rel`, given its insertion point: it is the
 /// longest common component prefix of `rel` and the entry just before the insertion point
 /// (every entry between an ancestor and `rel` lies in that ancestor's subtree).
-fn deepest_ancestor<'a>(m: &'a Manifest, rel: &[u8], pos: usize) -> Option<Entry<'a>> {
+fn deepest_ancestor<'a>(m: &'a Mf, rel: &[u8], pos: usize) -> Option<Entry<'a>> {
     let prev = m.entry(pos.checked_sub(1)?)?.path();
     let k = prev.iter().zip(rel).take_while(|(a, b)| a == b).count();
     let full = k == prev.len() && (k == rel.len() || rel.get(k) == Some(&b'/'));
@@ -350,11 +352,10 @@ pub fn fill_statx(st: &State, layer: usize, e: &Entry<'_>, out: &mut libc::statx
     *out = unsafe { std::mem::zeroed() };
     let size = size_of(e);
     let t = e.mtime_ns();
-    let ts = libc::statx_timestamp {
-        tv_sec: t.div_euclid(1_000_000_000),
-        tv_nsec: t.rem_euclid(1_000_000_000) as u32,
-        __statx_timestamp_pad1: [0],
-    };
+    // SAFETY: plain old data.
+    let mut ts: libc::statx_timestamp = unsafe { std::mem::zeroed() };
+    ts.tv_sec = t.div_euclid(1_000_000_000);
+    ts.tv_nsec = t.rem_euclid(1_000_000_000) as u32;
     out.stx_mask = libc::STATX_BASIC_STATS;
     out.stx_blksize = 4096;
     out.stx_nlink = nlink_of(st, layer, e) as u32;

@@ -125,8 +125,9 @@ fn walk_dirs(p: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn temp_dir(what: &str) -> Result<PathBuf> {
-    let base = std::env::temp_dir();
+/// A fresh directory under `base` (default: the system temp dir).
+fn temp_dir_in(base: &Path, what: &str) -> Result<PathBuf> {
+    let base = base.to_path_buf();
     for n in 0..1000u32 {
         let p = base.join(format!("vrift-{what}-{}-{n}", std::process::id()));
         match std::fs::create_dir(&p) {
@@ -136,6 +137,23 @@ fn temp_dir(what: &str) -> Result<PathBuf> {
         }
     }
     bail!("cannot create a temporary directory in {}", base.display())
+}
+
+fn temp_dir(what: &str) -> Result<PathBuf> {
+    temp_dir_in(&std::env::temp_dir(), what)
+}
+
+/// Where a throw-away upper dir goes: memory-backed `/dev/shm` when usable (creating and
+/// removing it costs next to nothing, which matters for `vrift run` start-up), else the
+/// system temp dir.
+fn temp_upper() -> Result<PathBuf> {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = temp_dir_in(shm, "upper") {
+            return Ok(d);
+        }
+    }
+    temp_dir("upper")
 }
 
 /// The manifests to project, bottom first, plus what must be cleaned up afterwards.
@@ -281,7 +299,7 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
             absolute(&u)?
         }
         None => {
-            let d = temp_dir("upper")?;
+            let d = temp_upper()?;
             cleanup.push(TempDir(Some(d.clone())));
             d
         }

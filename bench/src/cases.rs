@@ -1,0 +1,142 @@
+//! The rows of the benchmark: what each one times and what it stands for.
+
+use serde::Serialize;
+
+/// One timed command. The order of [`Case::round`] is the order within a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Case {
+    /// vrift first ingest of a fresh copy into a store that does not exist yet.
+    IngestEmpty,
+    /// vrift first ingest of a fresh copy into a store already holding the other corpus.
+    IngestShared,
+    /// vrift ingest of the `IngestEmpty` tree again, same store and `-o`.
+    ReingestWarm,
+    /// `cp -al` of the corpus.
+    CpAl,
+    /// `find -type f -printf '%s %T@\n'` over the corpus.
+    Find,
+    /// Parallel `b3sum` of every file of the corpus.
+    B3sum,
+    /// `IngestEmpty` after `sync; echo 3 > /proc/sys/vm/drop_caches`.
+    IngestEmptyCold,
+    /// `B3sum` after `sync; echo 3 > /proc/sys/vm/drop_caches`.
+    B3sumCold,
+}
+
+impl Case {
+    /// The cases of one round, in the order they run.
+    pub fn round(cold: bool) -> Vec<Case> {
+        let mut v = vec![
+            Case::IngestEmpty,
+            Case::IngestShared,
+            Case::ReingestWarm,
+            Case::CpAl,
+            Case::Find,
+            Case::B3sum,
+        ];
+        if cold {
+            v.extend([Case::IngestEmptyCold, Case::B3sumCold]);
+        }
+        v
+    }
+
+    /// Stable name used in the JSON record.
+    pub fn id(self) -> &'static str {
+        match self {
+            Case::IngestEmpty => "ingest_empty",
+            Case::IngestShared => "ingest_shared",
+            Case::ReingestWarm => "reingest_warm",
+            Case::CpAl => "cp_al",
+            Case::Find => "find",
+            Case::B3sum => "b3sum",
+            Case::IngestEmptyCold => "ingest_empty_cold",
+            Case::B3sumCold => "b3sum_cold",
+        }
+    }
+
+    /// Row name in the printed table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Case::IngestEmpty => "vrift ingest, empty store",
+            Case::IngestShared => "vrift ingest, shared store",
+            Case::ReingestWarm => "vrift re-ingest (warm)",
+            Case::CpAl => "cp -al",
+            Case::Find => "find -printf",
+            Case::B3sum => "b3sum (parallel)",
+            Case::IngestEmptyCold => "vrift ingest, empty store, cold",
+            Case::B3sumCold => "b3sum (parallel), cold",
+        }
+    }
+
+    pub fn is_vrift(self) -> bool {
+        matches!(
+            self,
+            Case::IngestEmpty | Case::IngestShared | Case::ReingestWarm | Case::IngestEmptyCold
+        )
+    }
+
+    pub fn is_cold(self) -> bool {
+        matches!(self, Case::IngestEmptyCold | Case::B3sumCold)
+    }
+}
+
+/// A ratio the issue sets a goal for: `numerator` median over `denominator` median.
+pub struct RatioDef {
+    pub name: &'static str,
+    pub numerator: Case,
+    pub denominator: Case,
+    /// Upper bound from issue 2 (goals stated for `medium`), if there is one.
+    pub goal_max: Option<f64>,
+}
+
+pub const RATIOS: &[RatioDef] = &[
+    RatioDef {
+        name: "shared-store ingest / cp -al",
+        numerator: Case::IngestShared,
+        denominator: Case::CpAl,
+        goal_max: Some(1.5),
+    },
+    RatioDef {
+        name: "warm re-ingest / find",
+        numerator: Case::ReingestWarm,
+        denominator: Case::Find,
+        goal_max: Some(1.2),
+    },
+    RatioDef {
+        name: "cold ingest / cold b3sum",
+        numerator: Case::IngestEmptyCold,
+        denominator: Case::B3sumCold,
+        goal_max: Some(1.3),
+    },
+    RatioDef {
+        name: "empty-store ingest / b3sum (warm)",
+        numerator: Case::IngestEmpty,
+        denominator: Case::B3sum,
+        goal_max: None,
+    },
+];
+
+/// A throughput floor from issue 2 (stated for `medium`).
+pub struct RateGoal {
+    pub case: Case,
+    pub min_files_per_sec: f64,
+}
+
+pub const RATE_GOALS: &[RateGoal] = &[
+    RateGoal {
+        case: Case::IngestEmpty,
+        min_files_per_sec: 30_000.0,
+    },
+    RateGoal {
+        case: Case::IngestShared,
+        min_files_per_sec: 60_000.0,
+    },
+    RateGoal {
+        case: Case::ReingestWarm,
+        min_files_per_sec: 450_000.0,
+    },
+];
+
+/// Peak memory ceiling for any vrift run (issue 2).
+pub const MAX_RSS_GOAL_MB: f64 = 80.0;

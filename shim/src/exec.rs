@@ -1,0 +1,571 @@
+//! Starting programs: `execve`, `execv`, `execvp`, `execvpe`, `posix_spawn`, `posix_spawnp`.
+//!
+//! * The shim stays in children: the environment handed to the kernel always carries
+//!   `LD_PRELOAD` with this library and the `VRIFT_*` configuration, even if the program
+//!   built a fresh environment.
+//! * A virtual script (`#!`) is started the way the kernel would, but with its *virtual*
+//!   path as the script argument (`#!/usr/bin/env node` → `/usr/bin/env node
+//!   /proj/node_modules/.bin/tsc ...`), so the interpreter resolves modules next to the
+//!   virtual path, not inside the store. The interpreter may itself be virtual.
+//! * A virtual binary is executed from its blob (or an executable copy of it when the blob
+//!   lacks the x bit) with `VRIFT_EXE` naming its virtual path, which the child's shim
+//!   reports for `readlink("/proc/self/exe")`.
+//!
+//! Memory for the rewritten argv/envp comes from an anonymous `mmap` (no `malloc`): these
+//! hooks run between `fork`/`vfork` and `exec`.
+
+use libc::{c_char, c_int, c_void, pid_t};
+
+use crate::path::{self, cbytes, PBuf};
+use crate::state::{State, ENV_EXE};
+use crate::vfs::{self, Node};
+use crate::{abs_of, guarded, real, trace};
+
+extern "C" {
+    static environ: *const *const c_char;
+}
+
+struct Arena {
+    base: *mut u8,
+    cap: usize,
+    used: usize,
+}
+
+impl Arena {
+    fn new(cap: usize) -> Option<Arena> {
+        let cap = cap.next_multiple_of(4096);
+        // SAFETY: anonymous private mapping.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                cap,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        Some(Arena {
+            base: p.cast(),
+            cap,
+            used: 0,
+        })
+    }
+
+    fn alloc(&mut self, n: usize) -> Option<*mut u8> {
+        let start = self.used.next_multiple_of(8);
+        let end = start.checked_add(n)?;
+        if end > self.cap {
+            return None;
+        }
+        self.used = end;
+        // SAFETY: in bounds of the mapping.
+        Some(unsafe { self.base.add(start) })
+    }
+
+    /// The concatenation of `parts`, NUL-terminated.
+    fn cstr(&mut self, parts: &[&[u8]]) -> Option<*const c_char> {
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        let p = self.alloc(n + 1)?;
+        let mut off = 0;
+        for part in parts {
+            // SAFETY: `p` has n + 1 bytes.
+            unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), p.add(off), part.len()) };
+            off += part.len();
+        }
+        // SAFETY: as above.
+        unsafe { *p.add(n) = 0 };
+        Some(p.cast())
+    }
+
+    fn ptrs(&mut self, v: &[*const c_char]) -> Option<*const *const c_char> {
+        let p = self.alloc(std::mem::size_of_val(v) + 8)? as *mut *const c_char;
+        // SAFETY: room for v.len() + 1 pointers.
+        unsafe {
+            std::ptr::copy_nonoverlapping(v.as_ptr(), p, v.len());
+            *p.add(v.len()) = std::ptr::null();
+        }
+        Some(p)
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(self.base.cast(), self.cap) };
+    }
+}
+
+/// The entries of a NULL-terminated string array (bounded).
+unsafe fn vec_of<'a>(a: *const *const c_char) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    if a.is_null() {
+        return out;
+    }
+    let mut i = 0;
+    while i < 1 << 20 {
+        let p = *a.add(i);
+        if p.is_null() {
+            break;
+        }
+        out.push(cbytes(p));
+        i += 1;
+    }
+    out
+}
+
+unsafe fn ptrs_of(a: *const *const c_char) -> Vec<*const c_char> {
+    let mut out = Vec::new();
+    if a.is_null() {
+        return out;
+    }
+    let mut i = 0;
+    while i < 1 << 20 {
+        let p = *a.add(i);
+        if p.is_null() {
+            break;
+        }
+        out.push(p);
+        i += 1;
+    }
+    out
+}
+
+fn key_of(kv: &[u8]) -> &[u8] {
+    match kv.iter().position(|&b| b == b'=') {
+        Some(i) => &kv[..i],
+        None => kv,
+    }
+}
+
+/// `envp` with our variables guaranteed (and `VRIFT_EXE` set to `exe` or removed).
+/// Returns the original pointer when nothing needs to change.
+unsafe fn fix_env(st: &State, envp: *const *const c_char, exe: Option<&[u8]>, ar: &mut Arena) -> Option<*const *const c_char> {
+    let ptrs = ptrs_of(envp);
+    let shim: &[u8] = &st.shim_path;
+    let mut ok = exe.is_none();
+    let mut have_preload = shim.is_empty();
+    let mut have = 0usize;
+    for &p in &ptrs {
+        let kv = cbytes(p);
+        let k = key_of(kv);
+        if k == b"LD_PRELOAD" {
+            have_preload = have_preload || kv[11..].split(|&b| b == b':' || b == b' ').any(|x| x == shim);
+        } else if k == ENV_EXE.as_bytes() {
+            ok = false;
+        } else if st.env_pass.iter().any(|e| key_of(e) == k && e[..e.len() - 1] == *kv) {
+            have += 1;
+        }
+    }
+    if ok && have_preload && have == st.env_pass.len() {
+        return Some(envp);
+    }
+    let mut out: Vec<*const c_char> = Vec::with_capacity(ptrs.len() + 8);
+    let mut old_preload: &[u8] = &[];
+    for &p in &ptrs {
+        let kv = cbytes(p);
+        let k = key_of(kv);
+        if k == b"LD_PRELOAD" {
+            old_preload = &kv[11..];
+            continue;
+        }
+        if k == ENV_EXE.as_bytes() || st.env_pass.iter().any(|e| key_of(e) == k) {
+            continue;
+        }
+        out.push(p);
+    }
+    if !shim.is_empty() {
+        let has = old_preload.split(|&b| b == b':' || b == b' ').any(|x| x == shim);
+        let v = if has || old_preload.is_empty() {
+            if has {
+                ar.cstr(&[b"LD_PRELOAD=", old_preload])?
+            } else {
+                ar.cstr(&[b"LD_PRELOAD=", shim])?
+            }
+        } else {
+            ar.cstr(&[b"LD_PRELOAD=", shim, b":", old_preload])?
+        };
+        out.push(v);
+    } else if !old_preload.is_empty() {
+        out.push(ar.cstr(&[b"LD_PRELOAD=", old_preload])?);
+    }
+    for e in &st.env_pass {
+        out.push(e.as_ptr().cast());
+    }
+    if let Some(x) = exe {
+        out.push(ar.cstr(&[ENV_EXE.as_bytes(), b"=", x])?);
+    }
+    ar.ptrs(&out)
+}
+
+/// Space for rewriting one exec: environment and arguments plus slack.
+unsafe fn arena_for(argv: *const *const c_char, envp: *const *const c_char) -> Option<Arena> {
+    let mut n = 16384usize;
+    for s in vec_of(argv).iter().chain(vec_of(envp).iter()) {
+        n += s.len() + 1 + 16;
+    }
+    Arena::new(n)
+}
+
+/// What to hand the kernel for exec of (`path`, `argv`, `envp`).
+struct Prepared {
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+}
+
+fn read_head(p: &PBuf, buf: &mut [u8]) -> usize {
+    // SAFETY: real functions on valid buffers; fd closed before returning.
+    unsafe {
+        let fd = real::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC, 0);
+        if fd < 0 {
+            return 0;
+        }
+        let n = real::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        real::close(fd);
+        n.max(0) as usize
+    }
+}
+
+/// Parses `#!interp arg` from the head of a file.
+fn shebang(head: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let rest = head.strip_prefix(b"#!")?;
+    let line = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => &rest[..i],
+        None => rest,
+    };
+    let is_ws = |b: &u8| *b == b' ' || *b == b'\t' || *b == b'\r';
+    let start = line.iter().position(|b| !is_ws(b))?;
+    let line = &line[start..];
+    let end = line.iter().position(is_ws).unwrap_or(line.len());
+    let interp = &line[..end];
+    let arg = &line[end..];
+    let arg = match arg.iter().position(|b| !is_ws(b)) {
+        Some(s) => {
+            let a = &arg[s..];
+            let e = a.iter().rposition(|b| !is_ws(b)).map_or(0, |i| i + 1);
+            Some(&a[..e])
+        }
+        None => None,
+    };
+    if interp.is_empty() {
+        None
+    } else {
+        Some((interp, arg))
+    }
+}
+
+/// An executable real file with the blob's content: the blob itself, or a copy with the
+/// x bit in `<upper>/exec/` when the blob has none.
+fn exec_file(st: &State, blob: &PBuf) -> Option<PBuf> {
+    // SAFETY: valid buffer.
+    if unsafe { real::access(blob.as_ptr(), libc::X_OK) } == 0 {
+        return PBuf::from(blob.as_bytes());
+    }
+    let up = st.upper.as_ref()?;
+    let mut dst = up.sub(b"exec")?;
+    crate::upper::mkdir_p(dst.as_bytes());
+    dst.push(b"/")?;
+    dst.push(path::file_name(blob.as_bytes()))?;
+    // SAFETY: valid buffers, own fds closed.
+    unsafe {
+        if real::access(dst.as_ptr(), libc::X_OK) == 0 {
+            return Some(dst);
+        }
+        let mut tmp = PBuf::from(dst.as_bytes())?;
+        tmp.push(b".tmp")?;
+        tmp.push(libc::getpid().to_string().as_bytes())?;
+        let inp = real::open(blob.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC, 0);
+        if inp < 0 {
+            return None;
+        }
+        let out = real::open(tmp.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o755);
+        if out < 0 {
+            real::close(inp);
+            return None;
+        }
+        let mut buf = [0u8; 65536];
+        loop {
+            let n = real::read(inp, buf.as_mut_ptr().cast(), buf.len());
+            if n <= 0 {
+                break;
+            }
+            if real::write(out, buf.as_ptr().cast(), n as usize) != n {
+                break;
+            }
+        }
+        real::close(inp);
+        real::close(out);
+        real::rename(tmp.as_ptr(), dst.as_ptr());
+    }
+    Some(dst)
+}
+
+unsafe fn prepare(
+    st: &State,
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    ar: &mut Arena,
+    depth: u32,
+) -> Result<Prepared, c_int> {
+    let raw = cbytes(path);
+    let Some(a) = abs_of(st, libc::AT_FDCWD, raw) else {
+        let envp = fix_env(st, envp, None, ar).ok_or(libc::E2BIG)?;
+        return Ok(Prepared { path, argv, envp });
+    };
+    let r = vfs::resolve(st, a.p, true);
+    match r.node {
+        Node::V { layer, idx } => {
+            let e = vfs::entry(st, layer, idx).ok_or(libc::ENOENT)?;
+            if e.is_dir() || vfs::mode_of(&e) & 0o111 == 0 {
+                return Err(libc::EACCES);
+            }
+            let blob = vfs::blob_path(st, &e).ok_or(libc::ENAMETOOLONG)?;
+            let mut head = [0u8; 512];
+            let n = read_head(&blob, &mut head);
+            if let Some((interp, arg)) = shebang(&head[..n]) {
+                if depth > 4 {
+                    return Err(libc::ELOOP);
+                }
+                let old = ptrs_of(argv);
+                let mut v: Vec<*const c_char> = Vec::with_capacity(old.len() + 3);
+                let ip = ar.cstr(&[interp]).ok_or(libc::E2BIG)?;
+                v.push(ip);
+                if let Some(x) = arg {
+                    v.push(ar.cstr(&[x]).ok_or(libc::E2BIG)?);
+                }
+                v.push(path);
+                v.extend(old.iter().skip(1));
+                let nargv = ar.ptrs(&v).ok_or(libc::E2BIG)?;
+                return prepare(st, ip, nargv, envp, ar, depth + 1);
+            }
+            let file = exec_file(st, &blob).ok_or(libc::EACCES)?;
+            let p = ar.cstr(&[file.as_bytes()]).ok_or(libc::E2BIG)?;
+            let envp = fix_env(st, envp, Some(r.path.as_bytes()), ar).ok_or(libc::E2BIG)?;
+            Ok(Prepared { path: p, argv, envp })
+        }
+        Node::Gone(e) => Err(e),
+        Node::Upper => {
+            let mp = st.upper.as_ref().and_then(|u| u.mirror_of(r.path.as_bytes())).ok_or(libc::ENOENT)?;
+            let p = ar.cstr(&[mp.as_bytes()]).ok_or(libc::E2BIG)?;
+            let envp = fix_env(st, envp, None, ar).ok_or(libc::E2BIG)?;
+            Ok(Prepared { path: p, argv, envp })
+        }
+        Node::Real => {
+            let p = if !r.moved && a.orig_ok { path } else { ar.cstr(&[r.path.as_bytes()]).ok_or(libc::E2BIG)? };
+            let envp = fix_env(st, envp, None, ar).ok_or(libc::E2BIG)?;
+            Ok(Prepared { path: p, argv, envp })
+        }
+    }
+}
+
+fn execve_impl(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> Option<c_int> {
+    let prepared = guarded(|st| {
+        // SAFETY: the caller's arrays.
+        unsafe {
+            let mut ar = arena_for(argv, envp)?;
+            Some(prepare(st, path, argv, envp, &mut ar, 0).map(|p| (p, ar)))
+        }
+    })?;
+    // The re-entry guard is released before the real call: after `vfork` the child shares
+    // the parent's thread-local storage, and a successful exec never comes back to reset it.
+    match prepared {
+        // SAFETY: pointers into the caller's arrays or our arena, alive until the call returns.
+        Ok((p, ar)) => {
+            let rc = unsafe { real::execve(p.path, p.argv, p.envp) };
+            drop(ar);
+            Some(rc)
+        }
+        Err(e) => crate::fail(e),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    do_execve(path, argv, envp)
+}
+
+pub(crate) unsafe fn do_execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    trace("execve", path);
+    execve_impl(path, argv, envp).unwrap_or_else(|| real::execve(path, argv, envp))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    do_execve(path, argv, environ)
+}
+
+/// PATH search the way glibc's `execvpe` does it, but virtual-aware: each candidate goes
+/// through our `execve`.
+unsafe fn execvpe_impl(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    let f = cbytes(file);
+    if f.is_empty() {
+        real::set_errno(libc::ENOENT);
+        return -1;
+    }
+    if f.contains(&b'/') {
+        return do_execve(file, argv, envp);
+    }
+    let pathvar = libc::getenv(c"PATH".as_ptr());
+    let dirs: &[u8] = if pathvar.is_null() { b"/bin:/usr/bin" } else { cbytes(pathvar) };
+    let mut saw_eacces = false;
+    for d in dirs.split(|&b| b == b':') {
+        let mut cand = PBuf::new();
+        let d: &[u8] = if d.is_empty() { b"." } else { d };
+        if cand.push(d).is_none() || cand.push(b"/").is_none() || cand.push(f).is_none() {
+            continue;
+        }
+        do_execve(cand.as_ptr(), argv, envp);
+        match real::errno() {
+            libc::EACCES => saw_eacces = true,
+            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT | libc::ELOOP => {}
+            libc::ENOEXEC => {
+                // Not a binary, no shebang: the shell runs it (as glibc does).
+                let old = ptrs_of(argv);
+                let mut v: Vec<*const c_char> = vec![c"/bin/sh".as_ptr(), cand.as_ptr()];
+                v.extend(old.iter().skip(1));
+                v.push(std::ptr::null());
+                return do_execve(c"/bin/sh".as_ptr(), v.as_ptr(), envp);
+            }
+            _ => return -1,
+        }
+    }
+    real::set_errno(if saw_eacces { libc::EACCES } else { libc::ENOENT });
+    -1
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    trace("execvp", file);
+    if crate::state::get().is_none() {
+        return real::execvp(file, argv);
+    }
+    execvpe_impl(file, argv, environ)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    trace("execvpe", file);
+    if crate::state::get().is_none() {
+        return real::execvpe(file, argv, envp);
+    }
+    execvpe_impl(file, argv, envp)
+}
+
+fn spawn_impl(
+    pid: *mut pid_t,
+    path: *const c_char,
+    fa: *const c_void,
+    at: *const c_void,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> Option<c_int> {
+    guarded(|st| {
+        // SAFETY: the caller's arrays; the arena outlives the call (posix_spawn has exec'd
+        // or failed by the time it returns).
+        unsafe {
+            let mut ar = arena_for(argv, envp)?;
+            match prepare(st, path, argv, envp, &mut ar, 0) {
+                Ok(p) => Some(real::posix_spawn(pid, p.path, fa, at, p.argv, p.envp)),
+                Err(e) => Some(e),
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut pid_t,
+    path: *const c_char,
+    fa: *const c_void,
+    at: *const c_void,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    do_posix_spawn(pid, path, fa, at, argv, envp)
+}
+
+// Internal calls go through these private functions, never through our exported symbols:
+// when the library is `dlopen`ed (by `vrift run`) rather than preloaded, a call to an
+// exported name may bind to libc's definition instead of ours.
+unsafe fn do_posix_spawn(
+    pid: *mut pid_t,
+    path: *const c_char,
+    fa: *const c_void,
+    at: *const c_void,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    trace("posix_spawn", path);
+    spawn_impl(pid, path, fa, at, argv, envp).unwrap_or_else(|| real::posix_spawn(pid, path, fa, at, argv, envp))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut pid_t,
+    file: *const c_char,
+    fa: *const c_void,
+    at: *const c_void,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    do_posix_spawnp(pid, file, fa, at, argv, envp)
+}
+
+unsafe fn do_posix_spawnp(
+    pid: *mut pid_t,
+    file: *const c_char,
+    fa: *const c_void,
+    at: *const c_void,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    trace("posix_spawnp", file);
+    let f = cbytes(file);
+    if crate::state::get().is_none() {
+        return real::posix_spawnp(pid, file, fa, at, argv, envp);
+    }
+    if f.contains(&b'/') {
+        return do_posix_spawn(pid, file, fa, at, argv, envp);
+    }
+    let pathvar = libc::getenv(c"PATH".as_ptr());
+    let dirs: &[u8] = if pathvar.is_null() { b"/bin:/usr/bin" } else { cbytes(pathvar) };
+    for d in dirs.split(|&b| b == b':') {
+        let mut cand = PBuf::new();
+        let d: &[u8] = if d.is_empty() { b"." } else { d };
+        if cand.push(d).is_none() || cand.push(b"/").is_none() || cand.push(f).is_none() {
+            continue;
+        }
+        let ok = crate::stat::access_impl(libc::AT_FDCWD, cand.as_ptr(), libc::X_OK, 0)
+            .unwrap_or_else(|| real::access(cand.as_ptr(), libc::X_OK));
+        if ok != 0 {
+            continue;
+        }
+        let mut s: libc::stat = std::mem::zeroed();
+        let is_dir = crate::stat::fstatat_impl(libc::AT_FDCWD, cand.as_ptr(), &mut s, 0)
+            .unwrap_or_else(|| real::stat(cand.as_ptr(), &mut s))
+            == 0
+            && s.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if is_dir {
+            continue;
+        }
+        return do_posix_spawn(pid, cand.as_ptr(), fa, at, argv, envp);
+    }
+    libc::ENOENT
+}
+
+/// For `vrift run`: the same as `posix_spawnp`, exported under a private name so the CLI can
+/// start the command through the shim's exec logic after `dlopen`ing it.
+#[no_mangle]
+pub unsafe extern "C" fn vrift_shim_spawnp(
+    pid: *mut pid_t,
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    do_posix_spawnp(pid, file, std::ptr::null(), std::ptr::null(), argv, envp)
+}
