@@ -45,12 +45,38 @@ pub fn ingest(
         return Err(PipelineError::NotIngestable { path: start });
     };
     let output = absolute(&opts.output)?;
+    // Fail before any file is touched, not after the whole tree was linked.
+    match output.parent().map(std::fs::metadata) {
+        Some(Ok(m)) if m.is_dir() => {}
+        Some(Ok(_)) | None => {
+            return Err(PipelineError::io(
+                &output,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    "parent of the output is not a directory",
+                ),
+            ));
+        }
+        Some(Err(e)) => return Err(PipelineError::io(output.parent().unwrap_or(&output), e)),
+    }
+    if output.is_dir() {
+        return Err(PipelineError::io(
+            &output,
+            std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "output must be a file path, not a directory",
+            ),
+        ));
+    }
     let threads = opts.thread_count();
 
     let cas = Cas::open(store_root)?;
     let lock_started = Instant::now();
     let _lock = StoreLock::acquire(cas.root(), LockKind::Shared, true, on_lock_wait)?;
-    Counters::add(&counters.lock_wait_ns, lock_started.elapsed().as_nanos() as u64);
+    Counters::add(
+        &counters.lock_wait_ns,
+        lock_started.elapsed().as_nanos() as u64,
+    );
 
     let mut details = ReportDetails {
         source: root.clone(),

@@ -55,7 +55,21 @@ pub fn same_as_previous(entries: &[EntryInput], previous: &Previous, flags: u32)
         && m.len() == entries.len()
         && m.iter()
             .zip(entries)
-            .all(|(old, new)| old.to_input() == *new)
+            .all(|(old, new)| same_entry(&old, new))
+}
+
+/// Field-by-field equality without building an owned copy of the stored entry.
+fn same_entry(old: &vrift_manifest::Entry<'_>, new: &EntryInput) -> bool {
+    old.path() == new.path.as_slice()
+        && old.kind() == new.kind
+        && old.mode() == new.mode
+        && old.size() == new.size
+        && old.mtime_ns() == new.mtime_ns
+        && (!new.kind.has_content() || old.hash() == &new.hash)
+        && old.target() == new.target.as_slice()
+        && old.dev() == new.dev
+        && old.ino() == new.ino
+        && old.cache_mtime_ns() == new.cache_mtime_ns
 }
 
 /// Writes the manifest unless it would be identical to `previous`. Returns whether it wrote.
