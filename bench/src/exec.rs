@@ -24,8 +24,13 @@ pub struct Sample {
     /// CPU seconds in the kernel (the child and the descendants it waited for).
     pub sys_s: f64,
     /// Peak resident set size in KiB (`ru_maxrss`): for a pipeline run through `sh`, the
-    /// largest of the processes it waited for.
+    /// largest of the processes it waited for. Never below `rss_floor_kib`.
     pub max_rss_kib: u64,
+    /// The harness's own RSS when it spawned the child. Linux carries the parent's memory
+    /// high-water mark into a vfork-ed child's `ru_maxrss` (it survives the exec), so a
+    /// child's peak cannot be told apart from values below this. The harness resets its
+    /// own high-water mark before each spawn (`/proc/self/clear_refs`), so this is small.
+    pub rss_floor_kib: u64,
 }
 
 /// What a timed run left behind.
@@ -62,6 +67,8 @@ pub fn run_timed(cmd: &mut Command, stdout: Stdout, scratch: &Path) -> Result<Fi
         .stdout(out)
         .stderr(Stdio::from(err));
 
+    reset_own_peak_rss();
+    let rss_floor_kib = own_rss_kib();
     let start = Instant::now();
     let child = cmd
         .spawn()
@@ -89,6 +96,7 @@ pub fn run_timed(cmd: &mut Command, stdout: Stdout, scratch: &Path) -> Result<Fi
             user_s: timeval_s(usage.ru_utime),
             sys_s: timeval_s(usage.ru_stime),
             max_rss_kib: usage.ru_maxrss.max(0) as u64,
+            rss_floor_kib,
         },
         stdout,
     })
@@ -138,6 +146,24 @@ pub fn shell_quote(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
+}
+
+/// Resets this process's peak-RSS mark to its current RSS (`echo 5 > /proc/self/clear_refs`),
+/// so a child's `ru_maxrss` is not inflated by the harness's own earlier peak.
+fn reset_own_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// This process's current RSS in KiB (`VmRSS` of `/proc/self/status`), 0 if unknown.
+fn own_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn wait4(pid: libc::pid_t) -> std::io::Result<(libc::c_int, libc::rusage)> {

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::exec::output_of;
@@ -126,4 +127,21 @@ pub fn wait_for_idle(max: std::time::Duration, busy_max: f64) -> Option<f64> {
             return Some(busy);
         }
     }
+}
+
+/// Sets this process's nice value; children inherit it.
+pub fn set_nice(n: i32) -> Result<()> {
+    // SAFETY: plain syscall on our own process.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context(format!("setting nice {n} (negative values need root)"));
+    }
+    Ok(())
+}
+
+/// This process's nice value, recorded with the results.
+pub fn current_nice() -> i32 {
+    // SAFETY: plain syscall on our own process; -1 is also a valid value, close enough here.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
 }

@@ -30,6 +30,8 @@ pub struct Report {
     pub machine: Machine,
     pub vrift: VriftInfo,
     pub rounds_run: usize,
+    /// Nice value the harness and the timed commands ran at.
+    pub nice: i32,
     pub cold: bool,
     pub commands: Vec<CaseCommand>,
     pub rows: Vec<Row>,
@@ -80,6 +82,8 @@ pub struct Row {
     pub files_per_sec: f64,
     /// Largest peak RSS over the rounds, MiB.
     pub peak_rss_mib: f64,
+    /// Largest harness RSS at spawn over the rounds (the floor of `peak_rss_mib`), MiB.
+    pub rss_floor_mib: f64,
     pub median_user_s: f64,
     pub median_sys_s: f64,
     /// Median of vrift's own `seconds` (vrift rows).
@@ -208,6 +212,10 @@ fn row(rounds: &[Round], case: Case, files: u64) -> Option<Row> {
             .iter()
             .map(|m| m.sample.max_rss_kib as f64 / 1024.0)
             .fold(0.0, f64::max),
+        rss_floor_mib: ms
+            .iter()
+            .map(|m| m.sample.rss_floor_kib as f64 / 1024.0)
+            .fold(0.0, f64::max),
         median_user_s: median(&users)?,
         median_sys_s: median(&syss)?,
         vrift_seconds_median: median(&vrift_secs),
@@ -281,8 +289,9 @@ impl Report {
             .collect();
         let _ = writeln!(
             s,
-            "- {} interleaved rounds, medians; 1-min load average at each round's start: {}\n",
+            "- {} interleaved rounds, medians; nice {}; 1-min load average at each round's start: {}\n",
             self.rounds_run,
+            self.nice,
             loads.join(", ")
         );
 
@@ -336,6 +345,15 @@ impl Report {
             );
         }
 
+        let floor = self
+            .rows
+            .iter()
+            .map(|r| r.rss_floor_mib)
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            s,
+            "\nPeak RSS is the child's `ru_maxrss` from `wait4`; values up to {floor:.1} MiB (the harness's own RSS at spawn, which Linux carries into a vfork-ed child's peak) are a floor, not the child's use."
+        );
         if let Some(sum) = self
             .rows
             .iter()

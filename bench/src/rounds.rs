@@ -92,6 +92,7 @@ pub fn run_round(plan: &Plan, index: usize, total: usize) -> Result<Round> {
 
     let empty = IngestDirs::new(&dir, "empty");
     for &case in &plan.cases {
+        crate::interrupt::check()?;
         let m = run_case(plan, case, &dir, &empty, &scratch)
             .with_context(|| format!("round {index}, {}", case.id()))?;
         let rate = m

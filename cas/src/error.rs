@@ -26,6 +26,15 @@ impl CasError {
         }
     }
 
+    /// The message without the path, for callers that already name the path themselves.
+    pub fn reason(&self) -> String {
+        match self {
+            CasError::Io { source, .. } => source.to_string(),
+            CasError::Changed { .. } => "file changed while it was being ingested".into(),
+            other => other.to_string(),
+        }
+    }
+
     /// The raw OS error, for callers that pick a fallback (EXDEV, EMLINK, ENOSPC).
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {

@@ -79,6 +79,10 @@ pub struct GcArgs {
     /// List every orphan blob path.
     #[arg(long)]
     pub list: bool,
+    /// Act on the link-farm cache of `run --isolate` instead of blobs (a pure cache: farms in
+    /// use are kept, the rest is rebuilt on demand).
+    #[arg(long)]
+    pub farms: bool,
 }
 
 #[derive(Args, Debug)]

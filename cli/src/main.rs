@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod format;
+mod isolate;
 mod metrics_export;
 mod progress;
 mod store_stats;
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
         Command::Init(a) => commands::init::run(&g, a),
         Command::Checkout(a) => commands::checkout::run(&g, a),
         Command::Status(a) => commands::status::run(&g, a),
+        Command::Gc(a) if a.farms => isolate::gc::run(&g, a),
         Command::Gc(a) => commands::gc::run(&g, a),
         Command::Doctor(a) => commands::doctor::run(&g, a),
         Command::Verify(a) => commands::verify::run(&g, a),

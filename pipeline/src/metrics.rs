@@ -52,7 +52,8 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
 ];
 /// Bucket bounds (seconds) for [`LOCK_WAIT`]: usually ~0, long while a `gc --delete` runs.
-pub const LOCK_WAIT_BUCKETS: [f64; 10] = [0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0];
+pub const LOCK_WAIT_BUCKETS: [f64; 10] =
+    [0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0];
 
 /// Describes every ingest metric (help text, unit) on the current recorder.
 pub fn describe() {
@@ -113,7 +114,10 @@ pub fn describe() {
         LAST_SUCCESS,
         "1 if the last ingest finished without errors, 0 otherwise"
     );
-    describe_gauge!(BUILD_INFO, "Always 1; the labels say which vrift produced the metrics");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the labels say which vrift produced the metrics"
+    );
 }
 
 /// Handles to every ingest series of one recorder. Registering them declares the series with
@@ -219,11 +223,7 @@ impl IngestMetrics {
         for (h, v) in self.fallbacks.iter().zip(fallbacks) {
             h.absolute(v);
         }
-        let queues = [
-            g(&c.queue_hash),
-            g(&c.queue_place),
-            g(&c.queue_collect),
-        ];
+        let queues = [g(&c.queue_hash), g(&c.queue_place), g(&c.queue_collect)];
         let mut max = self.max_seen.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..3 {
             // A gauge briefly "below zero" (a consumer ran before the producer's add) wraps.

@@ -209,7 +209,7 @@ fn move_one(
             match cas.copy_in(path, &entry.hash, entry.size, entry.mode) {
                 Ok(CopyKind::Reflink) => Counters::add(&counters.link_reflink, 1),
                 Ok(CopyKind::Copy) => Counters::add(&counters.link_copy, 1),
-                Err(err) => return Err(format!("cannot copy into store: {err}")),
+                Err(err) => return Err(format!("cannot copy into store: {}", err.reason())),
             }
             Counters::add(&counters.blobs_new, 1);
             Counters::add(&counters.bytes_new, entry.size);

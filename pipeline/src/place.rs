@@ -198,7 +198,7 @@ fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<EntryInput, String> {
             }
             Ok(entry_for(h, &h.st))
         }
-        Err(e) => Err(format!("cannot copy into store: {e}")),
+        Err(e) => Err(format!("cannot copy into store: {}", e.reason())),
     }
 }
 

@@ -252,7 +252,11 @@ pub unsafe extern "C" fn readdir64(d: *mut DIR) -> *mut dirent64 {
     }
 }
 #[no_mangle]
-pub unsafe extern "C" fn readdir_r(d: *mut DIR, e: *mut libc::dirent, r: *mut *mut libc::dirent) -> c_int {
+pub unsafe extern "C" fn readdir_r(
+    d: *mut DIR,
+    e: *mut libc::dirent,
+    r: *mut *mut libc::dirent,
+) -> c_int {
     match ours(d) {
         Some(v) => {
             match v.ents.get(v.pos) {
@@ -269,7 +273,11 @@ pub unsafe extern "C" fn readdir_r(d: *mut DIR, e: *mut libc::dirent, r: *mut *m
     }
 }
 #[no_mangle]
-pub unsafe extern "C" fn readdir64_r(d: *mut DIR, e: *mut dirent64, r: *mut *mut dirent64) -> c_int {
+pub unsafe extern "C" fn readdir64_r(
+    d: *mut DIR,
+    e: *mut dirent64,
+    r: *mut *mut dirent64,
+) -> c_int {
     match ours(d) {
         Some(v) => {
             match v.ents.get(v.pos) {
@@ -345,7 +353,12 @@ pub unsafe extern "C" fn seekdir(d: *mut DIR, pos: c_long) {
 type Filter = unsafe extern "C" fn(*const dirent64) -> c_int;
 type Compar = unsafe extern "C" fn(*const c_void, *const c_void) -> c_int;
 
-unsafe fn scan(d: *mut DIR, list: *mut *mut *mut dirent64, filter: *mut c_void, compar: *mut c_void) -> c_int {
+unsafe fn scan(
+    d: *mut DIR,
+    list: *mut *mut *mut dirent64,
+    filter: *mut c_void,
+    compar: *mut c_void,
+) -> c_int {
     let Some(v) = ours(d) else {
         // A real DIR (upper-only dir): read it with the real functions.
         let mut out: Vec<*mut dirent64> = Vec::new();
@@ -391,7 +404,11 @@ unsafe fn scan(d: *mut DIR, list: *mut *mut *mut dirent64, filter: *mut c_void, 
     finish_scan(out, list, compar)
 }
 
-unsafe fn finish_scan(out: Vec<*mut dirent64>, list: *mut *mut *mut dirent64, compar: *mut c_void) -> c_int {
+unsafe fn finish_scan(
+    out: Vec<*mut dirent64>,
+    list: *mut *mut *mut dirent64,
+    compar: *mut c_void,
+) -> c_int {
     let n = out.len();
     let arr = libc::malloc(std::mem::size_of::<*mut dirent64>() * n.max(1)) as *mut *mut dirent64;
     if arr.is_null() {
@@ -410,7 +427,13 @@ unsafe fn finish_scan(out: Vec<*mut dirent64>, list: *mut *mut *mut dirent64, co
     n as c_int
 }
 
-fn scandir_impl(dirfd: c_int, p: *const c_char, l: *mut c_void, f: *mut c_void, c: *mut c_void) -> Option<c_int> {
+fn scandir_impl(
+    dirfd: c_int,
+    p: *const c_char,
+    l: *mut c_void,
+    f: *mut c_void,
+    c: *mut c_void,
+) -> Option<c_int> {
     let d = guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
@@ -427,22 +450,44 @@ fn scandir_impl(dirfd: c_int, p: *const c_char, l: *mut c_void, f: *mut c_void, 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn scandir(p: *const c_char, l: *mut c_void, f: *mut c_void, c: *mut c_void) -> c_int {
+pub unsafe extern "C" fn scandir(
+    p: *const c_char,
+    l: *mut c_void,
+    f: *mut c_void,
+    c: *mut c_void,
+) -> c_int {
     trace("scandir", p);
     scandir_impl(libc::AT_FDCWD, p, l, f, c).unwrap_or_else(|| real::scandir(p, l, f, c))
 }
 #[no_mangle]
-pub unsafe extern "C" fn scandir64(p: *const c_char, l: *mut c_void, f: *mut c_void, c: *mut c_void) -> c_int {
+pub unsafe extern "C" fn scandir64(
+    p: *const c_char,
+    l: *mut c_void,
+    f: *mut c_void,
+    c: *mut c_void,
+) -> c_int {
     trace("scandir64", p);
     scandir_impl(libc::AT_FDCWD, p, l, f, c).unwrap_or_else(|| real::scandir64(p, l, f, c))
 }
 #[no_mangle]
-pub unsafe extern "C" fn scandirat(d: c_int, p: *const c_char, l: *mut c_void, f: *mut c_void, c: *mut c_void) -> c_int {
+pub unsafe extern "C" fn scandirat(
+    d: c_int,
+    p: *const c_char,
+    l: *mut c_void,
+    f: *mut c_void,
+    c: *mut c_void,
+) -> c_int {
     trace("scandirat", p);
     scandir_impl(d, p, l, f, c).unwrap_or_else(|| real::scandirat(d, p, l, f, c))
 }
 #[no_mangle]
-pub unsafe extern "C" fn scandirat64(d: c_int, p: *const c_char, l: *mut c_void, f: *mut c_void, c: *mut c_void) -> c_int {
+pub unsafe extern "C" fn scandirat64(
+    d: c_int,
+    p: *const c_char,
+    l: *mut c_void,
+    f: *mut c_void,
+    c: *mut c_void,
+) -> c_int {
     trace("scandirat64", p);
     scandir_impl(d, p, l, f, c).unwrap_or_else(|| real::scandirat64(d, p, l, f, c))
 }

@@ -143,7 +143,12 @@ fn key_of(kv: &[u8]) -> &[u8] {
 
 /// `envp` with our variables guaranteed (and `VRIFT_EXE` set to `exe` or removed).
 /// Returns the original pointer when nothing needs to change.
-unsafe fn fix_env(st: &State, envp: *const *const c_char, exe: Option<&[u8]>, ar: &mut Arena) -> Option<*const *const c_char> {
+unsafe fn fix_env(
+    st: &State,
+    envp: *const *const c_char,
+    exe: Option<&[u8]>,
+    ar: &mut Arena,
+) -> Option<*const *const c_char> {
     let ptrs = ptrs_of(envp);
     let shim: &[u8] = &st.shim_path;
     let mut ok = exe.is_none();
@@ -153,10 +158,17 @@ unsafe fn fix_env(st: &State, envp: *const *const c_char, exe: Option<&[u8]>, ar
         let kv = cbytes(p);
         let k = key_of(kv);
         if k == b"LD_PRELOAD" {
-            have_preload = have_preload || kv[11..].split(|&b| b == b':' || b == b' ').any(|x| x == shim);
+            have_preload = have_preload
+                || kv[11..]
+                    .split(|&b| b == b':' || b == b' ')
+                    .any(|x| x == shim);
         } else if k == ENV_EXE.as_bytes() {
             ok = false;
-        } else if st.env_pass.iter().any(|e| key_of(e) == k && e[..e.len() - 1] == *kv) {
+        } else if st
+            .env_pass
+            .iter()
+            .any(|e| key_of(e) == k && e[..e.len() - 1] == *kv)
+        {
             have += 1;
         }
     }
@@ -178,7 +190,9 @@ unsafe fn fix_env(st: &State, envp: *const *const c_char, exe: Option<&[u8]>, ar
         out.push(p);
     }
     if !shim.is_empty() {
-        let has = old_preload.split(|&b| b == b':' || b == b' ').any(|x| x == shim);
+        let has = old_preload
+            .split(|&b| b == b':' || b == b' ')
+            .any(|x| x == shim);
         let v = if has || old_preload.is_empty() {
             if has {
                 ar.cstr(&[b"LD_PRELOAD=", old_preload])?
@@ -282,7 +296,11 @@ fn exec_file(st: &State, blob: &PBuf) -> Option<PBuf> {
         if inp < 0 {
             return None;
         }
-        let out = real::open(tmp.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o755);
+        let out = real::open(
+            tmp.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o755,
+        );
         if out < 0 {
             real::close(inp);
             return None;
@@ -346,24 +364,48 @@ unsafe fn prepare(
             let file = exec_file(st, &blob).ok_or(libc::EACCES)?;
             let p = ar.cstr(&[file.as_bytes()]).ok_or(libc::E2BIG)?;
             let envp = fix_env(st, envp, Some(r.path.as_bytes()), ar).ok_or(libc::E2BIG)?;
-            Ok(Prepared { path: p, argv, envp })
+            Ok(Prepared {
+                path: p,
+                argv,
+                envp,
+            })
         }
         Node::Gone(e) => Err(e),
         Node::Upper => {
-            let mp = st.upper.as_ref().and_then(|u| u.mirror_of(r.path.as_bytes())).ok_or(libc::ENOENT)?;
+            let mp = st
+                .upper
+                .as_ref()
+                .and_then(|u| u.mirror_of(r.path.as_bytes()))
+                .ok_or(libc::ENOENT)?;
             let p = ar.cstr(&[mp.as_bytes()]).ok_or(libc::E2BIG)?;
             let envp = fix_env(st, envp, None, ar).ok_or(libc::E2BIG)?;
-            Ok(Prepared { path: p, argv, envp })
+            Ok(Prepared {
+                path: p,
+                argv,
+                envp,
+            })
         }
         Node::Real => {
-            let p = if !r.moved && a.orig_ok { path } else { ar.cstr(&[r.path.as_bytes()]).ok_or(libc::E2BIG)? };
+            let p = if !r.moved && a.orig_ok {
+                path
+            } else {
+                ar.cstr(&[r.path.as_bytes()]).ok_or(libc::E2BIG)?
+            };
             let envp = fix_env(st, envp, None, ar).ok_or(libc::E2BIG)?;
-            Ok(Prepared { path: p, argv, envp })
+            Ok(Prepared {
+                path: p,
+                argv,
+                envp,
+            })
         }
     }
 }
 
-fn execve_impl(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> Option<c_int> {
+fn execve_impl(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> Option<c_int> {
     let prepared = guarded(|st| {
         // SAFETY: the caller's arrays.
         unsafe {
@@ -385,11 +427,19 @@ fn execve_impl(path: *const c_char, argv: *const *const c_char, envp: *const *co
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
     do_execve(path, argv, envp)
 }
 
-pub(crate) unsafe fn do_execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+pub(crate) unsafe fn do_execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
     trace("execve", path);
     execve_impl(path, argv, envp).unwrap_or_else(|| real::execve(path, argv, envp))
 }
@@ -401,7 +451,11 @@ pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) 
 
 /// PATH search the way glibc's `execvpe` does it, but virtual-aware: each candidate goes
 /// through our `execve`.
-unsafe fn execvpe_impl(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+unsafe fn execvpe_impl(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
     let f = cbytes(file);
     if f.is_empty() {
         real::set_errno(libc::ENOENT);
@@ -411,7 +465,11 @@ unsafe fn execvpe_impl(file: *const c_char, argv: *const *const c_char, envp: *c
         return do_execve(file, argv, envp);
     }
     let pathvar = libc::getenv(c"PATH".as_ptr());
-    let dirs: &[u8] = if pathvar.is_null() { b"/bin:/usr/bin" } else { cbytes(pathvar) };
+    let dirs: &[u8] = if pathvar.is_null() {
+        b"/bin:/usr/bin"
+    } else {
+        cbytes(pathvar)
+    };
     let mut saw_eacces = false;
     for d in dirs.split(|&b| b == b':') {
         let mut cand = PBuf::new();
@@ -422,7 +480,12 @@ unsafe fn execvpe_impl(file: *const c_char, argv: *const *const c_char, envp: *c
         do_execve(cand.as_ptr(), argv, envp);
         match real::errno() {
             libc::EACCES => saw_eacces = true,
-            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT | libc::ELOOP => {}
+            libc::ENOENT
+            | libc::ENOTDIR
+            | libc::ESTALE
+            | libc::ENODEV
+            | libc::ETIMEDOUT
+            | libc::ELOOP => {}
             libc::ENOEXEC => {
                 // Not a binary, no shebang: the shell runs it (as glibc does).
                 let old = ptrs_of(argv);
@@ -434,7 +497,11 @@ unsafe fn execvpe_impl(file: *const c_char, argv: *const *const c_char, envp: *c
             _ => return -1,
         }
     }
-    real::set_errno(if saw_eacces { libc::EACCES } else { libc::ENOENT });
+    real::set_errno(if saw_eacces {
+        libc::EACCES
+    } else {
+        libc::ENOENT
+    });
     -1
 }
 
@@ -448,7 +515,11 @@ pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char)
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
     trace("execvpe", file);
     if crate::state::get().is_none() {
         return real::execvpe(file, argv, envp);
@@ -501,7 +572,8 @@ unsafe fn do_posix_spawn(
     envp: *const *const c_char,
 ) -> c_int {
     trace("posix_spawn", path);
-    spawn_impl(pid, path, fa, at, argv, envp).unwrap_or_else(|| real::posix_spawn(pid, path, fa, at, argv, envp))
+    spawn_impl(pid, path, fa, at, argv, envp)
+        .unwrap_or_else(|| real::posix_spawn(pid, path, fa, at, argv, envp))
 }
 
 #[no_mangle]
@@ -533,7 +605,11 @@ unsafe fn do_posix_spawnp(
         return do_posix_spawn(pid, file, fa, at, argv, envp);
     }
     let pathvar = libc::getenv(c"PATH".as_ptr());
-    let dirs: &[u8] = if pathvar.is_null() { b"/bin:/usr/bin" } else { cbytes(pathvar) };
+    let dirs: &[u8] = if pathvar.is_null() {
+        b"/bin:/usr/bin"
+    } else {
+        cbytes(pathvar)
+    };
     for d in dirs.split(|&b| b == b':') {
         let mut cand = PBuf::new();
         let d: &[u8] = if d.is_empty() { b"." } else { d };

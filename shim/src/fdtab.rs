@@ -33,8 +33,12 @@ pub enum Tag {
 
 fn encode(t: Tag) -> u64 {
     match t {
-        Tag::File { layer, idx } => (FILE << KIND_SHIFT) | ((layer as u64 & 0xff) << 40) | (idx as u64 & 0xff_ffff_ffff),
-        Tag::Dir { layer, idx } => (DIR << KIND_SHIFT) | ((layer as u64 & 0xff) << 40) | (idx as u64 & 0xff_ffff_ffff),
+        Tag::File { layer, idx } => {
+            (FILE << KIND_SHIFT) | ((layer as u64 & 0xff) << 40) | (idx as u64 & 0xff_ffff_ffff)
+        }
+        Tag::Dir { layer, idx } => {
+            (DIR << KIND_SHIFT) | ((layer as u64 & 0xff) << 40) | (idx as u64 & 0xff_ffff_ffff)
+        }
         Tag::Ancestor { id } => (ANCESTOR << KIND_SHIFT) | (id as u64 & 0xff_ffff_ffff),
     }
 }

@@ -155,7 +155,11 @@ pub(crate) fn abs_of(st: &State, dirfd: c_int, raw: &[u8]) -> Option<Abs> {
     if raw.is_empty() {
         return None;
     }
-    let dir_only = raw.ends_with(b"/") || raw.ends_with(b"/.") || raw.ends_with(b"/..") || raw == b"." || raw == b"..";
+    let dir_only = raw.ends_with(b"/")
+        || raw.ends_with(b"/.")
+        || raw.ends_with(b"/..")
+        || raw == b"."
+        || raw == b"..";
     if raw[0] == b'/' {
         let p = if is_normal(raw) {
             if !touches(st, raw) {
@@ -200,7 +204,8 @@ pub(crate) fn abs_of(st: &State, dirfd: c_int, raw: &[u8]) -> Option<Abs> {
                 link.push(dirfd.to_string().as_bytes())?;
                 let mut buf = [0u8; path::MAX];
                 // SAFETY: valid buffers.
-                let n = unsafe { real::readlink(link.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+                let n =
+                    unsafe { real::readlink(link.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
                 if n <= 0 {
                     return None;
                 }

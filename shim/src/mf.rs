@@ -62,7 +62,14 @@ impl Mf {
                 real::close(fd);
                 return Err("too short for a manifest".into());
             }
-            let m = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, fd, 0);
+            let m = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                fd,
+                0,
+            );
             real::close(fd);
             if m == libc::MAP_FAILED {
                 return Err(std::io::Error::last_os_error().to_string());
@@ -208,7 +215,10 @@ impl<'a> Entry<'a> {
     }
 
     pub fn target(&self) -> &'a [u8] {
-        self.string(self.raw.target_off.to_native(), self.raw.target_len.to_native())
+        self.string(
+            self.raw.target_off.to_native(),
+            self.raw.target_len.to_native(),
+        )
     }
 
     /// One past the last descendant, clamped into `(index, len]`.

@@ -63,7 +63,8 @@ pub unsafe extern "C" fn realpath(p: *const c_char, resolved: *mut c_char) -> *m
 #[no_mangle]
 pub unsafe extern "C" fn canonicalize_file_name(p: *const c_char) -> *mut c_char {
     trace("canonicalize_file_name", p);
-    realpath_impl(p, std::ptr::null_mut()).unwrap_or_else(|| real::realpath(p, std::ptr::null_mut()))
+    realpath_impl(p, std::ptr::null_mut())
+        .unwrap_or_else(|| real::realpath(p, std::ptr::null_mut()))
 }
 
 // ---- the working directory -------------------------------------------------------------------
@@ -286,30 +287,80 @@ pub unsafe extern "C" fn dlopen(p: *const c_char, flags: c_int) -> *mut c_void {
 
 /// `syscall(2)`: runtimes such as libuv (Node.js) call `statx` and friends through it.
 #[no_mangle]
-pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_long, a5: c_long, a6: c_long) -> c_long {
+pub unsafe extern "C" fn syscall(
+    n: c_long,
+    a1: c_long,
+    a2: c_long,
+    a3: c_long,
+    a4: c_long,
+    a5: c_long,
+    a6: c_long,
+) -> c_long {
     let ptr = |v: c_long| v as usize as *const c_char;
     let r: Option<c_long> = match n {
-        libc::SYS_statx => {
-            crate::stat::statx_impl(a1 as c_int, ptr(a2), a3 as c_int, a4 as c_uint, a5 as usize as *mut libc::statx).map(c_long::from)
+        libc::SYS_statx => crate::stat::statx_impl(
+            a1 as c_int,
+            ptr(a2),
+            a3 as c_int,
+            a4 as c_uint,
+            a5 as usize as *mut libc::statx,
+        )
+        .map(c_long::from),
+        libc::SYS_newfstatat => crate::stat::fstatat_impl(
+            a1 as c_int,
+            ptr(a2),
+            a3 as usize as *mut libc::stat,
+            a4 as c_int,
+        )
+        .map(c_long::from),
+        libc::SYS_stat => {
+            crate::stat::fstatat_impl(libc::AT_FDCWD, ptr(a1), a2 as usize as *mut libc::stat, 0)
+                .map(c_long::from)
         }
-        libc::SYS_newfstatat => crate::stat::fstatat_impl(a1 as c_int, ptr(a2), a3 as usize as *mut libc::stat, a4 as c_int).map(c_long::from),
-        libc::SYS_stat => crate::stat::fstatat_impl(libc::AT_FDCWD, ptr(a1), a2 as usize as *mut libc::stat, 0).map(c_long::from),
-        libc::SYS_lstat => {
-            crate::stat::fstatat_impl(libc::AT_FDCWD, ptr(a1), a2 as usize as *mut libc::stat, libc::AT_SYMLINK_NOFOLLOW).map(c_long::from)
+        libc::SYS_lstat => crate::stat::fstatat_impl(
+            libc::AT_FDCWD,
+            ptr(a1),
+            a2 as usize as *mut libc::stat,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+        .map(c_long::from),
+        libc::SYS_fstat => {
+            crate::stat::fstat_impl(a1 as c_int, a2 as usize as *mut libc::stat).map(c_long::from)
         }
-        libc::SYS_fstat => crate::stat::fstat_impl(a1 as c_int, a2 as usize as *mut libc::stat).map(c_long::from),
-        libc::SYS_open => crate::open::open_impl(libc::AT_FDCWD, ptr(a1), a2 as c_int, a3 as c_uint).map(c_long::from),
-        libc::SYS_openat => crate::open::open_impl(a1 as c_int, ptr(a2), a3 as c_int, a4 as c_uint).map(c_long::from),
-        libc::SYS_access => crate::stat::access_impl(libc::AT_FDCWD, ptr(a1), a2 as c_int, 0).map(c_long::from),
-        libc::SYS_faccessat => crate::stat::access_impl(a1 as c_int, ptr(a2), a3 as c_int, 0).map(c_long::from),
-        libc::SYS_faccessat2 => crate::stat::access_impl(a1 as c_int, ptr(a2), a3 as c_int, a4 as c_int).map(c_long::from),
-        libc::SYS_readlink => {
-            crate::stat::readlinkat_impl(libc::AT_FDCWD, ptr(a1), a2 as usize as *mut c_char, a3 as size_t).map(|v| v as c_long)
+        libc::SYS_open => {
+            crate::open::open_impl(libc::AT_FDCWD, ptr(a1), a2 as c_int, a3 as c_uint)
+                .map(c_long::from)
         }
-        libc::SYS_readlinkat => {
-            crate::stat::readlinkat_impl(a1 as c_int, ptr(a2), a3 as usize as *mut c_char, a4 as size_t).map(|v| v as c_long)
+        libc::SYS_openat => crate::open::open_impl(a1 as c_int, ptr(a2), a3 as c_int, a4 as c_uint)
+            .map(c_long::from),
+        libc::SYS_access => {
+            crate::stat::access_impl(libc::AT_FDCWD, ptr(a1), a2 as c_int, 0).map(c_long::from)
         }
-        libc::SYS_getdents64 => crate::dir::getdents_impl(a1 as c_int, a2 as usize as *mut c_void, a3 as usize).map(|v| v as c_long),
+        libc::SYS_faccessat => {
+            crate::stat::access_impl(a1 as c_int, ptr(a2), a3 as c_int, 0).map(c_long::from)
+        }
+        libc::SYS_faccessat2 => {
+            crate::stat::access_impl(a1 as c_int, ptr(a2), a3 as c_int, a4 as c_int)
+                .map(c_long::from)
+        }
+        libc::SYS_readlink => crate::stat::readlinkat_impl(
+            libc::AT_FDCWD,
+            ptr(a1),
+            a2 as usize as *mut c_char,
+            a3 as size_t,
+        )
+        .map(|v| v as c_long),
+        libc::SYS_readlinkat => crate::stat::readlinkat_impl(
+            a1 as c_int,
+            ptr(a2),
+            a3 as usize as *mut c_char,
+            a4 as size_t,
+        )
+        .map(|v| v as c_long),
+        libc::SYS_getdents64 => {
+            crate::dir::getdents_impl(a1 as c_int, a2 as usize as *mut c_void, a3 as usize)
+                .map(|v| v as c_long)
+        }
         libc::SYS_close => {
             fdtab::clear(a1 as c_int);
             None
@@ -317,8 +368,15 @@ pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, 
         libc::SYS_chdir => Some(c_long::from(chdir(ptr(a1)))),
         libc::SYS_fchdir => Some(c_long::from(fchdir(a1 as c_int))),
         libc::SYS_unlink => Some(c_long::from(crate::open::unlink(ptr(a1)))),
-        libc::SYS_unlinkat => Some(c_long::from(crate::open::unlinkat(a1 as c_int, ptr(a2), a3 as c_int))),
-        libc::SYS_mkdir => Some(c_long::from(crate::open::mkdir(ptr(a1), a2 as libc::mode_t))),
+        libc::SYS_unlinkat => Some(c_long::from(crate::open::unlinkat(
+            a1 as c_int,
+            ptr(a2),
+            a3 as c_int,
+        ))),
+        libc::SYS_mkdir => Some(c_long::from(crate::open::mkdir(
+            ptr(a1),
+            a2 as libc::mode_t,
+        ))),
         libc::SYS_execve => Some(c_long::from(crate::exec::do_execve(
             ptr(a1),
             a2 as usize as *const *const c_char,

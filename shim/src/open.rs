@@ -80,7 +80,14 @@ pub(crate) fn copy_up(st: &State, virt: &[u8], e: &Entry<'_>, empty: bool) -> Re
 
 unsafe fn copy_fd(inp: c_int, out: c_int) -> bool {
     loop {
-        let n = libc::copy_file_range(inp, std::ptr::null_mut(), out, std::ptr::null_mut(), 1 << 30, 0);
+        let n = libc::copy_file_range(
+            inp,
+            std::ptr::null_mut(),
+            out,
+            std::ptr::null_mut(),
+            1 << 30,
+            0,
+        );
         if n == 0 {
             return true;
         }
@@ -89,7 +96,10 @@ unsafe fn copy_fd(inp: c_int, out: c_int) -> bool {
         }
     }
     // Fallback: plain reads and writes.
-    if libc::lseek(inp, 0, libc::SEEK_SET) < 0 || libc::ftruncate(out, 0) != 0 || libc::lseek(out, 0, libc::SEEK_SET) < 0 {
+    if libc::lseek(inp, 0, libc::SEEK_SET) < 0
+        || libc::ftruncate(out, 0) != 0
+        || libc::lseek(out, 0, libc::SEEK_SET) < 0
+    {
         return false;
     }
     let mut buf = [0u8; 65536];
@@ -154,7 +164,12 @@ fn real_arg(orig_ok: bool, r: &vfs::Resolved) -> Option<&PBuf> {
     }
 }
 
-pub(crate) fn open_impl(dirfd: c_int, p: *const c_char, flags: c_int, mode: c_uint) -> Option<c_int> {
+pub(crate) fn open_impl(
+    dirfd: c_int,
+    p: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+) -> Option<c_int> {
     guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
@@ -194,14 +209,19 @@ pub(crate) fn open_impl(dirfd: c_int, p: *const c_char, flags: c_int, mode: c_ui
                             let mp = up.mirror_of(r.path.as_bytes())?;
                             upper::mkdir_p(mp.as_bytes());
                             // SAFETY: valid buffers.
-                            return Some(unsafe { real::openat(libc::AT_FDCWD, mp.as_ptr(), flags, mode) });
+                            return Some(unsafe {
+                                real::openat(libc::AT_FDCWD, mp.as_ptr(), flags, mode)
+                            });
                         }
                         if is_write(flags) {
                             return fail(libc::EISDIR);
                         }
-                        let f = libc::O_RDONLY | libc::O_DIRECTORY | (flags & (libc::O_CLOEXEC | libc::O_PATH));
+                        let f = libc::O_RDONLY
+                            | libc::O_DIRECTORY
+                            | (flags & (libc::O_CLOEXEC | libc::O_PATH));
                         // SAFETY: valid buffer.
-                        let fd = unsafe { real::openat(libc::AT_FDCWD, st.placeholder.as_ptr(), f, 0) };
+                        let fd =
+                            unsafe { real::openat(libc::AT_FDCWD, st.placeholder.as_ptr(), f, 0) };
                         if fd >= 0 {
                             fdtab::set(fd, Tag::Dir { layer, idx });
                         }
@@ -210,7 +230,14 @@ pub(crate) fn open_impl(dirfd: c_int, p: *const c_char, flags: c_int, mode: c_ui
                     Kind::Symlink => {
                         if flags & libc::O_PATH != 0 {
                             // SAFETY: valid buffer.
-                            let fd = unsafe { real::openat(libc::AT_FDCWD, st.placeholder.as_ptr(), libc::O_PATH | (flags & libc::O_CLOEXEC), 0) };
+                            let fd = unsafe {
+                                real::openat(
+                                    libc::AT_FDCWD,
+                                    st.placeholder.as_ptr(),
+                                    libc::O_PATH | (flags & libc::O_CLOEXEC),
+                                    0,
+                                )
+                            };
                             return Some(fd);
                         }
                         fail(libc::ELOOP)
@@ -220,16 +247,24 @@ pub(crate) fn open_impl(dirfd: c_int, p: *const c_char, flags: c_int, mode: c_ui
                             return fail(libc::ENOTDIR);
                         }
                         if is_write(flags) {
-                            let mp = match copy_up(st, r.path.as_bytes(), &e, flags & libc::O_TRUNC != 0) {
+                            let mp = match copy_up(
+                                st,
+                                r.path.as_bytes(),
+                                &e,
+                                flags & libc::O_TRUNC != 0,
+                            ) {
                                 Ok(mp) => mp,
                                 Err(err) => return fail(err),
                             };
                             let f = flags & !(libc::O_CREAT | libc::O_EXCL);
                             // SAFETY: valid buffers.
-                            return Some(unsafe { real::openat(libc::AT_FDCWD, mp.as_ptr(), f, mode) });
+                            return Some(unsafe {
+                                real::openat(libc::AT_FDCWD, mp.as_ptr(), f, mode)
+                            });
                         }
                         let blob = vfs::blob_path(st, &e)?;
-                        let f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOATIME | libc::O_NOFOLLOW);
+                        let f = flags
+                            & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOATIME | libc::O_NOFOLLOW);
                         // SAFETY: valid buffer.
                         let fd = unsafe { real::openat(libc::AT_FDCWD, blob.as_ptr(), f, 0) };
                         if fd >= 0 {
@@ -240,7 +275,10 @@ pub(crate) fn open_impl(dirfd: c_int, p: *const c_char, flags: c_int, mode: c_ui
                 }
             }
             Node::Gone(err) => {
-                if err == libc::ENOENT && flags & libc::O_CREAT != 0 && parent_is_view_dir(st, r.path.as_bytes()) {
+                if err == libc::ENOENT
+                    && flags & libc::O_CREAT != 0
+                    && parent_is_view_dir(st, r.path.as_bytes())
+                {
                     return create_new(st, &r.path, flags, mode);
                 }
                 fail(err)
@@ -251,7 +289,10 @@ pub(crate) fn open_impl(dirfd: c_int, p: *const c_char, flags: c_int, mode: c_ui
                 Some(unsafe { real::openat(libc::AT_FDCWD, mp.as_ptr(), flags, mode) })
             }
             Node::Real => {
-                if flags & libc::O_CREAT != 0 && !real_exists(&r.path) && parent_is_view_dir(st, r.path.as_bytes()) {
+                if flags & libc::O_CREAT != 0
+                    && !real_exists(&r.path)
+                    && parent_is_view_dir(st, r.path.as_bytes())
+                {
                     return create_new(st, &r.path, flags, mode);
                 }
                 let rp = real_arg(a.orig_ok, &r)?;
@@ -523,7 +564,8 @@ pub unsafe extern "C" fn unlink(p: *const c_char) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn unlinkat(d: c_int, p: *const c_char, flags: c_int) -> c_int {
     trace("unlinkat", p);
-    remove_impl(d, p, flags & libc::AT_REMOVEDIR != 0).unwrap_or_else(|| real::unlinkat(d, p, flags))
+    remove_impl(d, p, flags & libc::AT_REMOVEDIR != 0)
+        .unwrap_or_else(|| real::unlinkat(d, p, flags))
 }
 #[no_mangle]
 pub unsafe extern "C" fn rmdir(p: *const c_char) -> c_int {
@@ -574,17 +616,20 @@ fn create_impl(dirfd: c_int, p: *const c_char, what: &dyn Fn(&PBuf) -> c_int) ->
 #[no_mangle]
 pub unsafe extern "C" fn mkdir(p: *const c_char, mode: mode_t) -> c_int {
     trace("mkdir", p);
-    create_impl(libc::AT_FDCWD, p, &|q| real::mkdir(q.as_ptr(), mode)).unwrap_or_else(|| real::mkdir(p, mode))
+    create_impl(libc::AT_FDCWD, p, &|q| real::mkdir(q.as_ptr(), mode))
+        .unwrap_or_else(|| real::mkdir(p, mode))
 }
 #[no_mangle]
 pub unsafe extern "C" fn mkdirat(d: c_int, p: *const c_char, mode: mode_t) -> c_int {
     trace("mkdirat", p);
-    create_impl(d, p, &|q| real::mkdir(q.as_ptr(), mode)).unwrap_or_else(|| real::mkdirat(d, p, mode))
+    create_impl(d, p, &|q| real::mkdir(q.as_ptr(), mode))
+        .unwrap_or_else(|| real::mkdirat(d, p, mode))
 }
 #[no_mangle]
 pub unsafe extern "C" fn symlink(t: *const c_char, p: *const c_char) -> c_int {
     trace("symlink", p);
-    create_impl(libc::AT_FDCWD, p, &|q| real::symlink(t, q.as_ptr())).unwrap_or_else(|| real::symlink(t, p))
+    create_impl(libc::AT_FDCWD, p, &|q| real::symlink(t, q.as_ptr()))
+        .unwrap_or_else(|| real::symlink(t, p))
 }
 #[no_mangle]
 pub unsafe extern "C" fn symlinkat(t: *const c_char, d: c_int, p: *const c_char) -> c_int {
@@ -593,7 +638,12 @@ pub unsafe extern "C" fn symlinkat(t: *const c_char, d: c_int, p: *const c_char)
 }
 
 /// Shared by `truncate`, `chmod`, `utimensat`: modify an existing entry (copy-up first).
-fn modify_impl(dirfd: c_int, p: *const c_char, follow: bool, what: &dyn Fn(&PBuf) -> c_int) -> Option<c_int> {
+fn modify_impl(
+    dirfd: c_int,
+    p: *const c_char,
+    follow: bool,
+    what: &dyn Fn(&PBuf) -> c_int,
+) -> Option<c_int> {
     guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
@@ -626,37 +676,59 @@ fn modify_impl(dirfd: c_int, p: *const c_char, follow: bool, what: &dyn Fn(&PBuf
 #[no_mangle]
 pub unsafe extern "C" fn truncate(p: *const c_char, len: off_t) -> c_int {
     trace("truncate", p);
-    modify_impl(libc::AT_FDCWD, p, true, &|q| real::truncate(q.as_ptr(), len)).unwrap_or_else(|| real::truncate(p, len))
+    modify_impl(libc::AT_FDCWD, p, true, &|q| {
+        real::truncate(q.as_ptr(), len)
+    })
+    .unwrap_or_else(|| real::truncate(p, len))
 }
 #[no_mangle]
 pub unsafe extern "C" fn truncate64(p: *const c_char, len: off_t) -> c_int {
     trace("truncate64", p);
-    modify_impl(libc::AT_FDCWD, p, true, &|q| real::truncate(q.as_ptr(), len)).unwrap_or_else(|| real::truncate(p, len))
+    modify_impl(libc::AT_FDCWD, p, true, &|q| {
+        real::truncate(q.as_ptr(), len)
+    })
+    .unwrap_or_else(|| real::truncate(p, len))
 }
 #[no_mangle]
 pub unsafe extern "C" fn chmod(p: *const c_char, mode: mode_t) -> c_int {
     trace("chmod", p);
-    modify_impl(libc::AT_FDCWD, p, true, &|q| real::chmod(q.as_ptr(), mode)).unwrap_or_else(|| real::chmod(p, mode))
+    modify_impl(libc::AT_FDCWD, p, true, &|q| real::chmod(q.as_ptr(), mode))
+        .unwrap_or_else(|| real::chmod(p, mode))
 }
 #[no_mangle]
 pub unsafe extern "C" fn fchmodat(d: c_int, p: *const c_char, mode: mode_t, flags: c_int) -> c_int {
     trace("fchmodat", p);
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
-    modify_impl(d, p, follow, &|q| real::fchmodat(libc::AT_FDCWD, q.as_ptr(), mode, flags))
-        .unwrap_or_else(|| real::fchmodat(d, p, mode, flags))
+    modify_impl(d, p, follow, &|q| {
+        real::fchmodat(libc::AT_FDCWD, q.as_ptr(), mode, flags)
+    })
+    .unwrap_or_else(|| real::fchmodat(d, p, mode, flags))
 }
 #[no_mangle]
-pub unsafe extern "C" fn utimensat(d: c_int, p: *const c_char, t: *const libc::timespec, flags: c_int) -> c_int {
+pub unsafe extern "C" fn utimensat(
+    d: c_int,
+    p: *const c_char,
+    t: *const libc::timespec,
+    flags: c_int,
+) -> c_int {
     if p.is_null() {
         return real::utimensat(d, p, t, flags);
     }
     trace("utimensat", p);
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
-    modify_impl(d, p, follow, &|q| real::utimensat(libc::AT_FDCWD, q.as_ptr(), t, flags))
-        .unwrap_or_else(|| real::utimensat(d, p, t, flags))
+    modify_impl(d, p, follow, &|q| {
+        real::utimensat(libc::AT_FDCWD, q.as_ptr(), t, flags)
+    })
+    .unwrap_or_else(|| real::utimensat(d, p, t, flags))
 }
 
-fn rename_impl(fa: c_int, pa: *const c_char, fb: c_int, pb: *const c_char, flags: c_uint) -> Option<c_int> {
+fn rename_impl(
+    fa: c_int,
+    pa: *const c_char,
+    fb: c_int,
+    pb: *const c_char,
+    flags: c_uint,
+) -> Option<c_int> {
     guarded(|st| {
         // SAFETY: caller's C strings.
         let (ra, rb) = unsafe { (cbytes(pa), cbytes(pb)) };
@@ -690,7 +762,9 @@ fn rename_impl(fa: c_int, pa: *const c_char, fb: c_int, pb: *const c_char, flags
                         mp
                     }
                     Node::Upper => {
-                        if let Node::V { .. } = vfs::resolve_manifest_only(st, PBuf::from(r.path.as_bytes())?) {
+                        if let Node::V { .. } =
+                            vfs::resolve_manifest_only(st, PBuf::from(r.path.as_bytes())?)
+                        {
                             whiteout_a = PBuf::from(r.path.as_bytes());
                         }
                         up.mirror_of(r.path.as_bytes())?
@@ -725,7 +799,15 @@ fn rename_impl(fa: c_int, pa: *const c_char, fb: c_int, pb: *const c_char, flags
             }
         };
         // SAFETY: valid buffers.
-        let rc = unsafe { real::renameat2(libc::AT_FDCWD, src.as_ptr(), libc::AT_FDCWD, dst.as_ptr(), flags) };
+        let rc = unsafe {
+            real::renameat2(
+                libc::AT_FDCWD,
+                src.as_ptr(),
+                libc::AT_FDCWD,
+                dst.as_ptr(),
+                flags,
+            )
+        };
         if rc != 0 {
             return Some(rc);
         }
@@ -747,12 +829,120 @@ pub unsafe extern "C" fn rename(a: *const c_char, b: *const c_char) -> c_int {
     rename_impl(libc::AT_FDCWD, a, libc::AT_FDCWD, b, 0).unwrap_or_else(|| real::rename(a, b))
 }
 #[no_mangle]
-pub unsafe extern "C" fn renameat(fa: c_int, a: *const c_char, fb: c_int, b: *const c_char) -> c_int {
+pub unsafe extern "C" fn renameat(
+    fa: c_int,
+    a: *const c_char,
+    fb: c_int,
+    b: *const c_char,
+) -> c_int {
     trace("renameat", a);
     rename_impl(fa, a, fb, b, 0).unwrap_or_else(|| real::renameat(fa, a, fb, b))
 }
 #[no_mangle]
-pub unsafe extern "C" fn renameat2(fa: c_int, a: *const c_char, fb: c_int, b: *const c_char, flags: c_uint) -> c_int {
+pub unsafe extern "C" fn renameat2(
+    fa: c_int,
+    a: *const c_char,
+    fb: c_int,
+    b: *const c_char,
+    flags: c_uint,
+) -> c_int {
     trace("renameat2", a);
     rename_impl(fa, a, fb, b, flags).unwrap_or_else(|| real::renameat2(fa, a, fb, b, flags))
+}
+
+// ---- temporary files (glibc creates them with its internal `open`) ------------------------
+
+/// `mkostemps`/`mkdtemp` with a template inside a virtual directory: the file is created in
+/// the mirror and the caller's template gets the generated name.
+fn mktemp_impl(tmpl: *mut c_char, suffixlen: c_int, flags: c_int, dir: bool) -> Option<c_int> {
+    guarded(|st| {
+        // SAFETY: the caller's template, a writable C string.
+        let raw = unsafe { cbytes(tmpl) };
+        let a = abs_of(st, libc::AT_FDCWD, raw)?;
+        if !st.in_view(a.p.as_bytes()) || !parent_is_view_dir(st, a.p.as_bytes()) {
+            return None;
+        }
+        let mp = match prepare_new(st, a.p.as_bytes()) {
+            Ok(m) => m,
+            Err(e) => return fail(e),
+        };
+        let mut buf = PBuf::from(mp.as_bytes())?;
+        // SAFETY: our own NUL-terminated buffer, same template suffix as the caller's.
+        let rc = unsafe {
+            let p = buf.as_mut_ptr();
+            if dir {
+                if real::mkdtemp(p).is_null() {
+                    -1
+                } else {
+                    0
+                }
+            } else {
+                real::mkostemps(p, suffixlen, flags)
+            }
+        };
+        if rc < 0 {
+            return Some(rc);
+        }
+        // Copy the generated characters (the tail of the name) back into the caller's template.
+        let n = raw.len();
+        let made = buf.as_bytes();
+        if made.len() >= n {
+            // SAFETY: the caller's template holds `n` bytes; names differ only in the X's.
+            unsafe {
+                std::ptr::copy_nonoverlapping(made[made.len() - n..].as_ptr(), tmpl.cast::<u8>(), n)
+            };
+        }
+        let virt = PBuf::from(a.p.as_bytes());
+        if let (Some(up), Some(mut v)) = (&st.upper, virt) {
+            let tail = &made[made
+                .len()
+                .saturating_sub(path::file_name(a.p.as_bytes()).len())..];
+            let cut = v.len() - path::file_name(a.p.as_bytes()).len();
+            v.truncate(cut);
+            if v.push(tail).is_some() {
+                up.flag_with_ancestors(v.as_bytes());
+            }
+        }
+        Some(rc)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mkstemp(t: *mut c_char) -> c_int {
+    trace("mkstemp", t);
+    mktemp_impl(t, 0, 0, false).unwrap_or_else(|| real::mkostemps(t, 0, 0))
+}
+#[no_mangle]
+pub unsafe extern "C" fn mkstemp64(t: *mut c_char) -> c_int {
+    trace("mkstemp64", t);
+    mktemp_impl(t, 0, 0, false).unwrap_or_else(|| real::mkostemps(t, 0, 0))
+}
+#[no_mangle]
+pub unsafe extern "C" fn mkostemp(t: *mut c_char, f: c_int) -> c_int {
+    trace("mkostemp", t);
+    mktemp_impl(t, 0, f, false).unwrap_or_else(|| real::mkostemps(t, 0, f))
+}
+#[no_mangle]
+pub unsafe extern "C" fn mkostemp64(t: *mut c_char, f: c_int) -> c_int {
+    trace("mkostemp64", t);
+    mktemp_impl(t, 0, f, false).unwrap_or_else(|| real::mkostemps(t, 0, f))
+}
+#[no_mangle]
+pub unsafe extern "C" fn mkstemps(t: *mut c_char, s: c_int) -> c_int {
+    trace("mkstemps", t);
+    mktemp_impl(t, s, 0, false).unwrap_or_else(|| real::mkostemps(t, s, 0))
+}
+#[no_mangle]
+pub unsafe extern "C" fn mkostemps(t: *mut c_char, s: c_int, f: c_int) -> c_int {
+    trace("mkostemps", t);
+    mktemp_impl(t, s, f, false).unwrap_or_else(|| real::mkostemps(t, s, f))
+}
+#[no_mangle]
+pub unsafe extern "C" fn mkdtemp(t: *mut c_char) -> *mut c_char {
+    trace("mkdtemp", t);
+    match mktemp_impl(t, 0, 0, true) {
+        Some(0) => t,
+        Some(_) => std::ptr::null_mut(),
+        None => real::mkdtemp(t),
+    }
 }

@@ -39,6 +39,11 @@ impl PBuf {
         self.buf.as_ptr().cast()
     }
 
+    /// Mutable pointer to the NUL-terminated path (for functions that fill in a template).
+    pub fn as_mut_ptr(&mut self) -> *mut c_char {
+        self.buf.as_mut_ptr().cast()
+    }
+
     pub fn clear(&mut self) {
         self.len = 0;
         self.buf[0] = 0;
@@ -72,7 +77,11 @@ impl PBuf {
         match c {
             b"" | b"." => Some(()),
             b".." => {
-                let cut = self.as_bytes().iter().rposition(|&b| b == b'/').unwrap_or(0);
+                let cut = self
+                    .as_bytes()
+                    .iter()
+                    .rposition(|&b| b == b'/')
+                    .unwrap_or(0);
                 self.truncate(cut);
                 Some(())
             }

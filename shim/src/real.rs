@@ -8,7 +8,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use libc::{c_char, c_int, c_long, c_uint, c_void, mode_t, off_t, pid_t, size_t, ssize_t, DIR, FILE};
+use libc::{
+    c_char, c_int, c_long, c_uint, c_void, mode_t, off_t, pid_t, size_t, ssize_t, DIR, FILE,
+};
 
 /// The value a libc function returns on failure when the real function is unavailable.
 pub trait FailVal {
@@ -146,6 +148,8 @@ real_fns! {
     fchmodat(dirfd: c_int, path: *const c_char, mode: mode_t, flags: c_int) -> c_int;
     utimensat(dirfd: c_int, path: *const c_char, t: *const libc::timespec, flags: c_int) -> c_int;
     symlink(target: *const c_char, path: *const c_char) -> c_int;
+    mkostemps(template: *mut c_char, suffixlen: c_int, flags: c_int) -> c_int;
+    mkdtemp(template: *mut c_char) -> *mut c_char;
     symlinkat(target: *const c_char, dirfd: c_int, path: *const c_char) -> c_int;
 }
 

@@ -65,12 +65,19 @@ pub(crate) fn fstatat_impl(
                 let mp = st.upper.as_ref()?.mirror_of(r.path.as_bytes())?;
                 // SAFETY: valid buffers.
                 Some(unsafe {
-                    real::fstatat(libc::AT_FDCWD, mp.as_ptr(), out, flags & libc::AT_SYMLINK_NOFOLLOW)
+                    real::fstatat(
+                        libc::AT_FDCWD,
+                        mp.as_ptr(),
+                        out,
+                        flags & libc::AT_SYMLINK_NOFOLLOW,
+                    )
                 })
             }
             Node::Real if !r.moved && a.orig_ok => None,
             // SAFETY: valid buffers.
-            Node::Real => Some(unsafe { real::fstatat(libc::AT_FDCWD, r.path.as_ptr(), out, flags) }),
+            Node::Real => {
+                Some(unsafe { real::fstatat(libc::AT_FDCWD, r.path.as_ptr(), out, flags) })
+            }
         }
     })
 }
@@ -112,15 +119,15 @@ pub(crate) fn statx_impl(
             }
             Node::Real if !r.moved && a.orig_ok => None,
             // SAFETY: valid buffers.
-            Node::Real => Some(unsafe { real::statx(libc::AT_FDCWD, r.path.as_ptr(), flags, mask, out) }),
+            Node::Real => {
+                Some(unsafe { real::statx(libc::AT_FDCWD, r.path.as_ptr(), flags, mask, out) })
+            }
         }
     })
 }
 
 pub(crate) fn fstat_impl(fd: c_int, out: *mut libc::stat) -> Option<c_int> {
-    if fdtab::get(fd).is_none() {
-        return None;
-    }
+    fdtab::get(fd)?;
     guarded(|st| stat_fd(st, fd, out))
 }
 
@@ -139,12 +146,14 @@ pub unsafe extern "C" fn stat64(p: *const c_char, b: *mut libc::stat) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn lstat(p: *const c_char, b: *mut libc::stat) -> c_int {
     trace("lstat", p);
-    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW).unwrap_or_else(|| real::lstat(p, b))
+    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW)
+        .unwrap_or_else(|| real::lstat(p, b))
 }
 #[no_mangle]
 pub unsafe extern "C" fn lstat64(p: *const c_char, b: *mut libc::stat) -> c_int {
     trace("lstat64", p);
-    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW).unwrap_or_else(|| real::lstat(p, b))
+    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW)
+        .unwrap_or_else(|| real::lstat(p, b))
 }
 #[no_mangle]
 pub unsafe extern "C" fn fstat(fd: c_int, b: *mut libc::stat) -> c_int {
@@ -155,12 +164,22 @@ pub unsafe extern "C" fn fstat64(fd: c_int, b: *mut libc::stat) -> c_int {
     fstat_impl(fd, b).unwrap_or_else(|| real::fstat(fd, b))
 }
 #[no_mangle]
-pub unsafe extern "C" fn fstatat(d: c_int, p: *const c_char, b: *mut libc::stat, f: c_int) -> c_int {
+pub unsafe extern "C" fn fstatat(
+    d: c_int,
+    p: *const c_char,
+    b: *mut libc::stat,
+    f: c_int,
+) -> c_int {
     trace("fstatat", p);
     fstatat_impl(d, p, b, f).unwrap_or_else(|| real::fstatat(d, p, b, f))
 }
 #[no_mangle]
-pub unsafe extern "C" fn fstatat64(d: c_int, p: *const c_char, b: *mut libc::stat, f: c_int) -> c_int {
+pub unsafe extern "C" fn fstatat64(
+    d: c_int,
+    p: *const c_char,
+    b: *mut libc::stat,
+    f: c_int,
+) -> c_int {
     trace("fstatat64", p);
     fstatat_impl(d, p, b, f).unwrap_or_else(|| real::fstatat(d, p, b, f))
 }
@@ -177,12 +196,14 @@ pub unsafe extern "C" fn __xstat64(_v: c_int, p: *const c_char, b: *mut libc::st
 #[no_mangle]
 pub unsafe extern "C" fn __lxstat(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int {
     trace("__lxstat", p);
-    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW).unwrap_or_else(|| real::lstat(p, b))
+    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW)
+        .unwrap_or_else(|| real::lstat(p, b))
 }
 #[no_mangle]
 pub unsafe extern "C" fn __lxstat64(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int {
     trace("__lxstat64", p);
-    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW).unwrap_or_else(|| real::lstat(p, b))
+    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW)
+        .unwrap_or_else(|| real::lstat(p, b))
 }
 #[no_mangle]
 pub unsafe extern "C" fn __fxstat(_v: c_int, fd: c_int, b: *mut libc::stat) -> c_int {
@@ -193,24 +214,47 @@ pub unsafe extern "C" fn __fxstat64(_v: c_int, fd: c_int, b: *mut libc::stat) ->
     fstat_impl(fd, b).unwrap_or_else(|| real::fstat(fd, b))
 }
 #[no_mangle]
-pub unsafe extern "C" fn __fxstatat(_v: c_int, d: c_int, p: *const c_char, b: *mut libc::stat, f: c_int) -> c_int {
+pub unsafe extern "C" fn __fxstatat(
+    _v: c_int,
+    d: c_int,
+    p: *const c_char,
+    b: *mut libc::stat,
+    f: c_int,
+) -> c_int {
     trace("__fxstatat", p);
     fstatat_impl(d, p, b, f).unwrap_or_else(|| real::fstatat(d, p, b, f))
 }
 #[no_mangle]
-pub unsafe extern "C" fn __fxstatat64(_v: c_int, d: c_int, p: *const c_char, b: *mut libc::stat, f: c_int) -> c_int {
+pub unsafe extern "C" fn __fxstatat64(
+    _v: c_int,
+    d: c_int,
+    p: *const c_char,
+    b: *mut libc::stat,
+    f: c_int,
+) -> c_int {
     trace("__fxstatat64", p);
     fstatat_impl(d, p, b, f).unwrap_or_else(|| real::fstatat(d, p, b, f))
 }
 #[no_mangle]
-pub unsafe extern "C" fn statx(d: c_int, p: *const c_char, f: c_int, m: c_uint, b: *mut libc::statx) -> c_int {
+pub unsafe extern "C" fn statx(
+    d: c_int,
+    p: *const c_char,
+    f: c_int,
+    m: c_uint,
+    b: *mut libc::statx,
+) -> c_int {
     trace("statx", p);
     statx_impl(d, p, f, m, b).unwrap_or_else(|| real::statx(d, p, f, m, b))
 }
 
 // ---- access ------------------------------------------------------------------------------
 
-pub(crate) fn access_impl(dirfd: c_int, p: *const c_char, mode: c_int, flags: c_int) -> Option<c_int> {
+pub(crate) fn access_impl(
+    dirfd: c_int,
+    p: *const c_char,
+    mode: c_int,
+    flags: c_int,
+) -> Option<c_int> {
     guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
@@ -243,7 +287,9 @@ pub(crate) fn access_impl(dirfd: c_int, p: *const c_char, mode: c_int, flags: c_
             }
             Node::Real if !r.moved && a.orig_ok => None,
             // SAFETY: valid buffers.
-            Node::Real => Some(unsafe { real::faccessat(libc::AT_FDCWD, r.path.as_ptr(), mode, flags) }),
+            Node::Real => {
+                Some(unsafe { real::faccessat(libc::AT_FDCWD, r.path.as_ptr(), mode, flags) })
+            }
         }
     })
 }
@@ -261,12 +307,14 @@ pub unsafe extern "C" fn faccessat(d: c_int, p: *const c_char, mode: c_int, f: c
 #[no_mangle]
 pub unsafe extern "C" fn euidaccess(p: *const c_char, mode: c_int) -> c_int {
     trace("euidaccess", p);
-    access_impl(libc::AT_FDCWD, p, mode, libc::AT_EACCESS).unwrap_or_else(|| real::euidaccess(p, mode))
+    access_impl(libc::AT_FDCWD, p, mode, libc::AT_EACCESS)
+        .unwrap_or_else(|| real::euidaccess(p, mode))
 }
 #[no_mangle]
 pub unsafe extern "C" fn eaccess(p: *const c_char, mode: c_int) -> c_int {
     trace("eaccess", p);
-    access_impl(libc::AT_FDCWD, p, mode, libc::AT_EACCESS).unwrap_or_else(|| real::euidaccess(p, mode))
+    access_impl(libc::AT_FDCWD, p, mode, libc::AT_EACCESS)
+        .unwrap_or_else(|| real::euidaccess(p, mode))
 }
 
 // ---- readlink ------------------------------------------------------------------------------
@@ -312,7 +360,12 @@ fn proc_link(st: &State, raw: &[u8], buf: *mut c_char, n: size_t) -> Option<ssiz
     Some(copy_out(p.as_bytes(), buf, n))
 }
 
-pub(crate) fn readlinkat_impl(dirfd: c_int, p: *const c_char, buf: *mut c_char, n: size_t) -> Option<ssize_t> {
+pub(crate) fn readlinkat_impl(
+    dirfd: c_int,
+    p: *const c_char,
+    buf: *mut c_char,
+    n: size_t,
+) -> Option<ssize_t> {
     guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
@@ -348,7 +401,12 @@ pub unsafe extern "C" fn readlink(p: *const c_char, buf: *mut c_char, n: size_t)
     readlinkat_impl(libc::AT_FDCWD, p, buf, n).unwrap_or_else(|| real::readlink(p, buf, n))
 }
 #[no_mangle]
-pub unsafe extern "C" fn readlinkat(d: c_int, p: *const c_char, buf: *mut c_char, n: size_t) -> ssize_t {
+pub unsafe extern "C" fn readlinkat(
+    d: c_int,
+    p: *const c_char,
+    buf: *mut c_char,
+    n: size_t,
+) -> ssize_t {
     trace("readlinkat", p);
     readlinkat_impl(d, p, buf, n).unwrap_or_else(|| real::readlinkat(d, p, buf, n))
 }
@@ -371,17 +429,32 @@ fn xattr_impl(p: *const c_char, follow: bool, list: bool) -> Option<ssize_t> {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn getxattr(p: *const c_char, name: *const c_char, v: *mut c_void, s: size_t) -> ssize_t {
+pub unsafe extern "C" fn getxattr(
+    p: *const c_char,
+    name: *const c_char,
+    v: *mut c_void,
+    s: size_t,
+) -> ssize_t {
     trace("getxattr", p);
     xattr_impl(p, true, false).unwrap_or_else(|| real::getxattr(p, name, v, s))
 }
 #[no_mangle]
-pub unsafe extern "C" fn lgetxattr(p: *const c_char, name: *const c_char, v: *mut c_void, s: size_t) -> ssize_t {
+pub unsafe extern "C" fn lgetxattr(
+    p: *const c_char,
+    name: *const c_char,
+    v: *mut c_void,
+    s: size_t,
+) -> ssize_t {
     trace("lgetxattr", p);
     xattr_impl(p, false, false).unwrap_or_else(|| real::lgetxattr(p, name, v, s))
 }
 #[no_mangle]
-pub unsafe extern "C" fn fgetxattr(fd: c_int, name: *const c_char, v: *mut c_void, s: size_t) -> ssize_t {
+pub unsafe extern "C" fn fgetxattr(
+    fd: c_int,
+    name: *const c_char,
+    v: *mut c_void,
+    s: size_t,
+) -> ssize_t {
     if matches!(fdtab::get(fd), Some(Tag::File { .. } | Tag::Dir { .. })) {
         real::set_errno(libc::ENODATA);
         return -1;

@@ -240,7 +240,9 @@ impl State {
     /// True if `abs` is at or below some layer's root.
     #[inline]
     pub fn in_view(&self, abs: &[u8]) -> bool {
-        self.layers.iter().any(|l| path::under(&l.root, abs).is_some())
+        self.layers
+            .iter()
+            .any(|l| path::under(&l.root, abs).is_some())
     }
 
     /// Index of `abs` in [`State::ancestors`], if it is a proper ancestor of a root.

@@ -203,8 +203,7 @@ pub fn resolve(st: &State, abs: PBuf, follow: bool) -> Resolved {
                     break;
                 };
                 let rest = &cur.as_bytes()[link_abs.len().min(cur.len())..];
-                let Some(mut n) = path::join(path::parent(link_abs.as_bytes()), a.target())
-                else {
+                let Some(mut n) = path::join(path::parent(link_abs.as_bytes()), a.target()) else {
                     break;
                 };
                 if n.as_bytes() == b"/" {
@@ -219,7 +218,11 @@ pub fn resolve(st: &State, abs: PBuf, follow: bool) -> Resolved {
             }
             Lk::Hidden(e) => {
                 return Resolved {
-                    node: if upper_dir { Node::Upper } else { Node::Gone(e) },
+                    node: if upper_dir {
+                        Node::Upper
+                    } else {
+                        Node::Gone(e)
+                    },
                     path: cur,
                     moved,
                 }
@@ -407,7 +410,11 @@ pub fn list_virtual(st: &State, abs: &[u8], self_ino: u64) -> Vec<DEnt> {
         if up.flagged(abs) {
             if let Some(mp) = up.mirror_of(abs) {
                 for (name, ino, dtype, whiteout) in read_real_dir(&mp) {
-                    let at = out.iter().skip(2).position(|d| *d.name == *name).map(|i| i + 2);
+                    let at = out
+                        .iter()
+                        .skip(2)
+                        .position(|d| *d.name == *name)
+                        .map(|i| i + 2);
                     match at {
                         Some(i) if whiteout => {
                             out.remove(i);
@@ -416,7 +423,9 @@ pub fn list_virtual(st: &State, abs: &[u8], self_ino: u64) -> Vec<DEnt> {
                         Some(i) if dtype == libc::DT_DIR && out[i].dtype == libc::DT_DIR => {}
                         Some(i) => out[i] = DEnt { name, ino, dtype },
                         None => {
-                            if name.ends_with(b".vrift-tmp") || name.windows(11).any(|w| w == b".vrift-tmp-") {
+                            if name.ends_with(b".vrift-tmp")
+                                || name.windows(11).any(|w| w == b".vrift-tmp-")
+                            {
                                 continue;
                             }
                             out.push(DEnt { name, ino, dtype })
@@ -431,7 +440,9 @@ pub fn list_virtual(st: &State, abs: &[u8], self_ino: u64) -> Vec<DEnt> {
 
 /// Children of `abs` over all layers (like `LayeredView::list_dir`, sorted by name).
 fn list_layers<'a>(st: &'a State, abs: &[u8]) -> Vec<(&'a [u8], usize, Entry<'a>)> {
-    let mut merged: Vec<(&'a [u8], Option<(usize, Entry<'a>)>)> = Vec::new();
+    // name -> winning (layer, entry), or None when the topmost occurrence is a whiteout.
+    type Merged<'a> = Vec<(&'a [u8], Option<(usize, Entry<'a>)>)>;
+    let mut merged: Merged<'a> = Vec::new();
     for (li, l) in st.layers.iter().enumerate().rev() {
         let Some(rel) = path::under(&l.root, abs) else {
             continue;

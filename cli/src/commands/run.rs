@@ -33,9 +33,13 @@ pub struct RunArgs {
     #[arg(long = "manifest", short = 'm', value_name = "M")]
     pub manifest: Vec<PathBuf>,
 
-    /// Run in rootless namespaces on a link farm instead of the shim (not yet supported).
+    /// Run in rootless namespaces on a link farm instead of the shim (see README, "Isolation").
     #[arg(long)]
     pub isolate: bool,
+
+    /// With --isolate: keep the throwaway upper layer (what CMD wrote) and print where it is.
+    #[arg(long, requires = "isolate")]
+    pub keep: bool,
 
     /// Base layer below the manifests (repeatable).
     #[arg(long = "base", value_name = "B")]
@@ -283,7 +287,17 @@ fn load_shim(shim: &Path) -> Result<SpawnFn> {
 
 pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
     if a.isolate {
-        bail!("--isolate is not yet supported (run without it to use the LD_PRELOAD shim)");
+        // `--base` alone is a whole root: no implicit manifest of the current directory.
+        let mut cleanup: Vec<TempDir> = Vec::new();
+        let list = if a.manifest.is_empty() && !a.base.is_empty() {
+            a.base.clone()
+        } else {
+            manifests(g, a, &mut cleanup)?
+        };
+        let (bases, tops) = list.split_at(a.base.len());
+        let code = crate::isolate::run_isolated(&g.store, bases, tops, &a.cmd, a.keep);
+        drop(cleanup);
+        std::process::exit(code?);
     }
     let shim = find_shim()?;
     let mut cleanup: Vec<TempDir> = Vec::new();

@@ -7,7 +7,7 @@
 //! for disk free) through a fresh `metrics-exporter-prometheus` recorder, so a project that
 //! left the registry leaves the exposition too.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -152,7 +152,7 @@ fn snapshot(root: &Path, inv: &Inventory, work: RefreshWork, started: Instant) -
     s
 }
 
-fn lock_probe(root: &PathBuf, period: Duration, state: &State) {
+fn lock_probe(root: &Path, period: Duration, state: &State) {
     let mut warned = false;
     loop {
         let t = Instant::now();

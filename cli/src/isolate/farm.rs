@@ -1,0 +1,702 @@
+//! Link farms: a set of layered manifests materialized as real directories, symlinks and hard
+//! links to blobs, cached in the store so the next `run --isolate` of the same layers starts
+//! at once.
+//!
+//! Layout: `<store>/farms/<key>/` holds `root/` (the merged tree; a base layer's root is
+//! `root/` itself, any other layer sits at `root/<its root path>`) and `farm.json` (what it
+//! was built from). `<key>` is the BLAKE3 of every layer's manifest bytes and mount point, so
+//! a changed manifest is a new farm. A farm is built in `<store>/farms/.build-<pid>-<n>/`
+//! (flocked while building) and renamed into place when complete, so a farm under its final
+//! name is always whole; builders that died leave `.build-*` directories that the next build
+//! or `vrift gc --farms` removes (their flock is free).
+//!
+//! Files are hard links to the blobs (same inode: no data copied); where a link is impossible
+//! (another filesystem, the 65,000-link cap, a foreign owner under `protected_hardlinks`, an
+//! exec bit the blob does not share) the file is copied. Directories keep their manifest
+//! mode plus `u+rwx`, so a farm can always be deleted; the farm is only ever mounted
+//! read-only (as an overlay lower layer), so that bit grants nothing inside.
+//!
+//! While a run uses a farm it holds a shared `flock` on the farm directory; `gc --farms
+//! --delete` takes it exclusively (without waiting) and skips farms in use. A farm's mtime is
+//! its last use.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use vrift_cas::Cas;
+use vrift_manifest::{Entry, Kind, Manifest};
+
+pub const FARMS_DIR: &str = "farms";
+pub const ROOT_DIR: &str = "root";
+const META_FILE: &str = "farm.json";
+const BUILD_PREFIX: &str = ".build-";
+const DELETE_PREFIX: &str = ".del-";
+
+/// One layer of a farm: a manifest and where its root appears (absolute, normalized: no
+/// trailing slash except for `/` itself).
+pub struct Layer<'a> {
+    pub manifest: &'a Manifest,
+    pub at: Vec<u8>,
+}
+
+/// `at` without the leading `/`: the layer's place relative to the farm root (`""` = root).
+fn rel_at(at: &[u8]) -> &[u8] {
+    let mut a = at;
+    while let [b'/', rest @ ..] = a {
+        a = rest;
+    }
+    while let [rest @ .., b'/'] = a {
+        a = rest;
+    }
+    a
+}
+
+fn join(base: &[u8], rel: &[u8]) -> Vec<u8> {
+    match (base.is_empty(), rel.is_empty()) {
+        (true, _) => rel.to_vec(),
+        (false, true) => base.to_vec(),
+        (false, false) => {
+            let mut v = Vec::with_capacity(base.len() + 1 + rel.len());
+            v.extend_from_slice(base);
+            v.push(b'/');
+            v.extend_from_slice(rel);
+            v
+        }
+    }
+}
+
+/// The cache key of a layer list: BLAKE3 over every layer's mount point and manifest bytes.
+pub fn key(layers: &[Layer<'_>]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"vrift-farm-v1\0");
+    for l in layers {
+        h.update(&(l.at.len() as u64).to_le_bytes());
+        h.update(&l.at);
+        let bytes = l.manifest.as_bytes();
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// One node of the merged tree.
+#[derive(Clone, Copy)]
+enum Node<'a> {
+    Dir { mode: u32, mtime_ns: i64 },
+    Leaf(Entry<'a>),
+}
+
+/// Merged view of all layers: path relative to the farm root (`""` = root) → node. Byte
+/// order keeps a directory before everything below it, and everything below `p` is exactly
+/// the key range `p/` .. `p0` (`'0'` follows `'/'`).
+type Tree<'a> = BTreeMap<Vec<u8>, Node<'a>>;
+
+fn subtree_bounds(p: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut lo = p.to_vec();
+    lo.push(b'/');
+    let mut hi = p.to_vec();
+    hi.push(b'/' + 1);
+    (lo, hi)
+}
+
+fn remove_subtree(t: &mut Tree<'_>, p: &[u8]) {
+    if p.is_empty() {
+        return; // nothing hides the root
+    }
+    let (lo, hi) = subtree_bounds(p);
+    if t.range(lo.clone()..hi.clone()).next().is_none() {
+        return;
+    }
+    let doomed: Vec<Vec<u8>> = t.range(lo..hi).map(|(k, _)| k.clone()).collect();
+    for k in doomed {
+        t.remove(&k);
+    }
+}
+
+fn put_dir(t: &mut Tree<'_>, p: Vec<u8>, mode: u32, mtime_ns: i64) {
+    t.insert(p, Node::Dir { mode, mtime_ns });
+}
+
+/// Makes sure every ancestor of `p` (and `p` if `include_self`) is a directory, synthesizing
+/// missing ones (0755) and replacing non-directories.
+fn ensure_dirs(t: &mut Tree<'_>, p: &[u8], include_self: bool) {
+    let mut ends: Vec<usize> = p
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'/')
+        .map(|(i, _)| i)
+        .collect();
+    if include_self && !p.is_empty() {
+        ends.push(p.len());
+    }
+    if !matches!(t.get(&b""[..]), Some(Node::Dir { .. })) {
+        put_dir(t, Vec::new(), 0o755, 0);
+    }
+    for end in ends {
+        let a = &p[..end];
+        if !matches!(t.get(a), Some(Node::Dir { .. })) {
+            put_dir(t, a.to_vec(), 0o755, 0);
+        }
+    }
+}
+
+/// Merges the layers bottom-up with the semantics of `vrift_manifest::layer::LayeredView`:
+/// later layers win, a whiteout hides the path and its subtree, a non-directory hides what
+/// was below it, directories merge.
+fn merge<'a>(layers: &[Layer<'a>]) -> Tree<'a> {
+    let mut t: Tree<'a> = BTreeMap::new();
+    put_dir(&mut t, Vec::new(), 0o755, 0);
+    for l in layers {
+        let at = rel_at(&l.at);
+        ensure_dirs(&mut t, at, false);
+        for e in l.manifest.iter() {
+            let p = join(at, e.path());
+            match e.kind() {
+                Kind::Whiteout => {
+                    if !p.is_empty() {
+                        remove_subtree(&mut t, &p);
+                        t.remove(&p);
+                    }
+                }
+                Kind::Dir => {
+                    if !matches!(t.get(&p), Some(Node::Dir { .. })) {
+                        // Replacing a non-directory (or nothing): make sure the parents are
+                        // directories too (a manifest lists its parents before children, but
+                        // a lower layer may have put a file where this layer has a directory).
+                        ensure_dirs(&mut t, &p, false);
+                    }
+                    put_dir(&mut t, p, e.mode(), e.mtime_ns());
+                }
+                Kind::File | Kind::Executable | Kind::Symlink => {
+                    remove_subtree(&mut t, &p);
+                    ensure_dirs(&mut t, &p, false);
+                    t.insert(p, Node::Leaf(e));
+                }
+            }
+        }
+    }
+    t
+}
+
+/// What a build did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct BuildStats {
+    pub dirs: u64,
+    pub files: u64,
+    pub symlinks: u64,
+    pub linked: u64,
+    pub copied: u64,
+    pub seconds: f64,
+}
+
+/// A farm ready to be mounted, held in use (shared flock) for as long as this lives.
+pub struct Farm {
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    /// Set when this call built the farm (cold start).
+    pub built: Option<BuildStats>,
+    _in_use: File,
+}
+
+fn farms_dir(store: &Path) -> PathBuf {
+    store.join(FARMS_DIR)
+}
+
+/// Opens the finished farm at `dir` and marks it in use, or `None` if there is none.
+fn try_open(dir: &Path) -> Result<Option<Farm>> {
+    let f = match File::open(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", dir.display())),
+    };
+    f.lock_shared()
+        .with_context(|| format!("cannot lock {}", dir.display()))?;
+    // gc may have renamed it away between our open and the lock.
+    let same = match (fs::metadata(dir), f.metadata()) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    };
+    if !same || !dir.join(META_FILE).is_file() {
+        return Ok(None);
+    }
+    // Last use = the farm directory's mtime.
+    let c = super::sys::cstr(dir)?;
+    // SAFETY: valid path; NULL times means "now".
+    unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) };
+    Ok(Some(Farm {
+        dir: dir.to_path_buf(),
+        root: dir.join(ROOT_DIR),
+        built: None,
+        _in_use: f,
+    }))
+}
+
+static BUILD_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The farm of `layers`: from the cache, or built now.
+pub fn ensure(cas: &Cas, layers: &[Layer<'_>], manifest_paths: &[PathBuf]) -> Result<Farm> {
+    let farms = farms_dir(cas.root());
+    let key = key(layers);
+    let dir = farms.join(&key);
+    if let Some(f) = try_open(&dir)? {
+        return Ok(f);
+    }
+    fs::create_dir_all(&farms).with_context(|| format!("cannot create {}", farms.display()))?;
+    // Shared store lock while linking: `gc --delete` (exclusive) cannot remove a blob we are
+    // about to link. Once linked, the farm keeps the inode whatever gc does to the name.
+    let _store_lock = vrift_cas::lock::StoreLock::acquire(
+        cas.root(),
+        vrift_cas::lock::LockKind::Shared,
+        true,
+        |_| eprintln!("vrift run: waiting for the store lock held by another process"),
+    )?;
+    sweep_stale(&farms);
+    if let Some(f) = try_open(&dir)? {
+        return Ok(f);
+    }
+    let n = BUILD_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = farms.join(format!("{BUILD_PREFIX}{}-{n}", std::process::id()));
+    fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let lock = File::open(&tmp).with_context(|| format!("cannot open {}", tmp.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", tmp.display()))?;
+    let stats = match build(cas, layers, &tmp.join(ROOT_DIR)) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = remove_tree(&tmp);
+            return Err(e);
+        }
+    };
+    let meta = serde_json::json!({
+        "key": key,
+        "layers": layers.iter().zip(manifest_paths).map(|(l, p)| serde_json::json!({
+            "manifest": p.display().to_string(),
+            "at": String::from_utf8_lossy(&l.at),
+            "entries": l.manifest.len(),
+        })).collect::<Vec<_>>(),
+        "built": stats,
+    });
+    fs::write(tmp.join(META_FILE), serde_json::to_vec_pretty(&meta)?)
+        .with_context(|| format!("cannot write {}", tmp.join(META_FILE).display()))?;
+    drop(lock);
+    match fs::rename(&tmp, &dir) {
+        Ok(()) => {}
+        // Another run finished the same farm first: use theirs.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EEXIST) | Some(libc::ENOTEMPTY)
+            ) =>
+        {
+            let _ = remove_tree(&tmp);
+        }
+        Err(e) => {
+            let _ = remove_tree(&tmp);
+            return Err(e).with_context(|| format!("cannot rename farm into {}", dir.display()));
+        }
+    }
+    match try_open(&dir)? {
+        Some(mut f) => {
+            f.built = Some(stats);
+            Ok(f)
+        }
+        None => bail!("link farm {} vanished right after it was built (a concurrent `vrift gc --farms --delete`?); run again", dir.display()),
+    }
+}
+
+/// Removes `.build-*` and `.del-*` directories nobody holds a lock on (their process died).
+pub fn sweep_stale(farms: &Path) -> u64 {
+    let mut removed = 0;
+    let Ok(rd) = fs::read_dir(farms) else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let b = name.as_bytes();
+        if !(b.starts_with(BUILD_PREFIX.as_bytes()) || b.starts_with(DELETE_PREFIX.as_bytes())) {
+            continue;
+        }
+        let p = e.path();
+        let Ok(f) = File::open(&p) else { continue };
+        if f.try_lock().is_ok() && remove_tree(&p).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Builds the merged tree of `layers` at `dest` (which must not exist).
+fn build(cas: &Cas, layers: &[Layer<'_>], dest: &Path) -> Result<BuildStats> {
+    let t0 = std::time::Instant::now();
+    let tree = merge(layers);
+    let mut stats = BuildStats::default();
+    let dest_b = dest.as_os_str().as_bytes().to_vec();
+    let path_of = |rel: &[u8]| -> PathBuf {
+        PathBuf::from(std::ffi::OsStr::from_bytes(&join(&dest_b, rel)))
+    };
+    let mut leaves: Vec<(&[u8], Entry<'_>)> = Vec::new();
+    let mut dirs: Vec<(&[u8], u32, i64)> = Vec::new();
+    let mut db = fs::DirBuilder::new();
+    db.mode(0o700);
+    for (k, n) in &tree {
+        match n {
+            Node::Dir { mode, mtime_ns } => {
+                let p = path_of(k);
+                db.create(&p)
+                    .with_context(|| format!("cannot create {}", p.display()))?;
+                dirs.push((k.as_slice(), *mode, *mtime_ns));
+            }
+            Node::Leaf(e) => leaves.push((k.as_slice(), *e)),
+        }
+    }
+    stats.dirs = dirs.len() as u64;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 16);
+    let chunk = leaves.len().div_ceil(threads).max(1);
+    let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let parts: Vec<BuildStats> = std::thread::scope(|s| {
+        let handles: Vec<_> = leaves
+            .chunks(chunk)
+            .map(|part| {
+                let errors = &errors;
+                let path_of = &path_of;
+                s.spawn(move || {
+                    let mut st = BuildStats::default();
+                    for (rel, e) in part {
+                        let p = path_of(rel);
+                        if let Err(msg) = place(cas, e, &p, &mut st) {
+                            let mut g = errors.lock().unwrap_or_else(|p| p.into_inner());
+                            g.push(format!("{}: {msg}", String::from_utf8_lossy(rel)));
+                        }
+                    }
+                    st
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    for p in parts {
+        stats.files += p.files;
+        stats.symlinks += p.symlinks;
+        stats.linked += p.linked;
+        stats.copied += p.copied;
+    }
+    let errors = errors.into_inner().unwrap_or_else(|p| p.into_inner());
+    if !errors.is_empty() {
+        let shown: Vec<&str> = errors.iter().take(5).map(String::as_str).collect();
+        let more = if errors.len() > 5 {
+            format!(" (and {} more)", errors.len() - 5)
+        } else {
+            String::new()
+        };
+        bail!(
+            "cannot build the link farm: {}{more}; `vrift verify` checks the store",
+            shown.join("; ")
+        );
+    }
+    // Modes and mtimes last, deepest first (adding a child changes the parent's mtime).
+    for (rel, mode, mtime_ns) in dirs.iter().rev() {
+        let p = path_of(rel);
+        let c = super::sys::cstr(&p)?;
+        let m = (mode & 0o7777) | 0o700;
+        super::sys::chmod(&c, m).with_context(|| format!("cannot chmod {}", p.display()))?;
+        if *mtime_ns > 0 {
+            let ts = libc::timespec {
+                tv_sec: mtime_ns.div_euclid(1_000_000_000),
+                tv_nsec: mtime_ns.rem_euclid(1_000_000_000),
+            };
+            let times = [ts, ts];
+            // SAFETY: valid path and two timespecs.
+            unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
+        }
+    }
+    stats.seconds = t0.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+fn place(cas: &Cas, e: &Entry<'_>, p: &Path, st: &mut BuildStats) -> Result<(), String> {
+    if e.kind() == Kind::Symlink {
+        std::os::unix::fs::symlink(<std::ffi::OsStr as OsStrExt>::from_bytes(e.target()), p)
+            .map_err(|err| format!("cannot create symlink: {err}"))?;
+        st.symlinks += 1;
+        return Ok(());
+    }
+    let (hash, size) = (e.hash(), e.size());
+    let blob = cas.blob_stat(hash, size).map_err(|err| {
+        format!(
+            "blob {} unavailable: {err}",
+            vrift_cas::blob_rel(hash, size)
+        )
+    })?;
+    st.files += 1;
+    let exec_matches = (blob.st_mode & 0o111 != 0) == (e.mode() & 0o111 != 0);
+    if exec_matches {
+        match cas.link_out(hash, size, p) {
+            Ok(()) => {
+                st.linked += 1;
+                return Ok(());
+            }
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EMLINK) | Some(libc::EXDEV) | Some(libc::EPERM)
+                ) => {}
+            Err(err) => return Err(format!("cannot link from the store: {err}")),
+        }
+    }
+    fs::copy(cas.blob_path(hash, size), p)
+        .map_err(|err| format!("cannot copy from the store: {err}"))?;
+    fs::set_permissions(p, fs::Permissions::from_mode(e.mode() & 0o7777))
+        .map_err(|err| format!("cannot set mode: {err}"))?;
+    st.copied += 1;
+    Ok(())
+}
+
+/// Removes a tree, first giving directories `u+rwx` where needed (a program may have made
+/// some read-only; overlayfs leaves a mode-000 `work/work`).
+pub fn remove_tree(p: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            open_up(p);
+            match fs::remove_dir_all(p) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        }
+    }
+}
+
+fn open_up(p: &Path) {
+    let Ok(md) = fs::symlink_metadata(p) else {
+        return;
+    };
+    if !md.is_dir() {
+        return;
+    }
+    if md.mode() & 0o700 != 0o700 {
+        let _ = fs::set_permissions(p, fs::Permissions::from_mode((md.mode() & 0o7777) | 0o700));
+    }
+    if let Ok(rd) = fs::read_dir(p) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                open_up(&e.path());
+            }
+        }
+    }
+}
+
+/// A cached farm, as `gc --farms` sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FarmInfo {
+    pub key: String,
+    pub path: PathBuf,
+    /// Last use, seconds since the epoch.
+    pub last_used: i64,
+    pub in_use: bool,
+    pub layers: Vec<String>,
+}
+
+/// Every finished farm of the store.
+pub fn list(store: &Path) -> Result<Vec<FarmInfo>> {
+    let farms = farms_dir(store);
+    let rd = match fs::read_dir(&farms) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", farms.display())),
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = e.path();
+        let Ok(md) = fs::metadata(&path) else { continue };
+        let in_use = match File::open(&path) {
+            Ok(f) => f.try_lock().is_err(),
+            Err(_) => false,
+        };
+        let layers = fs::read(path.join(META_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v["layers"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|l| l["manifest"].as_str().map(String::from))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        out.push(FarmInfo {
+            key: name,
+            path,
+            last_used: md.mtime(),
+            in_use,
+            layers,
+        });
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// Deletes one farm unless it is in use; `Ok(false)` when it is.
+pub fn delete(info: &FarmInfo) -> Result<bool> {
+    let f = File::open(&info.path).with_context(|| format!("cannot open {}", info.path.display()))?;
+    if f.try_lock().is_err() {
+        return Ok(false);
+    }
+    let parent = info.path.parent().unwrap_or(Path::new("."));
+    let n = BUILD_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let doomed = parent.join(format!("{DELETE_PREFIX}{}-{n}", std::process::id()));
+    fs::rename(&info.path, &doomed)
+        .with_context(|| format!("cannot move {} aside", info.path.display()))?;
+    drop(f);
+    remove_tree(&doomed).with_context(|| format!("cannot remove {}", doomed.display()))?;
+    Ok(true)
+}
+
+/// Stale `.build-*`/`.del-*` directories removed, for `gc --farms --delete`.
+pub fn sweep(store: &Path) -> u64 {
+    sweep_stale(&farms_dir(store))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vrift_manifest::{EntryInput, ManifestBuilder};
+
+    fn manifest(root: &str, entries: Vec<EntryInput>) -> Manifest {
+        let mut b = ManifestBuilder::new(root);
+        for e in entries {
+            b.push(e);
+        }
+        b.build().unwrap()
+    }
+
+    fn paths(t: &Tree<'_>) -> Vec<String> {
+        t.iter()
+            .map(|(k, n)| {
+                let kind = match n {
+                    Node::Dir { .. } => "d",
+                    Node::Leaf(e) => match e.kind() {
+                        Kind::Symlink => "l",
+                        _ => "f",
+                    },
+                };
+                format!("{kind}:{}", String::from_utf8_lossy(k))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merge_like_layered_view() {
+        let base = manifest(
+            "/ignored",
+            vec![
+                EntryInput::file("bin/sh", 1, [1; 32]),
+                EntryInput::file("etc/passwd", 1, [2; 32]),
+                EntryInput::file("etc/motd", 1, [3; 32]),
+                EntryInput::dir("srv/data"),
+            ],
+        );
+        let app = manifest(
+            "/w/app",
+            vec![
+                EntryInput::file("a", 1, [4; 32]),
+                EntryInput::file("d/old", 1, [5; 32]),
+            ],
+        );
+        let top = manifest(
+            "/w/app",
+            vec![
+                EntryInput::whiteout("d"),
+                EntryInput::file("d2/new", 1, [6; 32]),
+            ],
+        );
+        let over = manifest(
+            "/",
+            vec![
+                EntryInput::whiteout("etc/motd"),
+                EntryInput::file("srv", 1, [7; 32]),
+            ],
+        );
+        let layers = [
+            Layer {
+                manifest: &base,
+                at: b"/".to_vec(),
+            },
+            Layer {
+                manifest: &app,
+                at: b"/w/app".to_vec(),
+            },
+            Layer {
+                manifest: &top,
+                at: b"/w/app".to_vec(),
+            },
+            Layer {
+                manifest: &over,
+                at: b"/".to_vec(),
+            },
+        ];
+        let t = merge(&layers);
+        assert_eq!(
+            paths(&t),
+            [
+                "d:",
+                "d:bin",
+                "f:bin/sh",
+                "d:etc",
+                "f:etc/passwd",
+                "f:srv",
+                "d:w",
+                "d:w/app",
+                "f:w/app/a",
+                "d:w/app/d2",
+                "f:w/app/d2/new",
+            ]
+        );
+        // The key depends on the order of layers.
+        let swapped = [
+            Layer {
+                manifest: &app,
+                at: b"/w/app".to_vec(),
+            },
+            Layer {
+                manifest: &base,
+                at: b"/".to_vec(),
+            },
+        ];
+        assert_ne!(key(&layers[..2]), key(&swapped));
+        assert_eq!(key(&layers[..2]), key(&layers[..2]));
+    }
+
+    #[test]
+    fn file_replacing_a_dir_and_back() {
+        let l0 = manifest("/p", vec![EntryInput::file("x/y", 1, [1; 32])]);
+        let l1 = manifest("/p", vec![EntryInput::file("x", 1, [2; 32])]);
+        let l2 = manifest("/p", vec![EntryInput::file("x/z", 1, [3; 32])]);
+        let l = |m| Layer {
+            manifest: m,
+            at: b"/p".to_vec(),
+        };
+        assert_eq!(paths(&merge(&[l(&l0), l(&l1)])), ["d:", "d:p", "f:p/x"]);
+        assert_eq!(
+            paths(&merge(&[l(&l0), l(&l1), l(&l2)])),
+            ["d:", "d:p", "d:p/x", "f:p/x/z"]
+        );
+    }
+}

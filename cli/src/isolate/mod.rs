@@ -1,0 +1,198 @@
+//! `vrift run --isolate`: CMD in rootless namespaces over a link farm of the manifests.
+//!
+//! * [`farm`]: the layered manifests materialized as hard links to blobs, cached per
+//!   layer set under `<store>/farms/` (`vrift gc --farms` drops the cache).
+//! * [`rundir`]: the per-run scratch directory (overlay upper/work, staging root) and its
+//!   removal once the sandbox is gone.
+//! * [`ns`]: the namespaces, mounts, `pivot_root`, CMD's privileges, signals, exit status.
+//! * [`gc`]: `vrift gc --farms`.
+//!
+//! Without `--base` the host stays visible read-only and each manifest's tree appears at
+//! its root path; with `--base` the layers (bases first, then manifests, later ones win)
+//! are the whole root filesystem. Either way the farm is the read-only lower layer of an
+//! overlay whose upper layer is thrown away (kept with `--keep`), so nothing CMD does
+//! reaches a blob or the host.
+
+pub mod farm;
+pub mod gc;
+pub mod ns;
+pub mod rundir;
+mod sys;
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use vrift_cas::Cas;
+use vrift_manifest::Manifest;
+
+use farm::Layer;
+
+/// Where a manifest's tree appears: its recorded root, normalized.
+fn manifest_root(m: &Manifest, path: &Path) -> Result<Vec<u8>> {
+    let r = m.root();
+    if !r.starts_with(b"/") {
+        bail!(
+            "{}: its root {:?} is not an absolute path",
+            path.display(),
+            String::from_utf8_lossy(r)
+        );
+    }
+    let mut v = r.to_vec();
+    while v.len() > 1 && v.ends_with(b"/") {
+        v.pop();
+    }
+    if v
+        .split(|&b| b == b'/')
+        .any(|c| c == b"." || c == b"..")
+    {
+        bail!(
+            "{}: its root {:?} is not a normalized path",
+            path.display(),
+            String::from_utf8_lossy(r)
+        );
+    }
+    Ok(v)
+}
+
+fn os(b: &[u8]) -> PathBuf {
+    PathBuf::from(std::ffi::OsStr::from_bytes(b))
+}
+
+/// Whether `p` is `anc` or below it (both normalized absolute byte paths).
+fn is_under(p: &[u8], anc: &[u8]) -> bool {
+    if anc == b"/" {
+        return true;
+    }
+    p == anc || (p.starts_with(anc) && p.get(anc.len()) == Some(&b'/'))
+}
+
+/// Runs `cmd` isolated; see the module docs. `bases` and `manifests` are bottom first.
+/// Returns CMD's exit code (128+N if signal N killed it).
+pub fn run_isolated(
+    store: &Path,
+    bases: &[PathBuf],
+    manifests: &[PathBuf],
+    cmd: &[OsString],
+    keep: bool,
+) -> Result<i32> {
+    let t0 = std::time::Instant::now();
+    if cmd.is_empty() {
+        bail!("no command given");
+    }
+    let cas = Cas::open_existing(store)
+        .with_context(|| format!("no vrift store at {}", store.display()))?;
+    let base_mode = !bases.is_empty();
+    let paths: Vec<PathBuf> = bases.iter().chain(manifests).cloned().collect();
+    let opened: Vec<Manifest> = paths
+        .iter()
+        .map(|p| Manifest::open(p).with_context(|| format!("cannot use manifest {}", p.display())))
+        .collect::<Result<_>>()?;
+    let mut layers = Vec::with_capacity(opened.len());
+    for (i, (m, p)) in opened.iter().zip(&paths).enumerate() {
+        let at = if i < bases.len() {
+            b"/".to_vec()
+        } else {
+            manifest_root(m, p)?
+        };
+        if !base_mode && at == b"/" {
+            bail!(
+                "{}: its root is / — a whole root filesystem; give it with --base",
+                p.display()
+            );
+        }
+        layers.push(Layer { manifest: m, at });
+    }
+    let farm = farm::ensure(&cas, &layers, &paths)?;
+    let t_farm = t0.elapsed();
+
+    // What to mount: in base mode the farm is the root; otherwise one overlay per top-level
+    // manifest root (a root inside another one is part of the outer one's farm subtree).
+    let mut tops: Vec<Vec<u8>> = Vec::new();
+    if base_mode {
+        tops.push(b"/".to_vec());
+    } else {
+        let mut ats: Vec<Vec<u8>> = layers.iter().map(|l| l.at.clone()).collect();
+        ats.sort();
+        ats.dedup();
+        for a in &ats {
+            if !ats.iter().any(|b| b != a && is_under(a, b)) {
+                tops.push(a.clone());
+            }
+        }
+    }
+    let mut rd = rundir::RunDir::create(cas.root(), tops.len(), keep)?;
+    let mut overlays = Vec::with_capacity(tops.len());
+    for (i, at) in tops.iter().enumerate() {
+        let rel = at.strip_prefix(b"/").unwrap_or(at);
+        let lower = if rel.is_empty() {
+            farm.root.clone()
+        } else {
+            farm.root.join(os(rel))
+        };
+        // Mount where the path really is: a symlinked parent on the host would otherwise
+        // lead the mount out of the new root.
+        let at = os(at);
+        let at = if base_mode {
+            at
+        } else {
+            std::fs::canonicalize(&at).unwrap_or(at)
+        };
+        // The overlay's root directory shows the upper directory's mode: give it the farm's.
+        if let Ok(md) = std::fs::metadata(&lower) {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(
+                rd.upper(i),
+                std::fs::Permissions::from_mode(md.permissions().mode() & 0o7777),
+            );
+        }
+        overlays.push(ns::Overlay {
+            at,
+            lower,
+            upper: rd.upper(i),
+            work: rd.work(i),
+        });
+    }
+    // A layer that ships files under /tmp keeps them visible: /tmp is then the overlay's own
+    // (just as throwaway); otherwise a fresh tmpfs.
+    let tmpfs_tmp = !base_mode
+        || std::fs::read_dir(farm.root.join("tmp")).map_or(true, |mut d| d.next().is_none());
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let plan = ns::Plan {
+        staging: rd.staging(),
+        base: base_mode,
+        overlays,
+        tmpfs_tmp,
+        cwd,
+        cmd: cmd.to_vec(),
+    };
+    if std::env::var_os("VRIFT_ISOLATE_STATS").is_some() {
+        let built = farm
+            .built
+            .as_ref()
+            .map(|b| serde_json::to_value(b).unwrap_or_default());
+        eprintln!(
+            "{}",
+            serde_json::json!({
+                "farm": farm.dir.display().to_string(),
+                "farm_built": built,
+                "prepare_seconds": t_farm.as_secs_f64(),
+                "setup_seconds": t0.elapsed().as_secs_f64(),
+            })
+        );
+    }
+    let result = ns::run(&plan);
+    rd.teardown();
+    if let Some(k) = &rd.kept {
+        for (i, o) in plan.overlays.iter().enumerate() {
+            eprintln!(
+                "vrift: kept the upper layer of {} at {}",
+                o.at.display(),
+                k.join(i.to_string()).display()
+            );
+        }
+    }
+    drop(farm);
+    result
+}

@@ -1,0 +1,664 @@
+//! The namespaces: a rootless user + mount + pid + ipc + uts sandbox around CMD.
+//!
+//! Processes:
+//! * `vrift` (the parent, in the host's namespaces) `clone`s **init** into new namespaces,
+//!   writes init's uid/gid maps (its own uid and gid map to themselves: one line each, which
+//!   an unprivileged process may write; `setgroups` is denied first), then lets it go on.
+//! * **init** (pid 1 of the new pid namespace, full capabilities in the new user namespace
+//!   only) builds the root under the run directory's `root/` and `pivot_root`s into it:
+//!   - host mode (no `--base`): a recursive bind of `/` made read-only and nosuid, a fresh
+//!     `/proc` (with `/proc/sys` read-only), tmpfs `/tmp` and `/dev/shm`, and an overlay
+//!     (lower = the link farm, upper = throwaway) at each manifest root;
+//!   - base mode: one overlay of the link farm as `/`, a fresh `/proc`, a minimal `/dev`
+//!     (tmpfs with `null zero full random urandom tty` bind-mounted from the host, `pts`,
+//!     `shm`, the usual symlinks), a tmpfs `/tmp` unless a layer ships files under `/tmp`.
+//!   The old root is then detached: in base mode nothing of the host is reachable.
+//!   init forks CMD, forwards signals to it, reaps every orphan, and exits with CMD's status
+//!   (128+N if a signal N killed it). When init exits the kernel kills whatever is left in
+//!   the pid namespace, and with the last process the mount namespace and all its mounts go.
+//! * **CMD** runs as the caller's own uid/gid, with no capabilities but `CAP_DAC_OVERRIDE`
+//!   (see `sys::restrict_for_exec`), no-new-privs, and cannot mount, remount or unmount.
+//!
+//! Setup errors travel back to the parent over a close-on-exec pipe (errno + message); the
+//! pipe reaching EOF without a message means CMD was exec'd.
+
+use std::ffi::{CStr, CString, OsString};
+use std::io;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use anyhow::{anyhow, Result};
+
+use super::sys::{self, cstr};
+
+/// One overlay to mount: the farm directory `lower` appears at `at` (absolute, inside the new
+/// root), writes go to `upper`.
+pub struct Overlay {
+    pub at: PathBuf,
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+pub struct Plan {
+    /// Empty directory where the new root is assembled.
+    pub staging: PathBuf,
+    /// Base mode: `overlays` is exactly one overlay at `/`.
+    pub base: bool,
+    pub overlays: Vec<Overlay>,
+    pub tmpfs_tmp: bool,
+    /// Where CMD starts (falls back to `/` if it does not exist inside).
+    pub cwd: PathBuf,
+    pub cmd: Vec<OsString>,
+}
+
+/// Why the kernel may refuse user namespaces, with this machine's values of the sysctls.
+pub fn userns_hint() -> String {
+    let mut vals = Vec::new();
+    for (name, path) in [
+        (
+            "kernel.unprivileged_userns_clone",
+            "/proc/sys/kernel/unprivileged_userns_clone",
+        ),
+        (
+            "user.max_user_namespaces",
+            "/proc/sys/user/max_user_namespaces",
+        ),
+        (
+            "kernel.apparmor_restrict_unprivileged_userns",
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+        ),
+    ] {
+        if let Ok(v) = std::fs::read_to_string(path) {
+            vals.push(format!("{name}={}", v.trim()));
+        }
+    }
+    let here = if vals.is_empty() {
+        String::new()
+    } else {
+        format!(" (here: {})", vals.join(", "))
+    };
+    format!(
+        "the kernel does not let this user create user namespaces: check the sysctls \
+         kernel.unprivileged_userns_clone (must be 1 where it exists), \
+         user.max_user_namespaces (must be > 0) and \
+         kernel.apparmor_restrict_unprivileged_userns (must be 0, or give vrift an AppArmor \
+         profile that allows userns){here}; in a container, its seccomp profile may also forbid \
+         them"
+    )
+}
+
+fn userns_error(what: &str, e: &io::Error) -> anyhow::Error {
+    anyhow!(
+        "--isolate: cannot set up a user namespace ({what}: {e}): {}",
+        userns_hint()
+    )
+}
+
+/// A failed setup step inside the child.
+struct Fail {
+    errno: i32,
+    what: String,
+}
+
+impl Fail {
+    fn new(what: impl Into<String>, e: io::Error) -> Fail {
+        Fail {
+            errno: e.raw_os_error().unwrap_or(0),
+            what: format!("{}: {e}", what.into()),
+        }
+    }
+}
+
+trait Step<T> {
+    fn step(self, what: impl FnOnce() -> String) -> Result<T, Fail>;
+}
+
+impl<T> Step<T> for io::Result<T> {
+    fn step(self, what: impl FnOnce() -> String) -> Result<T, Fail> {
+        self.map_err(|e| Fail::new(what(), e))
+    }
+}
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    let pid = CHILD.load(Ordering::Relaxed);
+    if pid <= 0 {
+        return;
+    }
+    // A terminal's SIGINT/SIGQUIT already reached the whole foreground process group (CMD
+    // included); only signals sent to us in particular are passed on.
+    // SAFETY: the kernel hands a valid siginfo to SA_SIGINFO handlers.
+    let code = if info.is_null() {
+        0
+    } else {
+        unsafe { (*info).si_code }
+    };
+    if code == libc::SI_KERNEL && (sig == libc::SIGINT || sig == libc::SIGQUIT) {
+        return;
+    }
+    // SAFETY: kill is async-signal-safe.
+    unsafe { libc::kill(pid, sig) };
+}
+
+const FORWARDED: [libc::c_int; 9] = [
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGCONT,
+    libc::SIGALRM,
+];
+
+fn set_forwarding(on: bool) {
+    for sig in FORWARDED {
+        // SAFETY: installing a handler that only calls async-signal-safe functions, or the
+        // default disposition.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            if on {
+                sa.sa_sigaction = forward as *const () as usize;
+                sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            } else {
+                sa.sa_sigaction = libc::SIG_DFL;
+            }
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+fn wait_for(pid: libc::pid_t) -> libc::c_int {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return status;
+        }
+        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return status;
+        }
+    }
+}
+
+fn exit_code(status: libc::c_int) -> i32 {
+    if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        1
+    }
+}
+
+/// Runs `plan.cmd` in the sandbox and returns its exit code (128+N when killed by signal N).
+/// Returns only once every process of the sandbox is gone.
+pub fn run(plan: &Plan) -> Result<i32> {
+    let (ready_r, ready_w) = sys::pipe().map_err(|e| anyhow!("pipe: {e}"))?;
+    let (err_r, err_w) = match sys::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            sys::close(ready_r);
+            sys::close(ready_w);
+            return Err(anyhow!("pipe: {e}"));
+        }
+    };
+    // SAFETY: geteuid/getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS;
+    let pid = match sys::clone_fork(flags) {
+        Ok(p) => p,
+        Err(e) => {
+            for fd in [ready_r, ready_w, err_r, err_w] {
+                sys::close(fd);
+            }
+            return Err(userns_error("clone", &e));
+        }
+    };
+    if pid == 0 {
+        sys::close(ready_w);
+        sys::close(err_r);
+        init_main(plan, ready_r, err_w);
+    }
+    sys::close(ready_r);
+    sys::close(err_w);
+    let maps = [
+        ("setgroups", "deny".to_string()),
+        ("uid_map", format!("{uid} {uid} 1\n")),
+        ("gid_map", format!("{gid} {gid} 1\n")),
+    ];
+    for (file, content) in &maps {
+        let p = format!("/proc/{pid}/{file}");
+        if let Err(e) = std::fs::write(&p, content) {
+            // SAFETY: killing and reaping our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            sys::close(ready_w);
+            sys::close(err_r);
+            wait_for(pid);
+            return Err(userns_error(&format!("writing {p}"), &e));
+        }
+    }
+    sys::write_all_fd(ready_w, b"1");
+    sys::close(ready_w);
+    CHILD.store(pid, Ordering::Relaxed);
+    set_forwarding(true);
+    let msg = sys::read_to_end(err_r);
+    sys::close(err_r);
+    let status = wait_for(pid);
+    CHILD.store(0, Ordering::Relaxed);
+    set_forwarding(false);
+    if msg.len() >= 4 {
+        let errno = i32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
+        let text = String::from_utf8_lossy(&msg[4..]).into_owned();
+        if matches!(errno, libc::EPERM | libc::EACCES) && text.starts_with("[userns]") {
+            return Err(anyhow!(
+                "--isolate: {}: {}",
+                text.trim_start_matches("[userns] "),
+                userns_hint()
+            ));
+        }
+        return Err(anyhow!("--isolate: {text}"));
+    }
+    Ok(exit_code(status))
+}
+
+/// pid 1 of the sandbox. Never returns.
+fn init_main(plan: &Plan, ready_r: libc::c_int, err_w: libc::c_int) -> ! {
+    let _ = sys::die_with_parent();
+    // Wait until the parent has written our uid/gid maps.
+    let mut b = [0u8; 1];
+    // SAFETY: reading one byte into a valid buffer.
+    let n = unsafe { libc::read(ready_r, b.as_mut_ptr().cast(), 1) };
+    sys::close(ready_r);
+    if n != 1 {
+        // SAFETY: leaving the child without running the parent's destructors.
+        unsafe { libc::_exit(1) };
+    }
+    match setup(plan) {
+        Ok(()) => {}
+        Err(f) => {
+            let mut msg = f.errno.to_le_bytes().to_vec();
+            msg.extend_from_slice(f.what.as_bytes());
+            sys::write_all_fd(err_w, &msg);
+            // SAFETY: as above.
+            unsafe { libc::_exit(1) };
+        }
+    }
+    let argv: Vec<CString> = match plan
+        .cmd
+        .iter()
+        .map(|s| CString::new(s.clone().into_vec()))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(v) if !v.is_empty() => v,
+        _ => {
+            let mut msg = 0i32.to_le_bytes().to_vec();
+            msg.extend_from_slice(b"a command argument is empty or contains a NUL byte");
+            sys::write_all_fd(err_w, &msg);
+            // SAFETY: as above.
+            unsafe { libc::_exit(1) };
+        }
+    };
+    let mut argp: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argp.push(std::ptr::null());
+    // Handlers before the fork, so no signal can slip by between fork and install (pid 1
+    // ignores signals it has no handler for); exec resets them in CMD.
+    set_forwarding(true);
+    // SAFETY: this process is single-threaded (a fresh clone of a single-threaded parent).
+    let cmd = unsafe { libc::fork() };
+    if cmd < 0 {
+        let e = io::Error::last_os_error();
+        let mut msg = e.raw_os_error().unwrap_or(0).to_le_bytes().to_vec();
+        msg.extend_from_slice(format!("fork: {e}").as_bytes());
+        sys::write_all_fd(err_w, &msg);
+        // SAFETY: as above.
+        unsafe { libc::_exit(1) };
+    }
+    if cmd == 0 {
+        exec_cmd(&argv, &argp);
+    }
+    CHILD.store(cmd, Ordering::Relaxed);
+    // Setup succeeded: CMD's copy of the pipe closes when it execs, ours now; the parent
+    // then reads EOF.
+    sys::close(err_w);
+    // init needs no privilege any more (signalling CMD, same uid, needs none).
+    let _ = sys::set_caps(0);
+    let mut code = 1;
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: reaping any child of ours (pid 1 inherits every orphan).
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r == cmd {
+            code = exit_code(status);
+            break;
+        }
+        if r < 0 {
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                _ => break,
+            }
+        }
+    }
+    // SAFETY: leaving; the kernel kills what is left of the pid namespace.
+    unsafe { libc::_exit(code) }
+}
+
+fn exec_cmd(argv: &[CString], argp: &[*const libc::c_char]) -> ! {
+    // SAFETY: resetting the signal mask and handlers in the fresh child.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+    set_forwarding(false);
+    if let Err(e) = sys::restrict_for_exec() {
+        eprintln!("vrift: cannot drop privileges: {e}");
+        // SAFETY: leaving the child.
+        unsafe { libc::_exit(126) };
+    }
+    // SAFETY: NULL-terminated argv of valid C strings; execvp searches PATH of our environ.
+    unsafe { libc::execvp(argp[0], argp.as_ptr()) };
+    let e = io::Error::last_os_error();
+    eprintln!("vrift: cannot run {}: {e}", argv[0].to_string_lossy());
+    let code = if e.raw_os_error() == Some(libc::ENOENT) {
+        127
+    } else {
+        126
+    };
+    // SAFETY: leaving the child.
+    unsafe { libc::_exit(code) }
+}
+
+/// A directory, not a symlink to one.
+fn is_real_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+/// `root` + absolute `inner` as one path.
+fn under(root: &Path, inner: &Path) -> PathBuf {
+    let rel = inner.strip_prefix("/").unwrap_or(inner);
+    if rel.as_os_str().is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    }
+}
+
+fn c(p: &Path) -> Result<CString, Fail> {
+    cstr(p).map_err(|e| Fail::new(p.display().to_string(), e))
+}
+
+/// Overlay option value: `\`, `,` and `:` escaped.
+fn esc(p: &Path) -> String {
+    let mut s = String::new();
+    for ch in p.to_string_lossy().chars() {
+        if matches!(ch, '\\' | ',' | ':') {
+            s.push('\\');
+        }
+        s.push(ch);
+    }
+    s
+}
+
+/// Makes sure `p` is a directory to mount on: creates it (and missing parents, `mode` for
+/// the last) if absent; refuses symlinks (a mount would follow them out of the new root).
+fn mount_point_dir(p: &Path, mode: libc::mode_t) -> Result<(), Fail> {
+    let cp = c(p)?;
+    match sys::file_type(&cp) {
+        Ok(t) if t == libc::S_IFDIR => Ok(()),
+        Ok(_) => Err(Fail {
+            errno: libc::ENOTDIR,
+            what: format!("{}: not a directory, cannot mount on it", p.display()),
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            if let Some(parent) = p.parent() {
+                if parent != p {
+                    mount_point_dir(parent, 0o755)?;
+                }
+            }
+            sys::mkdir(&cp, mode).step(|| format!("cannot create mount point {}", p.display()))?;
+            let _ = sys::chmod(&cp, mode);
+            Ok(())
+        }
+        Err(e) => Err(Fail::new(p.display().to_string(), e)),
+    }
+}
+
+fn mount_overlay(o: &Overlay, target: &Path) -> Result<(), Fail> {
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        esc(&o.lower),
+        esc(&o.upper),
+        esc(&o.work)
+    );
+    let data = CString::new(data).map_err(|_| Fail {
+        errno: libc::EINVAL,
+        what: "a path contains a NUL byte".into(),
+    })?;
+    sys::mount(
+        Some(c"vrift"),
+        &c(target)?,
+        Some(c"overlay"),
+        0,
+        Some(&data),
+    )
+    .step(|| {
+        format!(
+            "cannot mount the overlay of {} at {}",
+            o.lower.display(),
+            o.at.display()
+        )
+    })
+}
+
+fn tmpfs(target: &Path, opts: &CStr) -> Result<(), Fail> {
+    sys::mount(
+        Some(c"tmpfs"),
+        &c(target)?,
+        Some(c"tmpfs"),
+        (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong,
+        Some(opts),
+    )
+    .step(|| format!("cannot mount a tmpfs at {}", target.display()))
+}
+
+fn bind(src: &Path, target: &Path, recursive: bool) -> Result<(), Fail> {
+    let mut flags = libc::MS_BIND;
+    if recursive {
+        flags |= libc::MS_REC;
+    }
+    sys::mount(Some(&c(src)?), &c(target)?, None, flags as libc::c_ulong, None)
+        .step(|| format!("cannot bind {} to {}", src.display(), target.display()))
+}
+
+fn read_only(target: &Path, recursive: bool) -> Result<(), Fail> {
+    sys::mount_setattr(
+        &c(target)?,
+        recursive,
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID,
+        0,
+    )
+    .step(|| format!("cannot make {} read-only", target.display()))
+}
+
+/// A fresh `/proc` for the new pid namespace at `target`, `/proc/sys` and
+/// `/proc/sysrq-trigger` read-only. Where the kernel refuses (a container that masks parts
+/// of the host's `/proc`), the host's is used instead, with a warning.
+fn proc_at(target: &Path, base: bool) -> Result<(), Fail> {
+    let t = c(target)?;
+    match sys::mount(
+        Some(c"proc"),
+        &t,
+        Some(c"proc"),
+        (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong,
+        None,
+    ) {
+        Ok(()) => {
+            for sub in ["sys", "sysrq-trigger"] {
+                let p = target.join(sub);
+                if p.exists() {
+                    bind(&p, &p, true)?;
+                    read_only(&p, true)?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!(
+                "vrift: warning: cannot mount a fresh /proc ({e}); using the host's (it lists host processes)"
+            );
+            if base {
+                bind(Path::new("/proc"), target, true)?;
+                read_only(target, true)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The minimal `/dev` of a base root.
+fn dev_at(dev: &Path) -> Result<(), Fail> {
+    mount_point_dir(dev, 0o755)?;
+    tmpfs(dev, c"mode=0755,size=1m")?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let p = dev.join(name);
+        sys::touch(&c(&p)?, 0o666).step(|| format!("cannot create {}", p.display()))?;
+        bind(&host, &p, false)?;
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let p = dev.join(name);
+        let t = CString::new(target).unwrap_or_default();
+        sys::symlink(&t, &c(&p)?).step(|| format!("cannot create {}", p.display()))?;
+    }
+    let pts = dev.join("pts");
+    mount_point_dir(&pts, 0o755)?;
+    let devpts = sys::mount(
+        Some(c"devpts"),
+        &c(&pts)?,
+        Some(c"devpts"),
+        (libc::MS_NOSUID | libc::MS_NOEXEC) as libc::c_ulong,
+        Some(c"newinstance,ptmxmode=0666,mode=0620"),
+    );
+    if devpts.is_ok() {
+        let p = dev.join("ptmx");
+        sys::symlink(c"pts/ptmx", &c(&p)?).step(|| format!("cannot create {}", p.display()))?;
+    }
+    let shm = dev.join("shm");
+    mount_point_dir(&shm, 0o1777)?;
+    tmpfs(&shm, c"mode=1777")?;
+    // Nothing may be added to /dev itself any more (its submounts stay as they are).
+    sys::mount_setattr(&c(dev)?, false, sys::MOUNT_ATTR_RDONLY, 0)
+        .step(|| format!("cannot make {} read-only", dev.display()))
+}
+
+/// Everything init does before forking CMD.
+fn setup(plan: &Plan) -> Result<(), Fail> {
+    sys::mount(
+        None,
+        c"/",
+        None,
+        (libc::MS_REC | libc::MS_PRIVATE) as libc::c_ulong,
+        None,
+    )
+    .map_err(|e| Fail::new("[userns] cannot make the mounts private", e))?;
+    let root = &plan.staging;
+    if plan.base {
+        let o = &plan.overlays[0];
+        mount_overlay(o, root)?;
+        mount_point_dir(&root.join("proc"), 0o555)?;
+        proc_at(&root.join("proc"), true)?;
+        dev_at(&root.join("dev"))?;
+        if plan.tmpfs_tmp {
+            let tmp = root.join("tmp");
+            mount_point_dir(&tmp, 0o1777)?;
+            tmpfs(&tmp, c"mode=1777")?;
+        }
+    } else {
+        bind(Path::new("/"), root, true)
+            .map_err(|f| Fail {
+                what: format!("[userns] {}", f.what),
+                ..f
+            })?;
+        read_only(root, true)?;
+        // Mount in path order, so a manifest root under /tmp lands on the new tmpfs.
+        enum M<'a> {
+            Proc,
+            Tmpfs,
+            Ovl(&'a Overlay),
+        }
+        let mut todo: Vec<(PathBuf, u8, M<'_>)> = Vec::new();
+        todo.push((PathBuf::from("/proc"), 0, M::Proc));
+        if plan.tmpfs_tmp {
+            todo.push((PathBuf::from("/tmp"), 0, M::Tmpfs));
+        }
+        todo.push((PathBuf::from("/dev/shm"), 0, M::Tmpfs));
+        for o in &plan.overlays {
+            todo.push((o.at.clone(), 1, M::Ovl(o)));
+        }
+        todo.sort_by(|a, b| {
+            let depth = |p: &Path| p.components().count();
+            (depth(&a.0), a.1, &a.0).cmp(&(depth(&b.0), b.1, &b.0))
+        });
+        for (at, _, m) in todo {
+            let target = under(root, &at);
+            match m {
+                M::Proc => {
+                    if is_real_dir(&target) {
+                        proc_at(&target, false)?;
+                    }
+                }
+                M::Tmpfs => {
+                    if is_real_dir(&target) {
+                        tmpfs(&target, c"mode=1777")?;
+                    }
+                }
+                M::Ovl(o) => {
+                    mount_point_dir(&target, 0o755).map_err(|f| Fail {
+                        what: format!(
+                            "{} (the manifest root {} must exist on this machine, or use --base)",
+                            f.what,
+                            o.at.display()
+                        ),
+                        ..f
+                    })?;
+                    mount_overlay(o, &target)?;
+                }
+            }
+        }
+    }
+    // Into the new root; the old one is detached, so nothing of it stays reachable.
+    sys::chdir(&c(root)?).step(|| format!("cannot enter {}", root.display()))?;
+    sys::pivot_root(c".", c".").step(|| "pivot_root".to_string())?;
+    sys::umount_detach(c".").step(|| "cannot detach the old root".to_string())?;
+    sys::chdir(c"/").step(|| "chdir /".to_string())?;
+    let cwd = c(&plan.cwd)?;
+    if sys::chdir(&cwd).is_err() {
+        if !plan.base {
+            eprintln!(
+                "vrift: warning: {} is not visible inside the sandbox; starting in /",
+                plan.cwd.display()
+            );
+        }
+        let _ = sys::chdir(c"/");
+    }
+    Ok(())
+}
