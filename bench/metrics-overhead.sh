@@ -10,8 +10,10 @@
 #   nocache  re-ingest of the same tree with --no-cache (every file hashed again, all dedup hits)
 #   warm   re-ingest without changes (nothing hashed: fixed costs dominate)
 # With BASELINE_VRIFT (e.g. a build of the commit before metrics) a third arm runs that
-# binary without flags, to see the cost of the extra per-outcome byte counters.
-# Times are whole-process wall times (setup, endpoint, textfile and push included).
+# binary without flags in the nocache and warm rounds, to see the cost of the extra
+# per-outcome byte counters (cold rounds, which copy the whole corpus, stay two-armed).
+# Times are whole-process wall and CPU (user+sys) times (setup, endpoint, textfile and push
+# included); on a shared machine CPU time is the steadier of the two.
 # The machine may be shared: rounds alternate the arms, and medians are reported.
 set -euo pipefail
 
@@ -52,17 +54,23 @@ if command -v prometheus-pushgateway >/dev/null; then
 fi
 flags=(--metrics-textfile "$work/vrift.prom" "${push[@]}" --metrics-listen 127.0.0.1:0)
 
-now() { date +%s.%N; }
-# run ARM_BINARY STORE TREE OUT [flags...] -> prints seconds
+# run ARM_BINARY STORE TREE OUT [flags...] -> prints "wall_seconds cpu_seconds" (cpu: user+sys)
 run() {
     local bin=$1 store=$2 tree=$3 out=$4
     shift 4
-    local t0 t1
-    t0=$(now)
-    "$bin" --the-source-root "$store" --no-progress ingest "$tree" -o "$out" "$@" >/dev/null 2>"$work/last.err" \
-        || { cat "$work/last.err" >&2; exit 1; }
-    t1=$(now)
-    echo "$t1 - $t0" | bc -l
+    python3 - "$work/last.err" "$bin" --the-source-root "$store" --no-progress ingest "$tree" -o "$out" "$@" <<'PY'
+import resource, subprocess, sys, time
+err = open(sys.argv[1], "w")
+r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+t0 = time.perf_counter()
+rc = subprocess.call(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=err)
+t1 = time.perf_counter()
+r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+if rc != 0:
+    sys.exit("ingest failed: " + open(sys.argv[1]).read())
+cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+print(f"{t1 - t0:.4f} {cpu:.4f}")
+PY
 }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
@@ -71,29 +79,37 @@ arms=(plain metrics)
 declare -A bin_of=([plain]=$vrift [metrics]=$vrift [baseline]=$base)
 arm_flags() { [ "$1" = metrics ] && printf '%s\n' "${flags[@]}"; return 0; }
 
+# col FILE N -> the Nth column (1: wall, 2: cpu)
+col() { awk -v c="$2" '{print $c}' "$1"; }
 report() {
-    local label=$1
-    echo "== $label"
-    for a in "${arms[@]}"; do
-        printf '  %-9s median %8.3f s   runs: %s\n' "$a" "$(median <"$work/$label.$a")" "$(tr '\n' ' ' <"$work/$label.$a")"
+    local label=$1 c what
+    echo "== $label ($(wc -l <"$work/$label.plain") runs per arm)"
+    for c in 1 2; do
+        what=$([ $c = 1 ] && echo wall || echo cpu)
+        for a in "${arms[@]}"; do
+            [ -f "$work/$label.$a" ] || continue
+            printf '  %-4s %-9s median %8.3f s   runs: %s\n' "$what" "$a" "$(col "$work/$label.$a" $c | median)" \
+                "$(col "$work/$label.$a" $c | tr '\n' ' ')"
+        done
+        local p m
+        p=$(col "$work/$label.plain" $c | median)
+        m=$(col "$work/$label.metrics" $c | median)
+        printf '  %-4s metrics vs plain: %+.2f%%' "$what" "$(echo "($m - $p) / $p * 100" | bc -l)"
+        if [ -f "$work/$label.baseline" ]; then
+            local b
+            b=$(col "$work/$label.baseline" $c | median)
+            printf '   plain vs baseline: %+.2f%%   metrics vs baseline: %+.2f%%' \
+                "$(echo "($p - $b) / $b * 100" | bc -l)" "$(echo "($m - $b) / $b * 100" | bc -l)"
+        fi
+        echo
     done
-    local p m
-    p=$(median <"$work/$label.plain")
-    m=$(median <"$work/$label.metrics")
-    printf '  metrics vs plain: %+.2f%%\n' "$(echo "($m - $p) / $p * 100" | bc -l)"
-    if [ -n "$base" ]; then
-        local b
-        b=$(median <"$work/$label.baseline")
-        printf '  plain vs baseline: %+.2f%%   metrics vs baseline: %+.2f%%\n' \
-            "$(echo "($p - $b) / $b * 100" | bc -l)" "$(echo "($m - $b) / $b * 100" | bc -l)"
-    fi
 }
 
 # --- cold: a fresh copy into a fresh store per run
 for r in $(seq "$cold_rounds"); do
-    # rotate the order so no arm always runs first after the copy
-    for i in "${!arms[@]}"; do
-        a=${arms[$(( (i + r) % ${#arms[@]} ))]}
+    # alternate the order so no arm always runs first
+    for i in 0 1; do
+        a=$([ $(( (i + r) % 2 )) = 0 ] && echo plain || echo metrics)
         rm -rf "$work/tree" "$work/store"
         mkdir -p "$work/tree"
         cp -a "$corpus" "$work/tree/node_modules"

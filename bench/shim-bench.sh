@@ -12,7 +12,8 @@
 #   --corpus DIR  a directory holding node_modules (default: an installed xsmall corpus:
 #                 ../corpora/xsmall, bench/corpora/xsmall, or installed with
 #                 ../shared/bench/make-corpus.sh xsmall)
-#   --runs N      repetitions per measurement; medians are reported (default 15)
+#   --runs N      repetitions per measurement; the best (minimum) time is reported, which
+#                 is the least disturbed by other load on the machine (default 15)
 # Env: VRIFT (default target/release/vrift; the shim must sit beside it), WORK (scratch dir).
 # Needs: python3, node (parts 2 and 3 are skipped without node).
 set -euo pipefail
@@ -41,28 +42,42 @@ STORE=$WORK/store
 export VR_THE_SOURCE=$STORE
 unset VRIFT_UPPER VRIFT_MANIFESTS VRIFT_STORE
 
-# median_ms CMD...: runs CMD $RUNS times, prints the median wall time in ms.
-median_ms() {
+# best_ms CMD...: runs CMD $RUNS times, prints the best wall time and the best CPU time
+# (user + system of the whole process tree) in ms: "WALL CPU". CPU time is what a busy
+# machine (2 shared cores) disturbs least.
+best_ms() {
     python3 - "$RUNS" "$@" <<'EOF'
-import subprocess, sys, time, statistics
+import os, resource, subprocess, sys, time
 n = int(sys.argv[1]); cmd = sys.argv[2:]
-xs = []
+walls, cpus = [], []
 for _ in range(n):
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
-    xs.append((time.perf_counter() - t) * 1000)
-print(f"{statistics.median(xs):.2f}")
+    walls.append((time.perf_counter() - t) * 1000)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpus.append((r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) * 1000)
+print(f"{min(walls):.2f} {min(cpus):.2f}")
 EOF
 }
 
-# median_out CMD...: runs CMD $RUNS times; each run prints one number (ms) last; median.
-median_out() {
+# best_out CMD...: runs CMD $RUNS times; each run prints "WALL CPU" (ms) last; the best of each.
+best_out() {
     local vals=()
     for _ in $(seq "$RUNS"); do vals+=("$("$@" | tail -1)"); done
-    printf '%s\n' "${vals[@]}" | python3 -c 'import sys,statistics; print(f"{statistics.median(float(l) for l in sys.stdin):.2f}")'
+    printf '%s\n' "${vals[@]}" | python3 -c 'import sys; r=[l.split() for l in sys.stdin if l.strip()]; print(f"{min(float(x[0]) for x in r):.2f} {min(float(x[1]) for x in r):.2f}")'
 }
 
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+# report LABEL "REAL_WALL REAL_CPU" "VIRT_WALL VIRT_CPU"
+report() {
+    python3 - "$@" <<'EOF'
+import sys
+label = sys.argv[1]
+rw, rc = map(float, sys.argv[2].split())
+vw, vc = map(float, sys.argv[3].split())
+print(f"{label}: wall real {rw:.1f} ms, virtual {vw:.1f} ms (x{vw/rw:.2f}) | cpu real {rc:.1f} ms, virtual {vc:.1f} ms (x{vc/rc:.2f}) | bar x1.3")
+EOF
+}
 
 echo "== vrift shim benchmark ($(nproc) cores, runs=$RUNS, $(date -u +%FT%TZ))"
 
@@ -79,10 +94,17 @@ for d in range(256):
 EOF
 "$VRIFT" --no-progress ingest "$WORK/tree64k" -o "$WORK/m64k.vrm" >/dev/null
 entries=$(find "$WORK/tree64k" | wc -l)
-t_true=$(median_ms true)
-t_run=$(median_ms "$VRIFT" run --manifest "$WORK/m64k.vrm" -- true)
-t_pre=$(median_ms env LD_PRELOAD="$(dirname "$VRIFT")/libvrift_shim.so" VRIFT_MANIFESTS="$WORK/m64k.vrm" VRIFT_STORE="$STORE" true)
-echo "start-up ($entries-entry manifest): true ${t_true} ms | vrift run -- true ${t_run} ms (+$(python3 -c "print(f'{$t_run-$t_true:.2f}')") ms, bar 5) | true with the shim preloaded ${t_pre} ms"
+t_true=$(best_ms true)
+t_run=$(best_ms "$VRIFT" run --manifest "$WORK/m64k.vrm" -- true)
+t_pre=$(best_ms env LD_PRELOAD="$(dirname "$VRIFT")/libvrift_shim.so" VRIFT_MANIFESTS="$WORK/m64k.vrm" VRIFT_STORE="$STORE" true)
+python3 - "$entries" "$t_true" "$t_run" "$t_pre" <<'EOF'
+import sys
+n = sys.argv[1]
+(tw, tc), (rw, rc), (pw, pc) = (map(float, a.split()) for a in sys.argv[2:5])
+print(f"start-up ({n}-entry manifest), best of runs: true: wall {tw:.2f} ms, cpu {tc:.2f} ms | "
+      f"vrift run -- true: wall {rw:.2f} ms (+{rw-tw:.2f}), cpu {rc:.2f} ms (+{rc-tc:.2f}) | "
+      f"true with the shim preloaded: wall {pw:.2f} ms (+{pw-tw:.2f}), cpu {pc:.2f} ms (+{pc-tc:.2f}) | bar +5 ms")
+EOF
 
 if ! command -v node >/dev/null; then
     echo "node not installed: skipping the node and stat workloads"
@@ -115,6 +137,7 @@ cat > "$WORK/require.js" <<'EOF'
 const fs = require('fs'), path = require('path');
 const nm = path.join(process.argv[2], 'node_modules');
 const t0 = process.hrtime.bigint();
+const c0 = process.cpuUsage();
 let loaded = 0;
 const names = [];
 for (const n of fs.readdirSync(nm).sort()) {
@@ -127,13 +150,14 @@ for (const n of names) {
   try { require(path.join(nm, n)); loaded++; } catch (e) { /* packages without a CommonJS entry */ }
 }
 const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+const c = process.cpuUsage(c0);
 console.error(`loaded ${loaded} modules`);
-console.log(ms.toFixed(2));
+console.log(ms.toFixed(2), ((c.user + c.system) / 1000).toFixed(2));
 EOF
-req_real=$(median_out node "$WORK/require.js" "$REAL")
-req_virt=$(median_out "$VRIFT" run --manifest "$WORK/nm.vrm" -- node "$WORK/require.js" "$VIRT")
+req_real=$(best_out node "$WORK/require.js" "$REAL")
+req_virt=$(best_out "$VRIFT" run --manifest "$WORK/nm.vrm" -- node "$WORK/require.js" "$VIRT")
 loaded=$(node "$WORK/require.js" "$REAL" 2>&1 >/dev/null | awk '{print $2}')
-echo "node require ($loaded modules of $files files): real ${req_real} ms | virtual ${req_virt} ms | ratio $(ratio "$req_virt" "$req_real") (bar 1.3)"
+report "node require of $loaded modules ($files files)" "$req_real" "$req_virt"
 
 # ---- 3. stat-heavy loops ----------------------------------------------------------------------
 cat > "$WORK/stat.py" <<'EOF'
@@ -141,27 +165,28 @@ import os, sys, time
 paths = []
 for d, dirs, fs in os.walk(os.path.join(sys.argv[1], "node_modules")):
     paths.extend(os.path.join(d, f) for f in fs)
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 for _ in range(3):
     for p in paths:
         os.stat(p)
         os.lstat(p)
-print(f"{(time.perf_counter() - t) * 1000:.2f}")
+print(f"{(time.perf_counter() - t) * 1000:.2f} {(time.process_time() - c) * 1000:.2f}")
 EOF
 cat > "$WORK/stat.js" <<'EOF'
 const fs = require('fs'), path = require('path');
 const paths = [];
 (function walk(d) { for (const e of fs.readdirSync(d, { withFileTypes: true })) { const p = path.join(d, e.name); if (e.isDirectory()) walk(p); else paths.push(p); } })(path.join(process.argv[2], 'node_modules'));
-const t0 = process.hrtime.bigint();
+const t0 = process.hrtime.bigint(), c0 = process.cpuUsage();
 for (let i = 0; i < 3; i++) for (const p of paths) { fs.statSync(p); fs.existsSync(p + '.missing'); }
-console.log((Number(process.hrtime.bigint() - t0) / 1e6).toFixed(2));
+const c = process.cpuUsage(c0);
+console.log((Number(process.hrtime.bigint() - t0) / 1e6).toFixed(2), ((c.user + c.system) / 1000).toFixed(2));
 EOF
-py_real=$(median_out python3 "$WORK/stat.py" "$REAL")
-py_virt=$(median_out "$VRIFT" run --manifest "$WORK/nm.vrm" -- python3 "$WORK/stat.py" "$VIRT")
-echo "python stat+lstat x3 ($files files): real ${py_real} ms | virtual ${py_virt} ms | ratio $(ratio "$py_virt" "$py_real") (bar 1.3)"
-js_real=$(median_out node "$WORK/stat.js" "$REAL")
-js_virt=$(median_out "$VRIFT" run --manifest "$WORK/nm.vrm" -- node "$WORK/stat.js" "$VIRT")
-echo "node statSync+existsSync(miss) x3: real ${js_real} ms | virtual ${js_virt} ms | ratio $(ratio "$js_virt" "$js_real") (bar 1.3)"
-find_real=$(median_ms find "$REAL/node_modules" -type f)
-find_virt=$(median_ms "$VRIFT" run --manifest "$WORK/nm.vrm" -- find "$VIRT/node_modules" -type f)
-echo "find -type f (wall, incl. start-up): real ${find_real} ms | virtual ${find_virt} ms | ratio $(ratio "$find_virt" "$find_real")"
+py_real=$(best_out python3 "$WORK/stat.py" "$REAL")
+py_virt=$(best_out "$VRIFT" run --manifest "$WORK/nm.vrm" -- python3 "$WORK/stat.py" "$VIRT")
+report "python os.stat+os.lstat of every file x3" "$py_real" "$py_virt"
+js_real=$(best_out node "$WORK/stat.js" "$REAL")
+js_virt=$(best_out "$VRIFT" run --manifest "$WORK/nm.vrm" -- node "$WORK/stat.js" "$VIRT")
+report "node fs.statSync + existsSync(miss) of every file x3" "$js_real" "$js_virt"
+find_real=$(best_ms find "$REAL/node_modules" -type f)
+find_virt=$(best_ms "$VRIFT" run --manifest "$WORK/nm.vrm" -- find "$VIRT/node_modules" -type f)
+report "find -type f (whole process, vrift run start-up included)" "$find_real" "$find_virt"

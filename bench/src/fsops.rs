@@ -5,7 +5,7 @@
 //! trees vrift ingests are made exactly the way a user would make them.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -44,10 +44,15 @@ pub fn clone_store(template: &Path, dst: &Path) -> Result<()> {
 /// Removes a tree that may hold read-only files and directories (an ingested project,
 /// a store). Write bits are restored on directories only if a first attempt fails; file
 /// inodes are never chmod-ed, since they may be blobs shared with a template store.
+///
+/// Removal runs on several threads: on a file system mounted with `discard` (as this VM's
+/// is) every freed file waits for a synchronous discard, and parallel removals overlap
+/// those waits (measured here: 4 parallel `rm` free 4× the files in 0.8× the time).
 pub fn remove_tree(path: &Path) -> Result<()> {
     if std::fs::symlink_metadata(path).is_err() {
         return Ok(());
     }
+    remove_in_parallel(path);
     if std::fs::remove_dir_all(path).is_ok() {
         return Ok(());
     }
@@ -57,6 +62,50 @@ pub fn remove_tree(path: &Path) -> Result<()> {
             .args(["-type", "d", "-exec", "chmod", "u+rwx", "{}", "+"]),
     )?;
     std::fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
+}
+
+/// Threads that remove subtrees at once.
+const REMOVE_THREADS: usize = 8;
+
+/// Splits `root` into subtrees (breadth first, until there are enough to share out) and
+/// removes them on [`REMOVE_THREADS`] threads. Best effort: whatever fails here is left for
+/// the caller's final `remove_dir_all`, which reports errors.
+fn remove_in_parallel(root: &Path) {
+    let mut parts = vec![root.to_path_buf()];
+    for _ in 0..4 {
+        if parts.len() >= REMOVE_THREADS * 8 {
+            break;
+        }
+        let mut next = Vec::new();
+        for p in parts {
+            match std::fs::read_dir(&p) {
+                Ok(rd) if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) => {
+                    next.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+                }
+                _ => next.push(p),
+            }
+        }
+        parts = next;
+    }
+    let queue = std::sync::Mutex::new(parts);
+    std::thread::scope(|s| {
+        for _ in 0..REMOVE_THREADS {
+            s.spawn(|| {
+                // The lock is taken and released inside `pop`, not held while removing.
+                while let Some(p) = pop(&queue) {
+                    let _ = match std::fs::symlink_metadata(&p) {
+                        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+                        Ok(_) => std::fs::remove_file(&p),
+                        Err(_) => Ok(()),
+                    };
+                }
+            });
+        }
+    });
+}
+
+fn pop(queue: &std::sync::Mutex<Vec<PathBuf>>) -> Option<PathBuf> {
+    queue.lock().ok()?.pop()
 }
 
 /// Flushes dirty pages so the write-back of a preparation step (a 500 MB `cp -a`, an

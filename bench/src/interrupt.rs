@@ -23,9 +23,14 @@ pub fn install() {
     }
 }
 
+/// Whether a signal has arrived.
+pub fn requested() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// Fails once a signal has arrived.
 pub fn check() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if requested() {
         bail!("interrupted");
     }
     Ok(())

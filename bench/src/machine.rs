@@ -123,7 +123,7 @@ pub fn wait_for_idle(max: std::time::Duration, busy_max: f64) -> Option<f64> {
     let start = std::time::Instant::now();
     loop {
         let busy = cpu_busy(std::time::Duration::from_secs(1))?;
-        if busy <= busy_max || start.elapsed() >= max {
+        if busy <= busy_max || start.elapsed() >= max || crate::interrupt::requested() {
             return Some(busy);
         }
     }

@@ -204,11 +204,13 @@ fn run(args: Args) -> Result<ExitCode> {
         &mut tools::b3sum_all(&shared_tree, jobs, &b3sum, true),
         &scratch,
     )?;
+    interrupt::check()?;
     let new_vs_shared = contents.difference(&shared_contents).count() as u64;
     // Tens of MB of hashes: not needed any more, and the harness stays small while it spawns.
     drop((contents, shared_contents));
 
     let mut problems = Vec::new();
+    interrupt::check()?;
     let template = work.path.join("template");
     eprintln!("vrift-bench: building the template store holding {shared_name}");
     {
@@ -345,12 +347,18 @@ fn case_commands(cases: &[Case], vrift: &Vrift, jobs: usize) -> Vec<CaseCommand>
                     format!("cp -a SRC COPY; {drop} (STORE does not exist)"),
                     ingest.clone(),
                 ),
-                Case::CpAl => ("sync".to_string(), describe(&tools::cp_al(p("SRC"), p("DST")))),
+                Case::CpAl => (
+                    r"find SRC -type f -printf '%s %T@\n' > /dev/null (warm-up); sync".to_string(),
+                    describe(&tools::cp_al(p("SRC"), p("DST"))),
+                ),
                 Case::Find => (
-                    "sync".to_string(),
+                    "the same command (warm-up); sync".to_string(),
                     format!("{} > /dev/null", describe(&tools::find_printf(p("SRC")))),
                 ),
-                Case::B3sum => ("sync".to_string(), tools::b3sum_display(p("SRC"), jobs)),
+                Case::B3sum => (
+                    "the same command (warm-up); sync".to_string(),
+                    tools::b3sum_display(p("SRC"), jobs),
+                ),
                 Case::B3sumCold => (drop.to_string(), tools::b3sum_display(p("SRC"), jobs)),
             };
             CaseCommand { case, setup, timed }

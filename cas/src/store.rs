@@ -309,7 +309,12 @@ impl Cas {
             let _ = sys::unlinkat(libc::AT_FDCWD, &t);
             return Err(e);
         }
-        Ok(())
+        // POSIX: renaming one link of an inode over another link of the same inode succeeds
+        // and does nothing (a concurrent ingest linked `dest` first). Drop the temp name then.
+        match sys::unlinkat(libc::AT_FDCWD, &t) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Removes a blob (gc, verify --repair). Other hard links to the inode are untouched.

@@ -32,9 +32,28 @@ struct Stamp {
     ctime: (i64, i64),
 }
 
+impl Stamp {
+    /// A file that does not exist: as stable a state as any other.
+    const MISSING: Stamp = Stamp {
+        ino: 0,
+        size: 0,
+        mtime: (0, 0),
+        ctime: (0, 0),
+    };
+}
+
+/// The stamp of the file at `path` (`MISSING` if there is none), `None` if it cannot be trusted.
+fn stamp_of(path: &Path, now: i64, racy: i64) -> Option<Stamp> {
+    match fs::metadata(path) {
+        Ok(md) => stamp(&md, now, racy),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(Stamp::MISSING),
+        Err(_) => None,
+    }
+}
+
 /// The stamp of `md`, or `None` when it is too recent to rely on.
-fn stamp(md: &fs::Metadata, now: i64) -> Option<Stamp> {
-    if now - md.mtime() < RACY_SECS || now - md.ctime() < RACY_SECS {
+fn stamp(md: &fs::Metadata, now: i64, racy: i64) -> Option<Stamp> {
+    if now - md.mtime() < racy || now - md.ctime() < racy {
         return None;
     }
     Some(Stamp {
@@ -108,6 +127,8 @@ pub struct Inventory {
     pub usage: Result<Usage, String>,
     /// Number of projects in the registry (also when the usage could not be computed).
     pub registry_projects: usize,
+    /// Stamps younger than this many seconds are not trusted ([`RACY_SECS`]).
+    pub racy_secs: i64,
 }
 
 impl Inventory {
@@ -122,6 +143,7 @@ impl Inventory {
             manifest_stamps: Vec::new(),
             usage: Err("not loaded yet".into()),
             registry_projects: 0,
+            racy_secs: RACY_SECS,
         }
     }
 
@@ -144,9 +166,7 @@ impl Inventory {
     /// Re-reads the registry and the manifests if either changed; `true` if it did.
     fn refresh_usage(&mut self) -> bool {
         let now = now_unix();
-        let reg_stamp = fs::metadata(registry_path(&self.root))
-            .ok()
-            .and_then(|md| stamp(&md, now));
+        let reg_stamp = stamp_of(&registry_path(&self.root), now, self.racy_secs);
         let reg = match Registry::load(&self.root) {
             Ok(r) => r,
             Err(e) => {
@@ -159,11 +179,7 @@ impl Inventory {
         let manifest_stamps: Vec<Option<Stamp>> = reg
             .projects
             .iter()
-            .map(|p| {
-                fs::metadata(self.root.join(&p.cached_manifest))
-                    .ok()
-                    .and_then(|md| stamp(&md, now))
-            })
+            .map(|p| stamp_of(&self.root.join(&p.cached_manifest), now, self.racy_secs))
             .collect();
         let unchanged = self.usage.is_ok()
             && self.registry_stamp == Some(reg_stamp)
@@ -211,7 +227,7 @@ impl Inventory {
             let Ok(md) = fs::metadata(&dir) else {
                 continue; // removed meanwhile
             };
-            let st = stamp(&md, now);
+            let st = stamp(&md, now, self.racy_secs);
             let top = self.tops.entry(a).or_default();
             if top.stamp.is_none() || top.stamp != st {
                 let (leaves, foreign) = list_shards(&dir)?;
@@ -233,7 +249,7 @@ impl Inventory {
                         continue;
                     }
                 };
-                let st = stamp(&md, now);
+                let st = stamp(&md, now, self.racy_secs);
                 let leaf = self.leaves.entry(idx).or_default();
                 if leaf.stamp.is_none() || leaf.stamp != st {
                     work.shard_dirs_relisted += 1;
@@ -414,5 +430,43 @@ mod tests {
         }
         inv.refresh().unwrap();
         check(&inv);
+    }
+
+    /// With nothing changed a refresh lists no shard directory and re-reads no manifest; a
+    /// new blob costs one directory listing and one stat.
+    #[test]
+    fn unchanged_store_costs_only_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = vrift_cas::Cas::open(dir.path()).unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let add = |i: u32| {
+            let p = src.join(format!("f{i}"));
+            fs::write(&p, format!("content {i}")).unwrap();
+            let data = fs::read(&p).unwrap();
+            let h = *blake3::hash(&data).as_bytes();
+            cas.copy_in(&p, &h, data.len() as u64, 0o644).unwrap();
+        };
+        for i in 0..30 {
+            add(i);
+        }
+        let mut inv = Inventory::new(cas.root());
+        // Trust every stamp at once (the racy window only matters within one timestamp tick,
+        // which the sleep below steps over).
+        inv.racy_secs = 0;
+        let first = inv.refresh().unwrap();
+        assert!(first.manifests_reloaded);
+        assert_eq!(first.blobs_statted, 30);
+        let again = inv.refresh().unwrap();
+        assert!(!again.manifests_reloaded);
+        assert_eq!(again.shard_dirs_relisted, 0);
+        assert_eq!(again.blobs_statted, 0);
+        assert_eq!(again.shard_dirs, first.shard_dirs);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        add(1000);
+        let after = inv.refresh().unwrap();
+        assert_eq!(after.blobs_statted, 1);
+        assert!(after.shard_dirs_relisted <= 1, "{after:?}");
+        assert_eq!(inv.totals().blobs, 31);
     }
 }

@@ -140,8 +140,10 @@ fn place_leaf(cas: &Cas, e: &Entry<'_>, p: &Path, r: &mut CheckoutReport) -> Res
             vrift_cas::blob_rel(hash, size)
         )
     })?;
-    let exec_matches = (blob.st_mode & 0o111 != 0) == (e.mode() & 0o111 != 0);
-    if exec_matches {
+    // One inode has one mode: link only when the blob's mode is the entry's (write bits
+    // aside, which no blob has); otherwise copy so a 0600 file stays 0600.
+    let keep = 0o7777 & !vrift_cas::WRITE_BITS;
+    if blob.st_mode & keep == e.mode() & keep {
         match cas.link_out(hash, size, p) {
             Ok(()) => {
                 r.files += 1;

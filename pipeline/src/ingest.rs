@@ -117,7 +117,13 @@ pub fn ingest(
     };
 
     let mut filter = Filter::new(opts.security_filter, true, &opts.excludes)?;
-    for own in [output.clone(), phantom::journal_path(&output)] {
+    // vrift's own files are never part of the tree: the manifest, its journal, and the store
+    // itself when it lives inside the source (ingesting its lock files would deadlock).
+    for own in [
+        output.clone(),
+        phantom::journal_path(&output),
+        cas.root().to_path_buf(),
+    ] {
         if let Ok(rel) = own.strip_prefix(&root) {
             filter.ignore_path(rel);
         }
@@ -149,6 +155,7 @@ pub fn ingest(
         threads,
         filter: &filter,
         previous: previous.as_ref(),
+        blob_dir: cas.blob_dir(),
         counters,
         record_excluded: opts.record_excluded,
     };

@@ -202,17 +202,34 @@ fn move_one(
         Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
             Counters::add(&counters.dedup_hits, 1);
             Counters::add(&counters.bytes_dedup, entry.size);
+            let keep = 0o7777 & !WRITE_BITS;
+            let blob_mode = cas
+                .blob_stat(&entry.hash, entry.size)
+                .map(|b| b.st_mode)
+                .unwrap_or(0);
+            if tier == Tier::Tier1 && blob_mode & keep != entry.mode & keep {
+                // A tier1 symlink would show the blob's mode: this file stays a file.
+                Counters::add(&counters.mode_conflicts, 1);
+                let _ = fs::set_permissions(
+                    path,
+                    std::os::unix::fs::PermissionsExt::from_mode(entry.mode & 0o7777),
+                );
+                return Ok(updated.then_some(entry));
+            }
             fs::remove_file(path).map_err(|err| format!("cannot remove after dedup: {err}"))?;
         }
         Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
             Counters::add(&counters.fallback_exdev, 1);
-            match cas.copy_in(path, &entry.hash, entry.size, entry.mode) {
-                Ok(CopyKind::Reflink) => Counters::add(&counters.link_reflink, 1),
-                Ok(CopyKind::Copy) => Counters::add(&counters.link_copy, 1),
-                Err(err) => return Err(format!("cannot copy into store: {}", err.reason())),
+            if cas.has_blob(&entry.hash, entry.size) {
+                Counters::add(&counters.dedup_hits, 1);
+            } else {
+                match cas.copy_in(path, &entry.hash, entry.size, entry.mode) {
+                    Ok(CopyKind::Reflink) => Counters::add(&counters.link_reflink, 1),
+                    Ok(CopyKind::Copy) => Counters::add(&counters.link_copy, 1),
+                    Err(err) => return Err(format!("cannot copy into store: {}", err.reason())),
+                }
+                Counters::add(&counters.blobs_new, 1);
             }
-            Counters::add(&counters.blobs_new, 1);
-            Counters::add(&counters.bytes_new, entry.size);
             fs::remove_file(path).map_err(|err| format!("cannot remove after copy: {err}"))?;
         }
         Err(err) => return Err(format!("cannot move into store: {err}")),

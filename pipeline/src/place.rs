@@ -95,7 +95,7 @@ pub fn finish_link(h: Hashed, linked: io::Result<()>, cfg: &PlaceConfig<'_>) -> 
                     c.warn(&h.item.path, format!("blob left writable: {e}"));
                 }
             }
-            Ok(entry_for(&h, &h.st))
+            Ok((entry_for(&h, &h.st), false))
         }
         Err(e) => match e.raw_os_error() {
             Some(libc::EEXIST) => Ok(dedup(&h, cfg)),
@@ -115,8 +115,8 @@ pub fn finish_link(h: Hashed, linked: io::Result<()>, cfg: &PlaceConfig<'_>) -> 
         },
     };
     match result {
-        Ok(entry) => {
-            if cfg.tier == Tier::Tier1 {
+        Ok((entry, keep_own)) => {
+            if cfg.tier == Tier::Tier1 && !keep_own {
                 if let Err(e) = replace_with_symlink(cfg.cas, &h) {
                     c.warn(
                         &h.item.path,
@@ -135,7 +135,9 @@ pub fn finish_link(h: Hashed, linked: io::Result<()>, cfg: &PlaceConfig<'_>) -> 
 }
 
 /// The content is already a blob. Make the project file share it when the modes agree.
-fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> EntryInput {
+/// Returns the entry and whether the file must stay a file of its own (mode differs from the
+/// blob's), which also rules out the tier1 symlink.
+fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> (EntryInput, bool) {
     let c = cfg.counters;
     Counters::add(&c.dedup_hits, 1);
     Counters::add(&c.bytes_dedup, h.st.size);
@@ -146,7 +148,7 @@ fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> EntryInput {
                 &h.item.path,
                 format!("blob vanished while deduplicating: {e}"),
             );
-            return entry_for(h, &h.st);
+            return (entry_for(h, &h.st), true);
         }
     };
     if blob.mode & WRITE_BITS != 0 {
@@ -154,21 +156,21 @@ fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> EntryInput {
         let _ = cfg.cas.protect_blob(&h.hash, h.st.size, blob.mode);
     }
     if blob.dev == h.st.dev && blob.ino == h.st.ino {
-        return entry_for(h, &h.st);
+        return (entry_for(h, &h.st), false);
     }
     if blob.mode & SHARED_MODE_BITS != h.st.mode & SHARED_MODE_BITS {
         // One inode cannot carry two modes: this file keeps its own.
         Counters::add(&c.mode_conflicts, 1);
-        return entry_for(h, &h.st);
+        return (entry_for(h, &h.st), true);
     }
     if cfg.tier == Tier::Tier1 {
         // The file is about to become a symlink to the blob anyway.
-        return entry_for(h, &blob);
+        return (entry_for(h, &blob), false);
     }
     match cfg.cas.replace_with_blob(&h.hash, h.st.size, &h.item.path) {
         Ok(()) => {
             Counters::add(&c.link_hardlink, 1);
-            entry_for(h, &blob)
+            (entry_for(h, &blob), false)
         }
         Err(e) => {
             match e.raw_os_error() {
@@ -176,17 +178,18 @@ fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> EntryInput {
                 Some(libc::EXDEV) => Counters::add(&c.fallback_exdev, 1),
                 _ => c.warn(&h.item.path, format!("kept its own copy: {e}")),
             }
-            entry_for(h, &h.st)
+            (entry_for(h, &h.st), false)
         }
     }
 }
 
-fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<EntryInput, String> {
+fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<(EntryInput, bool), String> {
     let c = cfg.counters;
     if cfg.cas.has_blob(&h.hash, h.st.size) {
         Counters::add(&c.dedup_hits, 1);
         Counters::add(&c.bytes_dedup, h.st.size);
-        return Ok(entry_for(h, &h.st));
+        // Its mode may differ from ours: keep the file a file of its own.
+        return Ok((entry_for(h, &h.st), true));
     }
     match cfg.cas.copy_in(&h.item.path, &h.hash, h.st.size, h.st.mode) {
         Ok(kind) => {
@@ -196,7 +199,7 @@ fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<EntryInput, String> {
                 CopyKind::Reflink => Counters::add(&c.link_reflink, 1),
                 CopyKind::Copy => Counters::add(&c.link_copy, 1),
             }
-            Ok(entry_for(h, &h.st))
+            Ok((entry_for(h, &h.st), false))
         }
         Err(e) => Err(format!("cannot copy into store: {}", e.reason())),
     }

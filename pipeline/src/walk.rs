@@ -89,6 +89,8 @@ pub struct WalkConfig<'a> {
     pub threads: usize,
     pub filter: &'a Filter,
     pub previous: Option<&'a Previous>,
+    /// The store's blob directory: a symlink into it is a tier1 file, not a symlink.
+    pub blob_dir: &'a Path,
     pub counters: &'a Counters,
     pub record_excluded: bool,
 }
@@ -181,7 +183,13 @@ impl Visitor<'_, '_> {
         if !rel.is_empty() {
             match self.cfg.filter.check(&rel, name, is_dir) {
                 Verdict::Keep => {}
-                Verdict::Ignore => return WalkState::Continue,
+                Verdict::Ignore => {
+                    return if is_dir {
+                        WalkState::Skip
+                    } else {
+                        WalkState::Continue
+                    };
+                }
                 Verdict::Exclude => {
                     if !is_dir {
                         let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
@@ -227,15 +235,15 @@ impl Visitor<'_, '_> {
                 }
             };
             // A tier1 tree: the file was replaced by a symlink to its blob last time.
-            if let Some(prev) = self
+            let tier1 = self
                 .cfg
                 .previous
                 .and_then(|p| p.tier1_unchanged(&rel, &target))
-            {
+                .or_else(|| tier1_file(self.cfg.blob_dir, &rel, &target, &st));
+            if let Some(prev) = tier1 {
                 Counters::add(&c.files, 1);
                 Counters::add(&c.bytes, prev.size);
                 Counters::add(&c.skipped, 1);
-                Counters::add(&c.bytes_skipped, prev.size);
                 self.done.push(prev);
             } else {
                 if std::fs::metadata(path).is_err() {
@@ -346,4 +354,30 @@ fn split_walk_error(err: &ignore::Error) -> (Option<PathBuf>, String) {
 /// Relative path bytes to an `OsStr` (for joining onto a root).
 pub fn rel_os(rel: &[u8]) -> &OsStr {
     OsStr::from_bytes(rel)
+}
+
+/// A symlink to a blob of this store stands for the file tier1 replaced: rebuild its entry
+/// from the blob's name (hash, size) and mode, with the owner's write bit the blob lost.
+fn tier1_file(blob_dir: &Path, rel: &[u8], target: &[u8], link: &Stat) -> Option<EntryInput> {
+    let rest = target.strip_prefix(blob_dir.as_os_str().as_bytes())?;
+    let name = rest.rsplit(|&b| b == b'/').next()?;
+    let (hash, size) = vrift_cas::parse_blob_name(name)?;
+    let md = std::fs::metadata(OsStr::from_bytes(target)).ok()?;
+    let blob = Stat::from_metadata(&md);
+    if !md.is_file() || blob.size != size {
+        return None;
+    }
+    let mode = (blob.mode & 0o7777) | 0o200;
+    Some(EntryInput {
+        path: rel.to_vec(),
+        kind: blob.file_kind(),
+        mode,
+        size,
+        mtime_ns: blob.mtime_ns,
+        hash,
+        target: Vec::new(),
+        dev: link.dev,
+        ino: link.ino,
+        cache_mtime_ns: link.mtime_ns,
+    })
 }

@@ -94,7 +94,7 @@ fn ancestor_listing(st: &State, abs: &[u8]) -> Vec<DEnt> {
                 let _ = child.push(b"/");
             }
             let _ = child.push(name);
-            let ino = match vfs::resolve(st, child, true).node {
+            let ino = match vfs::resolve(st, &mut child, true).node {
                 Node::V { layer, idx } => vfs::vino(layer, idx),
                 _ => continue,
             };
@@ -111,7 +111,7 @@ fn ancestor_listing(st: &State, abs: &[u8]) -> Vec<DEnt> {
 /// Opens (dirfd, raw) as one of our DIRs if it is a virtual directory or a root's parent.
 /// `None`: not ours. `Some(Err(errno))`: fails.
 fn vdir_open(st: &State, dirfd: c_int, raw: &[u8]) -> Option<Result<*mut DIR, c_int>> {
-    let a = abs_of(st, dirfd, raw)?;
+    let mut a = abs_of(st, dirfd, raw)?;
     if !st.in_view(a.p.as_bytes()) {
         st.ancestor_id(a.p.as_bytes())?;
         if st.root_children(a.p.as_bytes()).is_empty() {
@@ -134,7 +134,7 @@ fn vdir_open(st: &State, dirfd: c_int, raw: &[u8]) -> Option<Result<*mut DIR, c_
         }
         return Some(Ok(new_vdir(fd, ancestor_listing(st, a.p.as_bytes()))));
     }
-    let r = vfs::resolve(st, a.p, true);
+    let r = vfs::resolve(st, &mut a.p, true);
     match r.node {
         Node::V { layer, idx } => {
             let e = vfs::entry(st, layer, idx)?;

@@ -331,11 +331,11 @@ unsafe fn prepare(
     depth: u32,
 ) -> Result<Prepared, c_int> {
     let raw = cbytes(path);
-    let Some(a) = abs_of(st, libc::AT_FDCWD, raw) else {
+    let Some(mut a) = abs_of(st, libc::AT_FDCWD, raw) else {
         let envp = fix_env(st, envp, None, ar).ok_or(libc::E2BIG)?;
         return Ok(Prepared { path, argv, envp });
     };
-    let r = vfs::resolve(st, a.p, true);
+    let r = vfs::resolve(st, &mut a.p, true);
     match r.node {
         Node::V { layer, idx } => {
             let e = vfs::entry(st, layer, idx).ok_or(libc::ENOENT)?;

@@ -107,8 +107,6 @@ pub(crate) fn trace(name: &str, p: *const libc::c_char) {
 pub(crate) struct Abs {
     pub p: PBuf,
     pub orig_ok: bool,
-    /// The caller's path ends in `/` (or `/.`): it names a directory, symlinks followed.
-    pub dir_only: bool,
 }
 
 /// True if `p` is absolute and already normal (no `//`, `.`, `..`, trailing `/`).
@@ -151,7 +149,29 @@ fn touches(st: &State, p: &[u8]) -> bool {
 
 /// The absolute path of (dirfd, raw), if it is in the view or a real ancestor of a root;
 /// `None` means the caller's arguments go to the real function unchanged.
+/// What [`abs_into`] learned besides the path.
+#[derive(Clone, Copy)]
+pub(crate) struct AbsInfo {
+    pub orig_ok: bool,
+    /// The caller's path ends in `/` (or `/.`): it names a directory, symlinks followed.
+    pub dir_only: bool,
+}
+
+/// [`abs_into`] with an owned buffer (for the colder hooks).
 pub(crate) fn abs_of(st: &State, dirfd: c_int, raw: &[u8]) -> Option<Abs> {
+    let mut p = PBuf::new();
+    let i = abs_into(st, dirfd, raw, &mut p)?;
+    Some(Abs {
+        p,
+        orig_ok: i.orig_ok,
+    })
+}
+
+/// Writes the absolute path of (dirfd, raw) into `out` if it is in the view or a real
+/// ancestor of a root; `None` means the caller's arguments go to the real function
+/// unchanged. Paths are built in place: a `PBuf` is 4 KiB, and copying it around by value
+/// would cost more than the lookup itself.
+pub(crate) fn abs_into(st: &State, dirfd: c_int, raw: &[u8], out: &mut PBuf) -> Option<AbsInfo> {
     if raw.is_empty() {
         return None;
     }
@@ -160,39 +180,38 @@ pub(crate) fn abs_of(st: &State, dirfd: c_int, raw: &[u8]) -> Option<Abs> {
         || raw.ends_with(b"/..")
         || raw == b"."
         || raw == b"..";
+    out.clear();
     if raw[0] == b'/' {
-        let p = if is_normal(raw) {
+        if is_normal(raw) {
             if !touches(st, raw) {
                 return None;
             }
-            PBuf::from(raw)?
+            out.push(raw)?;
         } else {
-            let p = path::normalize_abs(raw)?;
-            if !touches(st, p.as_bytes()) {
+            out.join_normalized(raw)?;
+            out.finish();
+            if !touches(st, out.as_bytes()) {
                 return None;
             }
-            p
-        };
-        return Some(Abs {
-            p,
+        }
+        return Some(AbsInfo {
             orig_ok: true,
             dir_only,
         });
     }
-    let mut base = PBuf::new();
     let mut orig_ok = true;
     if dirfd == libc::AT_FDCWD {
-        path::cwd_into(&mut base)?;
+        path::cwd_into(out)?;
         orig_ok = !path::cwd_mirrored();
     } else {
         match fdtab::get(dirfd) {
             Some(fdtab::Tag::Dir { layer, idx }) => {
                 let e = vfs::entry(st, layer, idx)?;
-                base = vfs::entry_abs(st, layer, &e)?;
+                vfs::entry_abs_into(st, layer, &e, out)?;
                 orig_ok = false;
             }
             Some(fdtab::Tag::Ancestor { id }) => {
-                base = PBuf::from(st.ancestors.get(id)?)?;
+                out.push(st.ancestors.get(id)?)?;
             }
             Some(fdtab::Tag::File { .. }) => return None,
             None => {
@@ -209,26 +228,20 @@ pub(crate) fn abs_of(st: &State, dirfd: c_int, raw: &[u8]) -> Option<Abs> {
                 if n <= 0 {
                     return None;
                 }
-                base = PBuf::from(&buf[..n as usize])?;
+                out.push(&buf[..n as usize])?;
             }
         }
     }
-    let p = path::join(base.as_bytes(), raw)?;
-    if !touches(st, p.as_bytes()) {
-        if orig_ok {
-            return None;
-        }
-        return Some(Abs {
-            p,
-            orig_ok,
-            dir_only,
-        });
+    // `out` holds the (normalized, absolute) base; append `raw` in place.
+    if out.as_bytes() == b"/" {
+        out.clear();
     }
-    Some(Abs {
-        p,
-        orig_ok,
-        dir_only,
-    })
+    out.join_normalized(raw)?;
+    out.finish();
+    if !touches(st, out.as_bytes()) && orig_ok {
+        return None;
+    }
+    Some(AbsInfo { orig_ok, dir_only })
 }
 
 extern "C" fn vrift_shim_ctor() {

@@ -35,7 +35,7 @@ fn realpath_impl(p: *const c_char, resolved: *mut c_char) -> Option<*mut c_char>
     guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
-        let a = abs_of(st, libc::AT_FDCWD, raw)?;
+        let mut a = abs_of(st, libc::AT_FDCWD, raw)?;
         if !st.in_view(a.p.as_bytes()) {
             if a.orig_ok {
                 return None;
@@ -43,7 +43,7 @@ fn realpath_impl(p: *const c_char, resolved: *mut c_char) -> Option<*mut c_char>
             // SAFETY: valid buffers.
             return Some(unsafe { real::realpath(a.p.as_ptr(), resolved) });
         }
-        let r = vfs::resolve(st, a.p, true);
+        let r = vfs::resolve(st, &mut a.p, true);
         match r.node {
             // SAFETY: caller's buffer.
             Node::V { .. } | Node::Upper => Some(unsafe { hand_out(r.path.as_bytes(), resolved) }),
@@ -93,17 +93,17 @@ fn chdir_impl(p: *const c_char) -> Option<c_int> {
     guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
-        let a = abs_of(st, libc::AT_FDCWD, raw)?;
-        let r = vfs::resolve(st, a.p, true);
+        let mut a = abs_of(st, libc::AT_FDCWD, raw)?;
+        let r = vfs::resolve(st, &mut a.p, true);
         match r.node {
             Node::V { layer, idx } => {
                 let e = vfs::entry(st, layer, idx)?;
                 if !e.is_dir() {
                     return fail(libc::ENOTDIR);
                 }
-                chdir_virtual(st, &r.path)
+                chdir_virtual(st, r.path)
             }
-            Node::Upper => chdir_virtual(st, &r.path),
+            Node::Upper => chdir_virtual(st, r.path),
             Node::Gone(e) => fail(e),
             Node::Real => {
                 // SAFETY: valid buffers.
@@ -206,11 +206,11 @@ fn dlopen_impl(p: *const c_char, flags: c_int) -> Option<*mut c_void> {
         if !raw.contains(&b'/') {
             return None;
         }
-        let a = abs_of(st, libc::AT_FDCWD, raw)?;
+        let mut a = abs_of(st, libc::AT_FDCWD, raw)?;
         if !st.in_view(a.p.as_bytes()) {
             return None;
         }
-        let r = vfs::resolve(st, a.p, true);
+        let r = vfs::resolve(st, &mut a.p, true);
         match r.node {
             Node::V { layer, idx } => {
                 let e = vfs::entry(st, layer, idx)?;
@@ -219,7 +219,7 @@ fn dlopen_impl(p: *const c_char, flags: c_int) -> Option<*mut c_void> {
                     Some(up) => {
                         let mut dl = up.sub(b"dl")?;
                         dl.push(r.path.as_bytes())?;
-                        materialize_dir(st, &r.path, &dl);
+                        materialize_dir(st, r.path, &dl);
                         dl
                     }
                     None => blob,
@@ -260,7 +260,7 @@ fn materialize_dir(st: &State, virt: &PBuf, dl: &PBuf) {
         if l.push(b"/").is_none() || v.push(&d.name).is_none() || l.push(&d.name).is_none() {
             continue;
         }
-        let r = vfs::resolve(st, v, true);
+        let r = vfs::resolve(st, &mut v, true);
         let Node::V { layer, idx } = r.node else {
             continue;
         };

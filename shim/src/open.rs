@@ -12,7 +12,7 @@ use crate::path::{self, cbytes, PBuf};
 use crate::state::State;
 use crate::upper::{self, Mirror};
 use crate::vfs::{self, Node};
-use crate::{abs_of, fail, guarded, real, trace};
+use crate::{abs_into, abs_of, fail, guarded, real, trace};
 
 fn is_write(flags: c_int) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
@@ -124,10 +124,10 @@ unsafe fn copy_fd(inp: c_int, out: c_int) -> bool {
 
 /// Is `virt`'s parent a directory of the view (virtual or in the mirror)?
 fn parent_is_view_dir(st: &State, virt: &[u8]) -> bool {
-    let Some(pp) = PBuf::from(path::parent(virt)) else {
+    let Some(mut pp) = PBuf::from(path::parent(virt)) else {
         return false;
     };
-    let r = vfs::resolve(st, pp, true);
+    let r = vfs::resolve(st, &mut pp, true);
     match r.node {
         Node::V { layer, idx } => vfs::entry(st, layer, idx).is_some_and(|e| e.is_dir()),
         Node::Upper => true,
@@ -156,11 +156,11 @@ fn prepare_new(st: &State, virt: &[u8]) -> Result<PBuf, c_int> {
 }
 
 /// The real path to hand the kernel for a `Node::Real` result.
-fn real_arg(orig_ok: bool, r: &vfs::Resolved) -> Option<&PBuf> {
+fn real_arg<'p>(orig_ok: bool, r: &vfs::Resolved<'p>) -> Option<&'p PBuf> {
     if !r.moved && orig_ok {
         None
     } else {
-        Some(&r.path)
+        Some(r.path)
     }
 }
 
@@ -173,9 +173,10 @@ pub(crate) fn open_impl(
     guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
-        let a = abs_of(st, dirfd, raw)?;
-        if !st.in_view(a.p.as_bytes()) {
-            let id = st.ancestor_id(a.p.as_bytes());
+        let mut a_p = PBuf::new();
+        let a = abs_into(st, dirfd, raw, &mut a_p)?;
+        if !st.in_view(a_p.as_bytes()) {
+            let id = st.ancestor_id(a_p.as_bytes());
             if id.is_none() && a.orig_ok {
                 return None;
             }
@@ -184,7 +185,7 @@ pub(crate) fn open_impl(
                 if a.orig_ok {
                     real::openat(dirfd, p, flags, mode)
                 } else {
-                    real::openat(libc::AT_FDCWD, a.p.as_ptr(), flags, mode)
+                    real::openat(libc::AT_FDCWD, a_p.as_ptr(), flags, mode)
                 }
             };
             if let Some(id) = id {
@@ -195,7 +196,7 @@ pub(crate) fn open_impl(
             return Some(fd);
         }
         let follow = flags & libc::O_NOFOLLOW == 0;
-        let r = vfs::resolve(st, a.p, follow);
+        let r = vfs::resolve(st, &mut a_p, follow);
         match r.node {
             Node::V { layer, idx } => {
                 let e = vfs::entry(st, layer, idx)?;
@@ -279,7 +280,7 @@ pub(crate) fn open_impl(
                     && flags & libc::O_CREAT != 0
                     && parent_is_view_dir(st, r.path.as_bytes())
                 {
-                    return create_new(st, &r.path, flags, mode);
+                    return create_new(st, r.path, flags, mode);
                 }
                 fail(err)
             }
@@ -290,10 +291,10 @@ pub(crate) fn open_impl(
             }
             Node::Real => {
                 if flags & libc::O_CREAT != 0
-                    && !real_exists(&r.path)
+                    && !real_exists(r.path)
                     && parent_is_view_dir(st, r.path.as_bytes())
                 {
-                    return create_new(st, &r.path, flags, mode);
+                    return create_new(st, r.path, flags, mode);
                 }
                 let rp = real_arg(a.orig_ok, &r)?;
                 // SAFETY: valid buffers.
@@ -486,8 +487,8 @@ fn remove_impl(dirfd: c_int, p: *const c_char, dir: bool) -> Option<c_int> {
     guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
-        let a = abs_of(st, dirfd, raw)?;
-        let r = vfs::resolve(st, a.p, false);
+        let mut a = abs_of(st, dirfd, raw)?;
+        let r = vfs::resolve(st, &mut a.p, false);
         match r.node {
             Node::V { layer, idx } => {
                 let e = vfs::entry(st, layer, idx)?;
@@ -534,10 +535,8 @@ fn remove_impl(dirfd: c_int, p: *const c_char, dir: bool) -> Option<c_int> {
                     return Some(rc);
                 }
                 // A lower (manifest) entry of the same name must stay hidden.
-                if let Some(pb) = PBuf::from(r.path.as_bytes()) {
-                    if let Node::V { .. } = vfs::resolve_manifest_only(st, pb) {
-                        upper::whiteout(up, r.path.as_bytes());
-                    }
+                if let Node::V { .. } = vfs::resolve_manifest_only(st, r.path.as_bytes()) {
+                    upper::whiteout(up, r.path.as_bytes());
                 }
                 Some(0)
             }
@@ -578,19 +577,19 @@ fn create_impl(dirfd: c_int, p: *const c_char, what: &dyn Fn(&PBuf) -> c_int) ->
     guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
-        let a = abs_of(st, dirfd, raw)?;
+        let mut a = abs_of(st, dirfd, raw)?;
         if !st.in_view(a.p.as_bytes()) {
             if a.orig_ok {
                 return None;
             }
             return Some(what(&a.p));
         }
-        let r = vfs::resolve(st, a.p, false);
+        let r = vfs::resolve(st, &mut a.p, false);
         match r.node {
             Node::V { .. } | Node::Upper => fail(libc::EEXIST),
             Node::Gone(e) if e != libc::ENOENT => fail(e),
             Node::Gone(_) | Node::Real => {
-                if matches!(r.node, Node::Real) && real_exists(&r.path) {
+                if matches!(r.node, Node::Real) && real_exists(r.path) {
                     return fail(libc::EEXIST);
                 }
                 if !parent_is_view_dir(st, r.path.as_bytes()) {
@@ -650,8 +649,8 @@ fn modify_impl(
         if raw.is_empty() {
             return None;
         }
-        let a = abs_of(st, dirfd, raw)?;
-        let r = vfs::resolve(st, a.p, follow);
+        let mut a = abs_of(st, dirfd, raw)?;
+        let r = vfs::resolve(st, &mut a.p, follow);
         match r.node {
             Node::V { layer, idx } => {
                 let e = vfs::entry(st, layer, idx)?;
@@ -747,7 +746,8 @@ fn rename_impl(
         let mut whiteout_a: Option<PBuf> = None;
         let src: PBuf = match &a {
             Some(x) if a_in => {
-                let r = vfs::resolve(st, PBuf::from(x.p.as_bytes())?, false);
+                let mut xp = PBuf::from(x.p.as_bytes())?;
+                let r = vfs::resolve(st, &mut xp, false);
                 match r.node {
                     Node::V { layer, idx } => {
                         let e = vfs::entry(st, layer, idx)?;
@@ -762,15 +762,13 @@ fn rename_impl(
                         mp
                     }
                     Node::Upper => {
-                        if let Node::V { .. } =
-                            vfs::resolve_manifest_only(st, PBuf::from(r.path.as_bytes())?)
-                        {
+                        if let Node::V { .. } = vfs::resolve_manifest_only(st, r.path.as_bytes()) {
                             whiteout_a = PBuf::from(r.path.as_bytes());
                         }
                         up.mirror_of(r.path.as_bytes())?
                     }
                     Node::Gone(e) => return fail(e),
-                    Node::Real => r.path,
+                    Node::Real => PBuf::from(r.path.as_bytes())?,
                 }
             }
             Some(x) => PBuf::from(x.p.as_bytes())?,

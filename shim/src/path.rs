@@ -10,18 +10,21 @@ use crate::real;
 /// Longest path the shim handles itself (longer ones pass through untouched).
 pub const MAX: usize = 4096;
 
-/// A NUL-terminated path in a fixed buffer.
+/// A NUL-terminated path in a fixed buffer. Only `buf[..=len]` is ever initialized or
+/// read (no 4 KiB memset per hook); hooks pass these by reference, never by value.
 pub struct PBuf {
-    buf: [u8; MAX + 1],
+    buf: [std::mem::MaybeUninit<u8>; MAX + 1],
     len: usize,
 }
 
 impl PBuf {
     pub fn new() -> PBuf {
-        PBuf {
-            buf: [0; MAX + 1],
+        let mut p = PBuf {
+            buf: [std::mem::MaybeUninit::uninit(); MAX + 1],
             len: 0,
-        }
+        };
+        p.buf[0] = std::mem::MaybeUninit::new(0);
+        p
     }
 
     pub fn from(bytes: &[u8]) -> Option<PBuf> {
@@ -31,7 +34,8 @@ impl PBuf {
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        // SAFETY: bytes 0..=len are always initialized (every writer keeps that invariant).
+        unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.len) }
     }
 
     /// Pointer to the NUL-terminated path.
@@ -46,7 +50,7 @@ impl PBuf {
 
     pub fn clear(&mut self) {
         self.len = 0;
-        self.buf[0] = 0;
+        self.buf[0] = std::mem::MaybeUninit::new(0);
     }
 
     pub fn len(&self) -> usize {
@@ -56,7 +60,7 @@ impl PBuf {
     pub fn truncate(&mut self, n: usize) {
         if n <= self.len {
             self.len = n;
-            self.buf[n] = 0;
+            self.buf[n] = std::mem::MaybeUninit::new(0);
         }
     }
 
@@ -66,9 +70,11 @@ impl PBuf {
         if end > MAX {
             return None;
         }
-        self.buf[self.len..end].copy_from_slice(b);
+        for (d, &c) in self.buf[self.len..end].iter_mut().zip(b) {
+            *d = std::mem::MaybeUninit::new(c);
+        }
         self.len = end;
-        self.buf[end] = 0;
+        self.buf[end] = std::mem::MaybeUninit::new(0);
         Some(())
     }
 
@@ -104,9 +110,9 @@ impl PBuf {
     /// Turns the empty buffer into `/` (the normal form keeps `/` as empty while joining).
     pub fn finish(&mut self) {
         if self.len == 0 {
-            self.buf[0] = b'/';
+            self.buf[0] = std::mem::MaybeUninit::new(b'/');
             self.len = 1;
-            self.buf[1] = 0;
+            self.buf[1] = std::mem::MaybeUninit::new(0);
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::fdtab::{self, Tag};
 use crate::path::{self, cbytes, PBuf};
 use crate::state::State;
 use crate::vfs::{self, Node};
-use crate::{abs_of, fail, guarded, real, trace};
+use crate::{abs_into, abs_of, fail, guarded, real, trace};
 
 /// Synthesized `stat` of a tagged fd.
 fn stat_fd(st: &State, fd: c_int, out: *mut libc::stat) -> Option<c_int> {
@@ -47,9 +47,14 @@ pub(crate) fn fstatat_impl(
             }
             return None;
         }
-        let a = abs_of(st, dirfd, raw)?;
+        let mut a_p = PBuf::new();
+        let a = abs_into(st, dirfd, raw, &mut a_p)?;
         let dir_only = a.dir_only;
-        let r = vfs::resolve(st, a.p, dir_only || flags & libc::AT_SYMLINK_NOFOLLOW == 0);
+        let r = vfs::resolve(
+            st,
+            &mut a_p,
+            dir_only || flags & libc::AT_SYMLINK_NOFOLLOW == 0,
+        );
         match r.node {
             Node::V { layer, idx } => {
                 let e = vfs::entry(st, layer, idx)?;
@@ -98,9 +103,14 @@ pub(crate) fn statx_impl(
             }
             return None;
         }
-        let a = abs_of(st, dirfd, raw)?;
+        let mut a_p = PBuf::new();
+        let a = abs_into(st, dirfd, raw, &mut a_p)?;
         let dir_only = a.dir_only;
-        let r = vfs::resolve(st, a.p, dir_only || flags & libc::AT_SYMLINK_NOFOLLOW == 0);
+        let r = vfs::resolve(
+            st,
+            &mut a_p,
+            dir_only || flags & libc::AT_SYMLINK_NOFOLLOW == 0,
+        );
         match r.node {
             Node::V { layer, idx } => {
                 let e = vfs::entry(st, layer, idx)?;
@@ -258,9 +268,14 @@ pub(crate) fn access_impl(
     guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
-        let a = abs_of(st, dirfd, raw)?;
+        let mut a_p = PBuf::new();
+        let a = abs_into(st, dirfd, raw, &mut a_p)?;
         let dir_only = a.dir_only;
-        let r = vfs::resolve(st, a.p, dir_only || flags & libc::AT_SYMLINK_NOFOLLOW == 0);
+        let r = vfs::resolve(
+            st,
+            &mut a_p,
+            dir_only || flags & libc::AT_SYMLINK_NOFOLLOW == 0,
+        );
         match r.node {
             Node::V { layer, idx } => {
                 let e = vfs::entry(st, layer, idx)?;
@@ -372,8 +387,9 @@ pub(crate) fn readlinkat_impl(
         if raw.starts_with(b"/proc/") {
             return proc_link(st, raw, buf, n);
         }
-        let a = abs_of(st, dirfd, raw)?;
-        let r = vfs::resolve(st, a.p, false);
+        let mut a_p = PBuf::new();
+        let a = abs_into(st, dirfd, raw, &mut a_p)?;
+        let r = vfs::resolve(st, &mut a_p, false);
         match r.node {
             Node::V { layer, idx } => {
                 let e = vfs::entry(st, layer, idx)?;
@@ -417,8 +433,8 @@ fn xattr_impl(p: *const c_char, follow: bool, list: bool) -> Option<ssize_t> {
     guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
-        let a = abs_of(st, libc::AT_FDCWD, raw)?;
-        let r = vfs::resolve(st, a.p, follow);
+        let mut a = abs_of(st, libc::AT_FDCWD, raw)?;
+        let r = vfs::resolve(st, &mut a.p, follow);
         match r.node {
             Node::V { .. } if list => Some(0),
             Node::V { .. } => fail(libc::ENODATA),

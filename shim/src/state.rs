@@ -82,6 +82,11 @@ pub fn init() {
         return;
     }
     crate::real::resolve_all();
+    // A panic inside a hook is caught and the real function answers instead; keep the host
+    // program's stderr clean unless tracing (this only affects this library's own std).
+    if std::env::var_os(ENV_TRACE).is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     let st = std::panic::catch_unwind(load).ok().flatten();
     match st {
         Some(st) => {
@@ -211,10 +216,10 @@ fn own_path() -> Option<Box<[u8]>> {
 /// `VRIFT_EXE` is only believed if `/proc/self/exe` really is the blob of that virtual file
 /// (a non-virtual program started by a virtual one inherits the variable).
 fn exe_matches(st: &State, virt: &[u8]) -> bool {
-    let Some(abs) = path::normalize_abs(virt) else {
+    let Some(mut abs) = path::normalize_abs(virt) else {
         return false;
     };
-    let r = crate::vfs::resolve(st, abs, true);
+    let r = crate::vfs::resolve(st, &mut abs, true);
     let crate::vfs::Node::V { layer, idx } = r.node else {
         return false;
     };

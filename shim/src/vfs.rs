@@ -26,10 +26,11 @@ pub enum Node {
     Real,
 }
 
-pub struct Resolved {
+pub struct Resolved<'p> {
     pub node: Node,
-    /// The absolute path after following symlinks (equal to the input if none were).
-    pub path: PBuf,
+    /// The absolute path after following symlinks (equal to the input if none were): the
+    /// caller's buffer, rewritten in place (paths are never copied around by value).
+    pub path: &'p PBuf,
     /// True if any symlink was followed (so `path` differs from the caller's path).
     pub moved: bool,
 }
@@ -109,19 +110,26 @@ fn lookup_layers<'a>(st: &'a State, abs: &[u8]) -> Lk<'a> {
 
 /// Absolute path of entry `e` of layer `li`.
 pub fn entry_abs(st: &State, li: usize, e: &Entry<'_>) -> Option<PBuf> {
+    let mut p = PBuf::new();
+    entry_abs_into(st, li, e, &mut p)?;
+    Some(p)
+}
+
+/// [`entry_abs`] into the caller's buffer.
+pub fn entry_abs_into(st: &State, li: usize, e: &Entry<'_>, p: &mut PBuf) -> Option<()> {
     let l = st.layers.get(li)?;
-    let mut p = PBuf::from(&l.root)?;
+    p.clear();
+    p.push(&l.root)?;
     if !e.path().is_empty() {
         p.push(b"/")?;
         p.push(e.path())?;
     }
     p.finish();
-    Some(p)
+    Some(())
 }
 
 /// Resolves `abs` (absolute, normalized). `follow`: follow a symlink in the last component.
-pub fn resolve(st: &State, abs: PBuf, follow: bool) -> Resolved {
-    let mut cur = abs;
+pub fn resolve<'p>(st: &State, cur: &'p mut PBuf, follow: bool) -> Resolved<'p> {
     let mut moved = false;
     for _ in 0..40 {
         if !st.in_view(cur.as_bytes()) {
@@ -161,7 +169,7 @@ pub fn resolve(st: &State, abs: PBuf, follow: bool) -> Resolved {
                         }
                         match path::join(path::parent(cur.as_bytes()), t.as_bytes()) {
                             Some(n) => {
-                                cur = n;
+                                *cur = n;
                                 moved = true;
                                 continue;
                             }
@@ -175,7 +183,7 @@ pub fn resolve(st: &State, abs: PBuf, follow: bool) -> Resolved {
             Lk::Found(li, e) if e.kind() == Kind::Symlink && follow && !upper_dir => {
                 match path::join(path::parent(cur.as_bytes()), e.target()) {
                     Some(n) => {
-                        cur = n;
+                        *cur = n;
                         moved = true;
                     }
                     None => break,
@@ -213,7 +221,7 @@ pub fn resolve(st: &State, abs: PBuf, follow: bool) -> Resolved {
                     break;
                 }
                 n.finish();
-                cur = n;
+                *cur = n;
                 moved = true;
             }
             Lk::Hidden(e) => {
@@ -440,9 +448,10 @@ pub fn list_virtual(st: &State, abs: &[u8], self_ino: u64) -> Vec<DEnt> {
 
 /// Children of `abs` over all layers (like `LayeredView::list_dir`, sorted by name).
 fn list_layers<'a>(st: &'a State, abs: &[u8]) -> Vec<(&'a [u8], usize, Entry<'a>)> {
-    // name -> winning (layer, entry), or None when the topmost occurrence is a whiteout.
-    type Merged<'a> = Vec<(&'a [u8], Option<(usize, Entry<'a>)>)>;
-    let mut merged: Merged<'a> = Vec::new();
+    // (name, layer, entry, is_whiteout), topmost layer first. Children of one manifest
+    // directory come in name order and are unique; only several layers need merging.
+    let mut merged: Vec<(&'a [u8], usize, Entry<'a>, bool)> = Vec::new();
+    let mut layers_seen = 0;
     for (li, l) in st.layers.iter().enumerate().rev() {
         let Some(rel) = path::under(&l.root, abs) else {
             continue;
@@ -453,13 +462,9 @@ fn list_layers<'a>(st: &'a State, abs: &[u8]) -> Vec<(&'a [u8], usize, Entry<'a>
                 if !dir.is_dir() {
                     break;
                 }
+                layers_seen += 1;
                 for c in l.m.children(&dir) {
-                    let name = c.name();
-                    if merged.iter().any(|(n, _)| *n == name) {
-                        continue;
-                    }
-                    let v = (c.kind() != Kind::Whiteout).then_some((li, c));
-                    merged.push((name, v));
+                    merged.push((c.name(), li, c, c.kind() == Kind::Whiteout));
                 }
             }
             Err(pos) => match deepest_ancestor(&l.m, rel, pos).map(|a| a.kind()) {
@@ -468,10 +473,15 @@ fn list_layers<'a>(st: &'a State, abs: &[u8]) -> Vec<(&'a [u8], usize, Entry<'a>
             },
         }
     }
-    merged.sort_by(|a, b| a.0.cmp(b.0));
+    if layers_seen > 1 {
+        // Stable: for equal names the topmost layer's entry stays first.
+        merged.sort_by(|a, b| a.0.cmp(b.0));
+        merged.dedup_by(|later, first| later.0 == first.0);
+    }
     merged
         .into_iter()
-        .filter_map(|(n, v)| v.map(|(li, e)| (n, li, e)))
+        .filter(|m| !m.3)
+        .map(|(n, li, e, _)| (n, li, e))
         .collect()
 }
 
@@ -512,8 +522,8 @@ pub fn read_real_dir(p: &PBuf) -> Vec<(Box<[u8]>, u64, u8, bool)> {
 
 /// What the manifests alone (ignoring the upper dir) say about `abs`, symlinks in the last
 /// component not followed: `V` if some layer shows an entry there.
-pub fn resolve_manifest_only(st: &State, abs: PBuf) -> Node {
-    match lookup_layers(st, abs.as_bytes()) {
+pub fn resolve_manifest_only(st: &State, abs: &[u8]) -> Node {
+    match lookup_layers(st, abs) {
         Lk::Found(li, e) => Node::V {
             layer: li,
             idx: e.index(),

@@ -129,8 +129,15 @@ fn refresher(root: &Path, period: Duration, state: &State) {
 }
 
 fn snapshot(root: &Path, inv: &Inventory, work: RefreshWork, started: Instant) -> Snapshot {
+    // Our own lock probe is not a holder anyone waits for.
+    let me = std::process::id();
     let holders = vrift_cas::lock::holders(root);
-    let count = |k: LockKind| holders.iter().filter(|h| h.kind == k).count() as u64;
+    let count = |k: LockKind| {
+        holders
+            .iter()
+            .filter(|h| h.kind == k && h.pid != me)
+            .count() as u64
+    };
     let mut s = Snapshot {
         totals: inv.totals(),
         work,

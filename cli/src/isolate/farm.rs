@@ -4,8 +4,8 @@
 //!
 //! Layout: `<store>/farms/<key>/` holds `root/` (the merged tree; a base layer's root is
 //! `root/` itself, any other layer sits at `root/<its root path>`) and `farm.json` (what it
-//! was built from). `<key>` is the BLAKE3 of every layer's manifest bytes and mount point, so
-//! a changed manifest is a new farm. A farm is built in `<store>/farms/.build-<pid>-<n>/`
+//! was built from). `<key>` is the BLAKE3 of every layer's mount point and entries (see
+//! [`key`]), so a changed tree is a new farm and an unchanged one, ingested again, is not. A farm is built in `<store>/farms/.build-<pid>-<n>/`
 //! (flocked while building) and renamed into place when complete, so a farm under its final
 //! name is always whole; builders that died leave `.build-*` directories that the next build
 //! or `vrift gc --farms` removes (their flock is free).
@@ -72,17 +72,44 @@ fn join(base: &[u8], rel: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The cache key of a layer list: BLAKE3 over every layer's mount point and manifest bytes.
+/// The cache key of a layer list: BLAKE3 over every layer's mount point and, per entry, what
+/// the farm is made of (path, kind, mode, size, content hash, symlink target, a directory's
+/// mtime). Not the raw manifest bytes: those also hold the ingest time and the re-ingest
+/// cache (device, inode), so the same tree ingested twice (a transient ingest of an unchanged
+/// directory) would otherwise never hit the cache.
 pub fn key(layers: &[Layer<'_>]) -> String {
     let mut h = blake3::Hasher::new();
-    h.update(b"vrift-farm-v1\0");
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    buf.extend_from_slice(b"vrift-farm-v1\0");
     for l in layers {
-        h.update(&(l.at.len() as u64).to_le_bytes());
-        h.update(&l.at);
-        let bytes = l.manifest.as_bytes();
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
+        buf.extend_from_slice(b"L");
+        buf.extend_from_slice(&(l.at.len() as u64).to_le_bytes());
+        buf.extend_from_slice(&l.at);
+        buf.extend_from_slice(&(l.manifest.len() as u64).to_le_bytes());
+        for e in l.manifest.iter() {
+            let path = e.path();
+            let target = e.target();
+            let kind = e.kind();
+            buf.push(kind as u8);
+            buf.extend_from_slice(&(path.len() as u32).to_le_bytes());
+            buf.extend_from_slice(path);
+            buf.extend_from_slice(&e.mode().to_le_bytes());
+            buf.extend_from_slice(&e.size().to_le_bytes());
+            if kind == Kind::Dir {
+                buf.extend_from_slice(&e.mtime_ns().to_le_bytes());
+            }
+            if kind.has_content() {
+                buf.extend_from_slice(e.hash());
+            }
+            buf.extend_from_slice(&(target.len() as u32).to_le_bytes());
+            buf.extend_from_slice(target);
+            if buf.len() >= 1 << 16 {
+                h.update(&buf);
+                buf.clear();
+            }
+        }
     }
+    h.update(&buf);
     h.finalize().to_hex().to_string()
 }
 
@@ -243,9 +270,22 @@ static BUILD_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// The farm of `layers`: from the cache, or built now.
 pub fn ensure(cas: &Cas, layers: &[Layer<'_>], manifest_paths: &[PathBuf]) -> Result<Farm> {
     let farms = farms_dir(cas.root());
+    // Warm path: the manifests' headers (their payload checksum) name the farm through the
+    // index, without reading every entry.
+    let quick = quick_key(layers);
+    let index = farms.join(INDEX_DIR).join(&quick);
+    if let Ok(target) = fs::read_link(&index) {
+        let name = target.as_os_str().as_bytes();
+        if name.len() == 64 && name.iter().all(u8::is_ascii_hexdigit) {
+            if let Some(f) = try_open(&farms.join(&target))? {
+                return Ok(f);
+            }
+        }
+    }
     let key = key(layers);
     let dir = farms.join(&key);
     if let Some(f) = try_open(&dir)? {
+        write_index(&farms, &quick, &key);
         return Ok(f);
     }
     fs::create_dir_all(&farms).with_context(|| format!("cannot create {}", farms.display()))?;
@@ -289,12 +329,7 @@ pub fn ensure(cas: &Cas, layers: &[Layer<'_>], manifest_paths: &[PathBuf]) -> Re
     match fs::rename(&tmp, &dir) {
         Ok(()) => {}
         // Another run finished the same farm first: use theirs.
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EEXIST) | Some(libc::ENOTEMPTY)
-            ) =>
-        {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOTEMPTY)) => {
             let _ = remove_tree(&tmp);
         }
         Err(e) => {
@@ -305,9 +340,63 @@ pub fn ensure(cas: &Cas, layers: &[Layer<'_>], manifest_paths: &[PathBuf]) -> Re
     match try_open(&dir)? {
         Some(mut f) => {
             f.built = Some(stats);
+            write_index(&farms, &quick, &key);
             Ok(f)
         }
         None => bail!("link farm {} vanished right after it was built (a concurrent `vrift gc --farms --delete`?); run again", dir.display()),
+    }
+}
+
+/// `<store>/farms/.index/<quick key>` → symlink to `<key>`: see [`quick_key`].
+const INDEX_DIR: &str = ".index";
+
+/// A cheap name for a layer list: BLAKE3 over every layer's mount point and manifest header
+/// (which holds the xxh3 checksum of the whole payload). Distinct manifests with the same
+/// entries (re-ingested) get distinct quick keys but share a farm through the index.
+fn quick_key(layers: &[Layer<'_>]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"vrift-farm-quick-v1\0");
+    for l in layers {
+        h.update(&(l.at.len() as u64).to_le_bytes());
+        h.update(&l.at);
+        h.update(&l.manifest.header().to_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Records `quick` → `key` (best effort; atomic by rename).
+fn write_index(farms: &Path, quick: &str, key: &str) {
+    let dir = farms.join(INDEX_DIR);
+    let _ = fs::create_dir_all(&dir);
+    let n = BUILD_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    if std::os::unix::fs::symlink(key, &tmp).is_ok() && fs::rename(&tmp, dir.join(quick)).is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+}
+
+/// Removes index entries whose farm is gone, and leftover temp links.
+fn sweep_index(farms: &Path) {
+    let Ok(rd) = fs::read_dir(farms.join(INDEX_DIR)) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let stale = match fs::read_link(&p) {
+            Ok(t) => !farms.join(t).is_dir(),
+            Err(_) => true,
+        };
+        let tmp = e.file_name().as_bytes().starts_with(b".tmp-")
+            && e.metadata().is_ok_and(|m| {
+                m.modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() > 60)
+            });
+        if stale || tmp {
+            let _ = fs::remove_file(&p);
+        }
     }
 }
 
@@ -325,11 +414,49 @@ pub fn sweep_stale(farms: &Path) -> u64 {
         }
         let p = e.path();
         let Ok(f) = File::open(&p) else { continue };
-        if f.try_lock().is_ok() && remove_tree(&p).is_ok() {
+        if abandoned(&f, b) && remove_tree(&p).is_ok() {
             removed += 1;
         }
     }
     removed
+}
+
+/// Whether a `<prefix><pid>-<n>` work directory (opened as `f`) belongs to nobody: its
+/// `flock` is free *and* its creator is gone. The pid check covers the moment between
+/// creating a directory and locking it (or unlocking and renaming it).
+pub fn abandoned(f: &File, name: &[u8]) -> bool {
+    if f.try_lock().is_err() {
+        return false;
+    }
+    let digits: Vec<u8> = name
+        .iter()
+        .skip_while(|b| !b.is_ascii_digit())
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    let Some(pid) = std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|d| d.parse::<libc::pid_t>().ok())
+    else {
+        return true;
+    };
+    if pid as u32 == std::process::id() {
+        return false;
+    }
+    // SAFETY: signal 0 only checks whether the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    let exists = r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    // A zombie is gone too (its parent just has not reaped it yet).
+    let zombie = || {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| {
+                st.rfind(')')
+                    .map(|i| st[i + 1..].trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false)
+    };
+    !exists || zombie()
 }
 
 /// Builds the merged tree of `layers` at `dest` (which must not exist).
@@ -338,9 +465,8 @@ fn build(cas: &Cas, layers: &[Layer<'_>], dest: &Path) -> Result<BuildStats> {
     let tree = merge(layers);
     let mut stats = BuildStats::default();
     let dest_b = dest.as_os_str().as_bytes().to_vec();
-    let path_of = |rel: &[u8]| -> PathBuf {
-        PathBuf::from(std::ffi::OsStr::from_bytes(&join(&dest_b, rel)))
-    };
+    let path_of =
+        |rel: &[u8]| -> PathBuf { PathBuf::from(std::ffi::OsStr::from_bytes(&join(&dest_b, rel))) };
     let mut leaves: Vec<(&[u8], Entry<'_>)> = Vec::new();
     let mut dirs: Vec<(&[u8], u32, i64)> = Vec::new();
     let mut db = fs::DirBuilder::new();
@@ -525,7 +651,9 @@ pub fn list(store: &Path) -> Result<Vec<FarmInfo>> {
             continue;
         }
         let path = e.path();
-        let Ok(md) = fs::metadata(&path) else { continue };
+        let Ok(md) = fs::metadata(&path) else {
+            continue;
+        };
         let in_use = match File::open(&path) {
             Ok(f) => f.try_lock().is_err(),
             Err(_) => false,
@@ -555,7 +683,8 @@ pub fn list(store: &Path) -> Result<Vec<FarmInfo>> {
 
 /// Deletes one farm unless it is in use; `Ok(false)` when it is.
 pub fn delete(info: &FarmInfo) -> Result<bool> {
-    let f = File::open(&info.path).with_context(|| format!("cannot open {}", info.path.display()))?;
+    let f =
+        File::open(&info.path).with_context(|| format!("cannot open {}", info.path.display()))?;
     if f.try_lock().is_err() {
         return Ok(false);
     }
@@ -569,9 +698,13 @@ pub fn delete(info: &FarmInfo) -> Result<bool> {
     Ok(true)
 }
 
-/// Stale `.build-*`/`.del-*` directories removed, for `gc --farms --delete`.
+/// Stale `.build-*`/`.del-*` directories removed, for `gc --farms --delete` (which also
+/// drops index entries of deleted farms).
 pub fn sweep(store: &Path) -> u64 {
-    sweep_stale(&farms_dir(store))
+    let farms = farms_dir(store);
+    let n = sweep_stale(&farms);
+    sweep_index(&farms);
+    n
 }
 
 #[cfg(test)]
@@ -682,6 +815,27 @@ mod tests {
         ];
         assert_ne!(key(&layers[..2]), key(&swapped));
         assert_eq!(key(&layers[..2]), key(&layers[..2]));
+    }
+
+    #[test]
+    fn key_ignores_ingest_time_and_cache_fields() {
+        let make = |created: i64, ino: u64, size: u64| {
+            let mut b = ManifestBuilder::new("/p");
+            b.set_created_unix_ns(created);
+            let mut e = EntryInput::file("a", size, [1; 32]);
+            e.ino = ino;
+            b.push(e);
+            b.build().unwrap()
+        };
+        let (m1, m2, m3) = (make(1, 10, 5), make(2, 20, 5), make(1, 10, 6));
+        let k = |m| {
+            key(&[Layer {
+                manifest: m,
+                at: b"/p".to_vec(),
+            }])
+        };
+        assert_eq!(k(&m1), k(&m2));
+        assert_ne!(k(&m1), k(&m3));
     }
 
     #[test]

@@ -101,7 +101,9 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
                 thousands(listed.len() as u64)
             );
             if !listed.is_empty() {
-                println!("Dry run: nothing deleted. Run `vrift gc --farms --delete` to remove them.");
+                println!(
+                    "Dry run: nothing deleted. Run `vrift gc --farms --delete` to remove them."
+                );
             }
         }
     }

@@ -43,10 +43,7 @@ fn manifest_root(m: &Manifest, path: &Path) -> Result<Vec<u8>> {
     while v.len() > 1 && v.ends_with(b"/") {
         v.pop();
     }
-    if v
-        .split(|&b| b == b'/')
-        .any(|c| c == b"." || c == b"..")
-    {
+    if v.split(|&b| b == b'/').any(|c| c == b"." || c == b"..") {
         bail!(
             "{}: its root {:?} is not a normalized path",
             path.display(),

@@ -11,11 +11,12 @@
 //!     (lower = the link farm, upper = throwaway) at each manifest root;
 //!   - base mode: one overlay of the link farm as `/`, a fresh `/proc`, a minimal `/dev`
 //!     (tmpfs with `null zero full random urandom tty` bind-mounted from the host, `pts`,
-//!     `shm`, the usual symlinks), a tmpfs `/tmp` unless a layer ships files under `/tmp`.
-//!   The old root is then detached: in base mode nothing of the host is reachable.
-//!   init forks CMD, forwards signals to it, reaps every orphan, and exits with CMD's status
-//!   (128+N if a signal N killed it). When init exits the kernel kills whatever is left in
-//!   the pid namespace, and with the last process the mount namespace and all its mounts go.
+//!     `shm`, the usual symlinks), a tmpfs `/tmp` unless a layer ships files under `/tmp`;
+//!   - the old root is then detached: in base mode nothing of the host is reachable;
+//!   - init forks CMD, forwards signals to it, reaps every orphan, and exits with CMD's
+//!     status (128+N if a signal N killed it). When init exits the kernel kills whatever is
+//!     left in the pid namespace, and with the last process the mount namespace and all its
+//!     mounts go.
 //! * **CMD** runs as the caller's own uid/gid, with no capabilities but `CAP_DAC_OVERRIDE`
 //!   (see `sys::restrict_for_exec`), no-new-privs, and cannot mount, remount or unmount.
 //!
@@ -284,6 +285,11 @@ fn init_main(plan: &Plan, ready_r: libc::c_int, err_w: libc::c_int) -> ! {
         // SAFETY: leaving the child without running the parent's destructors.
         unsafe { libc::_exit(1) };
     }
+    // Nobody inside may look into init (`/proc/1/fd`, ptrace): it was cloned from vrift and
+    // holds descriptors of the host's file system until `close_own_fds` below. (Not before
+    // the maps are written: the parent writes them through /proc/<init>/, which becomes
+    // root's once init is not dumpable.)
+    let _ = sys::not_dumpable();
     match setup(plan) {
         Ok(()) => {}
         Err(f) => {
@@ -311,6 +317,10 @@ fn init_main(plan: &Plan, ready_r: libc::c_int, err_w: libc::c_int) -> ! {
     };
     let mut argp: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     argp.push(std::ptr::null());
+    // vrift's own descriptors (store, farm, scratch directory: all close-on-exec, all on the
+    // host's mounts) must not outlive setup in init; descriptors vrift inherited without
+    // close-on-exec are the caller's to pass on to CMD.
+    sys::close_own_fds(err_w);
     // Handlers before the fork, so no signal can slip by between fork and install (pid 1
     // ignores signals it has no handler for); exec resets them in CMD.
     set_forwarding(true);
@@ -434,9 +444,12 @@ fn mount_point_dir(p: &Path, mode: libc::mode_t) -> Result<(), Fail> {
     }
 }
 
+/// `volatile`: the upper layer is thrown away, so overlayfs need not sync it — without it,
+/// unmounting (the namespace's teardown) syncs the whole upper file system, which costs tens
+/// to hundreds of milliseconds on a busy disk.
 fn mount_overlay(o: &Overlay, target: &Path) -> Result<(), Fail> {
     let data = format!(
-        "lowerdir={},upperdir={},workdir={},userxattr",
+        "lowerdir={},upperdir={},workdir={},userxattr,volatile",
         esc(&o.lower),
         esc(&o.upper),
         esc(&o.work)
@@ -477,8 +490,14 @@ fn bind(src: &Path, target: &Path, recursive: bool) -> Result<(), Fail> {
     if recursive {
         flags |= libc::MS_REC;
     }
-    sys::mount(Some(&c(src)?), &c(target)?, None, flags as libc::c_ulong, None)
-        .step(|| format!("cannot bind {} to {}", src.display(), target.display()))
+    sys::mount(
+        Some(&c(src)?),
+        &c(target)?,
+        None,
+        flags as libc::c_ulong,
+        None,
+    )
+    .step(|| format!("cannot bind {} to {}", src.display(), target.display()))
 }
 
 fn read_only(target: &Path, recursive: bool) -> Result<(), Fail> {
@@ -593,11 +612,10 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
             tmpfs(&tmp, c"mode=1777")?;
         }
     } else {
-        bind(Path::new("/"), root, true)
-            .map_err(|f| Fail {
-                what: format!("[userns] {}", f.what),
-                ..f
-            })?;
+        bind(Path::new("/"), root, true).map_err(|f| Fail {
+            what: format!("[userns] {}", f.what),
+            ..f
+        })?;
         read_only(root, true)?;
         // Mount in path order, so a manifest root under /tmp lands on the new tmpfs.
         enum M<'a> {

@@ -1,16 +1,17 @@
 //! The per-run scratch directory and its teardown.
 //!
-//! Every `run --isolate` gets `<store>/tmp/isolate-<pid>-<n>/` (on the store's filesystem,
+//! Every `run --isolate` gets `<store>/isolate/run-<pid>-<n>/` (on the store's filesystem,
 //! which supports the `user.*` xattrs overlayfs needs for `userxattr`), holding the overlay
 //! `upper/<i>` and `work/<i>` directories and `root/`, the mount point where the new root is
 //! assembled. It is created and removed by `vrift` itself, outside the namespaces, after the
 //! namespace's init has been reaped: the mounts lived only in the namespace's private mount
 //! table, so by then they are gone and what is left is plain files. `vrift` holds an
-//! exclusive `flock` on the directory while it runs; one found unlocked belongs to a `vrift`
-//! that was itself killed, and the next run sweeps it away.
+//! exclusive `flock` on the directory while it runs; one found unlocked whose `<pid>` is gone
+//! belongs to a `vrift` that was itself killed, and the next run sweeps it away.
 //!
-//! With `--keep` the directory is renamed to `<store>/tmp/kept-isolate-<pid>-<n>/` (never
-//! swept) and only `upper/` is left in it.
+//! With `--keep` the directory is renamed to `<store>/isolate/kept-<pid>-<n>/` (never swept;
+//! remove it yourself) and only `upper/` is left in it. (Not under `<store>/tmp/`, which
+//! `vrift doctor` expects to be empty.)
 
 use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
@@ -21,8 +22,9 @@ use anyhow::{Context, Result};
 
 use super::farm::remove_tree;
 
-const PREFIX: &str = "isolate-";
-const KEPT_PREFIX: &str = "kept-isolate-";
+pub const RUN_DIR: &str = "isolate";
+const PREFIX: &str = "run-";
+const KEPT_PREFIX: &str = "kept-";
 
 pub struct RunDir {
     path: PathBuf,
@@ -35,7 +37,7 @@ pub struct RunDir {
 impl RunDir {
     /// Creates the scratch directory with `n` upper/work pairs.
     pub fn create(store: &Path, n: usize, keep: bool) -> Result<RunDir> {
-        let tmp = store.join(vrift_cas::store::TMP_DIR);
+        let tmp = store.join(RUN_DIR);
         fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         sweep(&tmp);
         let mut db = fs::DirBuilder::new();
@@ -53,7 +55,8 @@ impl RunDir {
                 Err(e) => return Err(e).with_context(|| format!("cannot create {}", p.display())),
             }
         }
-        let path = path.with_context(|| format!("cannot create a directory in {}", tmp.display()))?;
+        let path =
+            path.with_context(|| format!("cannot create a directory in {}", tmp.display()))?;
         let lock = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         lock.lock()
             .with_context(|| format!("cannot lock {}", path.display()))?;
@@ -126,7 +129,7 @@ impl Drop for RunDir {
     }
 }
 
-/// Removes `isolate-*` directories no live `vrift` holds.
+/// Removes `run-*` directories no live `vrift` holds.
 fn sweep(tmp: &Path) {
     let Ok(rd) = fs::read_dir(tmp) else { return };
     for e in rd.flatten() {
@@ -135,7 +138,7 @@ fn sweep(tmp: &Path) {
         }
         let p = e.path();
         let Ok(f) = File::open(&p) else { continue };
-        if f.try_lock().is_ok() {
+        if super::farm::abandoned(&f, e.file_name().as_bytes()) {
             let _ = remove_tree(&p);
         }
     }

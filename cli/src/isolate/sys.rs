@@ -114,7 +114,13 @@ pub fn chmod(p: &CStr, mode: libc::mode_t) -> io::Result<()> {
 /// Creates an empty regular file (a mount point for a bind-mounted device node).
 pub fn touch(p: &CStr, mode: libc::mode_t) -> io::Result<()> {
     // SAFETY: valid path; the fd is closed right away.
-    let fd = unsafe { libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, mode) };
+    let fd = unsafe {
+        libc::open(
+            p.as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+            mode,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -198,7 +204,15 @@ pub fn set_caps(caps: u32) -> io::Result<()> {
 
 fn prctl(op: libc::c_int, a: libc::c_ulong) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
-    check(unsafe { libc::prctl(op, a, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) })
+    check(unsafe {
+        libc::prctl(
+            op,
+            a,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })
 }
 
 /// What CMD keeps: no capabilities but `CAP_DAC_OVERRIDE` (so files of the view whose blobs
@@ -233,6 +247,33 @@ pub fn restrict_for_exec() -> io::Result<()> {
             0 as libc::c_ulong,
         )
     })
+}
+
+/// Marks the process non-dumpable: no ptrace, `/proc/<pid>/fd` and friends closed to others.
+pub fn not_dumpable() -> io::Result<()> {
+    prctl(libc::PR_SET_DUMPABLE, 0)
+}
+
+/// Closes every close-on-exec descriptor from 3 up, except `keep`.
+pub fn close_own_fds(keep: libc::c_int) {
+    let fds: Vec<libc::c_int> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect(),
+        // No /proc: probe a plain range instead.
+        Err(_) => (3..4096).collect(),
+    };
+    for fd in fds {
+        if fd < 3 || fd == keep {
+            continue;
+        }
+        // SAFETY: F_GETFD on any integer is harmless; we close only descriptors we own.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
+            close(fd);
+        }
+    }
 }
 
 /// Parent-death signal: the namespace's init dies with `vrift`.

@@ -1,0 +1,220 @@
+//! The command-line contract of DESIGN.md section 2 and issue 2: `--json` output shape,
+//! flags, exit codes, no progress noise in pipes.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+fn small_tree(root: &std::path::Path) {
+    write_file(&root.join("a.txt"), b"a\n", 0o644);
+    write_file(&root.join("dir/b.txt"), b"b\n", 0o644);
+    write_file(&root.join("dir/dup.txt"), b"a\n", 0o644);
+    write_file(&root.join(".bin/x"), b"#!/bin/sh\n", 0o755);
+    symlink("a.txt", &root.join("link"));
+    fs::create_dir_all(root.join("empty")).unwrap();
+}
+
+/// `--json` prints exactly one JSON object on stdout, with exactly the contract's keys.
+#[test]
+fn ingest_json_has_exactly_the_contract_keys() {
+    let t = tempdir();
+    let src = t.path().join("p");
+    small_tree(&src);
+    let store = t.path().join("store");
+    let out = t.path().join("m.vrm");
+    for run in 0..2 {
+        let o = ingest_raw(&store, &src, &out, &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+        let v = json_of(&o);
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        keys.sort_unstable();
+        let mut want = JSON_KEYS.to_vec();
+        want.sort_unstable();
+        assert_eq!(keys, want, "run {run}: {v}");
+        for k in JSON_KEYS {
+            match k {
+                "manifest" => assert!(v[k].is_string(), "{k}: {v}"),
+                "seconds" | "files_per_sec" => {
+                    assert!(v[k].as_f64().is_some_and(|x| x >= 0.0), "{k}: {v}")
+                }
+                _ => assert!(v[k].is_u64(), "{k} must be a count: {v}"),
+            }
+        }
+        if run == 0 {
+            // The key set as a snapshot, so a change to the contract is a visible decision.
+            // (Inline, so it needs no snapshot file and no `cargo metadata` to be found.)
+            insta::assert_snapshot!(keys.join(" "), @"blobs_new bytes dedup_hits dirs errors excluded files files_per_sec manifest seconds skipped symlinks");
+            assert_eq!(num(&v, "files"), 4);
+            assert_eq!(num(&v, "symlinks"), 1);
+            assert_eq!(num(&v, "blobs_new"), 3);
+            assert_eq!(num(&v, "dedup_hits"), 1);
+            assert_eq!(num(&v, "bytes"), 2 + 2 + 2 + 10);
+        } else {
+            assert_eq!(num(&v, "skipped"), 4, "{v}");
+        }
+        // Pipes get no progress bar or escape codes.
+        let e = stderr(&o);
+        assert!(
+            !e.contains('\r') && !e.contains('\x1b'),
+            "control characters on stderr in a pipe: {e:?}"
+        );
+    }
+}
+
+/// `--json` failure: still exit 1, and stdout (if anything) is one JSON object.
+#[test]
+fn json_failure_is_still_json() {
+    let t = tempdir();
+    let missing = t.path().join("no-such-dir");
+    let o = ingest_raw(&t.path().join("store"), &missing, &t.path().join("m"), &[]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    if !o.stdout.is_empty() {
+        json_of(&o);
+    }
+    assert!(
+        stderr(&o).contains(&*missing.to_string_lossy()),
+        "{}",
+        describe(&o)
+    );
+}
+
+/// The human summary names every number of the report.
+#[test]
+fn human_summary_names_every_number() {
+    let t = tempdir();
+    let src = t.path().join("p");
+    small_tree(&src);
+    let o = vrift(&t.path().join("store"))
+        .arg("ingest")
+        .arg(&src)
+        .arg("-o")
+        .arg(t.path().join("m.vrm"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let s = String::from_utf8_lossy(&o.stdout).to_lowercase();
+    for word in [
+        "files", "dirs", "symlinks", "new", "dedup", "skipped", "excluded", "errors", "files/s",
+    ] {
+        assert!(s.contains(word), "summary lacks {word:?}:\n{s}");
+    }
+    let e = stderr(&o);
+    assert!(!e.contains('\x1b'), "escape codes in a pipe: {e:?}");
+}
+
+/// Every flag of the contract is accepted (help lists them) and misuse exits 2.
+#[test]
+fn flags_exist_and_usage_errors_exit_2() {
+    let o = std::process::Command::new(bin())
+        .args(["ingest", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let help = String::from_utf8_lossy(&o.stdout);
+    for flag in [
+        "--mode",
+        "--tier",
+        "--jobs",
+        "-j",
+        "--io-backend",
+        "--no-security-filter",
+        "--show-excluded",
+        "--exclude",
+        "--name",
+        "--resume",
+        "--no-cache",
+        "--the-source-root",
+        "--json",
+        "--no-progress",
+        "-o",
+    ] {
+        assert!(help.contains(flag), "ingest --help lacks {flag}:\n{help}");
+    }
+    for word in [
+        "solid", "phantom", "tier1", "tier2", "auto", "uring", "threads",
+    ] {
+        assert!(help.contains(word), "ingest --help lacks {word}:\n{help}");
+    }
+    let o = std::process::Command::new(bin())
+        .args(["checkout", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+
+    let t = tempdir();
+    for bad in [
+        &["ingest"][..],                                 // no DIR, no -o
+        &["ingest", "x"],                                // no -o
+        &["ingest", "x", "-o", "m", "--mode", "liquid"], // bad value
+        &["ingest", "x", "-o", "m", "--tier", "tier3"],
+        &["ingest", "x", "-o", "m", "--io-backend", "magic"],
+        &["ingest", "x", "-o", "m", "-j", "many"],
+        &["checkout", "m"],
+        &["frobnicate"],
+    ] {
+        let o = vrift(&t.path().join("store"))
+            .args(bad)
+            .current_dir(t.path())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{bad:?}\n{}", describe(&o));
+        assert_no_panic(&o);
+    }
+    assert!(
+        !t.path().join("store").exists(),
+        "a usage error must not create a store"
+    );
+}
+
+/// The store can be given through `VR_THE_SOURCE`; the flag wins over it.
+#[test]
+fn store_from_environment() {
+    let t = tempdir();
+    let src = t.path().join("p");
+    small_tree(&src);
+    let env_store = t.path().join("env-store");
+    let o = std::process::Command::new(bin())
+        .env("VR_THE_SOURCE", &env_store)
+        .arg("--json")
+        .arg("ingest")
+        .arg(&src)
+        .arg("-o")
+        .arg(t.path().join("m.vrm"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(verify_store(&env_store).len(), 3);
+    let flag_store = t.path().join("flag-store");
+    let o = std::process::Command::new(bin())
+        .env("VR_THE_SOURCE", &env_store)
+        .arg("--the-source-root")
+        .arg(&flag_store)
+        .arg("checkout")
+        .arg(t.path().join("m.vrm"))
+        .arg(t.path().join("restored"))
+        .output()
+        .unwrap();
+    // flag store does not exist: checkout must not silently use the env store or create one
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(
+        stderr(&o).contains(&*flag_store.to_string_lossy()),
+        "{}",
+        describe(&o)
+    );
+    // Nothing lands outside the store root.
+    let names: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(
+        names,
+        ["env-store", "m.vrm", "p"],
+        "files outside the store root"
+    );
+}

@@ -1,0 +1,124 @@
+//! `run --isolate` without `--base`: the host is visible read-only, the manifest's tree
+//! appears at its root path (throwaway writes), `/tmp` is private, a dynamic program from the
+//! host (python3) runs, and a manifest whose root lies under `/tmp` still shows up.
+
+mod common;
+mod isolate_support;
+
+use std::ffi::OsString;
+use std::fs;
+
+use isolate_support::*;
+
+#[test]
+fn python_from_the_host_sees_the_view_and_cannot_write_the_host() {
+    let Some(env) = Env::new() else { return };
+    let python = "/usr/bin/python3";
+    if !std::path::Path::new(python).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 missing (.ci/apt-packages)"
+        );
+        eprintln!("SKIP: {python} missing");
+        return;
+    }
+    env.write("app/pkg/data.txt", b"from the manifest\n", 0o644);
+    let app = env.home.join("app");
+    let m = env.home.join("app.manifest");
+    env.ingest(&app, &m);
+    // After the ingest the host copy changes; the view shows the manifest's version.
+    fs::remove_file(app.join("pkg/data.txt")).unwrap();
+    env.write("app/pkg/data.txt", b"changed on the host\n", 0o644);
+    let host_file = env.write("outside.txt", b"outside\n", 0o644);
+
+    let py = r#"
+import os, sys
+app, outside = sys.argv[1], sys.argv[2]
+print(open("pkg/data.txt").read().strip())           # relative: cwd is inside the view
+open(os.path.join(app, "pkg/new.txt"), "w").write("new")
+print(open(os.path.join(app, "pkg/new.txt")).read())
+with open(os.path.join(app, "pkg/data.txt"), "a") as f:
+    f.write("appended\n")
+print(open(os.path.join(app, "pkg/data.txt")).read().replace("\n", "|"))
+print(open(outside).read().strip())                    # the host is visible...
+for path in (outside, os.path.join(os.path.dirname(outside), "made-inside")):
+    try:
+        open(path, "a").write("x")
+        print("WROTE", path)
+    except OSError as e:
+        print("refused", e.errno)                      # ...read-only
+open("/tmp/private", "w").write("t")
+print(sorted(os.listdir("/tmp")))
+print(os.getuid() == int(sys.argv[3]))
+"#;
+    let uid = if env.as_nobody {
+        NOBODY
+    } else {
+        // SAFETY: no preconditions.
+        unsafe { libc::getuid() }
+    };
+    let o = env
+        .isolate_cmd([
+            OsString::from("--manifest"),
+            m.clone().into(),
+            "--".into(),
+            python.into(),
+            "-c".into(),
+            py.into(),
+            app.clone().into(),
+            host_file.clone().into(),
+            uid.to_string().into(),
+        ])
+        .current_dir(&app)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "from the manifest\nnew\nfrom the manifest|appended|\noutside\nrefused {e}\nrefused {e}\n['private']\nTrue\n",
+            e = libc::EROFS
+        ),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(
+        fs::read(app.join("pkg/data.txt")).unwrap(),
+        b"changed on the host\n"
+    );
+    assert!(!app.join("pkg/new.txt").exists());
+    assert!(!env.home.join("made-inside").exists());
+    assert_eq!(fs::read(&host_file).unwrap(), b"outside\n");
+    common::verify_store(&env.store);
+    env.assert_clean();
+}
+
+#[test]
+fn a_manifest_rooted_under_tmp_appears_on_the_private_tmp() {
+    let Some(env) = Env::new() else { return };
+    let dir = tempfile::Builder::new()
+        .prefix("vrift-isolate-tmp-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let app = dir.path().join("app");
+    fs::create_dir(&app).unwrap();
+    fs::write(app.join("f"), b"under tmp\n").unwrap();
+    env.give(dir.path());
+    let m = env.home.join("tmp-app.manifest");
+    env.ingest(&app, &m);
+    let o = env.isolate([
+        OsString::from("--manifest"),
+        m.into(),
+        "--".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        "cat \"$1/f\"; ls /tmp | wc -l".into(),
+        "sh".into(),
+        app.clone().into(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    // Only the path down to the manifest root exists in the private /tmp.
+    assert_eq!(stdout(&o), "under tmp\n1\n", "{}", describe(&o));
+    env.assert_clean();
+    common::make_removable(dir.path());
+}
