@@ -133,7 +133,10 @@ fn answer(mut conn: TcpStream, render: &Render) -> std::io::Result<()> {
 // Textfile and Pushgateway
 
 /// Writes `text` to `path` for node_exporter's textfile collector: a temp file in the same
-/// directory (named so the collector, which reads `*.prom`, never sees it), fsynced, renamed.
+/// directory (named so the collector, which reads `*.prom`, never sees it), renamed over the
+/// old one. A reader sees the old file or the new one, never a part. There is no fsync: after
+/// a crash the collector may see the previous run's numbers, and an fsync on a busy disk could
+/// cost an ingest more than all of its metrics.
 pub fn write_textfile(path: &Path, text: &str) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -149,7 +152,6 @@ pub fn write_textfile(path: &Path, text: &str) -> Result<()> {
     let written = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(text.as_bytes())?;
-        f.sync_all()?;
         // Readable by the node_exporter user whatever our umask.
         std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         std::fs::rename(&tmp, path)
@@ -157,9 +159,6 @@ pub fn write_textfile(path: &Path, text: &str) -> Result<()> {
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("cannot write metrics textfile {}", path.display()));
-    }
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
     }
     Ok(())
 }
