@@ -316,6 +316,8 @@ fn store_inside_the_tree_is_left_out() {
     let src = t.path().join("home");
     write_file(&src.join("a.txt"), b"a\n", 0o644);
     write_file(&src.join("empty"), b"", 0o644);
+    // The store's parent directory is an ordinary (empty) directory of the tree.
+    fs::create_dir(src.join(".vrift")).unwrap();
     let original = snapshot(&src);
     let store = src.join(".vrift/the_source");
     let mut reports = Vec::new();
