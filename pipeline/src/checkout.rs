@@ -142,14 +142,26 @@ fn place_leaf(cas: &Cas, e: &Entry<'_>, p: &Path, r: &mut CheckoutReport) -> Res
     })?;
     // One inode has one mode: link only when the blob's mode is the entry's (write bits
     // aside, which no blob has); otherwise copy so a 0600 file stays 0600.
+    let linked = link_or_copy(cas, e, blob.st_mode, p)?;
+    r.files += 1;
+    if linked {
+        r.linked += 1;
+    } else {
+        r.copied += 1;
+    }
+    Ok(())
+}
+
+/// Puts a file entry at `p` as a hard link to its blob when one inode can serve (same mode,
+/// write bits aside, which no blob has); otherwise — mode differs, EMLINK, EXDEV, EPERM —
+/// as a copy with the entry's mode. Returns whether it linked. Shared by checkout and the
+/// isolation link farms so both keep a 0600 file 0600.
+pub fn link_or_copy(cas: &Cas, e: &Entry<'_>, blob_mode: u32, p: &Path) -> Result<bool, String> {
+    let (hash, size) = (e.hash(), e.size());
     let keep = 0o7777 & !vrift_cas::WRITE_BITS;
-    if blob.st_mode & keep == e.mode() & keep {
+    if blob_mode & keep == e.mode() & keep {
         match cas.link_out(hash, size, p) {
-            Ok(()) => {
-                r.files += 1;
-                r.linked += 1;
-                return Ok(());
-            }
+            Ok(()) => return Ok(true),
             Err(err)
                 if matches!(
                     err.raw_os_error(),
@@ -162,7 +174,5 @@ fn place_leaf(cas: &Cas, e: &Entry<'_>, p: &Path, r: &mut CheckoutReport) -> Res
         .map_err(|err| format!("cannot copy from store: {err}"))?;
     fs::set_permissions(p, fs::Permissions::from_mode(e.mode() & 0o7777))
         .map_err(|err| format!("cannot set mode: {err}"))?;
-    r.files += 1;
-    r.copied += 1;
-    Ok(())
+    Ok(false)
 }

@@ -567,26 +567,11 @@ fn place(cas: &Cas, e: &Entry<'_>, p: &Path, st: &mut BuildStats) -> Result<(), 
         )
     })?;
     st.files += 1;
-    let exec_matches = (blob.st_mode & 0o111 != 0) == (e.mode() & 0o111 != 0);
-    if exec_matches {
-        match cas.link_out(hash, size, p) {
-            Ok(()) => {
-                st.linked += 1;
-                return Ok(());
-            }
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::EMLINK) | Some(libc::EXDEV) | Some(libc::EPERM)
-                ) => {}
-            Err(err) => return Err(format!("cannot link from the store: {err}")),
-        }
+    if vrift_pipeline::checkout::link_or_copy(cas, e, blob.st_mode, p)? {
+        st.linked += 1;
+    } else {
+        st.copied += 1;
     }
-    fs::copy(cas.blob_path(hash, size), p)
-        .map_err(|err| format!("cannot copy from the store: {err}"))?;
-    fs::set_permissions(p, fs::Permissions::from_mode(e.mode() & 0o7777))
-        .map_err(|err| format!("cannot set mode: {err}"))?;
-    st.copied += 1;
     Ok(())
 }
 
