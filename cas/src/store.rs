@@ -3,7 +3,7 @@
 //! A blob appears only by `link`/`rename` of a complete file, so a reader never sees a partial
 //! blob, and an existing blob is never replaced (EEXIST is how a dedup hit shows up).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -32,6 +32,8 @@ pub const LOCK_DIR: &str = "locks";
 pub enum CopyKind {
     Reflink,
     Copy,
+    /// Another thread or process stored the same content first: nothing was added.
+    Existed,
 }
 
 /// A content-addressable store rooted at one directory.
@@ -63,11 +65,19 @@ impl Cas {
             return Err(CasError::NotAStore { path: root });
         }
         let blob_fd = sys::open_dir_path(&blob_dir).map_err(|e| CasError::io(&blob_dir, e))?;
+        let shards = ShardSet::default();
+        // 256 names at most: which `ab/` exist tells which shards certainly do not.
+        let tops = fs::read_dir(&blob_dir).map_err(|e| CasError::io(&blob_dir, e))?;
+        for ent in tops.flatten() {
+            if let Some(top) = hex_pair(ent.file_name().as_bytes()) {
+                shards.set_top(top);
+            }
+        }
         Ok(Cas {
             root,
             blob_dir,
             blob_fd,
-            shards: ShardSet::default(),
+            shards,
             tmp_counter: AtomicU64::new(0),
         })
     }
@@ -139,10 +149,35 @@ impl Cas {
         self.blob_fd.as_raw_fd()
     }
 
+    /// Learns which shards under the `ab/` of `hash` exist, listing it once per process.
+    /// Afterwards [`shard_known`](Self::shard_known) is accurate for them (up to concurrent
+    /// creators, whose work shows up as a harmless EEXIST).
+    pub fn learn_shards(&self, hash: &Hash) {
+        let top = shard_index(hash) >> 8;
+        if !self.shards.has_top(top) || self.shards.is_listed(top) {
+            return;
+        }
+        let mut hex = [0u8; 64];
+        vrift_manifest::hex_into(hash, &mut hex);
+        let dir = self.blob_dir.join(std::ffi::OsStr::from_bytes(&hex[0..2]));
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for ent in rd.flatten() {
+                if let Some(leaf) = hex_pair(ent.file_name().as_bytes()) {
+                    self.shards.set_leaf((top << 8) | leaf);
+                }
+            }
+            self.shards.set_listed(top);
+        }
+    }
+
     /// Makes sure the `ab/cd/` directory for `hash` exists. Cheap after the first call per
     /// shard; safe to race with other threads and processes.
     pub fn ensure_shard(&self, hash: &Hash) -> Result<()> {
         let idx = shard_index(hash);
+        if self.shards.has_leaf(idx) {
+            return Ok(());
+        }
+        self.learn_shards(hash);
         if self.shards.has_leaf(idx) {
             return Ok(());
         }
@@ -152,7 +187,8 @@ impl Cas {
         if !self.shards.has_top(top) {
             let name = sys::cbytes(&hex[0..2]).expect("ascii");
             match sys::mkdirat(self.bfd(), &name, 0o755) {
-                Ok(()) => {}
+                // Made by us, so empty: nothing to list.
+                Ok(()) => self.shards.set_listed(top),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(CasError::io(self.blob_dir.join(name.to_str().unwrap()), e)),
             }
@@ -172,8 +208,8 @@ impl Cas {
         Ok(())
     }
 
-    /// Runs `op` on the blob's relative name; if the shard is missing (ENOENT), creates it and
-    /// tries once more. Trying first keeps a warm store at one syscall per file.
+    /// Runs `op` on the blob's relative name once its shard exists. If the shard vanished
+    /// anyway (ENOENT), it is created again and `op` retried once.
     fn with_shard<T>(
         &self,
         hash: &Hash,
@@ -181,40 +217,42 @@ impl Cas {
         mut op: impl FnMut(&CString) -> io::Result<T>,
     ) -> io::Result<T> {
         let rel = Self::rel_c(hash, size);
-        let idx = shard_index(hash);
-        if !self.shards.has_leaf(idx) {
-            // Unknown shard: a failed attempt is as costly as the mkdir we may need anyway.
-            match op(&rel) {
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                other => {
-                    if other.is_ok() {
-                        self.shards.set_leaf(idx);
-                    }
-                    return other;
-                }
+        self.ensure_shard(hash)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        match op(&rel) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.shards.clear_leaf(shard_index(hash));
+                self.ensure_shard(hash)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                op(&rel)
             }
-            self.ensure_shard(hash)
-                .map_err(|e| io::Error::other(e.to_string()))?;
+            other => other,
         }
-        op(&rel)
     }
 
     /// Hard-links an open file (the inode that was hashed) in as the blob.
     /// `Err(EEXIST)` means the blob already exists: a dedup hit. EXDEV, EMLINK and EPERM are
-    /// returned as is, so the caller can fall back to a copy.
+    /// returned as is, so the caller can fall back to a copy. `src_dir`/`src_name` name the
+    /// file for kernels that refuse to link by descriptor.
     pub fn link_in(
         &self,
         file: BorrowedFd<'_>,
-        src: &Path,
+        src_dir: BorrowedFd<'_>,
+        src_name: &CStr,
         hash: &Hash,
         size: u64,
     ) -> io::Result<()> {
         self.with_shard(hash, size, |rel| {
             match sys::link_fd(file, self.bfd(), rel) {
-                // Kernels or filesystems that refuse AT_EMPTY_PATH: link by path instead.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EINVAL)) => {
-                    let c = sys::cstring(src)?;
-                    sys::linkat(libc::AT_FDCWD, &c, self.bfd(), rel)
+                // AT_EMPTY_PATH refused (no CAP_DAC_READ_SEARCH on older kernels: ENOENT):
+                // link by name instead.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EPERM) | Some(libc::EINVAL) | Some(libc::ENOENT)
+                    ) =>
+                {
+                    sys::linkat(src_dir.as_raw_fd(), src_name, self.bfd(), rel)
                 }
                 other => other,
             }
@@ -256,13 +294,13 @@ impl Cas {
             match self.with_shard(hash, size, |rel| {
                 sys::linkat(libc::AT_FDCWD, &c, self.bfd(), rel)
             }) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                Ok(()) => Ok(kind),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(CopyKind::Existed),
                 Err(e) => Err(CasError::io(self.blob_path(hash, size), e)),
             }
         })();
         let _ = fs::remove_file(&tmp);
-        result.map(|()| kind)
+        result
     }
 
     /// A fresh name under `<root>/tmp`, unique across threads and processes.
@@ -300,18 +338,39 @@ impl Cas {
     /// Atomically replaces `dest` by a hard link to the blob: link to a temp name beside it,
     /// then rename over it. At no moment is `dest` missing or partial.
     pub fn replace_with_blob(&self, hash: &Hash, size: u64, dest: &Path) -> io::Result<()> {
+        let parent = dest.parent().unwrap_or(Path::new("."));
+        let dir = sys::open_dir_path(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        })?;
+        let name = dest
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+        let name = sys::cbytes(name.as_bytes())?;
+        self.replace_with_blob_at(hash, size, dir.as_fd(), &name)
+    }
+
+    /// [`replace_with_blob`](Self::replace_with_blob) for the entry `name` of the open
+    /// directory `dir`: every step resolves one name.
+    pub fn replace_with_blob_at(
+        &self,
+        hash: &Hash,
+        size: u64,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> io::Result<()> {
         let rel = Self::rel_c(hash, size);
-        let tmp = sibling_temp(dest, self.tmp_counter.fetch_add(1, Ordering::Relaxed));
-        let t = sys::cstring(&tmp)?;
-        let d = sys::cstring(dest)?;
-        sys::linkat(self.bfd(), &rel, libc::AT_FDCWD, &t)?;
-        if let Err(e) = sys::renameat(libc::AT_FDCWD, &t, libc::AT_FDCWD, &d) {
-            let _ = sys::unlinkat(libc::AT_FDCWD, &t);
+        let tmp = sibling_temp_name(self.tmp_counter.fetch_add(1, Ordering::Relaxed));
+        let d = dir.as_raw_fd();
+        sys::linkat(self.bfd(), &rel, d, &tmp)?;
+        if let Err(e) = sys::renameat(d, &tmp, d, name) {
+            let _ = sys::unlinkat(d, &tmp);
             return Err(e);
         }
         // POSIX: renaming one link of an inode over another link of the same inode succeeds
         // and does nothing (a concurrent ingest linked `dest` first). Drop the temp name then.
-        match sys::unlinkat(libc::AT_FDCWD, &t) {
+        match sys::unlinkat(d, &tmp) {
             Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
             _ => Ok(()),
         }
@@ -335,11 +394,24 @@ pub fn pid() -> u32 {
     *PID.get_or_init(std::process::id)
 }
 
-fn sibling_temp(dest: &Path, n: u64) -> PathBuf {
+/// A temp name for beside a project file, unique across threads and processes.
+pub fn sibling_temp_name(n: u64) -> CString {
     let mut name = SIBLING_TEMP_PREFIX.to_vec();
     name.extend_from_slice(format!("{}-{n}", pid()).as_bytes());
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    parent.join(std::ffi::OsStr::from_bytes(&name))
+    CString::new(name).expect("prefix and digits hold no NUL")
+}
+
+/// `ab` as a lowercase hex byte (0..256), or `None` for any other name.
+fn hex_pair(name: &[u8]) -> Option<usize> {
+    let v = |c: u8| match c {
+        b'0'..=b'9' => Some((c - b'0') as usize),
+        b'a'..=b'f' => Some((c - b'a' + 10) as usize),
+        _ => None,
+    };
+    match name {
+        [a, b] => Some(v(*a)? << 4 | v(*b)?),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -360,11 +432,12 @@ mod tests {
         let b = dir.path().join("b");
         fs::write(&b, b"same").unwrap();
         let h = hash_of(b"same");
+        let d = sys::open_dir_path(dir.path()).unwrap();
         let fa = File::open(&a).unwrap();
-        cas.link_in(fa.as_fd(), &a, &h, 4).unwrap();
+        cas.link_in(fa.as_fd(), d.as_fd(), c"a", &h, 4).unwrap();
         assert_eq!(fs::read(cas.blob_path(&h, 4)).unwrap(), b"same");
         let fb = File::open(&b).unwrap();
-        let err = cas.link_in(fb.as_fd(), &b, &h, 4).unwrap_err();
+        let err = cas.link_in(fb.as_fd(), d.as_fd(), c"b", &h, 4).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         cas.replace_with_blob(&h, 4, &b).unwrap();
         assert_eq!(
@@ -414,7 +487,7 @@ mod tests {
             fs::metadata(&a).unwrap().ino()
         );
         // a second copy of the same content is a no-op, not an error
-        cas.copy_in(&a, &h, 7, 0o644).unwrap();
+        assert_eq!(cas.copy_in(&a, &h, 7, 0o644).unwrap(), CopyKind::Existed);
         assert_eq!(fs::read_dir(cas.root().join(TMP_DIR)).unwrap().count(), 0);
     }
 
@@ -430,6 +503,28 @@ mod tests {
             Err(CasError::Changed { .. })
         ));
         assert!(!cas.has_blob(&h, 5));
+    }
+
+    #[test]
+    fn a_reopened_store_learns_its_shards_by_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let h = hash_of(b"x");
+        {
+            let cas = Cas::open(&root).unwrap();
+            cas.ensure_shard(&h).unwrap();
+        }
+        let cas = Cas::open(&root).unwrap();
+        assert!(cas.shard_parent_known(&h), "tops are read at open");
+        assert!(!cas.shard_known(&h), "leaves only once their top is listed");
+        cas.learn_shards(&h);
+        assert!(cas.shard_known(&h));
+        // Same top, other leaf: known to be missing, created on demand.
+        let mut other = h;
+        other[1] ^= 1;
+        assert!(!cas.shard_known(&other));
+        cas.ensure_shard(&other).unwrap();
+        assert!(cas.blob_path(&other, 1).parent().unwrap().is_dir());
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::time::Instant;
+
+use rustix::fs::{Mode, OFlags};
 
 use flume::{Receiver, Sender};
 use vrift_manifest::Hash;
@@ -34,7 +37,12 @@ pub struct Hashed {
 }
 
 /// Runs one hash worker until the input channel closes.
-pub fn hash_stage(rx: Receiver<Vec<FileItem>>, tx: Sender<Vec<Hashed>>, counters: &Counters) {
+pub fn hash_stage(
+    rx: Receiver<Vec<FileItem>>,
+    tx: Sender<Vec<Hashed>>,
+    root: &Path,
+    counters: &Counters,
+) {
     let mut buf = Vec::new();
     for batch in rx.iter() {
         let t = Instant::now();
@@ -54,7 +62,7 @@ pub fn hash_stage(rx: Receiver<Vec<FileItem>>, tx: Sender<Vec<Hashed>>, counters
                 }
                 Err(e) => {
                     Counters::add(&counters.bytes_error, item.st.size);
-                    counters.error(&item.path, e)
+                    counters.error(item.path(root), e)
                 }
             }
         }
@@ -96,16 +104,37 @@ fn fstat(file: &File) -> Result<Stat, HashError> {
         .map_err(HashError::Read)
 }
 
-/// Hashes one file. The walk's `lstat` is the "before" picture when it is still the same
-/// inode; a fresh `fstat` after reading is the "after" picture. Size or mtime moving between
-/// them means the bytes we hashed may be a mix of old and new: read again.
+/// Hashes one file found by the walk, opened by name relative to its directory.
 pub fn hash_file(item: &FileItem, buf: &mut Vec<u8>) -> Result<(Hash, File, Stat), HashError> {
+    let fd = rustix::fs::openat(
+        item.dir.fd(),
+        item.rel.name(),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| HashError::Open(e.into()))?;
+    hash_open(File::from(fd), item.st, buf)
+}
+
+/// Hashes the file at `path` (phantom mode's re-check), `before` being what a stat saw.
+pub fn hash_path(
+    path: &Path,
+    before: Stat,
+    buf: &mut Vec<u8>,
+) -> Result<(Hash, File, Stat), HashError> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&item.path)
+        .open(path)
         .map_err(HashError::Open)?;
-    let mut before = item.st;
+    hash_open(file, before, buf)
+}
+
+/// The walk's `stat` is the "before" picture when it is still the same inode; a fresh
+/// `fstat` after reading is the "after" picture. Size or mtime moving between them means the
+/// bytes we hashed may be a mix of old and new: read again.
+fn hash_open(file: File, before: Stat, buf: &mut Vec<u8>) -> Result<(Hash, File, Stat), HashError> {
+    let mut before = before;
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
             before = fstat(&file)?;
@@ -189,10 +218,12 @@ mod tests {
 
     fn item(path: PathBuf) -> FileItem {
         let md = std::fs::symlink_metadata(&path).unwrap();
+        let dir = crate::walk::SourceDir::open(path.parent().unwrap()).unwrap();
+        let name = path.file_name().unwrap().as_encoded_bytes();
         FileItem {
-            rel: b"x".to_vec(),
+            dir: std::sync::Arc::new(dir),
+            rel: crate::walk::RelPath::child(b"", name),
             st: Stat::from_metadata(&md),
-            path,
         }
     }
 

@@ -20,6 +20,7 @@ use crate::manifest;
 use crate::options::{IngestOptions, IoBackend, Mode};
 use crate::phantom;
 use crate::place::{place_stage, PlaceConfig};
+use crate::reap;
 use crate::reingest::{NotReused, Previous};
 use crate::report::{Counters, IngestReport, ReportDetails};
 use crate::walk::{walk, WalkConfig, WalkSinks};
@@ -143,12 +144,6 @@ pub fn ingest(
     let (hash_tx, hash_rx) = flume::bounded(cap);
     let (place_tx, place_rx) = flume::bounded(cap);
     let (done_tx, done_rx) = flume::bounded(cap * 4);
-    let place_cfg = PlaceConfig {
-        cas: &cas,
-        mode: opts.mode,
-        tier: opts.tier,
-        counters,
-    };
     let walk_cfg = WalkConfig {
         start: &start,
         root: &root,
@@ -159,7 +154,7 @@ pub fn ingest(
         counters,
         record_excluded: opts.record_excluded,
     };
-    let entries = std::thread::scope(|s| {
+    let collected = std::thread::scope(|s| {
         {
             let sinks = WalkSinks {
                 to_hash: hash_tx,
@@ -169,46 +164,80 @@ pub fn ingest(
             s.spawn(move || walk(walk_cfg, sinks));
         }
         for _ in 0..threads {
-            let (rx, tx) = (hash_rx.clone(), place_tx.clone());
-            s.spawn(move || hash_stage(rx, tx, counters));
+            let (rx, tx, root) = (hash_rx.clone(), place_tx.clone(), &root);
+            s.spawn(move || hash_stage(rx, tx, root, counters));
         }
         drop(place_tx);
-        for _ in 0..threads {
-            let (rx, tx) = (place_rx.clone(), done_tx.clone());
-            let cfg = &place_cfg;
-            if use_uring {
-                s.spawn(move || {
-                    if let Err(e) = crate::uring::place_stage(rx.clone(), tx.clone(), cfg) {
-                        // A ring that cannot be set up in this thread: serve on threads.
-                        cfg.counters.warn(cfg.cas.root(), e);
-                        place_stage(rx, tx, cfg);
-                    }
-                });
-            } else {
-                s.spawn(move || place_stage(rx, tx, cfg));
-            }
+        let (reap_tx, reap_rx) = flume::bounded(reap::BACKLOG);
+        for _ in 0..reap::REAPERS {
+            let rx = reap_rx.clone();
+            s.spawn(move || reap::reap_stage(rx));
         }
-        drop(done_tx);
-        manifest::collect(done_rx, counters)
+        drop(reap_rx);
+        let place_cfg = PlaceConfig {
+            cas: &cas,
+            mode: opts.mode,
+            tier: opts.tier,
+            counters,
+            root: &root,
+            reaper: reap_tx,
+        };
+        // The place workers get a scope of their own: when they are done, `place_cfg` (and
+        // with it the reapers' channel) goes away, so the reapers finish too.
+        let collected = std::thread::scope(|inner| {
+            for _ in 0..threads {
+                let (rx, tx) = (place_rx.clone(), done_tx.clone());
+                let cfg = &place_cfg;
+                if use_uring {
+                    inner.spawn(move || {
+                        if let Err(e) = crate::uring::place_stage(rx.clone(), tx.clone(), cfg) {
+                            // A ring that cannot be set up in this thread: serve on threads.
+                            cfg.counters.warn(cfg.cas.root(), e);
+                            place_stage(rx, tx, cfg);
+                        }
+                    });
+                } else {
+                    inner.spawn(move || place_stage(rx, tx, cfg));
+                }
+            }
+            drop(done_tx);
+            manifest::collect(done_rx, counters)
+        });
+        drop(place_cfg);
+        collected
     });
 
-    let mut entries = entries;
-    if opts.mode == Mode::Phantom {
-        if let Some(p) = previous.as_ref() {
-            manifest::keep_phantom_entries(&mut entries, p);
-        }
-    }
     let flags = if opts.mode == Mode::Phantom {
         FLAG_PHANTOM
     } else {
         0
     };
-    let (files, bytes) = entries
-        .iter()
-        .filter(|e| e.kind.has_content())
-        .fold((0u64, 0u64), |(f, b), e| (f + 1, b + e.size));
-    details.manifest_written =
-        manifest::write(entries, &root, flags, &output, previous.as_ref(), counters)?;
+    let (files, bytes);
+    if opts.mode != Mode::Phantom && collected.is_unchanged(previous.as_ref(), flags) {
+        // Nothing changed: the previous manifest is the answer, byte for byte.
+        let t = Instant::now();
+        let m = previous.as_ref().map(|p| p.manifest());
+        (files, bytes) = m
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .filter(|e| e.kind().has_content())
+            .fold((0u64, 0u64), |(f, b), e| (f + 1, b + e.size()));
+        Counters::add(&counters.manifest_ns, t.elapsed().as_nanos() as u64);
+        details.manifest_written = false;
+    } else {
+        let mut entries = collected.into_entries(previous.as_ref(), &root);
+        if opts.mode == Mode::Phantom {
+            if let Some(p) = previous.as_ref() {
+                manifest::keep_phantom_entries(&mut entries, p);
+            }
+        }
+        (files, bytes) = entries
+            .iter()
+            .filter(|e| e.kind.has_content())
+            .fold((0u64, 0u64), |(f, b), e| (f + 1, b + e.size));
+        details.manifest_written =
+            manifest::write(entries, &root, flags, &output, previous.as_ref(), counters)?;
+    }
     drop(previous);
 
     if opts.mode == Mode::Phantom {

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod options;
 pub mod phantom;
 pub mod place;
+pub mod reap;
 pub mod reingest;
 pub mod report;
 pub mod uring;

@@ -3,23 +3,106 @@
 //! A warm re-ingest that finds nothing changed leaves the previous file untouched: rewriting
 //! and fsyncing an identical 10 MB manifest would cost more than the whole walk.
 
+use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Instant;
 
 use flume::Receiver;
 use vrift_manifest::order::cmp_paths;
-use vrift_manifest::{EntryInput, ManifestBuilder};
+use vrift_manifest::{EntryInput, Kind, ManifestBuilder};
 
 use crate::error::PipelineError;
 use crate::reingest::Previous;
 use crate::report::Counters;
+use crate::walk::Stat;
+
+/// What reaches this stage for each entry of the tree.
+#[derive(Debug)]
+pub enum Done {
+    /// A new or changed entry.
+    Entry(EntryInput),
+    /// Unchanged since the previous manifest: the entry at this index there, as it is.
+    Same(usize),
+    /// A directory (relative path) in which a later stage replaced a file: its mtime moved
+    /// after the walk saw it, so it is stat'ed again before the manifest is written (or the
+    /// next re-ingest would find every such directory changed).
+    Restat(Vec<u8>),
+}
+
+/// Everything the stages finished, as it arrived.
+#[derive(Debug, Default)]
+pub struct Collected {
+    entries: Vec<EntryInput>,
+    same: Vec<u32>,
+    restat: Vec<Vec<u8>>,
+}
+
+impl Collected {
+    /// True when the walk found exactly the previous manifest again: every entry unchanged,
+    /// none added, none gone (each path is walked once, so the counts tell).
+    pub fn is_unchanged(&self, previous: Option<&Previous>, flags: u32) -> bool {
+        previous.is_some_and(|p| {
+            let m = p.manifest();
+            self.entries.is_empty()
+                && self.restat.is_empty()
+                && self.same.len() == m.len()
+                && m.flags() == flags
+        })
+    }
+
+    /// Every entry as an owned value (unchanged ones copied out of the previous manifest),
+    /// directories that changed under the later stages stat'ed again under `root`.
+    pub fn into_entries(self, previous: Option<&Previous>, root: &Path) -> Vec<EntryInput> {
+        let mut all = self.entries;
+        if let Some(p) = previous {
+            let m = p.manifest();
+            all.reserve(self.same.len());
+            all.extend(
+                self.same
+                    .iter()
+                    .filter_map(|&i| m.entry(i as usize))
+                    .map(|e| e.to_input()),
+            );
+        }
+        if !self.restat.is_empty() {
+            let wanted: HashSet<&[u8]> = self.restat.iter().map(Vec::as_slice).collect();
+            for e in all.iter_mut().filter(|e| e.kind == Kind::Dir) {
+                if !wanted.contains(e.path.as_slice()) {
+                    continue;
+                }
+                let p = if e.path.is_empty() {
+                    root.to_path_buf()
+                } else {
+                    root.join(std::ffi::OsStr::from_bytes(&e.path))
+                };
+                // Gone or unreadable since: the walk's picture is the best there is.
+                if let Ok(md) = std::fs::symlink_metadata(&p) {
+                    let st = Stat::from_metadata(&md);
+                    e.mode = st.mode & 0o7777;
+                    e.mtime_ns = st.mtime_ns;
+                    e.dev = st.dev;
+                    e.ino = st.ino;
+                    e.cache_mtime_ns = st.mtime_ns;
+                }
+            }
+        }
+        all
+    }
+}
 
 /// Drains the collect channel until every producer has hung up.
-pub fn collect(rx: Receiver<Vec<EntryInput>>, counters: &Counters) -> Vec<EntryInput> {
-    let mut all = Vec::new();
+pub fn collect(rx: Receiver<Vec<Done>>, counters: &Counters) -> Collected {
+    let mut all = Collected::default();
     for batch in rx.iter() {
         Counters::sub_queue(&counters.queue_collect, batch.len() as u64);
-        all.extend(batch);
+        for d in batch {
+            match d {
+                Done::Entry(e) => all.entries.push(e),
+                Done::Same(i) => all.same.push(i as u32),
+                Done::Restat(rel) => all.restat.push(rel),
+            }
+        }
     }
     all
 }

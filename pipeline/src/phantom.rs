@@ -15,11 +15,11 @@ use vrift_cas::{Cas, CopyKind, WRITE_BITS};
 use vrift_manifest::{EntryInput, Manifest};
 
 use crate::error::PipelineError;
-use crate::hash::hash_file;
+use crate::hash::hash_path;
 use crate::options::Tier;
 use crate::place::symlink_over;
 use crate::report::Counters;
-use crate::walk::{rel_os, FileItem, Stat};
+use crate::walk::{rel_os, Stat};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Journal {
@@ -171,12 +171,7 @@ fn move_one(
     let (entry, updated) = if same {
         (e.clone(), false)
     } else {
-        let item = FileItem {
-            path: path.to_path_buf(),
-            rel: e.path.clone(),
-            st,
-        };
-        let (hash, _file, now) = hash_file(&item, buf).map_err(|err| err.to_string())?;
+        let (hash, _file, now) = hash_path(path, st, buf).map_err(|err| err.to_string())?;
         let mut n = e.clone();
         n.hash = hash;
         n.size = now.size;
@@ -224,11 +219,18 @@ fn move_one(
                 Counters::add(&counters.dedup_hits, 1);
             } else {
                 match cas.copy_in(path, &entry.hash, entry.size, entry.mode) {
-                    Ok(CopyKind::Reflink) => Counters::add(&counters.link_reflink, 1),
-                    Ok(CopyKind::Copy) => Counters::add(&counters.link_copy, 1),
+                    Ok(CopyKind::Reflink) => {
+                        Counters::add(&counters.link_reflink, 1);
+                        Counters::add(&counters.blobs_new, 1);
+                    }
+                    Ok(CopyKind::Copy) => {
+                        Counters::add(&counters.link_copy, 1);
+                        Counters::add(&counters.blobs_new, 1);
+                    }
+                    // Another worker stored the same content first.
+                    Ok(CopyKind::Existed) => Counters::add(&counters.dedup_hits, 1),
                     Err(err) => return Err(format!("cannot copy into store: {}", err.reason())),
                 }
-                Counters::add(&counters.blobs_new, 1);
             }
             fs::remove_file(path).map_err(|err| format!("cannot remove after copy: {err}"))?;
         }

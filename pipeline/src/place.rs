@@ -7,9 +7,9 @@
 //! project file is left alone. Phantom mode only records here; the move happens after the
 //! manifest is durable (see `phantom.rs`).
 
+use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::time::Instant;
 
@@ -18,7 +18,9 @@ use vrift_cas::{Cas, CopyKind, WRITE_BITS};
 use vrift_manifest::EntryInput;
 
 use crate::hash::Hashed;
+use crate::manifest::Done;
 use crate::options::{Mode, Tier};
+use crate::reap::reap;
 use crate::report::Counters;
 use crate::walk::Stat;
 
@@ -31,20 +33,31 @@ pub struct PlaceConfig<'a> {
     pub mode: Mode,
     pub tier: Tier,
     pub counters: &'a Counters,
+    /// The ingest root, for messages naming a file.
+    pub root: &'a Path,
+    /// Where descriptors of files whose last name we replaced go to be closed.
+    pub reaper: Sender<Vec<File>>,
 }
 
 /// Runs one place worker (thread backend) until the input channel closes.
-pub fn place_stage(rx: Receiver<Vec<Hashed>>, tx: Sender<Vec<EntryInput>>, cfg: &PlaceConfig<'_>) {
+pub fn place_stage(rx: Receiver<Vec<Hashed>>, tx: Sender<Vec<Done>>, cfg: &PlaceConfig<'_>) {
     let c = cfg.counters;
     for batch in rx.iter() {
         let t = Instant::now();
         Counters::sub_queue(&c.queue_place, batch.len() as u64);
         let mut out = Vec::with_capacity(batch.len());
+        let mut freed = Vec::new();
         for h in batch {
-            if let Some(e) = place_one(h, cfg) {
-                out.push(e);
+            let dir = h.item.dir.clone();
+            let before = freed.len();
+            if let Some(e) = place_one(h, cfg, &mut freed) {
+                out.push(Done::Entry(e));
+            }
+            if freed.len() > before {
+                note_touched(&dir, &mut out);
             }
         }
+        reap(&cfg.reaper, freed);
         Counters::add(&c.place_ns, t.elapsed().as_nanos() as u64);
         Counters::add(&c.queue_collect, out.len() as u64);
         if tx.send(out).is_err() {
@@ -53,10 +66,18 @@ pub fn place_stage(rx: Receiver<Vec<Hashed>>, tx: Sender<Vec<EntryInput>>, cfg: 
     }
 }
 
+/// A file of `dir` was replaced, so the directory is stat'ed again at the end; this asks for
+/// that once per directory.
+pub fn note_touched(dir: &crate::walk::SourceDir, out: &mut Vec<Done>) {
+    if let Some(rel) = dir.touch() {
+        out.push(Done::Restat(rel.to_vec()));
+    }
+}
+
 /// The manifest entry for a file whose on-disk identity (for re-ingest) is `disk`.
 pub fn entry_for(h: &Hashed, disk: &Stat) -> EntryInput {
     EntryInput {
-        path: h.item.rel.clone(),
+        path: h.item.rel.as_bytes().to_vec(),
         kind: h.st.file_kind(),
         mode: h.st.mode & 0o7777,
         size: h.st.size,
@@ -70,19 +91,38 @@ pub fn entry_for(h: &Hashed, disk: &Stat) -> EntryInput {
 }
 
 /// Places one file; `None` if it failed (the failure is recorded and the file left as it was).
-pub fn place_one(h: Hashed, cfg: &PlaceConfig<'_>) -> Option<EntryInput> {
+/// Files whose last name was replaced are pushed onto `freed` for the reapers.
+pub fn place_one(h: Hashed, cfg: &PlaceConfig<'_>, freed: &mut Vec<File>) -> Option<EntryInput> {
     if cfg.mode == Mode::Phantom {
         return Some(entry_for(&h, &h.st));
     }
-    let linked = cfg
-        .cas
-        .link_in(h.file.as_fd(), &h.item.path, &h.hash, h.st.size);
-    finish_link(h, linked, cfg)
+    let linked = cfg.cas.link_in(
+        h.file.as_fd(),
+        h.item.dir.fd(),
+        h.item.rel.name(),
+        &h.hash,
+        h.st.size,
+    );
+    finish_link(h, linked, cfg, freed)
+}
+
+/// What placing a file did to its path.
+struct Placed {
+    entry: EntryInput,
+    /// The file must stay a file of its own (its mode differs from the blob's).
+    keep_own: bool,
+    /// The path now names the blob, not the inode we hashed (which may now be unlinked).
+    replaced: bool,
 }
 
 /// Everything after the attempt to link the file in as a new blob: protecting a new blob,
 /// deduplicating on EEXIST, copying where a link is impossible. Shared by both io backends.
-pub fn finish_link(h: Hashed, linked: io::Result<()>, cfg: &PlaceConfig<'_>) -> Option<EntryInput> {
+pub fn finish_link(
+    h: Hashed,
+    linked: io::Result<()>,
+    cfg: &PlaceConfig<'_>,
+    freed: &mut Vec<File>,
+) -> Option<EntryInput> {
     let c = cfg.counters;
     let result = match linked {
         Ok(()) => {
@@ -92,10 +132,14 @@ pub fn finish_link(h: Hashed, linked: io::Result<()>, cfg: &PlaceConfig<'_>) -> 
             if h.st.mode & WRITE_BITS != 0 {
                 if let Err(e) = vrift_cas::sys::fchmod(h.file.as_fd(), h.st.mode & SHARED_MODE_BITS)
                 {
-                    c.warn(&h.item.path, format!("blob left writable: {e}"));
+                    c.warn(h.item.path(cfg.root), format!("blob left writable: {e}"));
                 }
             }
-            Ok((entry_for(&h, &h.st), false))
+            Ok(Placed {
+                entry: entry_for(&h, &h.st),
+                keep_own: false,
+                replaced: false,
+            })
         }
         Err(e) => match e.raw_os_error() {
             Some(libc::EEXIST) => Ok(dedup(&h, cfg)),
@@ -115,40 +159,47 @@ pub fn finish_link(h: Hashed, linked: io::Result<()>, cfg: &PlaceConfig<'_>) -> 
         },
     };
     match result {
-        Ok((entry, keep_own)) => {
-            if cfg.tier == Tier::Tier1 && !keep_own {
-                if let Err(e) = replace_with_symlink(cfg.cas, &h) {
-                    c.warn(
-                        &h.item.path,
+        Ok(mut placed) => {
+            if cfg.tier == Tier::Tier1 && !placed.keep_own {
+                match replace_with_symlink(cfg.cas, &h) {
+                    Ok(()) => placed.replaced = true,
+                    Err(e) => c.warn(
+                        h.item.path(cfg.root),
                         format!("kept as a regular file (tier1 symlink failed: {e})"),
-                    );
+                    ),
                 }
             }
-            Some(entry)
+            if placed.replaced {
+                freed.push(h.file);
+            }
+            Some(placed.entry)
         }
         Err(msg) => {
             Counters::add(&c.bytes_error, h.st.size);
-            c.error(&h.item.path, msg);
+            c.error(h.item.path(cfg.root), msg);
             None
         }
     }
 }
 
 /// The content is already a blob. Make the project file share it when the modes agree.
-/// Returns the entry and whether the file must stay a file of its own (mode differs from the
-/// blob's), which also rules out the tier1 symlink.
-fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> (EntryInput, bool) {
+fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> Placed {
     let c = cfg.counters;
     Counters::add(&c.dedup_hits, 1);
     Counters::add(&c.bytes_dedup, h.st.size);
+    let own = |keep_own| Placed {
+        entry: entry_for(h, &h.st),
+        keep_own,
+        replaced: false,
+    };
     let blob = match cfg.cas.blob_stat(&h.hash, h.st.size) {
         Ok(b) => Stat::from_libc(&b),
         Err(e) => {
             c.warn(
-                &h.item.path,
+                h.item.path(cfg.root),
                 format!("blob vanished while deduplicating: {e}"),
             );
-            return (entry_for(h, &h.st), true);
+            return own(true);
         }
     };
     if blob.mode & WRITE_BITS != 0 {
@@ -156,50 +207,82 @@ fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> (EntryInput, bool) {
         let _ = cfg.cas.protect_blob(&h.hash, h.st.size, blob.mode);
     }
     if blob.dev == h.st.dev && blob.ino == h.st.ino {
-        return (entry_for(h, &h.st), false);
+        return own(false);
     }
     if blob.mode & SHARED_MODE_BITS != h.st.mode & SHARED_MODE_BITS {
         // One inode cannot carry two modes: this file keeps its own.
         Counters::add(&c.mode_conflicts, 1);
-        return (entry_for(h, &h.st), true);
+        return own(true);
     }
     if cfg.tier == Tier::Tier1 {
         // The file is about to become a symlink to the blob anyway.
-        return (entry_for(h, &blob), false);
+        return Placed {
+            entry: entry_for(h, &blob),
+            keep_own: false,
+            replaced: false,
+        };
     }
-    match cfg.cas.replace_with_blob(&h.hash, h.st.size, &h.item.path) {
+    match cfg
+        .cas
+        .replace_with_blob_at(&h.hash, h.st.size, h.item.dir.fd(), h.item.rel.name())
+    {
         Ok(()) => {
             Counters::add(&c.link_hardlink, 1);
-            (entry_for(h, &blob), false)
+            Placed {
+                entry: entry_for(h, &blob),
+                keep_own: false,
+                replaced: true,
+            }
         }
         Err(e) => {
             match e.raw_os_error() {
                 Some(libc::EMLINK) => Counters::add(&c.fallback_emlink, 1),
                 Some(libc::EXDEV) => Counters::add(&c.fallback_exdev, 1),
-                _ => c.warn(&h.item.path, format!("kept its own copy: {e}")),
+                _ => c.warn(h.item.path(cfg.root), format!("kept its own copy: {e}")),
             }
-            (entry_for(h, &h.st), false)
+            own(false)
         }
     }
 }
 
-fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<(EntryInput, bool), String> {
+fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<Placed, String> {
     let c = cfg.counters;
     if cfg.cas.has_blob(&h.hash, h.st.size) {
         Counters::add(&c.dedup_hits, 1);
         Counters::add(&c.bytes_dedup, h.st.size);
         // Its mode may differ from ours: keep the file a file of its own.
-        return Ok((entry_for(h, &h.st), true));
+        return Ok(Placed {
+            entry: entry_for(h, &h.st),
+            keep_own: true,
+            replaced: false,
+        });
     }
-    match cfg.cas.copy_in(&h.item.path, &h.hash, h.st.size, h.st.mode) {
+    match cfg
+        .cas
+        .copy_in(&h.item.path(cfg.root), &h.hash, h.st.size, h.st.mode)
+    {
         Ok(kind) => {
-            Counters::add(&c.blobs_new, 1);
-            Counters::add(&c.bytes_new, h.st.size);
             match kind {
                 CopyKind::Reflink => Counters::add(&c.link_reflink, 1),
                 CopyKind::Copy => Counters::add(&c.link_copy, 1),
+                CopyKind::Existed => {
+                    // Stored by someone else meanwhile; its mode may differ from ours.
+                    Counters::add(&c.dedup_hits, 1);
+                    Counters::add(&c.bytes_dedup, h.st.size);
+                    return Ok(Placed {
+                        entry: entry_for(h, &h.st),
+                        keep_own: true,
+                        replaced: false,
+                    });
+                }
             }
-            Ok((entry_for(h, &h.st), false))
+            Counters::add(&c.blobs_new, 1);
+            Counters::add(&c.bytes_new, h.st.size);
+            Ok(Placed {
+                entry: entry_for(h, &h.st),
+                keep_own: false,
+                replaced: false,
+            })
         }
         Err(e) => Err(format!("cannot copy into store: {}", e.reason())),
     }
@@ -208,18 +291,34 @@ fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<(EntryInput, bool), Stri
 /// Tier1: the source file becomes a symlink to its blob, swapped in atomically by rename.
 fn replace_with_symlink(cas: &Cas, h: &Hashed) -> io::Result<()> {
     let blob = cas.blob_path(&h.hash, h.st.size);
-    symlink_over(&blob, &h.item.path)
+    symlink_over_at(&blob, h.item.dir.fd(), h.item.rel.name())
 }
 
 /// Atomically puts a symlink to `target` at `path` (temp name beside it, then rename).
 pub fn symlink_over(target: &Path, path: &Path) -> io::Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let mut name = vrift_cas::SIBLING_TEMP_PREFIX.to_vec();
-    name.extend_from_slice(format!("{}-l-{}", vrift_cas::store::pid(), unique()).as_bytes());
-    let tmp = parent.join(std::ffi::OsStr::from_bytes(&name));
-    std::os::unix::fs::symlink(target, &tmp)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = crate::walk::SourceDir::open(parent)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let name = vrift_cas::sys::cbytes(name.as_encoded_bytes())?;
+    symlink_over_at(target, dir.fd(), &name)
+}
+
+/// [`symlink_over`] for the entry `name` of the open directory `dir`.
+pub fn symlink_over_at(
+    target: &Path,
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+) -> io::Result<()> {
+    let tmp = vrift_cas::store::sibling_temp_name(unique() | 1 << 63);
+    rustix::fs::symlinkat(target, dir, tmp.as_c_str())?;
+    let d = dir.as_raw_fd();
+    vrift_cas::sys::renameat(d, &tmp, d, name).inspect_err(|_| {
+        let _ = vrift_cas::sys::unlinkat(d, &tmp);
     })
 }
 

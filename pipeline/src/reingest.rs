@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use vrift_cas::WRITE_BITS;
-use vrift_manifest::{EntryInput, Manifest};
+use vrift_manifest::{Entry, Manifest};
 
 use crate::walk::Stat;
 
@@ -51,28 +51,24 @@ impl Previous {
         &self.manifest
     }
 
-    /// The previous entry for `rel` if the file on disk is the one we left there.
-    pub fn unchanged(&self, rel: &[u8], st: &Stat) -> Option<EntryInput> {
-        let e = self.manifest.lookup(rel)?;
+    /// Whether the file on disk (`st`) is the one this previous entry recorded as left there.
+    pub fn unchanged(&self, e: &Entry<'_>, st: &Stat) -> bool {
         let keep = !WRITE_BITS & 0o7777;
-        (e.kind().has_content()
+        e.kind().has_content()
             && e.dev() == st.dev
             && e.ino() == st.ino
             && e.size() == st.size
             && e.cache_mtime_ns() == st.mtime_ns
-            && e.mode() & keep == st.mode & keep)
-            .then(|| e.to_input())
+            && e.mode() & keep == st.mode & keep
     }
 
-    /// For a tier1 tree: a symlink at `rel` pointing at the blob the previous manifest
-    /// recorded for that path stands for the unchanged file.
-    pub fn tier1_unchanged(&self, rel: &[u8], target: &[u8]) -> Option<EntryInput> {
-        let e = self.manifest.lookup(rel)?;
+    /// For a tier1 tree: a symlink pointing at the blob this previous entry recorded stands
+    /// for the unchanged file.
+    pub fn tier1_unchanged(&self, e: &Entry<'_>, target: &[u8]) -> bool {
         if !e.kind().has_content() || !target.starts_with(self.blob_dir.as_os_str().as_bytes()) {
-            return None;
+            return false;
         }
         let rel_blob = vrift_cas::blob_rel(e.hash(), e.size());
-        let expect = self.blob_dir.join(rel_blob);
-        (expect.as_os_str().as_bytes() == target).then(|| e.to_input())
+        self.blob_dir.join(rel_blob).as_os_str().as_bytes() == target
     }
 }

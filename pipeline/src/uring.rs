@@ -15,12 +15,12 @@ use std::time::Instant;
 use flume::{Receiver, Sender};
 use io_uring::{opcode, squeue, types, IoUring};
 use vrift_cas::Cas;
-use vrift_manifest::EntryInput;
 
 use crate::error::PipelineError;
 use crate::hash::Hashed;
+use crate::manifest::Done;
 use crate::options::Mode;
-use crate::place::{entry_for, finish_link, PlaceConfig};
+use crate::place::{entry_for, finish_link, note_touched, PlaceConfig};
 use crate::report::Counters;
 
 const RING_ENTRIES: u32 = 512;
@@ -35,7 +35,7 @@ pub fn available() -> Result<(), PipelineError> {
 /// Runs one place worker on its own ring until the input channel closes.
 pub fn place_stage(
     rx: Receiver<Vec<Hashed>>,
-    tx: Sender<Vec<EntryInput>>,
+    tx: Sender<Vec<Done>>,
     cfg: &PlaceConfig<'_>,
 ) -> Result<(), PipelineError> {
     let mut ring = IoUring::new(RING_ENTRIES).map_err(|e| PipelineError::Uring(e.to_string()))?;
@@ -43,8 +43,11 @@ pub fn place_stage(
     for batch in rx.iter() {
         let t = Instant::now();
         Counters::sub_queue(&c.queue_place, batch.len() as u64);
-        let out = if cfg.mode == Mode::Phantom {
-            batch.iter().map(|h| entry_for(h, &h.st)).collect()
+        let out: Vec<Done> = if cfg.mode == Mode::Phantom {
+            batch
+                .iter()
+                .map(|h| Done::Entry(entry_for(h, &h.st)))
+                .collect()
         } else {
             place_batch(&mut ring, batch, cfg)
         };
@@ -57,7 +60,7 @@ pub fn place_stage(
     Ok(())
 }
 
-fn place_batch(ring: &mut IoUring, batch: Vec<Hashed>, cfg: &PlaceConfig<'_>) -> Vec<EntryInput> {
+fn place_batch(ring: &mut IoUring, batch: Vec<Hashed>, cfg: &PlaceConfig<'_>) -> Vec<Done> {
     let cas = cfg.cas;
     make_shards(ring, cas, &batch);
     let names: Vec<CString> = batch
@@ -81,6 +84,7 @@ fn place_batch(ring: &mut IoUring, batch: Vec<Hashed>, cfg: &PlaceConfig<'_>) ->
         .collect();
     let results = run_all(ring, &ops);
     let mut out = Vec::with_capacity(batch.len());
+    let mut freed = Vec::new();
     for (h, res) in batch.into_iter().zip(results) {
         let linked = match res {
             // The shard was not there after all (removed behind our back) or AT_EMPTY_PATH is
@@ -93,17 +97,24 @@ fn place_batch(ring: &mut IoUring, batch: Vec<Hashed>, cfg: &PlaceConfig<'_>) ->
             {
                 cas.link_in(
                     std::os::fd::AsFd::as_fd(&h.file),
-                    &h.item.path,
+                    h.item.dir.fd(),
+                    h.item.rel.name(),
                     &h.hash,
                     h.st.size,
                 )
             }
             other => other,
         };
-        if let Some(e) = finish_link(h, linked, cfg) {
-            out.push(e);
+        let dir = h.item.dir.clone();
+        let before = freed.len();
+        if let Some(e) = finish_link(h, linked, cfg, &mut freed) {
+            out.push(Done::Entry(e));
+        }
+        if freed.len() > before {
+            note_touched(&dir, &mut out);
         }
     }
+    crate::reap::reap(&cfg.reaper, freed);
     out
 }
 
@@ -114,6 +125,7 @@ fn make_shards(ring: &mut IoUring, cas: &Cas, batch: &[Hashed]) {
     let mut names = Vec::new();
     let mut wanted = Vec::new();
     for h in batch {
+        cas.learn_shards(&h.hash);
         if cas.shard_known(&h.hash) || !seen.insert([h.hash[0], h.hash[1]]) {
             continue;
         }

@@ -1,29 +1,36 @@
-//! Stage 1: walk the source tree in parallel, one `lstat` per entry.
+//! Stage 1: walk the source tree in parallel, one `stat` per entry, relative to open directories.
 //!
-//! Uses the `ignore` crate's parallel walker with every filter of its own turned off (it
-//! would otherwise skip hidden and gitignored files, which npm packages rely on). Each walker
-//! thread classifies what it sees: directories and symlinks are finished entries, unchanged
-//! files (re-ingest) are finished entries, other regular files go to the hash stage. Entries
-//! travel in batches so channel overhead is paid per hundred files, not per file.
+//! Every directory is opened once and read with `getdents64`; its entries are `fstatat`ed by
+//! name relative to that descriptor, and files travel on holding a handle on it, so the later
+//! `openat`, `linkat` and `renameat` resolve one name instead of walking the whole path again
+//! (on deep `node_modules` paths that walk was most of the kernel time of a warm re-ingest).
+//! Directories are a shared LIFO work list: depth-first, so few are open at once.
+//!
+//! With a previous manifest of the same tree, each directory's entries (sorted by name) are
+//! merged against that directory's children in the manifest: an unchanged entry is passed on
+//! as the index of its old entry, with no lookup, allocation or read.
 
-use std::ffi::OsStr;
+use std::ffi::CStr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use flume::Sender;
-use ignore::{ParallelVisitor, ParallelVisitorBuilder, WalkBuilder, WalkState};
-use vrift_manifest::{EntryInput, Kind};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
+use vrift_manifest::{Entry, EntryInput, Kind};
 
 use crate::filter::{Filter, Verdict};
+use crate::manifest::Done;
 use crate::reingest::Previous;
 use crate::report::Counters;
 
 /// Entries per message between stages.
 pub const BATCH: usize = 128;
 
-/// What one `lstat` told us about a file; enough to re-ingest without reading it.
+/// What one `stat` told us about a file; enough to re-ingest without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
     pub dev: u64,
@@ -36,6 +43,7 @@ pub struct Stat {
 
 impl Stat {
     pub fn from_metadata(m: &std::fs::Metadata) -> Stat {
+        use std::os::unix::fs::MetadataExt;
         Stat {
             dev: m.dev(),
             ino: m.ino(),
@@ -57,6 +65,17 @@ impl Stat {
         }
     }
 
+    pub fn from_rustix(st: &rustix::fs::Stat) -> Stat {
+        Stat {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mode: st.st_mode,
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64,
+            nlink: st.st_nlink,
+        }
+    }
+
     /// Files with any exec bit are their own kind, so `.bin` scripts stay runnable.
     pub fn file_kind(&self) -> Kind {
         if self.mode & 0o111 != 0 {
@@ -65,20 +84,141 @@ impl Stat {
             Kind::File
         }
     }
+
+    fn file_type(&self) -> FileType {
+        FileType::from_raw_mode(self.mode)
+    }
+}
+
+/// An open directory of the source tree, shared by the entries found in it.
+#[derive(Debug)]
+pub struct SourceDir {
+    fd: OwnedFd,
+    /// Its path relative to the root.
+    rel: Vec<u8>,
+    /// A later stage replaced an entry in it (so its mtime moved after the walk saw it).
+    touched: AtomicBool,
+}
+
+impl SourceDir {
+    /// Opens `path` as a directory handle for `*at` calls (phantom mode, tier1 symlinks).
+    pub fn open(path: &Path) -> std::io::Result<SourceDir> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(SourceDir::new(fd, Vec::new()))
+    }
+
+    fn new(fd: OwnedFd, rel: Vec<u8>) -> SourceDir {
+        SourceDir {
+            fd,
+            rel,
+            touched: AtomicBool::new(false),
+        }
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Records that an entry of this directory was replaced; returns its relative path the
+    /// first time only, so each directory is re-read once at the end.
+    pub fn touch(&self) -> Option<&[u8]> {
+        (!self.touched.swap(true, Ordering::Relaxed)).then_some(self.rel.as_slice())
+    }
+}
+
+/// A path relative to the ingest root, kept NUL-terminated so its last component can be
+/// handed to `*at` system calls without another allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelPath {
+    buf: Vec<u8>,
+    name_at: usize,
+}
+
+impl RelPath {
+    /// The root itself (`""`).
+    pub fn root() -> RelPath {
+        RelPath {
+            buf: vec![0],
+            name_at: 0,
+        }
+    }
+
+    /// `parent/name` (or `name` under the root). `name` must not contain NUL or `/`.
+    pub fn child(parent: &[u8], name: &[u8]) -> RelPath {
+        let mut buf = Vec::with_capacity(parent.len() + name.len() + 2);
+        if !parent.is_empty() {
+            buf.extend_from_slice(parent);
+            buf.push(b'/');
+        }
+        let name_at = buf.len();
+        buf.extend_from_slice(name);
+        buf.push(0);
+        RelPath { buf, name_at }
+    }
+
+    /// From a relative path as stored in a manifest (no NUL bytes, per its validation).
+    pub fn from_rel(rel: &[u8]) -> RelPath {
+        let name_at = rel.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+        let mut buf = Vec::with_capacity(rel.len() + 1);
+        buf.extend_from_slice(rel);
+        buf.push(0);
+        RelPath { buf, name_at }
+    }
+
+    /// The relative path, without the terminator.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.buf.len() - 1]
+    }
+
+    /// The last component, NUL-terminated, for `*at` calls relative to the parent directory.
+    pub fn name(&self) -> &CStr {
+        // The buffer holds exactly one NUL, at its end (see the constructors).
+        CStr::from_bytes_with_nul(&self.buf[self.name_at..]).unwrap_or(c"")
+    }
+
+    /// The last component's bytes.
+    pub fn name_bytes(&self) -> &[u8] {
+        &self.buf[self.name_at..self.buf.len() - 1]
+    }
+
+    pub fn into_vec(mut self) -> Vec<u8> {
+        self.buf.pop();
+        self.buf
+    }
+
+    /// Absolute path under `root`, for messages and the rare path-based fallback.
+    pub fn under(&self, root: &Path) -> PathBuf {
+        if self.as_bytes().is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel_os(self.as_bytes()))
+        }
+    }
 }
 
 /// A regular file that must be read and hashed.
 #[derive(Debug)]
 pub struct FileItem {
-    pub path: PathBuf,
-    pub rel: Vec<u8>,
+    /// The directory it was found in; every later syscall on it is relative to this.
+    pub dir: Arc<SourceDir>,
+    pub rel: RelPath,
     pub st: Stat,
+}
+
+impl FileItem {
+    pub fn path(&self, root: &Path) -> PathBuf {
+        self.rel.under(root)
+    }
 }
 
 /// Where walked entries go.
 pub struct WalkSinks {
     pub to_hash: Sender<Vec<FileItem>>,
-    pub done: Sender<Vec<EntryInput>>,
+    pub done: Sender<Vec<Done>>,
 }
 
 pub struct WalkConfig<'a> {
@@ -95,59 +235,145 @@ pub struct WalkConfig<'a> {
     pub record_excluded: bool,
 }
 
-/// Runs the walk to completion on `threads` threads; returns when every entry was handed on.
-pub fn walk(cfg: &WalkConfig<'_>, sinks: WalkSinks) {
-    let walker = WalkBuilder::new(cfg.start)
-        .standard_filters(false)
-        .hidden(false)
-        .parents(false)
-        .ignore(false)
-        .git_ignore(false)
-        .git_global(false)
-        .git_exclude(false)
-        .require_git(false)
-        .follow_links(false)
-        .threads(cfg.threads)
-        .build_parallel();
-    let mut builder = Builder { cfg, sinks: &sinks };
-    walker.visit(&mut builder);
+/// A directory waiting to be read.
+struct Job {
+    /// `None` for the walk's start directory (opened by path).
+    parent: Option<Arc<SourceDir>>,
+    rel: RelPath,
+    /// Its entry in the previous manifest, if it was a directory there.
+    prev: Option<usize>,
 }
 
-struct Builder<'a, 'b> {
-    cfg: &'a WalkConfig<'b>,
-    sinks: &'a WalkSinks,
+/// The shared work list: a stack of directories plus the number being read, so workers know
+/// the walk is over when both are empty.
+struct Queue {
+    state: Mutex<(Vec<Job>, usize)>,
+    ready: Condvar,
 }
 
-impl<'s, 'a, 'b> ParallelVisitorBuilder<'s> for Builder<'a, 'b>
-where
-    'a: 's,
-{
-    fn build(&mut self) -> Box<dyn ParallelVisitor + 's> {
-        Box::new(Visitor {
-            cfg: self.cfg,
-            sinks: self.sinks,
-            files: Vec::with_capacity(BATCH),
-            done: Vec::with_capacity(BATCH),
-            busy_ns: 0,
-        })
+impl Queue {
+    fn pop(&self) -> Option<Job> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(job) = st.0.pop() {
+                st.1 += 1;
+                return Some(job);
+            }
+            if st.1 == 0 {
+                self.ready.notify_all();
+                return None;
+            }
+            st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Hands over the subdirectories found in one directory and marks that one finished.
+    fn finish(&self, found: &mut Vec<Job>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let n = found.len();
+        st.0.append(found);
+        st.1 -= 1;
+        if n > 1 {
+            self.ready.notify_all();
+        } else if n == 1 || (st.1 == 0 && st.0.is_empty()) {
+            // One new job, or the walk is over: wake a waiter (which wakes the rest at the end).
+            self.ready.notify_one();
+        }
     }
 }
 
+/// Runs the walk to completion on `threads` threads; returns when every entry was handed on.
+pub fn walk(cfg: &WalkConfig<'_>, sinks: WalkSinks) {
+    let mut first = Visitor::new(cfg, &sinks);
+    if cfg.start != cfg.root {
+        // A single file: its parent is the root, and the file is the only entry.
+        first.single_file();
+        return;
+    }
+    let queue = Queue {
+        state: Mutex::new((
+            vec![Job {
+                parent: None,
+                rel: RelPath::root(),
+                prev: cfg
+                    .previous
+                    .and_then(|p| p.manifest().root_entry().map(|e| e.index())),
+            }],
+            0,
+        )),
+        ready: Condvar::new(),
+    };
+    std::thread::scope(|s| {
+        for _ in 1..cfg.threads.max(1) {
+            let (queue, sinks) = (&queue, &sinks);
+            s.spawn(move || Visitor::new(cfg, sinks).run(queue));
+        }
+        first.run(&queue);
+    });
+}
+
+/// One name read from a directory.
+#[derive(Clone, Copy)]
+struct Name {
+    start: u32,
+    len: u32,
+    ty: FileType,
+}
+
+/// A walker thread's state: its outgoing batches and reused buffers.
 struct Visitor<'a, 'b> {
     cfg: &'a WalkConfig<'b>,
     sinks: &'a WalkSinks,
     files: Vec<FileItem>,
-    done: Vec<EntryInput>,
+    done: Vec<Done>,
     busy_ns: u64,
+    dirent_buf: Vec<u8>,
+    names: Vec<u8>,
+    spans: Vec<Name>,
+    subdirs: Vec<Job>,
 }
 
-impl Visitor<'_, '_> {
+impl<'a, 'b> Visitor<'a, 'b> {
+    fn new(cfg: &'a WalkConfig<'b>, sinks: &'a WalkSinks) -> Self {
+        Visitor {
+            cfg,
+            sinks,
+            files: Vec::with_capacity(BATCH),
+            done: Vec::with_capacity(BATCH),
+            busy_ns: 0,
+            dirent_buf: Vec::with_capacity(64 * 1024),
+            names: Vec::new(),
+            spans: Vec::new(),
+            subdirs: Vec::new(),
+        }
+    }
+
+    fn run(mut self, queue: &Queue) {
+        while let Some(job) = queue.pop() {
+            let t = Instant::now();
+            self.read_dir(job);
+            self.busy_ns += t.elapsed().as_nanos() as u64;
+            queue.finish(&mut self.subdirs);
+        }
+    }
+
+    fn path_of(&self, rel: &RelPath) -> PathBuf {
+        rel.under(self.cfg.root)
+    }
+
     fn flush_files(&mut self) {
         if !self.files.is_empty() {
             let batch = std::mem::replace(&mut self.files, Vec::with_capacity(BATCH));
             Counters::add(&self.cfg.counters.queue_hash, batch.len() as u64);
             // The receiver only disappears when the run is being torn down.
             let _ = self.sinks.to_hash.send(batch);
+        }
+    }
+
+    fn push_done(&mut self, d: Done) {
+        self.done.push(d);
+        if self.done.len() >= BATCH {
+            self.flush_done();
         }
     }
 
@@ -159,63 +385,82 @@ impl Visitor<'_, '_> {
         }
     }
 
-    fn rel_of<'p>(&self, path: &'p Path) -> &'p [u8] {
-        let root = self.cfg.root.as_os_str().as_bytes();
-        let p = path.as_os_str().as_bytes();
-        let rest = p.strip_prefix(root).unwrap_or(p);
-        rest.strip_prefix(b"/").unwrap_or(rest)
+    fn prev_entry(&self, index: Option<usize>) -> Option<Entry<'b>> {
+        let p = self.cfg.previous?;
+        p.manifest().entry(index?)
     }
 
-    fn handle(&mut self, entry: ignore::DirEntry) -> WalkState {
+    /// The ingest of one file named on the command line (its parent is the root).
+    fn single_file(&mut self) {
         let c = self.cfg.counters;
-        let path = entry.path();
-        let rel = self.rel_of(path).to_vec();
-        let name = if rel.is_empty() {
-            &b""[..]
-        } else {
-            path.file_name().map(|n| n.as_bytes()).unwrap_or(b"")
-        };
-        let Some(ft) = entry.file_type() else {
-            return WalkState::Continue;
-        };
-        Counters::add(&c.walked, 1);
-        let is_dir = ft.is_dir();
-        if !rel.is_empty() {
-            match self.cfg.filter.check(&rel, name, is_dir) {
-                Verdict::Keep => {}
-                Verdict::Ignore => {
-                    return if is_dir {
-                        WalkState::Skip
-                    } else {
-                        WalkState::Continue
-                    };
-                }
-                Verdict::Exclude => {
-                    if !is_dir {
-                        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                        Counters::add(&c.bytes_excluded, size);
-                    }
-                    c.exclude(path.to_path_buf(), self.cfg.record_excluded);
-                    return if is_dir {
-                        WalkState::Skip
-                    } else {
-                        WalkState::Continue
-                    };
-                }
-            }
-        }
-        let md = match entry.metadata() {
-            Ok(m) => m,
+        let name = self
+            .cfg
+            .start
+            .file_name()
+            .map(|n| n.as_bytes())
+            .unwrap_or(b"");
+        let rel = RelPath::child(b"", name);
+        let dir = match SourceDir::open(self.cfg.root) {
+            Ok(d) => Arc::new(d),
             Err(e) => {
-                c.error(path, format!("cannot stat: {}", io_reason(&e)));
-                return WalkState::Continue;
+                c.error(self.cfg.root, format!("cannot open directory: {e}"));
+                return;
             }
         };
-        let st = Stat::from_metadata(&md);
-        if is_dir {
-            Counters::add(&c.dirs, 1);
-            self.done.push(EntryInput {
-                path: rel,
+        let prev = self
+            .cfg
+            .previous
+            .and_then(|p| p.manifest().lookup_index(rel.as_bytes()));
+        Counters::add(&c.walked, 1);
+        match self.cfg.filter.check(rel.as_bytes(), name, false) {
+            Verdict::Keep => self.entry(&dir, rel, FileType::Unknown, prev),
+            Verdict::Ignore => {}
+            Verdict::Exclude => self.exclude(&dir, rel, false),
+        }
+    }
+
+    /// Reads one directory: its own entry, then every name in it.
+    fn read_dir(&mut self, job: Job) {
+        let c = self.cfg.counters;
+        let opened = match &job.parent {
+            Some(parent) => rustix::fs::openat(
+                parent.fd(),
+                job.rel.name(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ),
+            None => rustix::fs::open(
+                self.cfg.start,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ),
+        };
+        let fd = match opened {
+            Ok(fd) => fd,
+            Err(e) => {
+                c.error(
+                    self.path_of(&job.rel),
+                    format!("cannot open directory: {}", std::io::Error::from(e)),
+                );
+                return;
+            }
+        };
+        let st = match rustix::fs::fstat(&fd) {
+            Ok(st) => Stat::from_rustix(&st),
+            Err(e) => {
+                c.error(
+                    self.path_of(&job.rel),
+                    format!("cannot stat: {}", std::io::Error::from(e)),
+                );
+                return;
+            }
+        };
+        let prev = self.prev_entry(job.prev).filter(|e| e.is_dir());
+        Counters::add(&c.dirs, 1);
+        match prev {
+            Some(e) if same_meta(&e, Kind::Dir, &st, 0) => self.push_done(Done::Same(e.index())),
+            _ => self.push_done(Done::Entry(EntryInput {
+                path: job.rel.as_bytes().to_vec(),
                 kind: Kind::Dir,
                 mode: st.mode & 0o7777,
                 size: 0,
@@ -225,101 +470,239 @@ impl Visitor<'_, '_> {
                 dev: st.dev,
                 ino: st.ino,
                 cache_mtime_ns: st.mtime_ns,
-            });
-        } else if ft.is_symlink() {
-            let target = match std::fs::read_link(path) {
-                Ok(t) => t.into_os_string().into_encoded_bytes(),
-                Err(e) => {
-                    c.error(path, format!("cannot read symlink: {e}"));
-                    return WalkState::Continue;
+            })),
+        }
+        let dir = Arc::new(SourceDir::new(fd, job.rel.as_bytes().to_vec()));
+        if let Err(e) = self.read_names(&dir) {
+            c.error(
+                self.path_of(&job.rel),
+                format!("cannot read directory: {}", std::io::Error::from(e)),
+            );
+        }
+        // Merge the sorted names with the previous manifest's children of this directory.
+        let mut children = match (self.cfg.previous, prev) {
+            (Some(p), Some(e)) => Some(p.manifest().children(&e).peekable()),
+            _ => None,
+        };
+        let spans = std::mem::take(&mut self.spans);
+        let names = std::mem::take(&mut self.names);
+        let parent_rel = job.rel.as_bytes();
+        for n in &spans {
+            let name = &names[n.start as usize..(n.start + n.len) as usize];
+            let mut prev_child = None;
+            if let Some(it) = children.as_mut() {
+                while let Some(ch) = it.peek() {
+                    match ch.name().cmp(name) {
+                        std::cmp::Ordering::Less => {
+                            it.next();
+                        }
+                        std::cmp::Ordering::Equal => {
+                            prev_child = it.next().map(|e| e.index());
+                            break;
+                        }
+                        std::cmp::Ordering::Greater => break,
+                    }
                 }
-            };
-            // A tier1 tree: the file was replaced by a symlink to its blob last time.
-            let tier1 = self
-                .cfg
-                .previous
-                .and_then(|p| p.tier1_unchanged(&rel, &target))
-                .or_else(|| tier1_file(self.cfg.blob_dir, &rel, &target, &st));
-            if let Some(prev) = tier1 {
-                Counters::add(&c.files, 1);
-                Counters::add(&c.bytes, prev.size);
-                Counters::add(&c.skipped, 1);
-                self.done.push(prev);
-            } else {
-                if std::fs::metadata(path).is_err() {
-                    c.warn(
-                        path,
-                        format!("dangling symlink to {}", String::from_utf8_lossy(&target)),
-                    );
-                }
-                Counters::add(&c.symlinks, 1);
-                self.done.push(EntryInput {
-                    path: rel,
-                    kind: Kind::Symlink,
-                    mode: st.mode & 0o7777,
-                    size: st.size,
-                    mtime_ns: st.mtime_ns,
-                    hash: [0; 32],
-                    target,
-                    dev: st.dev,
-                    ino: st.ino,
-                    cache_mtime_ns: st.mtime_ns,
-                });
             }
-        } else if ft.is_file() {
-            Counters::add(&c.files, 1);
-            Counters::add(&c.bytes, st.size);
-            if let Some(prev) = self.cfg.previous.and_then(|p| p.unchanged(&rel, &st)) {
-                Counters::add(&c.skipped, 1);
-                Counters::add(&c.bytes_skipped, st.size);
-                self.done.push(prev);
-            } else {
-                self.files.push(FileItem {
-                    path: path.to_path_buf(),
+            let rel = RelPath::child(parent_rel, name);
+            Counters::add(&c.walked, 1);
+            let is_dir = n.ty == FileType::Directory;
+            match self.cfg.filter.check(rel.as_bytes(), name, is_dir) {
+                Verdict::Keep => {}
+                Verdict::Ignore => continue,
+                Verdict::Exclude => {
+                    self.exclude(&dir, rel, is_dir);
+                    continue;
+                }
+            }
+            if is_dir {
+                self.subdirs.push(Job {
+                    parent: Some(dir.clone()),
                     rel,
-                    st,
+                    prev: prev_child,
                 });
-                if self.files.len() >= BATCH {
-                    self.flush_files();
+            } else {
+                self.entry(&dir, rel, n.ty, prev_child);
+            }
+        }
+        self.spans = spans;
+        self.names = names;
+        // Keep batches moving: a directory's files are a natural unit to hand on.
+        if self.files.len() >= BATCH / 4 {
+            self.flush_files();
+        }
+    }
+
+    /// Fills `names`/`spans` with the directory's entries (without `.` and `..`), by name.
+    fn read_names(&mut self, dir: &SourceDir) -> rustix::io::Result<()> {
+        self.names.clear();
+        self.spans.clear();
+        let mut raw = RawDir::new(dir.fd(), self.dirent_buf.spare_capacity_mut());
+        while let Some(ent) = raw.next() {
+            let ent = ent?;
+            let name = ent.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            self.spans.push(Name {
+                start: self.names.len() as u32,
+                len: name.len() as u32,
+                ty: ent.file_type(),
+            });
+            self.names.extend_from_slice(name);
+        }
+        let names = &self.names;
+        let key = |n: &Name| &names[n.start as usize..(n.start + n.len) as usize];
+        self.spans.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        Ok(())
+    }
+
+    fn exclude(&mut self, dir: &SourceDir, rel: RelPath, is_dir: bool) {
+        let c = self.cfg.counters;
+        if !is_dir {
+            if let Ok(st) = rustix::fs::statat(dir.fd(), rel.name(), AtFlags::SYMLINK_NOFOLLOW) {
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+                    Counters::add(&c.bytes_excluded, st.st_size as u64);
                 }
             }
-        } else {
-            let what = if ft.is_fifo() {
-                "fifo"
-            } else if ft.is_socket() {
-                "socket"
-            } else if ft.is_block_device() {
-                "block device"
-            } else if ft.is_char_device() {
-                "character device"
-            } else {
-                "special file"
-            };
-            Counters::add(&c.specials, 1);
-            c.warn(path, format!("skipped {what}"));
         }
-        if self.done.len() >= BATCH {
-            self.flush_done();
-        }
-        WalkState::Continue
+        c.exclude(self.path_of(&rel), self.cfg.record_excluded);
     }
-}
 
-impl ParallelVisitor for Visitor<'_, '_> {
-    fn visit(&mut self, entry: Result<ignore::DirEntry, ignore::Error>) -> WalkState {
-        let t = Instant::now();
-        let state = match entry {
-            Ok(e) => self.handle(e),
-            Err(err) => {
-                let (path, msg) = split_walk_error(&err);
-                self.cfg
-                    .counters
-                    .error(path.unwrap_or_else(|| self.cfg.start.to_path_buf()), msg);
-                WalkState::Continue
+    /// A non-directory entry (or one whose type `getdents` did not say).
+    fn entry(&mut self, dir: &Arc<SourceDir>, rel: RelPath, ty: FileType, prev: Option<usize>) {
+        let c = self.cfg.counters;
+        let st = match rustix::fs::statat(dir.fd(), rel.name(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Stat::from_rustix(&st),
+            Err(e) => {
+                c.error(
+                    self.path_of(&rel),
+                    format!("cannot stat: {}", std::io::Error::from(e)),
+                );
+                return;
             }
         };
-        self.busy_ns += t.elapsed().as_nanos() as u64;
-        state
+        let actual = st.file_type();
+        if actual == FileType::Directory {
+            // Only when getdents did not report a type (or it changed since): walk it.
+            if ty != FileType::Directory {
+                match self
+                    .cfg
+                    .filter
+                    .check(rel.as_bytes(), rel.name_bytes(), true)
+                {
+                    Verdict::Keep => {}
+                    Verdict::Ignore => return,
+                    Verdict::Exclude => return self.exclude(dir, rel, true),
+                }
+            }
+            self.subdirs.push(Job {
+                parent: Some(dir.clone()),
+                rel,
+                prev: prev.filter(|&i| self.prev_entry(Some(i)).is_some_and(|e| e.is_dir())),
+            });
+            return;
+        }
+        let prev = self.prev_entry(prev);
+        match actual {
+            FileType::RegularFile => {
+                Counters::add(&c.files, 1);
+                Counters::add(&c.bytes, st.size);
+                let unchanged = match (self.cfg.previous, &prev) {
+                    (Some(p), Some(e)) => p.unchanged(e, &st),
+                    _ => false,
+                };
+                if let (true, Some(e)) = (unchanged, prev) {
+                    Counters::add(&c.skipped, 1);
+                    Counters::add(&c.bytes_skipped, st.size);
+                    self.push_done(Done::Same(e.index()));
+                } else {
+                    self.files.push(FileItem {
+                        dir: dir.clone(),
+                        rel,
+                        st,
+                    });
+                    if self.files.len() >= BATCH {
+                        self.flush_files();
+                    }
+                }
+            }
+            FileType::Symlink => self.symlink(dir, rel, &st, prev),
+            other => {
+                let what = match other {
+                    FileType::Fifo => "fifo",
+                    FileType::Socket => "socket",
+                    FileType::BlockDevice => "block device",
+                    FileType::CharacterDevice => "character device",
+                    _ => "special file",
+                };
+                Counters::add(&c.specials, 1);
+                c.warn(self.path_of(&rel), format!("skipped {what}"));
+            }
+        }
+    }
+
+    fn symlink(&mut self, dir: &SourceDir, rel: RelPath, st: &Stat, prev: Option<Entry<'b>>) {
+        let c = self.cfg.counters;
+        let target = match rustix::fs::readlinkat(dir.fd(), rel.name(), Vec::new()) {
+            Ok(t) => t.into_bytes(),
+            Err(e) => {
+                c.error(
+                    self.path_of(&rel),
+                    format!("cannot read symlink: {}", std::io::Error::from(e)),
+                );
+                return;
+            }
+        };
+        // A tier1 tree: the file was replaced by a symlink to its blob last time.
+        let tier1 = match (self.cfg.previous, &prev) {
+            (Some(p), Some(e)) if p.tier1_unchanged(e, &target) => Some(Done::Same(e.index())),
+            _ => tier1_file(self.cfg.blob_dir, rel.as_bytes(), &target, st).map(Done::Entry),
+        };
+        if let Some(done) = tier1 {
+            let size = match &done {
+                Done::Entry(e) => e.size,
+                Done::Same(_) | Done::Restat(_) => prev.map_or(0, |e| e.size()),
+            };
+            Counters::add(&c.files, 1);
+            Counters::add(&c.bytes, size);
+            Counters::add(&c.skipped, 1);
+            self.push_done(done);
+            return;
+        }
+        // Following the link from its own directory resolves relative and absolute targets.
+        if rustix::fs::statat(dir.fd(), rel.name(), AtFlags::empty()).is_err() {
+            self.dangling(&rel, &target);
+        }
+        Counters::add(&c.symlinks, 1);
+        match prev {
+            Some(e)
+                if e.kind() == Kind::Symlink
+                    && e.target() == target
+                    && same_meta(&e, Kind::Symlink, st, st.size) =>
+            {
+                self.push_done(Done::Same(e.index()))
+            }
+            _ => self.push_done(Done::Entry(EntryInput {
+                path: rel.into_vec(),
+                kind: Kind::Symlink,
+                mode: st.mode & 0o7777,
+                size: st.size,
+                mtime_ns: st.mtime_ns,
+                hash: [0; 32],
+                target,
+                dev: st.dev,
+                ino: st.ino,
+                cache_mtime_ns: st.mtime_ns,
+            })),
+        }
+    }
+
+    fn dangling(&self, rel: &RelPath, target: &[u8]) {
+        self.cfg.counters.warn(
+            self.path_of(rel),
+            format!("dangling symlink to {}", String::from_utf8_lossy(target)),
+        );
     }
 }
 
@@ -331,29 +714,21 @@ impl Drop for Visitor<'_, '_> {
     }
 }
 
-fn io_reason(e: &ignore::Error) -> String {
-    match e.io_error() {
-        Some(io) => io.to_string(),
-        None => e.to_string(),
-    }
-}
-
-/// Pulls the path out of the walker's error so the message names it the way ours do.
-fn split_walk_error(err: &ignore::Error) -> (Option<PathBuf>, String) {
-    match err {
-        ignore::Error::WithPath { path, err } => (Some(path.clone()), split_walk_error(err).1),
-        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
-            split_walk_error(err)
-        }
-        ignore::Error::Loop { child, .. } => (Some(child.clone()), "symlink loop".into()),
-        ignore::Error::Io(io) => (None, io.to_string()),
-        other => (None, other.to_string()),
-    }
+/// The previous entry describes exactly what a fresh stat shows (for directories and
+/// symlinks, whose entries are nothing but metadata).
+fn same_meta(e: &Entry<'_>, kind: Kind, st: &Stat, size: u64) -> bool {
+    e.kind() == kind
+        && e.mode() == st.mode & 0o7777
+        && e.size() == size
+        && e.mtime_ns() == st.mtime_ns
+        && e.dev() == st.dev
+        && e.ino() == st.ino
+        && e.cache_mtime_ns() == st.mtime_ns
 }
 
 /// Relative path bytes to an `OsStr` (for joining onto a root).
-pub fn rel_os(rel: &[u8]) -> &OsStr {
-    OsStr::from_bytes(rel)
+pub fn rel_os(rel: &[u8]) -> &std::ffi::OsStr {
+    std::ffi::OsStr::from_bytes(rel)
 }
 
 /// A symlink to a blob of this store stands for the file tier1 replaced: rebuild its entry
@@ -362,7 +737,7 @@ fn tier1_file(blob_dir: &Path, rel: &[u8], target: &[u8], link: &Stat) -> Option
     let rest = target.strip_prefix(blob_dir.as_os_str().as_bytes())?;
     let name = rest.rsplit(|&b| b == b'/').next()?;
     let (hash, size) = vrift_cas::parse_blob_name(name)?;
-    let md = std::fs::metadata(OsStr::from_bytes(target)).ok()?;
+    let md = std::fs::metadata(rel_os(target)).ok()?;
     let blob = Stat::from_metadata(&md);
     if !md.is_file() || blob.size != size {
         return None;
@@ -380,4 +755,25 @@ fn tier1_file(blob_dir: &Path, rel: &[u8], target: &[u8], link: &Stat) -> Option
         ino: link.ino,
         cache_mtime_ns: link.mtime_ns,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rel_paths_keep_their_name_nul_terminated() {
+        let r = RelPath::child(b"a/b", b"c.txt");
+        assert_eq!(r.as_bytes(), b"a/b/c.txt");
+        assert_eq!(r.name().to_bytes(), b"c.txt");
+        assert_eq!(r.name_bytes(), b"c.txt");
+        let top = RelPath::child(b"", b"x");
+        assert_eq!(top.as_bytes(), b"x");
+        assert_eq!(top.name().to_bytes(), b"x");
+        assert_eq!(RelPath::from_rel(b"a/b/c.txt"), r);
+        assert_eq!(RelPath::from_rel(b"x"), top);
+        assert_eq!(RelPath::root().as_bytes(), b"");
+        assert_eq!(r.clone().into_vec(), b"a/b/c.txt".to_vec());
+        assert_eq!(r.under(Path::new("/r")), Path::new("/r/a/b/c.txt"));
+    }
 }
