@@ -33,6 +33,8 @@ pub struct Report {
     /// Nice value the harness and the timed commands ran at.
     pub nice: i32,
     pub cold: bool,
+    /// Whether each round's trees were deleted right after it (else parked until the end).
+    pub delete_between_rounds: bool,
     pub commands: Vec<CaseCommand>,
     pub rows: Vec<Row>,
     pub ratios: Vec<Ratio>,
@@ -289,9 +291,14 @@ impl Report {
             .collect();
         let _ = writeln!(
             s,
-            "- {} interleaved rounds, medians; nice {}; 1-min load average at each round's start: {}\n",
+            "- {} interleaved rounds, medians; nice {}; trees of a round {}; 1-min load average at each round's start: {}\n",
             self.rounds_run,
             self.nice,
+            if self.delete_between_rounds {
+                "deleted right after it"
+            } else {
+                "parked until the last round ended"
+            },
             loads.join(", ")
         );
 

@@ -36,6 +36,8 @@ pub struct Plan<'a> {
     pub expect_reingest: Expect,
     /// Before each round, wait up to this long for the CPUs to go quiet (others' builds).
     pub wait_idle: std::time::Duration,
+    /// Delete a round's trees when it ends instead of parking them in `work/trash`.
+    pub delete_between_rounds: bool,
 }
 
 /// One case's measurement in one round.
@@ -111,7 +113,15 @@ pub fn run_round(plan: &Plan, index: usize, total: usize) -> Result<Round> {
         round.measured.push(m);
     }
 
-    remove_tree(&dir)?;
+    if plan.delete_between_rounds {
+        remove_tree(&dir)?;
+    } else {
+        // Parked, not deleted: freeing inodes now would tax the next round's allocations
+        // (see `--delete-between-rounds`). The work dir, trash included, goes at the end.
+        let trash = plan.work.join("trash");
+        std::fs::create_dir_all(&trash)?;
+        std::fs::rename(&dir, trash.join(format!("round-{index}")))?;
+    }
     sync();
     Ok(round)
 }
