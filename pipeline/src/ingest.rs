@@ -34,7 +34,7 @@ pub fn ingest(
     on_lock_wait: impl FnOnce(&[Holder]),
 ) -> Result<IngestReport, PipelineError> {
     let started = Instant::now();
-    raise_fd_limit();
+    let fd_limit = raise_fd_limit();
     let start =
         std::fs::canonicalize(&opts.source).map_err(|e| PipelineError::io(&opts.source, e))?;
     let md = std::fs::metadata(&start).map_err(|e| PipelineError::io(&start, e))?;
@@ -168,7 +168,7 @@ pub fn ingest(
             s.spawn(move || hash_stage(rx, tx, root, counters));
         }
         drop(place_tx);
-        let (reap_tx, reap_rx) = flume::bounded(reap::BACKLOG);
+        let (reap_tx, reap_rx) = flume::bounded(reap::backlog(fd_limit));
         for _ in 0..reap::REAPERS {
             let rx = reap_rx.clone();
             s.spawn(move || reap::reap_stage(rx));
@@ -326,16 +326,27 @@ fn absolute(p: &Path) -> Result<PathBuf, PipelineError> {
 }
 
 /// Batches in flight hold open files; make sure the soft limit is not what stops us.
-fn raise_fd_limit() {
+/// Returns the limit in force afterwards.
+fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: plain getrlimit/setrlimit on a valid struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max.min(1 << 16);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
         }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = lim.rlim_max.min(1 << 16);
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return want;
+            }
+        }
+        lim.rlim_cur
     }
 }

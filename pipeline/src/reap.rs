@@ -15,12 +15,26 @@ use flume::{Receiver, Sender};
 /// Threads closing freed files. More than cores on purpose: they only wait on the device.
 pub const REAPERS: usize = 16;
 
-/// Messages in flight to the reapers before a place worker waits (each file holds a descriptor).
-pub const BACKLOG: usize = 512;
+/// Messages in flight to the reapers before a place worker waits. Each file in them holds a
+/// descriptor, so the backlog takes at most a quarter of the descriptor limit (512 messages
+/// of 8 files where the limit allows).
+pub fn backlog(fd_limit: u64) -> usize {
+    ((fd_limit / 4) as usize / PER_MESSAGE).clamp(4, 512)
+}
 
 /// Files per message: a place batch's duplicates are handed over a few at a time, so waking a
 /// reaper is not paid per file, while enough messages remain for the reapers to overlap.
 pub const PER_MESSAGE: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_backlog_leaves_most_descriptors_to_the_pipeline() {
+        assert_eq!(super::backlog(1024), 32);
+        assert_eq!(super::backlog(1 << 16), 512);
+        assert_eq!(super::backlog(20), 4);
+    }
+}
 
 /// Runs one reaper until every sender is gone.
 pub fn reap_stage(rx: Receiver<Vec<File>>) {
