@@ -26,16 +26,6 @@ pub fn backlog(fd_limit: u64) -> usize {
 /// reaper is not paid per file, while enough messages remain for the reapers to overlap.
 pub const PER_MESSAGE: usize = 8;
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_backlog_leaves_most_descriptors_to_the_pipeline() {
-        assert_eq!(super::backlog(1024), 32);
-        assert_eq!(super::backlog(1 << 16), 512);
-        assert_eq!(super::backlog(20), 4);
-    }
-}
-
 /// Runs one reaper until every sender is gone.
 pub fn reap_stage(rx: Receiver<Vec<File>>) {
     for files in rx.iter() {
@@ -51,5 +41,15 @@ pub fn reap(tx: &Sender<Vec<File>>, mut files: Vec<File>) {
             drop(f);
         }
         files = rest;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_backlog_leaves_most_descriptors_to_the_pipeline() {
+        assert_eq!(super::backlog(1024), 32);
+        assert_eq!(super::backlog(1 << 16), 512);
+        assert_eq!(super::backlog(20), 4);
     }
 }
