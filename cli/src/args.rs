@@ -162,7 +162,8 @@ pub struct IngestArgs {
     #[arg(long)]
     pub show_excluded: bool,
 
-    /// Leave out paths matching GLOB (gitignore-like; repeatable).
+    /// Leave out paths matching GLOB (gitignore-like; repeatable). The patterns of DIR's
+    /// `.vriftignore` (written by `vrift init`) apply too.
     #[arg(long = "exclude", value_name = "GLOB")]
     pub exclude: Vec<String>,
 

@@ -207,6 +207,35 @@ fn user_exclude_globs() {
     assert_eq!(got, want);
 }
 
+/// `vrift ingest DIR` honours `DIR/.vriftignore` (what `vrift init` writes) on top of
+/// `--exclude`; comments and blank lines in it mean nothing.
+#[test]
+fn vriftignore_of_the_ingested_dir_applies() {
+    let t = tempdir();
+    let src = t.path().join("p");
+    write_file(&src.join("keep.js"), b"k\n", 0o644);
+    write_file(&src.join("target/x.o"), b"o\n", 0o644);
+    write_file(&src.join("a/trace.log"), b"l\n", 0o644);
+    write_file(&src.join("notes.tmp"), b"t\n", 0o644);
+    write_file(
+        &src.join(".vriftignore"),
+        b"# build outputs\n\ntarget/\n*.log\n",
+        0o644,
+    );
+    let store = t.path().join("store");
+    let out = t.path().join("m.vrm");
+    let v = ingest_ok(&store, &src, &out, &["--exclude", "*.tmp"]);
+    assert_eq!(num(&v, "files"), 2, "{v}");
+    let restored = t.path().join("restored");
+    checkout_ok(&store, &out, &restored);
+    let got = paths(&snapshot(&restored));
+    let want: BTreeSet<String> = [".vriftignore", "keep.js"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(got, want);
+}
+
 /// A bad glob is a usage problem with a clear message, not a panic.
 #[test]
 fn bad_exclude_glob_is_a_clear_error() {

@@ -30,6 +30,11 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
     };
     opts.security_filter = !a.no_security_filter;
     opts.excludes = a.exclude.clone();
+    // The project's own filter config, as `vrift init` and `vrift run` read it.
+    if opts.source.is_dir() {
+        opts.excludes
+            .extend(crate::commands::init::read_filter(&opts.source)?);
+    }
     opts.record_excluded = a.show_excluded;
     opts.name = a.name.clone();
     opts.reuse_previous = !a.no_cache;

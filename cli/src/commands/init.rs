@@ -5,8 +5,9 @@
 //! starts a comment), with the same meaning as `vrift ingest --exclude GLOB`: a pattern
 //! without `/` matches a name at any depth, a pattern with `/` (a leading `/` included) is
 //! anchored at the project root, a trailing `/` is ignored. Version-control directories and
-//! secrets are always left out by the ingest's built-in filters. `vrift init` and the
-//! transient ingest of `vrift run` read it; an existing file is never overwritten.
+//! secrets are always left out by the ingest's built-in filters. `vrift ingest DIR`, `vrift
+//! init` and the transient ingest of `vrift run` read it; an existing file is never
+//! overwritten.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,7 +97,7 @@ pub fn detect(dir: &Path) -> Vec<ProjectKind> {
 /// The text of a new `.vriftignore` for these kinds.
 pub fn filter_text(kinds: &[ProjectKind]) -> String {
     let mut s = String::from(
-        "# vrift filter config: paths left out of this project's manifest (vrift init, vrift run).\n\
+        "# vrift filter config: paths left out of this project's manifest (vrift ingest, init, run).\n\
          # One gitignore-style glob per line, like `vrift ingest --exclude`: a pattern without '/'\n\
          # matches at any depth; one with '/' (a leading '/' included) is anchored at this directory.\n\
          # Version-control directories and secrets (.env*, *.pem, keys, ...) are always left out.\n",
