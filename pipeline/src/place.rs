@@ -247,45 +247,36 @@ fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> Placed {
 
 fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<Placed, String> {
     let c = cfg.counters;
-    if cfg.cas.has_blob(&h.hash, h.st.size) {
+    // Already stored (before or while we copied): its mode may differ from ours, so this
+    // file stays a file of its own.
+    let stored_already = || {
         Counters::add(&c.dedup_hits, 1);
         Counters::add(&c.bytes_dedup, h.st.size);
-        // Its mode may differ from ours: keep the file a file of its own.
-        return Ok(Placed {
+        Placed {
             entry: entry_for(h, &h.st),
             keep_own: true,
             replaced: false,
-        });
+        }
+    };
+    if cfg.cas.has_blob(&h.hash, h.st.size) {
+        return Ok(stored_already());
     }
-    match cfg
+    let kind = cfg
         .cas
         .copy_in(&h.item.path(cfg.root), &h.hash, h.st.size, h.st.mode)
-    {
-        Ok(kind) => {
-            match kind {
-                CopyKind::Reflink => Counters::add(&c.link_reflink, 1),
-                CopyKind::Copy => Counters::add(&c.link_copy, 1),
-                CopyKind::Existed => {
-                    // Stored by someone else meanwhile; its mode may differ from ours.
-                    Counters::add(&c.dedup_hits, 1);
-                    Counters::add(&c.bytes_dedup, h.st.size);
-                    return Ok(Placed {
-                        entry: entry_for(h, &h.st),
-                        keep_own: true,
-                        replaced: false,
-                    });
-                }
-            }
-            Counters::add(&c.blobs_new, 1);
-            Counters::add(&c.bytes_new, h.st.size);
-            Ok(Placed {
-                entry: entry_for(h, &h.st),
-                keep_own: false,
-                replaced: false,
-            })
-        }
-        Err(e) => Err(format!("cannot copy into store: {}", e.reason())),
+        .map_err(|e| format!("cannot copy into store: {}", e.reason()))?;
+    match kind {
+        CopyKind::Reflink => Counters::add(&c.link_reflink, 1),
+        CopyKind::Copy => Counters::add(&c.link_copy, 1),
+        CopyKind::Existed => return Ok(stored_already()),
     }
+    Counters::add(&c.blobs_new, 1);
+    Counters::add(&c.bytes_new, h.st.size);
+    Ok(Placed {
+        entry: entry_for(h, &h.st),
+        keep_own: false,
+        replaced: false,
+    })
 }
 
 /// Tier1: the source file becomes a symlink to its blob, swapped in atomically by rename.
