@@ -127,22 +127,30 @@ pub struct Entry<'a> {
     index: usize,
     raw: &'a ArchivedEntryData,
     strings: &'a [u8],
+    /// Entries in the manifest, to keep `subtree_end` in range for unvalidated views.
+    n: usize,
 }
 
 impl<'a> Entry<'a> {
-    pub(crate) fn new(index: usize, raw: &'a ArchivedEntryData, strings: &'a [u8]) -> Self {
+    pub(crate) fn new(
+        index: usize,
+        raw: &'a ArchivedEntryData,
+        strings: &'a [u8],
+        n: usize,
+    ) -> Self {
         Entry {
             index,
             raw,
             strings,
+            n,
         }
     }
 
     fn string(&self, off: u32, len: u32) -> &'a [u8] {
         let start = off as usize;
         let end = start.saturating_add(len as usize);
-        // Ranges were validated when the manifest was opened; `get` keeps this panic-free
-        // regardless.
+        // Ranges are validated when a `Manifest` is opened, not in the shim's view: `get`
+        // keeps this panic-free either way.
         self.strings.get(start..end).unwrap_or_default()
     }
 
@@ -216,9 +224,12 @@ impl<'a> Entry<'a> {
     }
 
     /// Index one past this entry's last descendant; `index() + 1` for non-directories,
-    /// so `index()+1 .. subtree_end()` is exactly the subtree.
+    /// so `index()+1 .. subtree_end()` is exactly the subtree. Always in `(index, len]`
+    /// (clamped, for views of unvalidated archives).
     pub fn subtree_end(&self) -> usize {
-        self.raw.subtree_end.to_native() as usize
+        (self.raw.subtree_end.to_native() as usize)
+            .min(self.n)
+            .max(self.index + 1)
     }
 
     /// An owned copy, e.g. to carry an entry over into a new manifest on re-ingest.

@@ -39,13 +39,15 @@ pub mod layer;
 pub mod order;
 mod reader;
 pub mod schema;
+pub mod view;
 
 pub use builder::{write_file_atomic, ManifestBuilder};
 pub use entry::{Entry, EntryInput, Kind};
 pub use error::ManifestError;
 pub use format::FLAG_PHANTOM;
 pub use hex::{hex, hex_into, parse_hex};
-pub use reader::{Children, Manifest, OpenOptions};
+pub use reader::{Manifest, OpenOptions};
+pub use view::{Children, View};
 
 /// A BLAKE3 hash.
 pub type Hash = [u8; 32];

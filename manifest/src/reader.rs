@@ -8,8 +8,8 @@ use rkyv::util::AlignedVec;
 
 use crate::entry::{Entry, Kind};
 use crate::format::{self, Header, HEADER_LEN};
-use crate::order::{cmp_paths, trim_trailing_slashes};
 use crate::schema::{ArchivedEntryData, ArchivedManifestData};
+use crate::view::{Children, View};
 use crate::ManifestError;
 
 /// rkyv needs the payload aligned to the archive's largest alignment (8); 16 leaves room.
@@ -204,13 +204,15 @@ impl Manifest {
         self.raw_entries().is_empty()
     }
 
+    /// The entries and string table, for reading (see [`View`]).
+    pub fn view(&self) -> View<'_> {
+        let data = self.data();
+        View::new(data.entries.as_slice(), data.strings.as_slice())
+    }
+
     /// Entry number `index` (0 is the root).
     pub fn entry(&self, index: usize) -> Option<Entry<'_>> {
-        let data = self.data();
-        data.entries
-            .as_slice()
-            .get(index)
-            .map(|raw| Entry::new(index, raw, data.strings.as_slice()))
+        self.view().entry(index)
     }
 
     /// The root directory entry.
@@ -221,55 +223,28 @@ impl Manifest {
     /// Looks up a path relative to the root in O(log n). `""` is the root; trailing
     /// slashes are ignored.
     pub fn lookup(&self, rel_path: &[u8]) -> Option<Entry<'_>> {
-        self.lookup_index(rel_path).and_then(|i| self.entry(i))
+        self.view().lookup(rel_path)
     }
 
     /// Index of `rel_path` (see [`lookup`](Self::lookup)).
     pub fn lookup_index(&self, rel_path: &[u8]) -> Option<usize> {
-        let want = trim_trailing_slashes(rel_path);
-        let data = self.data();
-        let strings = data.strings.as_slice();
-        data.entries
-            .as_slice()
-            .binary_search_by(|raw| {
-                let start = raw.path_off.to_native() as usize;
-                let end = start.saturating_add(raw.path_len.to_native() as usize);
-                let p = strings.get(start..end).unwrap_or_default();
-                cmp_paths(p, want)
-            })
-            .ok()
+        self.view().lookup_index(rel_path)
     }
 
     /// Direct children of `dir` in name order, found by hopping over each child's
     /// subtree — O(number of children), not O(subtree). Empty for non-directories.
     pub fn children(&self, dir: &Entry<'_>) -> Children<'_> {
-        let (next, end) = if dir.is_dir() {
-            (dir.index() + 1, dir.subtree_end().min(self.len()))
-        } else {
-            (0, 0)
-        };
-        Children {
-            manifest: self,
-            next,
-            end,
-        }
+        self.view().children(dir)
     }
 
     /// Every entry strictly below `dir` (its whole subtree), in manifest order.
     pub fn descendants(&self, dir: &Entry<'_>) -> impl Iterator<Item = Entry<'_>> + '_ {
-        let end = dir.subtree_end().min(self.len());
-        (dir.index() + 1..end).filter_map(move |i| self.entry(i))
+        self.view().descendants(dir)
     }
 
     /// All entries in manifest (component-wise path) order, the root first.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Entry<'_>> + '_ {
-        let data = self.data();
-        let strings = data.strings.as_slice();
-        data.entries
-            .as_slice()
-            .iter()
-            .enumerate()
-            .map(move |(i, raw)| Entry::new(i, raw, strings))
+        self.view().iter()
     }
 
     /// The whole file image (header + payload), e.g. to store a cached copy.
@@ -277,30 +252,6 @@ impl Manifest {
         self.storage.bytes()
     }
 }
-
-/// Iterator over a directory's direct children; see [`Manifest::children`].
-#[derive(Clone)]
-pub struct Children<'a> {
-    manifest: &'a Manifest,
-    next: usize,
-    end: usize,
-}
-
-impl<'a> Iterator for Children<'a> {
-    type Item = Entry<'a>;
-
-    fn next(&mut self) -> Option<Entry<'a>> {
-        if self.next >= self.end {
-            return None;
-        }
-        let e = self.manifest.entry(self.next)?;
-        // subtree_end > index was validated at open, so this always advances.
-        self.next = e.subtree_end().max(self.next + 1);
-        Some(e)
-    }
-}
-
-impl std::iter::FusedIterator for Children<'_> {}
 
 /// The header checks of `format::verify` minus the checksum.
 fn verify_length(bytes: &[u8], path: &Path) -> Result<Header, ManifestError> {

@@ -3,16 +3,20 @@
 //! `vrift_manifest::Manifest::open` validates every entry (O(n): ~1 ms and every page of the
 //! file faulted in for 64k entries), which every process started under `vrift run` would pay
 //! again. The shim instead checks only the header and that the three arrays of the archive
-//! (root path, entries, string table) lie inside the mapping, and bounds-checks every string
-//! range and index when it reads an entry. Every bit pattern of an entry's integer fields
-//! is a valid value, so a damaged file can give wrong answers but never an out-of-bounds
-//! read. `vrift run` has already run the full validation (checksum included) on the file.
+//! (root path, entries, string table) lie inside the mapping, then reads them through
+//! `vrift_manifest::View` — the same entry access, lookup and listing code as a validated
+//! `Manifest`, written to bounds-check every string range and index itself. Every bit
+//! pattern of an entry's integer fields is a valid value, so a damaged file can give wrong
+//! answers but never an out-of-bounds read. `vrift run` has already run the full validation
+//! (checksum included) on the file.
 
 use std::path::Path;
 
 use vrift_manifest::format::{Header, HEADER_LEN};
-use vrift_manifest::schema::{ArchivedEntryData, ArchivedManifestData};
-use vrift_manifest::{Hash, Kind};
+use vrift_manifest::schema::ArchivedManifestData;
+use vrift_manifest::{Children, Kind, View};
+
+pub use vrift_manifest::Entry;
 
 use crate::path::PBuf;
 use crate::real;
@@ -21,8 +25,7 @@ pub struct Mf {
     base: *const u8,
     map_len: usize,
     root: &'static [u8],
-    entries: &'static [ArchivedEntryData],
-    strings: &'static [u8],
+    view: View<'static>,
 }
 
 // SAFETY: a read-only private mapping owned for the life of the process.
@@ -108,8 +111,7 @@ impl Mf {
                 base,
                 map_len: len,
                 root,
-                entries,
-                strings,
+                view: View::new(entries, strings),
             })
         }
     }
@@ -119,34 +121,18 @@ impl Mf {
         self.root
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     pub fn entry(&self, index: usize) -> Option<Entry<'_>> {
-        self.entries.get(index).map(|raw| Entry {
-            index,
-            raw,
-            strings: self.strings,
-            n: self.entries.len(),
-        })
+        self.view.entry(index)
     }
 
     /// Direct children of a directory entry (hopping over subtrees).
-    pub fn children<'a>(&'a self, dir: &Entry<'_>) -> impl Iterator<Item = Entry<'a>> + 'a {
-        let (mut next, end) = if dir.is_dir() {
-            (dir.index() + 1, dir.subtree_end())
-        } else {
-            (0, 0)
-        };
-        std::iter::from_fn(move || {
-            if next >= end {
-                return None;
-            }
-            let e = self.entry(next)?;
-            next = e.subtree_end().max(next + 1);
-            Some(e)
-        })
+    pub fn children(&self, dir: &Entry<'_>) -> Children<'_> {
+        self.view.children(dir)
+    }
+
+    /// Binary search in component order: `Ok(index)` or `Err(insertion point)`.
+    pub fn search(&self, rel: &[u8]) -> Result<usize, usize> {
+        self.view.search(rel)
     }
 }
 
@@ -154,77 +140,5 @@ impl Drop for Mf {
     fn drop(&mut self) {
         // SAFETY: our own mapping.
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.map_len) };
-    }
-}
-
-/// One entry, read in place.
-#[derive(Clone, Copy)]
-pub struct Entry<'a> {
-    index: usize,
-    raw: &'a ArchivedEntryData,
-    strings: &'a [u8],
-    n: usize,
-}
-
-impl<'a> Entry<'a> {
-    fn string(&self, off: u32, len: u32) -> &'a [u8] {
-        let start = off as usize;
-        self.strings
-            .get(start..start.saturating_add(len as usize))
-            .unwrap_or_default()
-    }
-
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
-    pub fn path(&self) -> &'a [u8] {
-        self.string(self.raw.path_off.to_native(), self.raw.path_len.to_native())
-    }
-
-    pub fn name(&self) -> &'a [u8] {
-        let p = self.path();
-        match p.iter().rposition(|&b| b == b'/') {
-            Some(i) => &p[i + 1..],
-            None => p,
-        }
-    }
-
-    pub fn kind(&self) -> Kind {
-        Kind::from_u8(self.raw.kind).unwrap_or(Kind::File)
-    }
-
-    pub fn is_dir(&self) -> bool {
-        self.kind() == Kind::Dir
-    }
-
-    pub fn mode(&self) -> u32 {
-        self.raw.mode.to_native()
-    }
-
-    pub fn size(&self) -> u64 {
-        self.raw.size.to_native()
-    }
-
-    pub fn mtime_ns(&self) -> i64 {
-        self.raw.mtime_ns.to_native()
-    }
-
-    pub fn hash(&self) -> &'a Hash {
-        &self.raw.hash
-    }
-
-    pub fn target(&self) -> &'a [u8] {
-        self.string(
-            self.raw.target_off.to_native(),
-            self.raw.target_len.to_native(),
-        )
-    }
-
-    /// One past the last descendant, clamped into `(index, len]`.
-    pub fn subtree_end(&self) -> usize {
-        (self.raw.subtree_end.to_native() as usize)
-            .min(self.n)
-            .max(self.index + 1)
     }
 }

@@ -1,9 +1,6 @@
 //! The view: resolving an absolute path against the layers, the upper dir and the real
 //! filesystem; synthesizing `stat` data; listing directories.
 
-use std::cmp::Ordering;
-
-use vrift_manifest::order::cmp_paths;
 use vrift_manifest::Kind;
 
 use crate::mf::{Entry, Mf};
@@ -43,21 +40,6 @@ enum Lk<'a> {
     Absent,
 }
 
-/// Binary search in component order: `Ok(index)` or `Err(insertion point)`.
-fn search(m: &Mf, rel: &[u8]) -> Result<usize, usize> {
-    let (mut lo, mut hi) = (0usize, m.len());
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        let p = m.entry(mid).map(|e| e.path()).unwrap_or_default();
-        match cmp_paths(p, rel) {
-            Ordering::Less => lo = mid + 1,
-            Ordering::Greater => hi = mid,
-            Ordering::Equal => return Ok(mid),
-        }
-    }
-    Err(lo)
-}
-
 /// The deepest existing ancestor of the missing `rel`, given its insertion point: it is the
 /// longest common component prefix of `rel` and the entry just before the insertion point
 /// (every entry between an ancestor and `rel` lies in that ancestor's subtree).
@@ -71,7 +53,7 @@ fn deepest_ancestor<'a>(m: &'a Mf, rel: &[u8], pos: usize) -> Option<Entry<'a>> 
         rel[..k].iter().rposition(|&b| b == b'/').unwrap_or(0)
     };
     let cand = &rel[..cut.min(rel.len())];
-    match search(m, cand) {
+    match m.search(cand) {
         Ok(i) => m.entry(i),
         Err(_) => m.entry(0),
     }
@@ -82,7 +64,7 @@ fn lookup_layers<'a>(st: &'a State, abs: &[u8]) -> Lk<'a> {
         let Some(rel) = path::under(&l.root, abs) else {
             continue;
         };
-        match search(&l.m, rel) {
+        match l.m.search(rel) {
             Ok(i) => {
                 let Some(e) = l.m.entry(i) else {
                     continue;
@@ -456,7 +438,7 @@ fn list_layers<'a>(st: &'a State, abs: &[u8]) -> Vec<(&'a [u8], usize, Entry<'a>
         let Some(rel) = path::under(&l.root, abs) else {
             continue;
         };
-        match search(&l.m, rel) {
+        match l.m.search(rel) {
             Ok(i) => {
                 let Some(dir) = l.m.entry(i) else { break };
                 if !dir.is_dir() {
