@@ -6,6 +6,7 @@ mod format;
 mod isolate;
 mod metrics_export;
 mod progress;
+mod signals;
 mod store_stats;
 
 use std::path::PathBuf;

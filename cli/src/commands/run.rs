@@ -15,7 +15,6 @@
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -205,52 +204,6 @@ fn transient_ingest(g: &Globals, cleanup: &mut Vec<TempDir>) -> Result<PathBuf> 
     Ok(out)
 }
 
-static CHILD: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    let pid = CHILD.load(Ordering::Relaxed);
-    if pid <= 0 {
-        return;
-    }
-    // A terminal's SIGINT/SIGQUIT already reached the whole foreground process group (the
-    // child included); only signals sent to us in particular are passed on.
-    // SAFETY: the kernel hands a valid siginfo to SA_SIGINFO handlers.
-    let code = if info.is_null() {
-        0
-    } else {
-        unsafe { (*info).si_code }
-    };
-    let from_tty = code == libc::SI_KERNEL;
-    if from_tty && (sig == libc::SIGINT || sig == libc::SIGQUIT) {
-        return;
-    }
-    // SAFETY: kill is async-signal-safe.
-    unsafe { libc::kill(pid, sig) };
-}
-
-const FORWARDED: [libc::c_int; 7] = [
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
-];
-
-fn install_forwarding() {
-    for sig in FORWARDED {
-        // SAFETY: installing a handler that only calls async-signal-safe functions.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = forward as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
 type SpawnFn = unsafe extern "C" fn(
     *mut libc::pid_t,
     *const libc::c_char,
@@ -360,7 +313,7 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
     let mut envp: Vec<*const libc::c_char> = envv.iter().map(|c| c.as_ptr()).collect();
     envp.push(std::ptr::null());
 
-    install_forwarding();
+    crate::signals::set_forwarding(true);
     let mut pid: libc::pid_t = 0;
     // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
     let rc = unsafe { spawn(&mut pid, argp[0], argp.as_ptr(), envp.as_ptr()) };
@@ -370,19 +323,9 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
         drop(cleanup);
         std::process::exit(if rc == libc::ENOENT { 127 } else { 126 });
     }
-    CHILD.store(pid, Ordering::Relaxed);
-    let mut status: libc::c_int = 0;
-    loop {
-        // SAFETY: waiting for our own child.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
-        }
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break;
-        }
-    }
-    CHILD.store(0, Ordering::Relaxed);
+    crate::signals::set_target(pid);
+    let status = crate::signals::wait_for(pid);
+    crate::signals::set_target(0);
     drop(cleanup);
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
@@ -398,10 +341,5 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
         }
         std::process::exit(128 + sig);
     }
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        1
-    };
-    std::process::exit(code)
+    std::process::exit(crate::signals::exit_code(status))
 }

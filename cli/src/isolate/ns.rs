@@ -27,11 +27,11 @@ use std::ffi::{CStr, CString, OsString};
 use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{anyhow, Result};
 
 use super::sys::{self, cstr};
+use crate::signals::{exit_code, set_forwarding, set_target, wait_for};
 
 /// One overlay to mount: the farm directory `lower` appears at `at` (absolute, inside the new
 /// root), writes go to `upper`.
@@ -122,82 +122,6 @@ impl<T> Step<T> for io::Result<T> {
     }
 }
 
-static CHILD: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    let pid = CHILD.load(Ordering::Relaxed);
-    if pid <= 0 {
-        return;
-    }
-    // A terminal's SIGINT/SIGQUIT already reached the whole foreground process group (CMD
-    // included); only signals sent to us in particular are passed on.
-    // SAFETY: the kernel hands a valid siginfo to SA_SIGINFO handlers.
-    let code = if info.is_null() {
-        0
-    } else {
-        unsafe { (*info).si_code }
-    };
-    if code == libc::SI_KERNEL && (sig == libc::SIGINT || sig == libc::SIGQUIT) {
-        return;
-    }
-    // SAFETY: kill is async-signal-safe.
-    unsafe { libc::kill(pid, sig) };
-}
-
-const FORWARDED: [libc::c_int; 9] = [
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
-    libc::SIGCONT,
-    libc::SIGALRM,
-];
-
-fn set_forwarding(on: bool) {
-    for sig in FORWARDED {
-        // SAFETY: installing a handler that only calls async-signal-safe functions, or the
-        // default disposition.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            if on {
-                sa.sa_sigaction = forward as *const () as usize;
-                sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-            } else {
-                sa.sa_sigaction = libc::SIG_DFL;
-            }
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
-fn wait_for(pid: libc::pid_t) -> libc::c_int {
-    let mut status: libc::c_int = 0;
-    loop {
-        // SAFETY: waiting for our own child.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            return status;
-        }
-        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return status;
-        }
-    }
-}
-
-fn exit_code(status: libc::c_int) -> i32 {
-    if libc::WIFSIGNALED(status) {
-        128 + libc::WTERMSIG(status)
-    } else if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        1
-    }
-}
-
 /// Runs `plan.cmd` in the sandbox and returns its exit code (128+N when killed by signal N).
 /// Returns only once every process of the sandbox is gone.
 pub fn run(plan: &Plan) -> Result<i32> {
@@ -251,12 +175,12 @@ pub fn run(plan: &Plan) -> Result<i32> {
     }
     sys::write_all_fd(ready_w, b"1");
     sys::close(ready_w);
-    CHILD.store(pid, Ordering::Relaxed);
+    set_target(pid);
     set_forwarding(true);
     let msg = sys::read_to_end(err_r);
     sys::close(err_r);
     let status = wait_for(pid);
-    CHILD.store(0, Ordering::Relaxed);
+    set_target(0);
     set_forwarding(false);
     if msg.len() >= 4 {
         let errno = i32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
@@ -337,7 +261,7 @@ fn init_main(plan: &Plan, ready_r: libc::c_int, err_w: libc::c_int) -> ! {
     if cmd == 0 {
         exec_cmd(&argv, &argp);
     }
-    CHILD.store(cmd, Ordering::Relaxed);
+    set_target(cmd);
     // Setup succeeded: CMD's copy of the pipe closes when it execs, ours now; the parent
     // then reads EOF.
     sys::close(err_w);

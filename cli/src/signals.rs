@@ -1,0 +1,93 @@
+//! Passing signals on to the command vrift runs (`vrift run`, and `--isolate`'s init), and
+//! waiting for it: one place for both run modes.
+//!
+//! The handler only loads an atomic and calls `kill`, both async-signal-safe. A terminal's
+//! SIGINT/SIGQUIT already reached the whole foreground process group (the command included),
+//! so only such signals sent to vrift in particular are passed on.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The process signals go to; 0 while there is none.
+static TARGET: AtomicI32 = AtomicI32::new(0);
+
+/// What is passed on: everything a user or a supervisor sends to ask a command something.
+pub const FORWARDED: [libc::c_int; 9] = [
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGCONT,
+    libc::SIGALRM,
+];
+
+extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    let pid = TARGET.load(Ordering::Relaxed);
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: the kernel hands a valid siginfo to SA_SIGINFO handlers.
+    let code = if info.is_null() {
+        0
+    } else {
+        unsafe { (*info).si_code }
+    };
+    if code == libc::SI_KERNEL && (sig == libc::SIGINT || sig == libc::SIGQUIT) {
+        return;
+    }
+    // SAFETY: kill is async-signal-safe.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Installs (or, with `false`, removes) the forwarding handlers for [`FORWARDED`].
+/// Install before spawning, so nothing slips by between the spawn and [`set_target`].
+pub fn set_forwarding(on: bool) {
+    for sig in FORWARDED {
+        // SAFETY: installing a handler that only calls async-signal-safe functions, or the
+        // default disposition.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            if on {
+                sa.sa_sigaction = forward as *const () as usize;
+                sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            } else {
+                sa.sa_sigaction = libc::SIG_DFL;
+            }
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Where forwarded signals go from now on (0: nowhere).
+pub fn set_target(pid: libc::pid_t) {
+    TARGET.store(pid, Ordering::Relaxed);
+}
+
+/// Waits for our child `pid` (through EINTR) and returns its wait status.
+pub fn wait_for(pid: libc::pid_t) -> libc::c_int {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return status;
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return status;
+        }
+    }
+}
+
+/// The shell's convention for a wait status: the exit code, or 128 + the signal.
+pub fn exit_code(status: libc::c_int) -> i32 {
+    if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        1
+    }
+}
