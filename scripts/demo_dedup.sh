@@ -188,7 +188,11 @@ if [ -z "$vrift" ]; then
     command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) or pass --vrift PATH"
     say "building vrift (cargo build --release --locked -p vrift-cli)"
     (cd "$repo" && cargo build --release --locked -p vrift-cli >&2) || die "cargo build failed"
-    vrift="$repo/target/release/vrift"
+    # Where cargo put it (CARGO_TARGET_DIR or build.target-dir may move target/).
+    target=$(cd "$repo" && cargo metadata --format-version 1 --no-deps --locked \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])') \
+        || die "cargo metadata failed"
+    vrift="$target/release/vrift"
 fi
 [ -x "$vrift" ] || die "no executable vrift at $vrift"
 vrift=$(cd "$(dirname "$vrift")" && pwd -P)/$(basename "$vrift")
