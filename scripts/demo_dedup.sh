@@ -216,30 +216,58 @@ if [ -n "$fixture" ]; then
     done
 else
     corpora_dir=${corpora_dir:-${VRIFT_BENCH_CORPORA:-$demo_dir/corpora}}
+    mkdir -p "$corpora_dir" || die "cannot create $corpora_dir"
+    # make-corpus.sh installs with `npm ci` when a corpus is missing or stale and does
+    # nothing when its stamp matches. The installs run side by side (they mostly wait for
+    # the registry); their output goes to a log each, shown when one fails.
+    declare -A pids=()
     for name in "${corpora[@]}"; do
-        dir="$corpora_dir/$name"
-        # Installs with npm ci when missing; does nothing when its stamp matches.
-        say "corpus $name: $dir (bench/make-corpus.sh)"
-        "$repo/bench/make-corpus.sh" --no-count "$name" "$dir" \
-            || die "could not prepare corpus $name in $dir (needs Node.js with npm and the npm registry)"
-        src[$name]=$(cd "$dir/node_modules" && pwd -P)
+        log="$records/corpus-$name.log"
+        say "corpus $name: $corpora_dir/$name (bench/make-corpus.sh; log: $log)"
+        "$repo/bench/make-corpus.sh" --no-count "$name" "$corpora_dir/$name" >"$log" 2>&1 &
+        pids[$name]=$!
+    done
+    failed=()
+    for name in "${corpora[@]}"; do
+        if wait "${pids[$name]}"; then
+            sed 's/^/    /' "$records/corpus-$name.log" >&2
+        else
+            failed+=("$name")
+            tail -n 20 "$records/corpus-$name.log" | sed "s/^/    $name: /" >&2
+        fi
+    done
+    [ ${#failed[@]} -eq 0 ] || die "could not prepare corpus ${failed[*]} in $corpora_dir (needs Node.js with npm and the npm registry; logs above)"
+    for name in "${corpora[@]}"; do
+        src[$name]=$(cd "$corpora_dir/$name/node_modules" && pwd -P)
     done
 fi
 
 # ---- scenarios ----------------------------------------------------------------------------
 now_ns() { date +%s%N; }
+since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }'; }
+
+# remove_tree DIR: rm -rf, with the subtrees three levels down (packages of a copied tree,
+# shard directories of a store) removed several at a time: on a file system mounted with
+# `discard` every freed file waits for the device, and parallel removals overlap the waits.
+remove_tree() {
+    [ -e "$1" ] || return 0
+    find "$1" -mindepth 3 -maxdepth 3 -print0 2>/dev/null | xargs -0 -r -n 64 -P 8 rm -rf 2>/dev/null || true
+    rm -rf "$1"
+}
 
 # ingest_copy PROJECT SOURCE_TREE: a fresh `cp -a` copy of the tree at projects/PROJECT,
 # ingested into the store as PROJECT; the --json summary goes to records/PROJECT.ingest.json.
 ingest_copy() {
     local project=$1 from=$2 dest="$projects/$1"
-    rm -rf "$dest" "$projects/$project.manifest" || die "cannot remove the previous copy $dest"
+    remove_tree "$dest" || die "cannot remove the previous copy $dest"
+    rm -f "$projects/$project.manifest"
     mkdir -p "$dest"
     local t0 t1
     t0=$(now_ns)
     cp -a "$from" "$dest/node_modules" || die "cp -a $from $dest/node_modules failed"
     t1=$(now_ns)
     say "$(printf '%-16s copied in %5.1f s; ingesting' "$project" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print (b - a) / 1e9 }')")"
+    sync # the copy's write-back is not the ingest's to pay
     V --json ingest "$dest/node_modules" -o "$projects/$project.manifest" --name "$project" \
         >"$records/$project.ingest.json" \
         || die "vrift ingest of $dest/node_modules failed (summary, if any: $records/$project.ingest.json)"
@@ -259,14 +287,20 @@ report() {
 
 find "$records" -maxdepth 1 -name '*.json' ! -name before-rerun.status.json -delete
 if [ "$fresh" = 1 ]; then
-    if [ -e "$store" ]; then
-        say "fresh start: deleting the store at $store"
-        if ! V clean --all --force --yes >/dev/null; then
-            [ "$own_store" = 1 ] || die "could not delete the store at $store"
-            rm -rf "$store" || die "could not delete $store"
-        fi
+    t0=$(now_ns)
+    say "fresh start: deleting the store at $store and the demo's copies in $projects"
+    if [ "$own_store" = 1 ]; then
+        remove_tree "$store" || die "could not delete $store"
+    elif [ -d "$store/blake3" ]; then
+        # Someone's store: vrift's own clean (it waits for running ingests, checks the layout).
+        V clean --all --force --yes >/dev/null || die "could not delete the store at $store"
+    elif [ -n "$(ls -A "$store" 2>/dev/null)" ]; then
+        die "$store (VR_THE_SOURCE) is not a vrift store (no blake3/ in it); refusing to delete it"
     fi
-    rm -rf "$projects" "$demo_dir/fresh-datasets" && mkdir -p "$projects"
+    remove_tree "$projects" || die "could not delete $projects"
+    rm -f "$demo_dir/fresh-datasets"
+    mkdir -p "$projects"
+    say "deleted in $(since "$t0") s"
     heading "Fresh start: ${corpora[*]} into an empty store ($store)"
     for name in "${corpora[@]}"; do
         ingest_copy "$name" "${src[$name]}"
