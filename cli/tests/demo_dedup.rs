@@ -80,10 +80,13 @@ fn package(nm: &Path, rel: &str, name: &str, version: &str) {
     );
 }
 
+/// A package inside `node_modules`: path, name, version.
+type Pkg = (&'static str, &'static str, &'static str);
+
 /// Three projects, in ingest order (sorted names): later ones share packages with earlier
 /// ones, and `c-app` holds a nested second copy of a package (in-tree duplicates).
 fn build_fixture(root: &Path) -> Vec<(&'static str, PathBuf)> {
-    let trees: [(&str, &[(&str, &str, &str)]); 3] = [
+    let trees: [(&str, &[Pkg]); 3] = [
         (
             "a-app",
             &[
