@@ -18,6 +18,10 @@ pub enum Case {
     Find,
     /// Parallel `b3sum` of every file of the corpus.
     B3sum,
+    /// `pnpm install --offline --frozen-lockfile` of the corpus's lock file into a fresh
+    /// project, from a pnpm store filled once beforehand: what pnpm users get on a warm CI
+    /// cache. Its files/s counts the files of pnpm's own layout.
+    PnpmOffline,
     /// `IngestEmpty` after `sync; echo 3 > /proc/sys/vm/drop_caches`.
     IngestEmptyCold,
     /// `B3sum` after `sync; echo 3 > /proc/sys/vm/drop_caches`.
@@ -26,7 +30,7 @@ pub enum Case {
 
 impl Case {
     /// The cases of one round, in the order they run.
-    pub fn round(cold: bool) -> Vec<Case> {
+    pub fn round(cold: bool, pnpm: bool) -> Vec<Case> {
         let mut v = vec![
             Case::IngestEmpty,
             Case::IngestShared,
@@ -35,6 +39,9 @@ impl Case {
             Case::Find,
             Case::B3sum,
         ];
+        if pnpm {
+            v.push(Case::PnpmOffline);
+        }
         if cold {
             v.extend([Case::IngestEmptyCold, Case::B3sumCold]);
         }
@@ -50,6 +57,7 @@ impl Case {
             Case::CpAl => "cp_al",
             Case::Find => "find",
             Case::B3sum => "b3sum",
+            Case::PnpmOffline => "pnpm_offline",
             Case::IngestEmptyCold => "ingest_empty_cold",
             Case::B3sumCold => "b3sum_cold",
         }
@@ -64,6 +72,7 @@ impl Case {
             Case::CpAl => "cp -al",
             Case::Find => "find -printf",
             Case::B3sum => "b3sum (parallel)",
+            Case::PnpmOffline => "pnpm install --offline (warm store)",
             Case::IngestEmptyCold => "vrift ingest, empty store, cold",
             Case::B3sumCold => "b3sum (parallel), cold",
         }
@@ -74,6 +83,42 @@ impl Case {
             self,
             Case::IngestEmpty | Case::IngestShared | Case::ReingestWarm | Case::IngestEmptyCold
         )
+    }
+
+    /// The rows of the files/s chart, in drawing order.
+    pub const CHART: [Case; 4] = [
+        Case::IngestEmpty,
+        Case::ReingestWarm,
+        Case::CpAl,
+        Case::PnpmOffline,
+    ];
+
+    /// Short name for the chart's legend.
+    pub fn chart_label(self) -> &'static str {
+        match self {
+            Case::IngestEmpty => "vrift first ingest (empty store)",
+            Case::ReingestWarm => "vrift re-ingest (warm)",
+            Case::CpAl => "cp -al",
+            Case::PnpmOffline => "pnpm install --offline (warm store)",
+            other => other.label(),
+        }
+    }
+
+    /// The case with this [`Case::id`] (reading records back).
+    pub fn from_id(id: &str) -> Option<Case> {
+        [
+            Case::IngestEmpty,
+            Case::IngestShared,
+            Case::ReingestWarm,
+            Case::CpAl,
+            Case::Find,
+            Case::B3sum,
+            Case::PnpmOffline,
+            Case::IngestEmptyCold,
+            Case::B3sumCold,
+        ]
+        .into_iter()
+        .find(|c| c.id() == id)
     }
 
     pub fn is_cold(self) -> bool {

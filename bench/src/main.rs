@@ -1,20 +1,24 @@
 //! `vrift-bench`: times vrift and the baselines it is judged against (`cp -al`, `find`,
-//! parallel `b3sum`) on the same real `node_modules` corpus, interleaved in rounds, and
-//! records medians, ratios and the goals of issue 2 as dated JSON + markdown results.
+//! parallel `b3sum`, `pnpm install --offline`) on the same real `node_modules` corpus,
+//! interleaved in rounds, and records medians, ratios and the goals of issue 2 as dated
+//! JSON + markdown results; `--chart` draws files/s per corpus from those records as SVG.
 //!
 //! ```text
 //! cargo run --release -p vrift-bench -- --corpus medium [--runs 3] [--cold]
 //!     [--corpus-dir DIR] [--vrift target/release/vrift] [--vrift-arg=--io-backend=uring]...
-//!     [--out bench/results/NAME]
+//!     [--install-pnpm | --no-pnpm] [--out bench/results/NAME] [--chart bench/results/files-per-sec.svg]
+//! cargo run --release -p vrift-bench -- --chart bench/results/files-per-sec.svg
 //! ```
 //! See `bench/README.md` for what each row means.
 
 mod cases;
+mod chart;
 mod corpus;
 mod exec;
 mod fsops;
 mod interrupt;
 mod machine;
+mod pnpm;
 mod report;
 mod rounds;
 mod stats;
@@ -39,8 +43,9 @@ use vrift::{check, parse_summary, Expect, Vrift};
 #[command(version)]
 struct Args {
     /// Corpus to benchmark: xsmall, small, medium or large (definitions in bench/corpora/).
-    #[arg(long)]
-    corpus: String,
+    /// Without it, only --chart runs.
+    #[arg(long, required_unless_present = "chart")]
+    corpus: Option<String>,
     /// Project directory of the corpus (the one holding node_modules). Default:
     /// $VRIFT_BENCH_CORPORA/NAME, else <repo>/../corpora/NAME. Installed there with
     /// bench/make-corpus.sh (npm ci) when missing or out of date.
@@ -80,6 +85,20 @@ struct Args {
     /// on a machine shared with others' builds, it keeps their CPU use out of the timings.
     #[arg(long, allow_hyphen_values = true, value_name = "N")]
     nice: Option<i32>,
+    /// Install pnpm with `npm i -g pnpm` when it is not on PATH (else its row is skipped).
+    #[arg(long, conflicts_with = "no_pnpm")]
+    install_pnpm: bool,
+    /// Skip the pnpm row even when pnpm is installed.
+    #[arg(long)]
+    no_pnpm: bool,
+    /// Draw files/s per corpus (vrift first ingest, re-ingest, cp -al, pnpm --offline) from
+    /// the latest record of each corpus in --results-dir as an SVG bar chart at PATH; after
+    /// the run when --corpus is given, else on its own.
+    #[arg(long, value_name = "PATH")]
+    chart: Option<PathBuf>,
+    /// Where the records are (for --chart; default bench/results).
+    #[arg(long, value_name = "DIR")]
+    results_dir: Option<PathBuf>,
     /// Keep the working directory afterwards (for a look at the stores).
     #[arg(long)]
     keep_work: bool,
@@ -103,13 +122,30 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let results_dir = args
+        .results_dir
+        .clone()
+        .unwrap_or_else(|| bench_dir.join("results"));
+    let Some(name) = args.corpus.clone() else {
+        let chart = args.chart.as_deref().expect("clap: --corpus or --chart");
+        chart::render(&results_dir, chart)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let code = bench(&args, &bench_dir, name)?;
+    if let Some(chart) = &args.chart {
+        chart::render(&results_dir, chart)?;
+    }
+    Ok(code)
+}
+
+fn bench(args: &Args, bench_dir: &Path, name: String) -> Result<ExitCode> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
     if args.runs < 3 {
         eprintln!("vrift-bench: warning: fewer than 3 rounds; medians will be shaky");
     }
-    let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let repo = bench_dir
         .parent()
         .expect("bench/ is inside the repo")
@@ -132,7 +168,30 @@ fn run(args: Args) -> Result<ExitCode> {
         bail!("--cold needs to write /proc/sys/vm/drop_caches (run as root)");
     }
     let b3sum = tools::b3sum()?;
-    let name = args.corpus.clone();
+    let mut notes = Vec::new();
+    let defs = bench_dir.join("corpora").join(&name);
+    let pnpm_bin = if args.no_pnpm {
+        notes.push("pnpm row skipped: --no-pnpm".to_string());
+        None
+    } else if !defs.join("package-lock.json").is_file() {
+        notes.push(format!(
+            "pnpm row skipped: no {} to make a pnpm lock file from",
+            defs.join("package-lock.json").display()
+        ));
+        None
+    } else {
+        let found = pnpm::find(args.install_pnpm)?;
+        if found.is_none() {
+            notes.push(
+                "pnpm row skipped: pnpm is not installed (pass --install-pnpm to install it with `npm i -g pnpm`)"
+                    .to_string(),
+            );
+        }
+        found
+    };
+    for n in &notes {
+        eprintln!("vrift-bench: {n}");
+    }
     let shared_name = args
         .shared_corpus
         .clone()
@@ -148,8 +207,8 @@ fn run(args: Args) -> Result<ExitCode> {
         .shared_corpus_dir
         .clone()
         .unwrap_or_else(|| corpus::default_dir(&repo, &shared_name));
-    let tree = corpus::ensure(&bench_dir, &name, &corpus_dir)?;
-    let shared_tree = corpus::ensure(&bench_dir, &shared_name, &shared_dir)?;
+    let tree = corpus::ensure(bench_dir, &name, &corpus_dir)?;
+    let shared_tree = corpus::ensure(bench_dir, &shared_name, &shared_dir)?;
 
     let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let work = WorkDir::create(
@@ -163,6 +222,12 @@ fn run(args: Args) -> Result<ExitCode> {
     let scratch = work.path.join("scratch");
     std::fs::create_dir_all(&scratch)?;
     eprintln!("vrift-bench: working in {}", work.path.display());
+    // First of the set-up steps, as the one most likely to fail (network, pnpm versions).
+    let pnpm = match &pnpm_bin {
+        Some(bin) => Some(pnpm::prepare(bin, &defs, &work.path)?),
+        None => None,
+    };
+    interrupt::check()?;
 
     // Every round runs the same build, even if someone rebuilds target/release meanwhile.
     let snapshot = work.path.join("vrift");
@@ -245,7 +310,7 @@ fn run(args: Args) -> Result<ExitCode> {
         setup_start.elapsed().as_secs_f64()
     );
 
-    let cases = Case::round(args.cold);
+    let cases = Case::round(args.cold, pnpm.is_some());
     let plan = Plan {
         vrift: &vrift,
         b3sum: &b3sum,
@@ -259,6 +324,7 @@ fn run(args: Args) -> Result<ExitCode> {
         expect_reingest: Expect::warm_reingest(inventory.files),
         wait_idle: std::time::Duration::from_secs(args.wait_idle),
         delete_between_rounds: args.delete_between_rounds,
+        pnpm: pnpm.as_ref(),
     };
     let machine = machine::describe(&work.path);
     let mut all_rounds: Vec<Round> = Vec::new();
@@ -273,7 +339,12 @@ fn run(args: Args) -> Result<ExitCode> {
         }
     }
 
-    let (rows, ratios, goals) = report::rows_ratios_goals(&all_rounds, &cases, inventory.files);
+    let (rows, ratios, goals) = report::rows_ratios_goals(
+        &all_rounds,
+        &cases,
+        inventory.files,
+        pnpm.as_ref().map(|p| p.info.files),
+    );
     let report = Report {
         schema: report::SCHEMA,
         date: date.clone(),
@@ -293,6 +364,8 @@ fn run(args: Args) -> Result<ExitCode> {
         nice: machine::current_nice(),
         cold: args.cold,
         delete_between_rounds: args.delete_between_rounds,
+        pnpm: pnpm.as_ref().map(|p| p.info.clone()),
+        notes,
         commands: case_commands(&cases, &vrift_under_test, jobs),
         rows,
         ratios,
@@ -369,6 +442,12 @@ fn case_commands(cases: &[Case], vrift: &Vrift, jobs: usize) -> Vec<CaseCommand>
                     tools::b3sum_display(p("SRC"), jobs),
                 ),
                 Case::B3sumCold => (drop.to_string(), tools::b3sum_display(p("SRC"), jobs)),
+                Case::PnpmOffline => (
+                    "copy package.json + pnpm-lock.yaml (pnpm import of the corpus's package-lock.json) into an empty PROJECT; \
+                     PNPM_STORE filled once before the rounds (pnpm install from the registry); warm-up: stat every PNPM_STORE file, read its index (index.db / *-index.json); sync"
+                        .to_string(),
+                    pnpm::install_offline_display(),
+                ),
             };
             CaseCommand { case, setup, timed }
         })

@@ -12,12 +12,15 @@ use serde::Serialize;
 use crate::cases::{Case, MAX_RSS_GOAL_MB, RATE_GOALS, RATIOS};
 use crate::corpus::Inventory;
 use crate::machine::Machine;
+use crate::pnpm::PnpmInfo;
 use crate::rounds::Round;
 use crate::stats::{max, median, min};
 use crate::vrift::IngestSummary;
 
 /// Version of the JSON layout below; bump when a field changes meaning.
-pub const SCHEMA: u32 = 1;
+/// 1: the first layout. 2: adds the `pnpm_offline` row, `rows[].files`, `pnpm`, `notes`
+/// (a reader of version 1 records finds no pnpm row and takes `files` from the corpus).
+pub const SCHEMA: u32 = 2;
 
 #[derive(Serialize)]
 pub struct Report {
@@ -35,6 +38,10 @@ pub struct Report {
     pub cold: bool,
     /// Whether each round's trees were deleted right after it (else parked until the end).
     pub delete_between_rounds: bool,
+    /// The pnpm row's set-up (absent when the row was skipped: see `notes`).
+    pub pnpm: Option<PnpmInfo>,
+    /// What the reader should know about this run: rows skipped and why.
+    pub notes: Vec<String>,
     pub commands: Vec<CaseCommand>,
     pub rows: Vec<Row>,
     pub ratios: Vec<Ratio>,
@@ -80,7 +87,10 @@ pub struct Row {
     pub min_s: f64,
     pub max_s: f64,
     pub samples_s: Vec<f64>,
-    /// Files of the tree per second of median wall time.
+    /// Files the row's rate counts: the corpus's (vrift's own count for vrift rows), or
+    /// those of pnpm's layout for the pnpm row.
+    pub files: u64,
+    /// `files` per second of median wall time.
     pub files_per_sec: f64,
     /// Largest peak RSS over the rounds, MiB.
     pub peak_rss_mib: f64,
@@ -114,15 +124,23 @@ pub struct Goal {
     pub met: bool,
 }
 
-/// Builds the rows, ratios and goals from the rounds. `files` is the corpus file count.
+/// Builds the rows, ratios and goals from the rounds. `files` is the corpus file count,
+/// `pnpm_files` the file count of pnpm's layout (the pnpm row's rate is over those).
 pub fn rows_ratios_goals(
     rounds: &[Round],
     cases: &[Case],
     files: u64,
+    pnpm_files: Option<u64>,
 ) -> (Vec<Row>, Vec<Ratio>, Vec<Goal>) {
     let rows: Vec<Row> = cases
         .iter()
-        .filter_map(|&case| row(rounds, case, files))
+        .filter_map(|&case| {
+            let n = match case {
+                Case::PnpmOffline => pnpm_files.unwrap_or(files),
+                _ => files,
+            };
+            row(rounds, case, n)
+        })
         .collect();
 
     let mut ratios = Vec::new();
@@ -209,6 +227,7 @@ fn row(rounds: &[Round], case: Case, files: u64) -> Option<Row> {
         min_s: min(&walls)?,
         max_s: max(&walls)?,
         samples_s: walls,
+        files,
         files_per_sec: files as f64 / median_s,
         peak_rss_mib: ms
             .iter()
@@ -255,6 +274,20 @@ impl Report {
             thousands(sc.inventory.files as f64),
             thousands(sc.inventory.distinct_contents as f64)
         );
+        match &self.pnpm {
+            Some(p) => {
+                let _ = writeln!(
+                    s,
+                    "- pnpm {}: {} files in its layout (its files/s counts those); lock file from {}",
+                    p.version,
+                    thousands(p.files as f64),
+                    p.lockfile
+                );
+            }
+            None => {
+                let _ = writeln!(s, "- pnpm: row not run (see notes)");
+            }
+        }
         let v = &self.vrift;
         let _ = writeln!(
             s,
@@ -373,6 +406,9 @@ impl Report {
                 thousands(sum.blobs_new as f64),
                 thousands(sum.dedup_hits as f64)
             );
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "\nNote: {n}");
         }
         if self.problems.is_empty() {
             let _ = writeln!(

@@ -15,6 +15,7 @@ use crate::cases::Case;
 use crate::exec::{run_checked, run_timed, Sample, Stdout};
 use crate::fsops::{clone_store, copy_tree, drop_caches, remove_tree, sync};
 use crate::machine;
+use crate::pnpm::{self, Pnpm};
 use crate::tools;
 use crate::vrift::{check, parse_summary, Expect, IngestSummary, Vrift};
 
@@ -38,6 +39,8 @@ pub struct Plan<'a> {
     pub wait_idle: std::time::Duration,
     /// Delete a round's trees when it ends instead of parking them in `work/trash`.
     pub delete_between_rounds: bool,
+    /// The pnpm row's project template and warm store (when the row runs).
+    pub pnpm: Option<&'a Pnpm>,
 }
 
 /// One case's measurement in one round.
@@ -222,6 +225,35 @@ fn run_case(
         }
         Case::CpAl => baseline(&mut tools::cp_al(plan.source, &round_dir.join("cp-al"))),
         Case::Find => baseline(&mut tools::find_printf(plan.source)),
+        Case::PnpmOffline => {
+            let p = plan
+                .pnpm
+                .context("the pnpm row needs pnpm (prepared before the rounds)")?;
+            let project = round_dir.join("pnpm");
+            p.new_project(&project)?;
+            run_checked(pnpm::warm_up(&p.store).stdout(std::process::Stdio::null()))?;
+            sync();
+            let done = run_timed(
+                &mut pnpm::install_offline(&p.bin, &project, &p.store),
+                Stdout::Discard,
+                scratch,
+            )?;
+            let made = pnpm::count_files(&project.join("node_modules"))?;
+            let problems = if made == p.info.files {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "pnpm made {made} files, the store-filling install {}",
+                    p.info.files
+                )]
+            };
+            Ok(Measured {
+                case,
+                sample: done.sample,
+                summary: None,
+                problems,
+            })
+        }
         Case::B3sum | Case::B3sumCold => baseline(&mut tools::b3sum_all(
             plan.source,
             plan.jobs,
