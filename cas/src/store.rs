@@ -531,7 +531,10 @@ mod tests {
         );
         let p = cas.blob_path(&h, 6);
         assert_eq!(fs::read(&p).unwrap(), b"pulled");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o444);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
         assert!(!tmp.exists());
         let tmp2 = cas.temp_path("pull");
         fs::write(&tmp2, b"pulled").unwrap();

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::client::{
-    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService,
-    ReqwestConnector,
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
 };
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
@@ -97,7 +96,12 @@ impl HttpService for Counting {
     async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         let op = classify(&req);
         let id = format!("{} {}", req.method(), req.uri());
-        if self.failed.lock().map(|mut f| f.remove(&id)).unwrap_or(false) {
+        if self
+            .failed
+            .lock()
+            .map(|mut f| f.remove(&id))
+            .unwrap_or(false)
+        {
             self.stats.retry(op);
         }
         self.stats.request(op);
@@ -157,12 +161,18 @@ mod tests {
         let b = "http://127.0.0.1:9/bkt";
         assert_eq!(classify(&req("HEAD", &format!("{b}/k"))), Op::Head);
         assert_eq!(
-            classify(&req("GET", &format!("{b}?list-type=2&prefix=blake3%2F00%2F"))),
+            classify(&req(
+                "GET",
+                &format!("{b}?list-type=2&prefix=blake3%2F00%2F")
+            )),
             Op::List
         );
         assert_eq!(classify(&req("GET", &format!("{b}/k"))), Op::Get);
         assert_eq!(classify(&req("PUT", &format!("{b}/k"))), Op::Put);
-        assert_eq!(classify(&req("POST", &format!("{b}/k?uploads"))), Op::Multipart);
+        assert_eq!(
+            classify(&req("POST", &format!("{b}/k?uploads"))),
+            Op::Multipart
+        );
         assert_eq!(
             classify(&req("PUT", &format!("{b}/k?partNumber=1&uploadId=x"))),
             Op::Multipart

@@ -256,7 +256,9 @@ impl Settings {
             })?;
         let url = RemoteUrl::parse(&url_text)?;
         let env = |k: &str| env(k).filter(|v| !v.is_empty());
-        let home = env("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+        let home = env("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/"));
         let cred_file = env("AWS_SHARED_CREDENTIALS_FILE")
             .map(PathBuf::from)
             .unwrap_or_else(|| home.join(".aws/credentials"));
@@ -338,7 +340,10 @@ mod tests {
     #[test]
     fn urls() {
         let u = RemoteUrl::parse("s3://ci-cache/vrift/main/").unwrap();
-        assert_eq!((u.bucket.as_str(), u.prefix.as_str()), ("ci-cache", "vrift/main"));
+        assert_eq!(
+            (u.bucket.as_str(), u.prefix.as_str()),
+            ("ci-cache", "vrift/main")
+        );
         assert_eq!(u.to_string(), "s3://ci-cache/vrift/main");
         assert_eq!(RemoteUrl::parse("s3://bkt").unwrap().prefix, "");
         for bad in [
@@ -407,7 +412,10 @@ mod tests {
         assert_eq!(s.region, "eu-west-3");
         assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:9"));
         assert_eq!(s.profile.as_deref(), Some("ci"));
-        assert!(!format!("{s:?}").contains("cisecret"), "secrets never print");
+        assert!(
+            !format!("{s:?}").contains("cisecret"),
+            "secrets never print"
+        );
 
         let mut env_wins = with_profile.clone();
         env_wins.extend([

@@ -54,7 +54,10 @@ pub enum RemoteError {
     )]
     MissingLocalBlob { path: PathBuf, entry: String },
     #[error("{count} blobs failed; first: {first}")]
-    Several { count: usize, first: Box<RemoteError> },
+    Several {
+        count: usize,
+        first: Box<RemoteError>,
+    },
     #[error(transparent)]
     Cas(#[from] vrift_cas::CasError),
     #[error(transparent)]
@@ -73,7 +76,9 @@ impl RemoteError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            RemoteError::BadUrl { .. } | RemoteError::NotConfigured { .. } | RemoteError::BadName { .. }
+            RemoteError::BadUrl { .. }
+                | RemoteError::NotConfigured { .. }
+                | RemoteError::BadName { .. }
         )
     }
 }

@@ -131,7 +131,10 @@ mod tests {
             format!("ci/cache/blake3/{}/{}/{hex}_2.bin", &hex[..2], &hex[2..4])
         );
         assert_eq!(parse_blob_key(&k.blob(&h, 2)), Some((h, 2)));
-        assert_eq!(Keys::new("").blob(&h, 2), format!("blake3/{}", vrift_cas::blob_rel(&h, 2)));
+        assert_eq!(
+            Keys::new("").blob(&h, 2),
+            format!("blake3/{}", vrift_cas::blob_rel(&h, 2))
+        );
         assert_eq!(k.blob_top(0xab), "ci/cache/blake3/ab/");
     }
 

@@ -72,6 +72,11 @@ impl Remote {
         self.settings.url.to_string()
     }
 
+    /// `s3://BUCKET/KEY`, for messages.
+    pub fn object_url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.settings.url.bucket)
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
@@ -87,7 +92,8 @@ impl Remote {
     /// Turns object_store's error for `key` into ours: a missing object, refused
     /// credentials and everything else, on one line.
     fn error(&self, key: &str, op: &'static str, e: object_store::Error) -> RemoteError {
-        let one_line = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let one_line =
+            |s: String| server_reason(&s.split_whitespace().collect::<Vec<_>>().join(" "));
         match e {
             object_store::Error::NotFound { .. } => RemoteError::NotFound {
                 key: key.to_string(),
@@ -103,6 +109,24 @@ impl Remote {
                 detail: one_line(other.to_string()),
             },
         }
+    }
+}
+
+/// object_store quotes the server's XML error body whole; `<Code>` and `<Message>` are what
+/// a person needs, so the rest of the XML goes.
+fn server_reason(s: &str) -> String {
+    let tag = |t: &str| {
+        let open = format!("<{t}>");
+        let start = s.find(&open)? + open.len();
+        let end = s[start..].find(&format!("</{t}>"))? + start;
+        Some(s[start..end].to_string())
+    };
+    match (s.find("<?xml").or_else(|| s.find("<Error>")), tag("Code")) {
+        (Some(xml), Some(code)) => {
+            let msg = tag("Message").map(|m| format!(": {m}")).unwrap_or_default();
+            format!("{}{code}{msg}", &s[..xml])
+        }
+        _ => s.to_string(),
     }
 }
 

@@ -63,13 +63,21 @@ pub fn describe() {
         Unit::Count,
         "Blobs by outcome: uploaded / already_remote (push), downloaded / already_local (pull)"
     );
-    describe_counter!(BLOB_BYTES, Unit::Bytes, "Bytes of the blobs in vrift_remote_blobs_total");
+    describe_counter!(
+        BLOB_BYTES,
+        Unit::Bytes,
+        "Bytes of the blobs in vrift_remote_blobs_total"
+    );
     describe_histogram!(
         REQUEST_DURATION,
         Unit::Seconds,
         "Latency of S3 requests until the response headers, by op"
     );
-    describe_histogram!(DURATION, Unit::Seconds, "Wall time of whole push and pull runs");
+    describe_histogram!(
+        DURATION,
+        Unit::Seconds,
+        "Wall time of whole push and pull runs"
+    );
     describe_gauge!(
         LAST_SUCCESS,
         "1 if the last push or pull (by command) succeeded, 0 otherwise"

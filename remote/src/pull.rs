@@ -31,6 +31,8 @@ pub struct PullOptions {
 pub struct PullReport {
     pub remote: String,
     pub manifest_key: String,
+    /// `s3://BUCKET/<manifest_key>`.
+    pub manifest_url: String,
     /// Where the manifest was written.
     pub manifest: PathBuf,
     pub project: Option<String>,
@@ -105,7 +107,11 @@ impl Remote {
                 missing.push(b);
             }
         }
-        let jobs = if opts.jobs > 0 { opts.jobs } else { self.settings.jobs };
+        let jobs = if opts.jobs > 0 {
+            opts.jobs
+        } else {
+            self.settings.jobs
+        };
         let mut failures: Vec<RemoteError> = self.rt.block_on(async {
             stream::iter(missing.iter().map(|(h, s)| self.download_blob(cas, h, *s)))
                 .buffer_unordered(jobs)
@@ -153,9 +159,16 @@ impl Remote {
 
         let seconds = started.elapsed().as_secs_f64();
         let g = RemoteStats::get;
-        let per_sec = |n: u64| if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
+        let per_sec = |n: u64| {
+            if seconds > 0.0 {
+                n as f64 / seconds
+            } else {
+                0.0
+            }
+        };
         Ok(PullReport {
             remote: self.url(),
+            manifest_url: self.object_url(&key),
             manifest_key: key,
             manifest: out.to_path_buf(),
             project,

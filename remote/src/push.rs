@@ -40,6 +40,8 @@ pub struct PushReport {
     pub remote: String,
     /// `manifests/<name>.vrm` (moves with every push of the name).
     pub manifest_key: String,
+    /// `s3://BUCKET/<manifest_key>`.
+    pub manifest_url: String,
     /// `manifests/blake3/<hex>.vrm` (these exact bytes, forever).
     pub manifest_hash_key: String,
     pub blobs_total: u64,
@@ -85,7 +87,11 @@ impl Remote {
                 });
             }
         }
-        let jobs = if opts.jobs > 0 { opts.jobs } else { self.settings.jobs };
+        let jobs = if opts.jobs > 0 {
+            opts.jobs
+        } else {
+            self.settings.jobs
+        };
         let mode = match opts.check {
             CheckMode::Auto if blobs.len() <= self.settings.head_threshold => CheckMode::Head,
             CheckMode::Auto => CheckMode::List,
@@ -138,9 +144,16 @@ impl Remote {
 
         let seconds = started.elapsed().as_secs_f64();
         let g = RemoteStats::get;
-        let per_sec = |n: u64| if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
+        let per_sec = |n: u64| {
+            if seconds > 0.0 {
+                n as f64 / seconds
+            } else {
+                0.0
+            }
+        };
         Ok(PushReport {
             remote: self.url(),
+            manifest_url: self.object_url(&manifest_key),
             manifest_key,
             manifest_hash_key,
             blobs_total: g(&st.blobs_total),
@@ -149,7 +162,11 @@ impl Remote {
             bytes_uploaded: g(&st.bytes_moved),
             blobs_present: g(&st.blobs_present),
             bytes_present: g(&st.bytes_present),
-            check: if mode == CheckMode::Head { "head" } else { "list" },
+            check: if mode == CheckMode::Head {
+                "head"
+            } else {
+                "list"
+            },
             check_seconds,
             seconds,
             blobs_per_sec: per_sec(g(&st.blobs_moved)),
@@ -161,7 +178,11 @@ impl Remote {
 
     /// One HEAD per blob, `jobs` at a time. A remote object of the wrong size is treated as
     /// absent (uploaded again, which repairs a truncated copy).
-    async fn present_by_head(&self, blobs: &[BlobRef], jobs: usize) -> Result<HashSet<(Hash, u64)>> {
+    async fn present_by_head(
+        &self,
+        blobs: &[BlobRef],
+        jobs: usize,
+    ) -> Result<HashSet<(Hash, u64)>> {
         let found: Vec<Option<(Hash, u64)>> = stream::iter(blobs.iter().map(|b| async move {
             let key = self.keys.blob(&b.hash, b.size);
             let r = match self.store.head(&obj_path(&key)).await {
@@ -181,7 +202,11 @@ impl Remote {
 
     /// LIST of `blake3/ab/` for every first byte `ab` the manifest uses (256 at most, in
     /// parallel): ~1000 keys a request instead of one.
-    async fn present_by_list(&self, blobs: &[BlobRef], jobs: usize) -> Result<HashSet<(Hash, u64)>> {
+    async fn present_by_list(
+        &self,
+        blobs: &[BlobRef],
+        jobs: usize,
+    ) -> Result<HashSet<(Hash, u64)>> {
         let wanted: HashSet<(Hash, u64)> = blobs.iter().map(|b| (b.hash, b.size)).collect();
         let mut tops: Vec<u8> = blobs.iter().map(|b| b.hash[0]).collect();
         tops.sort_unstable();
@@ -190,7 +215,9 @@ impl Remote {
         let sets: Vec<Vec<(Hash, u64)>> = stream::iter(tops.into_iter().map(|top| async move {
             let prefix = self.keys.blob_top(top);
             let mut out = Vec::new();
-            let mut listing = self.store.list(Some(&obj_path(prefix.trim_end_matches('/'))));
+            let mut listing = self
+                .store
+                .list(Some(&obj_path(prefix.trim_end_matches('/'))));
             while let Some(item) = listing.next().await {
                 let meta = item.map_err(|e| self.error(&prefix, "list", e))?;
                 if let Some(hs) = parse_blob_key(meta.location.as_ref()) {
@@ -235,8 +262,7 @@ impl Remote {
             .await
             .map_err(|e| self.error(key, "multipart", e))?;
         let result: Result<()> = async {
-            let mut file =
-                std::fs::File::open(path).map_err(|e| RemoteError::io(path, e))?;
+            let mut file = std::fs::File::open(path).map_err(|e| RemoteError::io(path, e))?;
             let mut hasher = blake3::Hasher::new();
             let mut total = 0u64;
             let mut inflight = FuturesUnordered::new();

@@ -145,11 +145,13 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
     if let Some(Err(e)) = &pushed {
         eprintln!("error: push of {} failed: {e}", report.manifest.display());
     }
-    Ok(if report.errors > 0 || push_failed || (a.push && pushed.is_none()) {
-        Outcome::Failed
-    } else {
-        Outcome::Ok
-    })
+    Ok(
+        if report.errors > 0 || push_failed || (a.push && pushed.is_none()) {
+            Outcome::Failed
+        } else {
+            Outcome::Ok
+        },
+    )
 }
 
 /// Sets up `--metrics-*` (nothing without them), labelled with the project name the

@@ -8,8 +8,8 @@ use vrift_cas::lock::{LockKind, StoreLock};
 use vrift_cas::Cas;
 use vrift_remote::metrics::Command as RemoteCommand;
 use vrift_remote::{
-    CheckMode, PullOptions, PullReport, PushOptions, PushReport, Remote, RemoteError,
-    RemoteStats, Settings,
+    CheckMode, PullOptions, PullReport, PushOptions, PushReport, Remote, RemoteError, RemoteStats,
+    Settings,
 };
 
 use crate::args::{CheckArg, PullArgs, PushArgs, RemoteMetricsArgs};
@@ -44,7 +44,12 @@ fn shared_lock(store: &Path) -> Result<StoreLock> {
     })?)
 }
 
-fn progress(g: &Globals, stats: &Arc<RemoteStats>, label: &'static str, verb: &'static str) -> Progress {
+fn progress(
+    g: &Globals,
+    stats: &Arc<RemoteStats>,
+    label: &'static str,
+    verb: &'static str,
+) -> Progress {
     let s = stats.clone();
     Progress::start_with(g.progress, label, move || {
         let get = RemoteStats::get;
@@ -82,9 +87,9 @@ fn push_name(store: &Path, manifest: &Path) -> Result<String> {
         }
     }
     let m = vrift_manifest::Manifest::open(manifest)?;
-    let root = PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
-        m.root().to_vec(),
-    ));
+    let root = PathBuf::from(
+        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(m.root().to_vec()),
+    );
     Ok(vrift_cas::registry::default_name(&root))
 }
 
@@ -147,12 +152,7 @@ pub fn run_push(
 }
 
 pub fn print_push(manifest: &Path, r: &PushReport) {
-    println!(
-        "Pushed {} → {} as {}",
-        manifest.display(),
-        r.remote,
-        r.manifest_key
-    );
+    println!("Pushed {} → {}", manifest.display(), r.manifest_url);
     println!(
         "  blobs       {:>12}  ({})",
         thousands(r.blobs_total),
@@ -236,12 +236,7 @@ pub fn pull(g: &Globals, a: &PullArgs) -> Result<Outcome> {
 }
 
 fn print_pull(r: &PullReport) {
-    println!(
-        "Pulled {}/{} → {}",
-        r.remote,
-        r.manifest_key,
-        r.manifest.display()
-    );
+    println!("Pulled {} → {}", r.manifest_url, r.manifest.display());
     if let Some(p) = &r.project {
         println!("  project     {p}");
     }

@@ -107,7 +107,10 @@ impl S3Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("rclone serve s3 did not answer on port {port} within 20 s:\n{}", s.log());
+        panic!(
+            "rclone serve s3 did not answer on port {port} within 20 s:\n{}",
+            s.log()
+        );
     }
 
     pub fn endpoint(&self) -> String {
@@ -143,7 +146,10 @@ impl S3Server {
         cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .env("AWS_ENDPOINT_URL", self.endpoint())
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("no-credentials"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.dir.path().join("no-credentials"),
+            )
             .env("AWS_CONFIG_FILE", self.dir.path().join("no-config"));
     }
 
