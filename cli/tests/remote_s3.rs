@@ -108,8 +108,9 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
         std::fs::read(&manifest).unwrap()
     );
 
-    // Second push: nothing to upload, by either way of checking.
-    for check in ["auto", "list", "head"] {
+    // Second push: nothing to upload, by every way of checking. `auto` trusts the manifest
+    // already on the remote (pushed only after all its blobs).
+    for (check, how) in [("auto", "manifest"), ("list", "list"), ("head", "head")] {
         let again = push_json(&s3, &store_a, &manifest, &["--check", check]);
         assert_eq!(num(&again, "blobs_uploaded"), 0, "{check}: {again}");
         assert_eq!(num(&again, "bytes_uploaded"), 0, "{check}: {again}");
@@ -118,7 +119,27 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
             blobs.len() as u64,
             "{check}: {again}"
         );
+        assert_eq!(again["check"], how, "{again}");
     }
+    let again = push_json(&s3, &store_a, &manifest, &[]);
+    assert_eq!(
+        num(&again, "requests"),
+        3,
+        "one HEAD, the two manifest PUTs: {again}"
+    );
+
+    // A changed tree: the previous push of the name vouches for the unchanged blobs, only
+    // the new one is checked and uploaded.
+    let changed_tree = tmp.path().join("app2");
+    build_many_files(&changed_tree, 600, 450, "rt");
+    write_file(&changed_tree.join("new.js"), b"brand new content\n", 0o644);
+    let changed = tmp.path().join("app2.vrm");
+    ingest_ok(&store_a, &changed_tree, &changed, &[]);
+    let p2 = push_json(&s3, &store_a, &changed, &["--name", "app"]);
+    assert_eq!(p2["check"], "manifest+head", "{p2}");
+    assert_eq!(num(&p2, "blobs_uploaded"), 1, "{p2}");
+    // The original back under the name, for the pulls below.
+    push_json(&s3, &store_a, &manifest, &["--name", "app"]);
 
     // Pull into an empty store, the remote given by VR_REMOTE this time.
     let pulled = tmp.path().join("pulled.vrm");
@@ -278,6 +299,7 @@ fn ingest_push_does_both_in_one_step_and_exports_remote_metrics() {
     );
     assert_eq!(num(&again["push"], "blobs_uploaded"), 0, "{again}");
     assert_eq!(num(&again["push"], "blobs_present"), 120, "{again}");
+    assert_eq!(again["push"]["check"], "manifest", "{again}");
     make_removable(tmp.path());
 }
 

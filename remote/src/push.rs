@@ -21,6 +21,9 @@ use crate::{obj_path, Remote};
 /// request, HEAD answers for one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckMode {
+    /// Trust the manifests already on the remote first (a manifest is pushed only after all
+    /// its blobs, so its presence proves theirs): the same manifest already there means
+    /// nothing to check; the previous push of the same name vouches for its blobs. The rest:
     /// HEAD for a few blobs, LIST for many (threshold: `Settings::head_threshold`).
     Auto,
     List,
@@ -50,7 +53,9 @@ pub struct PushReport {
     pub bytes_uploaded: u64,
     pub blobs_present: u64,
     pub bytes_present: u64,
-    /// `list` or `head`.
+    /// How presence was learnt: `manifest` (this exact manifest was on the remote already),
+    /// `head`, `list`, or `manifest+head` / `manifest+list` (the previous push of the name
+    /// vouched for its blobs, the rest were checked).
     pub check: &'static str,
     pub check_seconds: f64,
     pub seconds: f64,
@@ -92,11 +97,6 @@ impl Remote {
         } else {
             self.settings.jobs
         };
-        let mode = match opts.check {
-            CheckMode::Auto if blobs.len() <= self.settings.head_threshold => CheckMode::Head,
-            CheckMode::Auto => CheckMode::List,
-            m => m,
-        };
         let bytes = Bytes::copy_from_slice(manifest.as_bytes());
         let manifest_hash = *blake3::hash(&bytes).as_bytes();
         let manifest_key = self.keys.manifest_named(&opts.name)?;
@@ -104,11 +104,39 @@ impl Remote {
         drop(manifest);
 
         let check_started = Instant::now();
-        let present = self.rt.block_on(async {
-            match mode {
-                CheckMode::Head => self.present_by_head(&blobs, jobs).await,
-                _ => self.present_by_list(&blobs, jobs).await,
+        let (check, present) = self.rt.block_on(async {
+            let mut known = HashSet::new();
+            if opts.check == CheckMode::Auto {
+                if self.exists(&manifest_hash_key).await? {
+                    RemoteStats::add(&self.stats.blobs_checked, blobs.len() as u64);
+                    return Ok(("manifest", blobs.iter().map(|b| (b.hash, b.size)).collect()));
+                }
+                known = self.blobs_of_remote_manifest(&manifest_key).await?;
             }
+            let rest: Vec<BlobRef> = blobs
+                .iter()
+                .filter(|b| !known.contains(&(b.hash, b.size)))
+                .copied()
+                .collect();
+            RemoteStats::add(&self.stats.blobs_checked, (blobs.len() - rest.len()) as u64);
+            let rest_mode = match opts.check {
+                CheckMode::Auto if rest.len() <= self.settings.head_threshold => CheckMode::Head,
+                CheckMode::Auto => CheckMode::List,
+                m => m,
+            };
+            let check = match (known.is_empty(), rest_mode) {
+                (true, CheckMode::Head) => "head",
+                (true, _) => "list",
+                (false, CheckMode::Head) => "manifest+head",
+                (false, _) => "manifest+list",
+            };
+            let mut found = match rest_mode {
+                _ if rest.is_empty() => HashSet::new(),
+                CheckMode::Head => self.present_by_head(&rest, jobs).await?,
+                _ => self.present_by_list(&rest, jobs).await?,
+            };
+            found.extend(known);
+            Ok::<_, RemoteError>((check, found))
         })?;
         let check_seconds = check_started.elapsed().as_secs_f64();
         let missing: Vec<BlobRef> = blobs
@@ -162,17 +190,40 @@ impl Remote {
             bytes_uploaded: g(&st.bytes_moved),
             blobs_present: g(&st.blobs_present),
             bytes_present: g(&st.bytes_present),
-            check: if mode == CheckMode::Head {
-                "head"
-            } else {
-                "list"
-            },
+            check,
             check_seconds,
             seconds,
             blobs_per_sec: per_sec(g(&st.blobs_moved)),
             bytes_per_sec: per_sec(g(&st.bytes_moved)),
             requests: RemoteStats::total(&st.requests),
             retries: RemoteStats::total(&st.retries),
+        })
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        match self.store.head(&obj_path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(key, "head", e)),
+        }
+    }
+
+    /// The blobs of the manifest at `key`, if there is one that parses (else none: a broken
+    /// or foreign object there only means nothing is known).
+    async fn blobs_of_remote_manifest(&self, key: &str) -> Result<HashSet<(Hash, u64)>> {
+        let got = match self.store.get(&obj_path(key)).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(HashSet::new()),
+            Err(e) => return Err(self.error(key, "get", e)),
+        };
+        let bytes = got.bytes().await.map_err(|e| self.error(key, "get", e))?;
+        RemoteStats::add(&self.stats.bytes_down, bytes.len() as u64);
+        Ok(match Manifest::from_bytes(bytes.to_vec(), Path::new(key)) {
+            Ok(m) => referenced_blobs(&m)
+                .into_iter()
+                .map(|b| (b.hash, b.size))
+                .collect(),
+            Err(_) => HashSet::new(),
         })
     }
 
