@@ -141,7 +141,10 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
     // The original back under the name, for the pulls below.
     push_json(&s3, &store_a, &manifest, &["--name", "app"]);
 
-    // Pull into an empty store, the remote given by VR_REMOTE this time.
+    // Pull into an empty store, the remote given by VR_REMOTE this time. A half-downloaded
+    // blob of a pull that was killed (its pid is gone) is swept on the way.
+    std::fs::create_dir_all(store_b.join("tmp")).unwrap();
+    std::fs::write(store_b.join("tmp/.pull-999999999-0"), b"half").unwrap();
     let pulled = tmp.path().join("pulled.vrm");
     let mut cmd = vrift(&store_b);
     s3.env(&mut cmd);

@@ -85,6 +85,7 @@ impl Remote {
         opts: &PullOptions,
     ) -> Result<PullReport> {
         let started = Instant::now();
+        sweep_dead_temps(cas);
         let (key, bytes) = self.fetch_manifest(what)?;
         let manifest = Manifest::from_bytes(bytes.clone(), Path::new(&key))?;
         let st = &self.stats;
@@ -255,5 +256,29 @@ impl Remote {
         RemoteStats::add(&self.stats.blobs_moved, 1);
         RemoteStats::add(&self.stats.bytes_moved, size);
         Ok(())
+    }
+}
+
+/// Removes `<store>/tmp/.pull-<pid>-*` left by pulls that were killed (their pid is gone):
+/// half-downloaded blobs that will never be finished. Best effort.
+fn sweep_dead_temps(cas: &Cas) {
+    let dir = cas.root().join(vrift_cas::store::TMP_DIR);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".pull-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } == -1
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
