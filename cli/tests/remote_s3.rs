@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::s3::{S3Server, BUCKET, SECRET_KEY};
+use common::s3::{FlakyProxy, S3Server, BUCKET, SECRET_KEY};
 use common::*;
 use serde_json::Value;
 
@@ -686,5 +686,71 @@ fn bad_remote_configuration_is_a_clear_error() {
         .arg(&manifest);
     let o = run(&mut c);
     assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
+    make_removable(tmp.path());
+}
+
+#[test]
+fn transient_server_errors_are_retried_with_backoff_and_counted() {
+    let Some(s3) = S3Server::start() else { return };
+    // Every 7th request gets a 503 SlowDown instead of reaching the server.
+    let proxy = FlakyProxy::start(s3.port, 7);
+    let tmp = tempdir();
+    let src = tmp.path().join("flaky");
+    build_many_files(&src, 200, 150, "fl");
+    write_file(&src.join("big.bin"), &pattern((6 << 20) + 5, 4), 0o644);
+    let original = snapshot(&src);
+    let store = tmp.path().join("s");
+    let manifest = tmp.path().join("flaky.vrm");
+    ingest_ok(&store, &src, &manifest, &[]);
+    let through_proxy = |store: &Path| {
+        let mut c = vr(&s3, store);
+        c.env("AWS_ENDPOINT_URL", proxy.endpoint())
+            .env("VRIFT_REMOTE_MULTIPART_THRESHOLD", (5 << 20).to_string())
+            .env("VRIFT_REMOTE_PART_SIZE", (5 << 20).to_string());
+        c
+    };
+    let prom = tmp.path().join("flaky.prom");
+    let p = ok_json(
+        through_proxy(&store)
+            .args(["--json", "push"])
+            .arg(&manifest)
+            .arg("--metrics-textfile")
+            .arg(&prom),
+    );
+    assert_eq!(num(&p, "blobs_uploaded"), 151, "{p}");
+    assert!(num(&p, "retries") > 0, "{p}");
+    assert!(proxy.injected.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let total = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        total("vrift_remote_retries_total"),
+        num(&p, "retries") as f64,
+        "{text}"
+    );
+    assert!(
+        total("vrift_remote_errors_total") >= total("vrift_remote_retries_total"),
+        "{text}"
+    );
+    // Everything landed intact despite the errors.
+    assert_eq!(s3.blobs(PREFIX).len(), 151);
+
+    let store2 = tmp.path().join("s2");
+    let pulled = tmp.path().join("pulled.vrm");
+    let l = ok_json(
+        through_proxy(&store2)
+            .args(["--json", "pull", "flaky", "-o"])
+            .arg(&pulled),
+    );
+    assert_eq!(num(&l, "blobs_downloaded"), 151, "{l}");
+    assert!(num(&l, "retries") > 0, "{l}");
+    let out = tmp.path().join("out");
+    checkout_ok(&store2, &pulled, &out);
+    assert_trees_equal(&original, &snapshot(&out), "pulled through a flaky proxy");
+    verify_store(&store2);
     make_removable(tmp.path());
 }

@@ -192,3 +192,89 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// A fault injector in front of the real server: every `every`-th request is answered
+/// `503 SlowDown` (what S3 says under load) without reaching rclone; the others are
+/// forwarded byte for byte (the SigV4 signature covers the Host header, which is passed on
+/// unchanged). One request per connection, so every answer is `Connection: close`.
+pub struct FlakyProxy {
+    pub port: u16,
+    pub injected: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FlakyProxy {
+    pub fn start(upstream: u16, every: u64) -> FlakyProxy {
+        use std::sync::atomic::AtomicU64;
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(AtomicU64::new(0));
+        let injected = Arc::new(AtomicU64::new(0));
+        let inj = injected.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (seen, inj) = (seen.clone(), inj.clone());
+                std::thread::spawn(move || {
+                    let _ = proxy_one(conn, upstream, every, &seen, &inj);
+                });
+            }
+        });
+        FlakyProxy { port, injected }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn proxy_one(
+    client: TcpStream,
+    upstream: u16,
+    every: u64,
+    seen: &std::sync::atomic::AtomicU64,
+    injected: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::Ordering;
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut head = Vec::new();
+    let mut content_length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+        if !lower.starts_with("connection:") {
+            head.extend_from_slice(line.as_bytes());
+        }
+    }
+    head.extend_from_slice(b"Connection: close\r\n\r\n");
+    let mut body = vec![0u8; content_length];
+    reader.read_exact(&mut body)?;
+    let mut client = client;
+    if (seen.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(every) {
+        injected.fetch_add(1, Ordering::SeqCst);
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
+                   <Message>Please reduce your request rate (injected by the test)</Message></Error>";
+        write!(
+            client,
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+            xml.len()
+        )?;
+        return client.flush();
+    }
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    up.write_all(&head)?;
+    up.write_all(&body)?;
+    std::io::copy(&mut up, &mut client)?;
+    client.flush()
+}
