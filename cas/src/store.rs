@@ -280,27 +280,54 @@ impl Cas {
                 return Err(CasError::io(src, e));
             }
         };
-        let result = (|| {
-            let f = File::open(&tmp).map_err(|e| CasError::io(&tmp, e))?;
-            let st = sys::fstat(f.as_fd()).map_err(|e| CasError::io(&tmp, e))?;
-            if st.st_size as u64 != size {
-                return Err(CasError::Changed {
-                    path: src.to_path_buf(),
-                });
-            }
-            sys::fchmod(f.as_fd(), mode & 0o7777 & !WRITE_BITS)
-                .map_err(|e| CasError::io(&tmp, e))?;
-            let c = sys::cstring(&tmp).map_err(|e| CasError::io(&tmp, e))?;
-            match self.with_shard(hash, size, |rel| {
-                sys::linkat(libc::AT_FDCWD, &c, self.bfd(), rel)
-            }) {
-                Ok(()) => Ok(kind),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(CopyKind::Existed),
-                Err(e) => Err(CasError::io(self.blob_path(hash, size), e)),
-            }
-        })();
+        let result = self.link_temp(&tmp, src, hash, size, mode, kind);
         let _ = fs::remove_file(&tmp);
         result
+    }
+
+    /// Makes `tmp`, a complete file under `<root>/tmp` whose content the caller has just
+    /// verified against `hash`/`size` (a download from a remote tier), the blob: read-only
+    /// first, then linked into place, so the blob appears whole or not at all. `tmp` is
+    /// removed either way. `Existed` means another process stored the same content first.
+    pub fn insert_verified(
+        &self,
+        tmp: &Path,
+        hash: &Hash,
+        size: u64,
+        mode: u32,
+    ) -> Result<CopyKind> {
+        let result = self.link_temp(tmp, tmp, hash, size, mode, CopyKind::Copy);
+        let _ = fs::remove_file(tmp);
+        result
+    }
+
+    /// The shared tail of [`copy_in`](Self::copy_in) and
+    /// [`insert_verified`](Self::insert_verified): size check, strip write bits, link.
+    fn link_temp(
+        &self,
+        tmp: &Path,
+        origin: &Path,
+        hash: &Hash,
+        size: u64,
+        mode: u32,
+        kind: CopyKind,
+    ) -> Result<CopyKind> {
+        let f = File::open(tmp).map_err(|e| CasError::io(tmp, e))?;
+        let st = sys::fstat(f.as_fd()).map_err(|e| CasError::io(tmp, e))?;
+        if st.st_size as u64 != size {
+            return Err(CasError::Changed {
+                path: origin.to_path_buf(),
+            });
+        }
+        sys::fchmod(f.as_fd(), mode & 0o7777 & !WRITE_BITS).map_err(|e| CasError::io(tmp, e))?;
+        let c = sys::cstring(tmp).map_err(|e| CasError::io(tmp, e))?;
+        match self.with_shard(hash, size, |rel| {
+            sys::linkat(libc::AT_FDCWD, &c, self.bfd(), rel)
+        }) {
+            Ok(()) => Ok(kind),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(CopyKind::Existed),
+            Err(e) => Err(CasError::io(self.blob_path(hash, size), e)),
+        }
     }
 
     /// A fresh name under `<root>/tmp`, unique across threads and processes.
@@ -488,6 +515,39 @@ mod tests {
         );
         // a second copy of the same content is a no-op, not an error
         assert_eq!(cas.copy_in(&a, &h, 7, 0o644).unwrap(), CopyKind::Existed);
+        assert_eq!(fs::read_dir(cas.root().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn insert_verified_links_read_only_and_removes_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(&dir.path().join("store")).unwrap();
+        let h = hash_of(b"pulled");
+        let tmp = cas.temp_path("pull");
+        fs::write(&tmp, b"pulled").unwrap();
+        assert_eq!(
+            cas.insert_verified(&tmp, &h, 6, 0o644).unwrap(),
+            CopyKind::Copy
+        );
+        let p = cas.blob_path(&h, 6);
+        assert_eq!(fs::read(&p).unwrap(), b"pulled");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
+        assert!(!tmp.exists());
+        let tmp2 = cas.temp_path("pull");
+        fs::write(&tmp2, b"pulled").unwrap();
+        assert_eq!(
+            cas.insert_verified(&tmp2, &h, 6, 0o644).unwrap(),
+            CopyKind::Existed
+        );
+        // a short file never becomes the blob
+        let h2 = hash_of(b"whole");
+        let tmp3 = cas.temp_path("pull");
+        fs::write(&tmp3, b"who").unwrap();
+        assert!(cas.insert_verified(&tmp3, &h2, 5, 0o644).is_err());
+        assert!(!cas.has_blob(&h2, 5));
         assert_eq!(fs::read_dir(cas.root().join(TMP_DIR)).unwrap().count(), 0);
     }
 

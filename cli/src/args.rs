@@ -29,6 +29,12 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub no_progress: bool,
 
+    /// The remote tier for push, pull and ingest --push: s3://BUCKET[/PREFIX] (else
+    /// `url` in <store>/remote.toml). Endpoint, region and credentials: AWS_* variables and
+    /// profiles.
+    #[arg(long, env = "VR_REMOTE", global = true, value_name = "URL")]
+    pub remote: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -53,6 +59,10 @@ pub enum Command {
     Clean(CleanArgs),
     /// Long-running Prometheus exporter of store-wide gauges (blobs, bytes, projects, orphans).
     Serve(ServeArgs),
+    /// Upload a manifest and every blob it references that the remote lacks.
+    Push(PushArgs),
+    /// Fetch a manifest from the remote and only the blobs missing locally (each verified).
+    Pull(PullArgs),
     /// Run a command on the virtual view of manifests (LD_PRELOAD shim).
     Run(crate::commands::run::RunArgs),
     /// Detect the project type; write the filter config and vrift.manifest.
@@ -179,8 +189,84 @@ pub struct IngestArgs {
     #[arg(long)]
     pub no_cache: bool,
 
+    /// Then push the manifest and its blobs to the remote (`vrift push`; see --remote).
+    #[arg(long)]
+    pub push: bool,
+
     #[command(flatten)]
     pub metrics: MetricsArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// Manifest to push (its blobs must be in this store).
+    #[arg(value_name = "MANIFEST")]
+    pub manifest: PathBuf,
+
+    /// Name on the remote: manifests/NAME.vrm (default: the registry's project name for
+    /// this manifest, else the tree's directory name).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// How to find out which blobs the remote has: HEAD each, LIST the blob prefixes, or
+    /// auto (HEAD for a few blobs, LIST for many).
+    #[arg(long, value_enum, default_value_t = CheckArg::Auto)]
+    pub check: CheckArg,
+
+    /// Requests in flight (default: 32, or `jobs` in remote.toml).
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 0)]
+    pub jobs: usize,
+
+    #[command(flatten)]
+    pub metrics: RemoteMetricsArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// A project name (manifests/NAME.vrm), a manifest's BLAKE3 (64 hex digits), or a key
+    /// under the remote's prefix (manifests/x.vrm).
+    #[arg(value_name = "MANIFEST_KEY_OR_NAME")]
+    pub what: String,
+
+    /// Where to write the manifest (default: ./NAME.vrm, the key's file name).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: Option<PathBuf>,
+
+    /// Project name in the local registry (default: NAME, else the tree's directory name).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Requests in flight (default: 32, or `jobs` in remote.toml).
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 0)]
+    pub jobs: usize,
+
+    #[command(flatten)]
+    pub metrics: RemoteMetricsArgs,
+}
+
+/// `--metrics-*` of push and pull: the same sinks as ingest, their own Pushgateway job.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Metrics")]
+pub struct RemoteMetricsArgs {
+    /// Push the run's remote metrics to this Prometheus Pushgateway, replacing the group
+    /// job=JOB, project=NAME.
+    #[arg(long, value_name = "URL")]
+    pub metrics_push: Option<String>,
+
+    /// Write the run's remote metrics to this node_exporter textfile (*.prom), atomically.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
+
+    /// The Pushgateway `job` grouping label.
+    #[arg(long, value_name = "JOB", default_value = "vrift_remote")]
+    pub metrics_job: String,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckArg {
+    Auto,
+    List,
+    Head,
 }
 
 /// Handing an ingest's metrics to Prometheus (see README, "Metrics and dashboards").

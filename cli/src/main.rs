@@ -28,6 +28,8 @@ pub enum Outcome {
 /// Resolved global settings every command needs.
 pub struct Globals {
     pub store: PathBuf,
+    /// `--remote` / `VR_REMOTE`.
+    pub remote: Option<String>,
     pub json: bool,
     pub progress: bool,
 }
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let g = Globals {
         store: cli.the_source_root.clone().unwrap_or_else(default_store),
+        remote: cli.remote.clone(),
         json: cli.json,
         progress: !cli.no_progress && !cli.json,
     };
@@ -59,6 +62,8 @@ fn main() -> ExitCode {
         Command::Registry(a) => commands::registry::run(&g, a),
         Command::Clean(a) => commands::clean::run(&g, a),
         Command::Serve(a) => commands::serve::run(&g, a),
+        Command::Push(a) => commands::remote::push(&g, a),
+        Command::Pull(a) => commands::remote::pull(&g, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -21,6 +21,8 @@ use metrics_exporter_prometheus::{
 };
 use vrift_pipeline::metrics::{self as m, IngestMetrics, Sampler};
 use vrift_pipeline::Counters;
+use vrift_remote::metrics::{self as rm, Command as RemoteCommand, RemoteMetrics};
+use vrift_remote::RemoteStats;
 
 /// The content type of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -31,6 +33,8 @@ pub fn recorder() -> PrometheusRecorder {
         (m::DURATION, &m::DURATION_BUCKETS[..]),
         (m::STAGE_BUSY, &m::DURATION_BUCKETS[..]),
         (m::LOCK_WAIT, &m::LOCK_WAIT_BUCKETS[..]),
+        (rm::REQUEST_DURATION, &rm::REQUEST_BUCKETS[..]),
+        (rm::DURATION, &rm::DURATION_BUCKETS[..]),
     ];
     let mut b = PrometheusBuilder::new();
     for (name, bounds) in buckets {
@@ -257,8 +261,27 @@ impl IngestFlags<'_> {
 }
 
 struct Exposition {
-    _recorder: PrometheusRecorder,
+    recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The labels every series of this exposition carries (`project` or none).
+    labels: Vec<(&'static str, String)>,
+}
+
+impl Exposition {
+    fn new(labels: Vec<(&'static str, String)>) -> Exposition {
+        let recorder = recorder();
+        Exposition {
+            handle: recorder.handle(),
+            recorder,
+            labels,
+        }
+    }
+
+    fn register_remote(&self, command: RemoteCommand) -> RemoteMetrics {
+        metrics::with_local_recorder(&self.recorder, || {
+            RemoteMetrics::register(&self.labels, command)
+        })
+    }
 }
 
 /// Everything that exports one ingest's metrics; built before the run, finished after it.
@@ -269,11 +292,28 @@ pub struct IngestExport {
     bare: Option<Exposition>,
     sinks: Arc<Vec<IngestMetrics>>,
     sampler: Option<Sampler>,
+    /// `ingest --push`: the push's series, in the same expositions.
+    remote: Vec<RemoteMetrics>,
     textfile: Option<PathBuf>,
     push_url: Option<String>,
 }
 
 impl IngestExport {
+    /// Declares the remote series too (`ingest --push`), so they travel with the ingest's.
+    pub fn attach_remote(&mut self) {
+        for e in self.labelled.iter().chain(&self.bare) {
+            self.remote.push(e.register_remote(RemoteCommand::Push));
+        }
+    }
+
+    /// Records the push of `ingest --push` (before [`finish`](Self::finish)).
+    pub fn record_remote(&self, stats: &RemoteStats, seconds: f64, success: bool) {
+        let durations = stats.take_durations();
+        for r in &self.remote {
+            r.finish(stats, &durations, seconds, success);
+        }
+    }
+
     /// Declares every series, starts the sampler and (with `--metrics-listen`) the endpoint.
     /// `None` when no metrics flag was given: then nothing at all is set up.
     pub fn start(
@@ -287,25 +327,18 @@ impl IngestExport {
         let listener = flags.listen.map(bind).transpose()?;
         let mut sinks = Vec::new();
         let labelled = (flags.listen.is_some() || flags.textfile.is_some()).then(|| {
-            let rec = recorder();
-            let labels = [("project", project.to_string())];
-            sinks.push(metrics::with_local_recorder(&rec, || {
-                IngestMetrics::register(&labels)
+            let e = Exposition::new(vec![("project", project.to_string())]);
+            sinks.push(metrics::with_local_recorder(&e.recorder, || {
+                IngestMetrics::register(&e.labels)
             }));
-            Exposition {
-                handle: rec.handle(),
-                _recorder: rec,
-            }
+            e
         });
         let bare = flags.push.is_some().then(|| {
-            let rec = recorder();
-            sinks.push(metrics::with_local_recorder(&rec, || {
-                IngestMetrics::register(&[])
+            let e = Exposition::new(Vec::new());
+            sinks.push(metrics::with_local_recorder(&e.recorder, || {
+                IngestMetrics::register(&e.labels)
             }));
-            Exposition {
-                handle: rec.handle(),
-                _recorder: rec,
-            }
+            e
         });
         let sinks = Arc::new(sinks);
         if let (Some(l), Some(e)) = (listener, &labelled) {
@@ -322,6 +355,7 @@ impl IngestExport {
             bare,
             sinks,
             sampler: Some(sampler),
+            remote: Vec::new(),
             textfile: flags.textfile.map(Path::to_path_buf),
             push_url: flags.push.map(|u| push_url(u, flags.job, project)),
         }))
@@ -343,6 +377,59 @@ impl IngestExport {
             }
         }
         if let (Some(url), Some(e)) = (&self.push_url, &self.bare) {
+            if let Err(err) = push(url, &e.handle.render()) {
+                problems.push(format!("{err:#}"));
+            }
+        }
+        problems
+    }
+}
+
+/// The `--metrics-*` of `vrift push` / `vrift pull`: the remote series alone.
+pub struct RemoteExport {
+    labelled: Option<(Exposition, RemoteMetrics)>,
+    bare: Option<(Exposition, RemoteMetrics)>,
+    textfile: Option<PathBuf>,
+    push_url: Option<String>,
+}
+
+impl RemoteExport {
+    /// `None` when no metrics flag was given.
+    pub fn start(
+        flags: &IngestFlags<'_>,
+        project: &str,
+        command: RemoteCommand,
+    ) -> Option<RemoteExport> {
+        if flags.textfile.is_none() && flags.push.is_none() {
+            return None;
+        }
+        let with = |labels| {
+            let e = Exposition::new(labels);
+            let m = e.register_remote(command);
+            (e, m)
+        };
+        Some(RemoteExport {
+            labelled: flags
+                .textfile
+                .map(|_| with(vec![("project", project.to_string())])),
+            bare: flags.push.map(|_| with(Vec::new())),
+            textfile: flags.textfile.map(Path::to_path_buf),
+            push_url: flags.push.map(|u| push_url(u, flags.job, project)),
+        })
+    }
+
+    /// Records the run and hands it over; problems are warnings, never a failed command.
+    pub fn finish(self, stats: &RemoteStats, seconds: f64, success: bool) -> Vec<String> {
+        let durations = stats.take_durations();
+        let mut problems = Vec::new();
+        if let (Some(path), Some((e, m))) = (&self.textfile, &self.labelled) {
+            m.finish(stats, &durations, seconds, success);
+            if let Err(err) = write_textfile(path, &e.handle.render()) {
+                problems.push(format!("{err:#}"));
+            }
+        }
+        if let (Some(url), Some((e, m))) = (&self.push_url, &self.bare) {
+            m.finish(stats, &durations, seconds, success);
             if let Err(err) = push(url, &e.handle.render()) {
                 problems.push(format!("{err:#}"));
             }

@@ -21,6 +21,27 @@ pub struct Progress {
 impl Progress {
     /// Starts polling `counters` if `enabled`; `label` leads the line.
     pub fn start(enabled: bool, counters: Arc<Counters>, label: &'static str) -> Progress {
+        Self::start_with(enabled, label, move || {
+            let g = Counters::get;
+            let c = &counters;
+            format!(
+                "{} files ({}), hashed {}, new {}, dedup {}, unchanged {}",
+                thousands(g(&c.files)),
+                bytes(g(&c.bytes)),
+                thousands(g(&c.hashed_files)),
+                thousands(g(&c.blobs_new)),
+                thousands(g(&c.dedup_hits)),
+                thousands(g(&c.skipped)),
+            )
+        })
+    }
+
+    /// A line whose message `message` computes (from atomics), redrawn ten times a second.
+    pub fn start_with(
+        enabled: bool,
+        label: &'static str,
+        message: impl Fn() -> String + Send + 'static,
+    ) -> Progress {
         let stop = Arc::new(AtomicBool::new(false));
         if !enabled || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             return Progress { stop, handle: None };
@@ -33,18 +54,8 @@ impl Progress {
         bar.set_prefix(label);
         let s = stop.clone();
         let handle = std::thread::spawn(move || {
-            let g = Counters::get;
             while !s.load(Ordering::Relaxed) {
-                let c = &counters;
-                bar.set_message(format!(
-                    "{} files ({}), hashed {}, new {}, dedup {}, unchanged {}",
-                    thousands(g(&c.files)),
-                    bytes(g(&c.bytes)),
-                    thousands(g(&c.hashed_files)),
-                    thousands(g(&c.blobs_new)),
-                    thousands(g(&c.dedup_hits)),
-                    thousands(g(&c.skipped)),
-                ));
+                bar.set_message(message());
                 bar.tick();
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -7,6 +7,8 @@
 //! `promtool check metrics`.
 
 mod metrics_support;
+#[path = "common/s3.rs"]
+mod s3;
 
 use std::path::Path;
 use std::process::Command;
@@ -156,17 +158,39 @@ fn dashboard_and_alert_queries_return_data_from_real_prometheus() {
     tree(&alpha, "alpha", 30, 10);
     tree(&beta, "beta", 30, 6);
     let textfile = w.join("alpha.prom");
+    // alpha also pushes to a real S3 server (`ingest --push`), so the remote-tier panels
+    // have data: its series travel in alpha's Pushgateway group.
+    let s3 = s3::S3Server::start().expect("rclone for the remote-tier panels");
+    let remote = format!("s3://{}/metrics", s3::BUCKET);
+    let mut cmd = vrift(&store);
+    s3.env(&mut cmd);
     let alpha_report = json_of(
-        vrift(&store)
-            .arg("--json")
+        cmd.arg("--json")
+            .args(["--remote", &remote])
             .arg("ingest")
             .arg(&alpha)
             .arg("-o")
             .arg(w.join("alpha.vrm"))
+            .arg("--push")
             .args(["--metrics-push", &pg_url, "--metrics-job", "ci"])
             .arg("--metrics-textfile")
             .arg(&textfile),
     );
+    assert!(
+        alpha_report["push"]["blobs_uploaded"].as_u64() > Some(0),
+        "{alpha_report}"
+    );
+    // A pull into another store, pushing its own group (job vrift_remote).
+    let mut cmd = vrift(&w.join("pull-store"));
+    s3.env(&mut cmd);
+    let pulled = json_of(
+        cmd.arg("--json")
+            .args(["--remote", &remote])
+            .args(["pull", "alpha", "-o"])
+            .arg(w.join("alpha-pulled.vrm"))
+            .args(["--metrics-push", &pg_url]),
+    );
+    assert!(pulled["blobs_downloaded"].as_u64() > Some(0), "{pulled}");
     let lock = StoreLock::acquire(&store, LockKind::Exclusive, false, |_| {}).unwrap();
     let mut cmd = vrift(&store);
     cmd.arg("--json")

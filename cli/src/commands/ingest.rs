@@ -39,9 +39,28 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
     opts.name = a.name.clone();
     opts.reuse_previous = !a.no_cache;
 
+    // With --push, the remote is set up first: a bad URL or missing config fails before
+    // the ingest spends any time.
+    let remote_stats = Arc::new(vrift_remote::RemoteStats::default());
+    let remote = if a.push {
+        match super::remote::connect(g, remote_stats.clone()) {
+            Ok(r) => Some(r),
+            Err(e) if e.is_usage() => {
+                eprintln!("error: {e}");
+                return Ok(Outcome::Usage);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+
     let counters = Arc::new(Counters::default());
     let progress = Progress::start(g.progress, counters.clone(), "ingest");
-    let export = start_metrics(a, &opts, &counters)?;
+    let mut export = start_metrics(a, &opts, &counters)?;
+    if let (Some(e), true) = (export.as_mut(), a.push) {
+        e.attach_remote();
+    }
     let started = std::time::Instant::now();
     let result = ingest(&opts, &g.store, &counters, |holders| {
         let who: Vec<String> = holders.iter().map(|h| format!("pid {}", h.pid)).collect();
@@ -55,9 +74,42 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
         );
     });
     progress.finish();
+    let ingest_seconds = started.elapsed().as_secs_f64();
+    // A push only of a clean ingest: a manifest missing failed files must not become what
+    // every runner pulls.
+    let pushed = match (&remote, &result) {
+        (Some(remote), Ok(report)) if report.errors == 0 => {
+            let push_started = std::time::Instant::now();
+            let cas = super::open_store(g)?;
+            let name = report
+                .details
+                .project
+                .clone()
+                .unwrap_or_else(|| vrift_cas::registry::default_name(&report.details.source));
+            let opts = vrift_remote::PushOptions {
+                name,
+                check: vrift_remote::CheckMode::Auto,
+                jobs: 0,
+            };
+            let r = super::remote::run_push(g, remote, &cas, &report.manifest, &opts);
+            if let Some(e) = &export {
+                e.record_remote(
+                    &remote_stats,
+                    push_started.elapsed().as_secs_f64(),
+                    r.is_ok(),
+                );
+            }
+            Some(r)
+        }
+        (Some(_), Ok(_)) => {
+            eprintln!("warning: not pushing: the ingest had errors");
+            None
+        }
+        _ => None,
+    };
     if let Some(e) = export {
         let ok = result.as_ref().is_ok_and(|r| r.errors == 0);
-        for problem in e.finish(&counters, started.elapsed().as_secs_f64(), ok) {
+        for problem in e.finish(&counters, ingest_seconds, ok) {
             eprintln!("warning: {problem}");
         }
     }
@@ -76,16 +128,38 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
             }
         }
     }
+    let push_failed = matches!(pushed, Some(Err(_)));
     if g.json {
-        println!("{}", serde_json::to_string(&report)?);
+        // Appended by hand: a serde_json::Value would reorder the promised keys.
+        let mut text = serde_json::to_string(&report)?;
+        let push = match &pushed {
+            Some(Ok(p)) => Some(serde_json::to_string(p)?),
+            Some(Err(e)) => Some(serde_json::json!({ "error": e.to_string() }).to_string()),
+            None => None,
+        };
+        if let Some(push) = push {
+            text.pop(); // the closing brace of the report object
+            text.push_str(",\"push\":");
+            text.push_str(&push);
+            text.push('}');
+        }
+        println!("{text}");
     } else {
         print_summary(&report);
+        if let Some(Ok(p)) = &pushed {
+            super::remote::print_push(&report.manifest, p);
+        }
     }
-    Ok(if report.errors > 0 {
-        Outcome::Failed
-    } else {
-        Outcome::Ok
-    })
+    if let Some(Err(e)) = &pushed {
+        eprintln!("error: push of {} failed: {e}", report.manifest.display());
+    }
+    Ok(
+        if report.errors > 0 || push_failed || (a.push && pushed.is_none()) {
+            Outcome::Failed
+        } else {
+            Outcome::Ok
+        },
+    )
 }
 
 /// Sets up `--metrics-*` (nothing without them), labelled with the project name the

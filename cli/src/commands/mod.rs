@@ -5,6 +5,7 @@ pub mod gc;
 pub mod ingest;
 pub mod init;
 pub mod registry;
+pub mod remote;
 pub mod run;
 pub mod serve;
 pub mod status;

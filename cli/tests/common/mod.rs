@@ -4,6 +4,7 @@
 #![allow(dead_code)] // every test file uses a different subset
 
 pub mod blake3_ref;
+pub mod s3;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};

@@ -1,0 +1,269 @@
+//! `vrift push`, `vrift pull` and the push half of `vrift ingest --push`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use vrift_cas::lock::{LockKind, StoreLock};
+use vrift_cas::Cas;
+use vrift_remote::metrics::Command as RemoteCommand;
+use vrift_remote::{
+    CheckMode, PullOptions, PullReport, PushOptions, PushReport, Remote, RemoteError, RemoteStats,
+    Settings,
+};
+
+use crate::args::{CheckArg, PullArgs, PushArgs, RemoteMetricsArgs};
+use crate::format::{bytes, thousands};
+use crate::metrics_export::{IngestFlags, RemoteExport};
+use crate::progress::Progress;
+use crate::{Globals, Outcome};
+
+/// A usage-class remote error (bad URL, none configured, bad name) exits 2 like clap's; the
+/// rest are failures (exit 1) through `main`.
+fn fail(g: &Globals, e: RemoteError) -> Result<Outcome> {
+    if e.is_usage() {
+        if g.json {
+            println!("{}", serde_json::json!({ "error": e.to_string() }));
+        }
+        eprintln!("error: {e}");
+        return Ok(Outcome::Usage);
+    }
+    Err(e.into())
+}
+
+/// The remote from `--remote`/`VR_REMOTE`, `<store>/remote.toml` and the AWS environment.
+pub fn connect(g: &Globals, stats: Arc<RemoteStats>) -> Result<Remote, RemoteError> {
+    let settings = Settings::resolve(g.remote.as_deref(), &g.store, &|k| std::env::var(k).ok())?;
+    Remote::connect(settings, stats)
+}
+
+fn shared_lock(store: &Path) -> Result<StoreLock> {
+    // Shared, like ingest: a `gc --delete` must not remove blobs being read or just landed.
+    Ok(StoreLock::acquire(store, LockKind::Shared, true, |_| {
+        eprintln!("waiting for the store lock (a gc or clean is running)");
+    })?)
+}
+
+fn progress(
+    g: &Globals,
+    stats: &Arc<RemoteStats>,
+    label: &'static str,
+    verb: &'static str,
+) -> Progress {
+    let s = stats.clone();
+    Progress::start_with(g.progress, label, move || {
+        let get = RemoteStats::get;
+        format!(
+            "checked {}/{} blobs, {} {} ({}), already there {}, {} requests, {} retries",
+            thousands(get(&s.blobs_checked).max(get(&s.blobs_present))),
+            thousands(get(&s.blobs_total)),
+            verb,
+            thousands(get(&s.blobs_moved)),
+            bytes(get(&s.bytes_moved)),
+            thousands(get(&s.blobs_present)),
+            thousands(RemoteStats::total(&s.requests)),
+            thousands(RemoteStats::total(&s.retries)),
+        )
+    })
+}
+
+fn flags(m: &RemoteMetricsArgs) -> IngestFlags<'_> {
+    IngestFlags {
+        listen: None,
+        textfile: m.metrics_textfile.as_deref(),
+        push: m.metrics_push.as_deref(),
+        job: &m.metrics_job,
+    }
+}
+
+/// The name a pushed manifest gets: the registry's project for it, else its tree's name.
+fn push_name(store: &Path, manifest: &Path) -> Result<String> {
+    let canon = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
+    if let Ok(reg) = vrift_cas::registry::Registry::load(store) {
+        if let Some(p) = reg.projects.iter().rev().find(|p| {
+            std::fs::canonicalize(&p.manifest).unwrap_or_else(|_| p.manifest.clone()) == canon
+        }) {
+            return Ok(p.name.clone());
+        }
+    }
+    let m = vrift_manifest::Manifest::open(manifest)?;
+    let root = PathBuf::from(
+        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(m.root().to_vec()),
+    );
+    Ok(vrift_cas::registry::default_name(&root))
+}
+
+pub fn push(g: &Globals, a: &PushArgs) -> Result<Outcome> {
+    let stats = Arc::new(RemoteStats::default());
+    let remote = match connect(g, stats.clone()) {
+        Ok(r) => r,
+        Err(e) => return fail(g, e),
+    };
+    let cas = super::open_store(g)?;
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => push_name(cas.root(), &a.manifest)?,
+    };
+    let export = RemoteExport::start(&flags(&a.metrics), &name, RemoteCommand::Push);
+    let opts = PushOptions {
+        name,
+        check: match a.check {
+            CheckArg::Auto => CheckMode::Auto,
+            CheckArg::List => CheckMode::List,
+            CheckArg::Head => CheckMode::Head,
+        },
+        jobs: a.jobs,
+    };
+    let started = std::time::Instant::now();
+    let result = run_push(g, &remote, &cas, &a.manifest, &opts);
+    if let Some(e) = export {
+        for p in e.finish(&stats, started.elapsed().as_secs_f64(), result.is_ok()) {
+            eprintln!("warning: {p}");
+        }
+    }
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => return fail(g, e),
+    };
+    if g.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_push(&a.manifest, &report);
+    }
+    Ok(Outcome::Ok)
+}
+
+/// The push itself, under the shared store lock and with a progress line.
+pub fn run_push(
+    g: &Globals,
+    remote: &Remote,
+    cas: &Cas,
+    manifest: &Path,
+    opts: &PushOptions,
+) -> Result<PushReport, RemoteError> {
+    let _lock = shared_lock(cas.root()).map_err(|e| RemoteError::Io {
+        path: cas.root().to_path_buf(),
+        source: std::io::Error::other(format!("{e:#}")),
+    })?;
+    let bar = progress(g, remote.stats(), "push", "uploaded");
+    let r = remote.push(cas, manifest, opts);
+    bar.finish();
+    r
+}
+
+pub fn print_push(manifest: &Path, r: &PushReport) {
+    println!("Pushed {} → {}", manifest.display(), r.manifest_url);
+    println!(
+        "  blobs       {:>12}  ({})",
+        thousands(r.blobs_total),
+        bytes(r.bytes_total)
+    );
+    println!(
+        "  uploaded    {:>12}  ({})",
+        thousands(r.blobs_uploaded),
+        bytes(r.bytes_uploaded)
+    );
+    println!(
+        "  present     {:>12}  ({}; checked by {} in {:.2} s)",
+        thousands(r.blobs_present),
+        bytes(r.bytes_present),
+        r.check,
+        r.check_seconds
+    );
+    println!(
+        "  requests    {:>12}  ({} retried)",
+        thousands(r.requests),
+        thousands(r.retries)
+    );
+    println!(
+        "  time        {:>10.2} s  ({} blobs/s, {}/s)",
+        r.seconds,
+        thousands(r.blobs_per_sec.round() as u64),
+        bytes(r.bytes_per_sec.round() as u64)
+    );
+    println!("  by hash     {}", r.manifest_hash_key);
+}
+
+pub fn pull(g: &Globals, a: &PullArgs) -> Result<Outcome> {
+    let stats = Arc::new(RemoteStats::default());
+    let remote = match connect(g, stats.clone()) {
+        Ok(r) => r,
+        Err(e) => return fail(g, e),
+    };
+    let key = match remote.keys().resolve_manifest(&a.what) {
+        Ok(k) => k,
+        Err(e) => return fail(g, e),
+    };
+    let out = a.output.clone().unwrap_or_else(|| {
+        PathBuf::from(key.rsplit('/').next().unwrap_or("pulled.vrm").to_string())
+    });
+    let cas = Cas::open(&g.store).with_context(|| format!("store {}", g.store.display()))?;
+    let project = a.name.clone().unwrap_or_else(|| a.what.clone());
+    let export = RemoteExport::start(&flags(&a.metrics), &project, RemoteCommand::Pull);
+    let started = std::time::Instant::now();
+    let result = (|| {
+        let _lock = shared_lock(cas.root())?;
+        let bar = progress(g, &stats, "pull", "downloaded");
+        let r = remote.pull(
+            &cas,
+            &a.what,
+            &out,
+            &PullOptions {
+                jobs: a.jobs,
+                register: true,
+                name: a.name.clone(),
+            },
+        );
+        bar.finish();
+        Ok::<_, anyhow::Error>(r)
+    })();
+    let ok = matches!(result, Ok(Ok(_)));
+    if let Some(e) = export {
+        for p in e.finish(&stats, started.elapsed().as_secs_f64(), ok) {
+            eprintln!("warning: {p}");
+        }
+    }
+    let report = match result? {
+        Ok(r) => r,
+        Err(e) => return fail(g, e),
+    };
+    if g.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_pull(&report);
+    }
+    Ok(Outcome::Ok)
+}
+
+fn print_pull(r: &PullReport) {
+    println!("Pulled {} → {}", r.manifest_url, r.manifest.display());
+    if let Some(p) = &r.project {
+        println!("  project     {p}");
+    }
+    println!(
+        "  blobs       {:>12}  ({})",
+        thousands(r.blobs_total),
+        bytes(r.bytes_total)
+    );
+    println!(
+        "  downloaded  {:>12}  ({}; every one verified)",
+        thousands(r.blobs_downloaded),
+        bytes(r.bytes_downloaded)
+    );
+    println!(
+        "  present     {:>12}  ({}, already in the local store)",
+        thousands(r.blobs_present),
+        bytes(r.bytes_present)
+    );
+    println!(
+        "  requests    {:>12}  ({} retried)",
+        thousands(r.requests),
+        thousands(r.retries)
+    );
+    println!(
+        "  time        {:>10.2} s  ({} blobs/s, {}/s)",
+        r.seconds,
+        thousands(r.blobs_per_sec.round() as u64),
+        bytes(r.bytes_per_sec.round() as u64)
+    );
+}

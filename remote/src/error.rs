@@ -1,0 +1,86 @@
+use std::io;
+use std::path::PathBuf;
+
+/// Every failure names the key, URL or path it concerns, so one line on stderr says what to fix.
+#[derive(thiserror::Error, Debug)]
+pub enum RemoteError {
+    #[error("invalid remote {url:?}: {reason} (expected s3://BUCKET[/PREFIX])")]
+    BadUrl { url: String, reason: String },
+    #[error(
+        "no remote configured: pass --remote s3://BUCKET[/PREFIX], set VR_REMOTE, or put \
+         url = \"s3://BUCKET/PREFIX\" in {config}"
+    )]
+    NotConfigured { config: PathBuf },
+    #[error("{path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("invalid manifest name {name:?}: {reason}")]
+    BadName { name: String, reason: String },
+    #[error(
+        "{remote}: the server refused the credentials ({detail}); check AWS_ACCESS_KEY_ID / \
+         AWS_SECRET_ACCESS_KEY, AWS_PROFILE and ~/.aws/credentials"
+    )]
+    Credentials { remote: String, detail: String },
+    #[error("{remote}: cannot set up the S3 client: {detail}")]
+    Client { remote: String, detail: String },
+    #[error("{key}: {op} failed: {detail}")]
+    Request {
+        key: String,
+        op: &'static str,
+        detail: String,
+    },
+    #[error("{key}: not on the remote")]
+    NotFound { key: String },
+    #[error(
+        "{key}: downloaded content does not match its name (got {got_size} bytes, BLAKE3 \
+         {got_hash}); the remote copy is corrupt or truncated, nothing was stored"
+    )]
+    Corrupt {
+        key: String,
+        got_size: u64,
+        got_hash: String,
+    },
+    #[error(
+        "{path}: local blob does not match its name; run `vrift verify --repair` and ingest \
+         again before pushing"
+    )]
+    LocalCorrupt { path: PathBuf },
+    #[error("{key}: not a valid manifest: {detail}")]
+    BadManifest { key: String, detail: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{path}: blob of {entry} is missing from the local store (was it ingested into this \
+         store?)"
+    )]
+    MissingLocalBlob { path: PathBuf, entry: String },
+    #[error("{count} blobs failed; first: {first}")]
+    Several {
+        count: usize,
+        first: Box<RemoteError>,
+    },
+    #[error(transparent)]
+    Cas(#[from] vrift_cas::CasError),
+    #[error(transparent)]
+    Manifest(#[from] vrift_manifest::ManifestError),
+}
+
+impl RemoteError {
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        RemoteError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether this failure is the caller's to fix in how vrift was invoked (exit 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::BadUrl { .. }
+                | RemoteError::NotConfigured { .. }
+                | RemoteError::BadName { .. }
+        )
+    }
+}
+
+pub type Result<T, E = RemoteError> = std::result::Result<T, E>;

@@ -1,0 +1,284 @@
+//! `vrift pull`: a manifest and only the blobs missing locally, each verified before it lands.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use futures::stream::{self, StreamExt};
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+use vrift_cas::registry::{self, Registration};
+use vrift_cas::Cas;
+use vrift_manifest::{Hash, Manifest};
+
+use crate::error::{RemoteError, Result};
+use crate::stats::RemoteStats;
+use crate::{obj_path, Remote};
+
+pub struct PullOptions {
+    /// Requests in flight (0: the configured default).
+    pub jobs: usize,
+    /// Register the pulled manifest as a project of the local store (what `status` and `gc`
+    /// read), under this name (default: the key's name, else the tree's directory name).
+    pub register: bool,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PullReport {
+    pub remote: String,
+    pub manifest_key: String,
+    /// `s3://BUCKET/<manifest_key>`.
+    pub manifest_url: String,
+    /// Where the manifest was written.
+    pub manifest: PathBuf,
+    pub project: Option<String>,
+    pub entries: u64,
+    pub blobs_total: u64,
+    pub bytes_total: u64,
+    pub blobs_downloaded: u64,
+    pub bytes_downloaded: u64,
+    pub blobs_present: u64,
+    pub bytes_present: u64,
+    pub seconds: f64,
+    pub blobs_per_sec: f64,
+    pub bytes_per_sec: f64,
+    pub requests: u64,
+    pub retries: u64,
+}
+
+impl Remote {
+    /// The manifest `what` names (see [`crate::Keys::resolve_manifest`]) as its key and
+    /// checked bytes.
+    pub fn fetch_manifest(&self, what: &str) -> Result<(String, Vec<u8>)> {
+        let key = self.keys.resolve_manifest(what)?;
+        let bytes = self.rt.block_on(async {
+            let got = self
+                .store
+                .get(&obj_path(&key))
+                .await
+                .map_err(|e| self.error(&key, "get", e))?;
+            got.bytes().await.map_err(|e| self.error(&key, "get", e))
+        })?;
+        RemoteStats::add(&self.stats.bytes_down, bytes.len() as u64);
+        let bytes = bytes.to_vec();
+        Manifest::from_bytes(bytes.clone(), Path::new(&key)).map_err(|e| {
+            RemoteError::BadManifest {
+                key: key.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+        Ok((key, bytes))
+    }
+
+    /// Pulls `what` into `cas` and writes the manifest to `out` (atomically, and only once
+    /// every blob it names is in the store). Blobs that fail verification never land; the
+    /// others that arrived stay (they are correct, and a rerun need not fetch them again).
+    pub fn pull(
+        &self,
+        cas: &Cas,
+        what: &str,
+        out: &Path,
+        opts: &PullOptions,
+    ) -> Result<PullReport> {
+        let started = Instant::now();
+        sweep_dead_temps(cas);
+        let (key, bytes) = self.fetch_manifest(what)?;
+        let manifest = Manifest::from_bytes(bytes.clone(), Path::new(&key))?;
+        let st = &self.stats;
+        let mut seen = HashSet::new();
+        let mut missing = Vec::new();
+        let mut entries_with_content = (0u64, 0u64);
+        for e in manifest.iter().filter(|e| e.kind().has_content()) {
+            entries_with_content.0 += 1;
+            entries_with_content.1 += e.size();
+            let b = (*e.hash(), e.size());
+            if !seen.insert(b) {
+                continue;
+            }
+            RemoteStats::add(&st.blobs_total, 1);
+            RemoteStats::add(&st.bytes_total, b.1);
+            if cas.has_blob(&b.0, b.1) {
+                RemoteStats::add(&st.blobs_present, 1);
+                RemoteStats::add(&st.bytes_present, b.1);
+            } else {
+                missing.push(b);
+            }
+        }
+        let jobs = if opts.jobs > 0 {
+            opts.jobs
+        } else {
+            self.settings.jobs
+        };
+        let mut failures: Vec<RemoteError> = self.rt.block_on(async {
+            stream::iter(missing.iter().map(|(h, s)| self.download_blob(cas, h, *s)))
+                .buffer_unordered(jobs)
+                .filter_map(|r| async move { r.err() })
+                .collect()
+                .await
+        });
+        if !failures.is_empty() {
+            let count = failures.len();
+            let first = failures.swap_remove(0);
+            return Err(if count == 1 {
+                first
+            } else {
+                RemoteError::Several {
+                    count,
+                    first: Box::new(first),
+                }
+            });
+        }
+
+        vrift_manifest::write_file_atomic(out, &bytes)?;
+        let root = PathBuf::from(OsString::from_vec(manifest.root().to_vec()));
+        let project = if opts.register {
+            let name = opts.name.clone().unwrap_or_else(|| {
+                match what.contains('/') || vrift_manifest::parse_hex(what.as_bytes()).is_some() {
+                    true => registry::default_name(&root),
+                    false => what.to_string(),
+                }
+            });
+            let out_abs = std::fs::canonicalize(out).unwrap_or_else(|_| out.to_path_buf());
+            registry::register(
+                cas.root(),
+                &Registration {
+                    name: &name,
+                    source: &root,
+                    manifest: &out_abs,
+                    files: entries_with_content.0,
+                    bytes: entries_with_content.1,
+                },
+            )?;
+            Some(name)
+        } else {
+            None
+        };
+
+        let seconds = started.elapsed().as_secs_f64();
+        let g = RemoteStats::get;
+        let per_sec = |n: u64| {
+            if seconds > 0.0 {
+                n as f64 / seconds
+            } else {
+                0.0
+            }
+        };
+        Ok(PullReport {
+            remote: self.url(),
+            manifest_url: self.object_url(&key),
+            manifest_key: key,
+            manifest: out.to_path_buf(),
+            project,
+            entries: manifest.len() as u64,
+            blobs_total: g(&st.blobs_total),
+            bytes_total: g(&st.bytes_total),
+            blobs_downloaded: g(&st.blobs_moved),
+            bytes_downloaded: g(&st.bytes_moved),
+            blobs_present: g(&st.blobs_present),
+            bytes_present: g(&st.bytes_present),
+            seconds,
+            blobs_per_sec: per_sec(g(&st.blobs_moved)),
+            bytes_per_sec: per_sec(g(&st.bytes_moved)),
+            requests: RemoteStats::total(&st.requests),
+            retries: RemoteStats::total(&st.retries),
+        })
+    }
+
+    /// GET into `<store>/tmp/`, hashing as the bytes arrive; a body longer than the key says
+    /// is cut off at once. Only a file of the right size and BLAKE3 is made the blob.
+    async fn download_blob(&self, cas: &Cas, hash: &Hash, size: u64) -> Result<()> {
+        let key = self.keys.blob(hash, size);
+        let got = self
+            .store
+            .get(&obj_path(&key))
+            .await
+            .map_err(|e| self.error(&key, "get", e))?;
+        let mut body = got.into_stream();
+        let tmp = cas.temp_path("pull");
+        let result = async {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| RemoteError::io(&tmp, e))?;
+            let mut hasher = blake3::Hasher::new();
+            let mut got_size = 0u64;
+            // Small blobs (most of a node_modules) are written in one go once complete.
+            let small = size <= (1 << 20);
+            let mut buf = Vec::with_capacity(if small { size as usize } else { 0 });
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| self.error(&key, "get", e))?;
+                got_size += chunk.len() as u64;
+                RemoteStats::add(&self.stats.bytes_down, chunk.len() as u64);
+                if got_size > size {
+                    break;
+                }
+                hasher.update(&chunk);
+                if small {
+                    buf.extend_from_slice(&chunk);
+                } else {
+                    tokio::task::block_in_place(|| file.write_all(&chunk))
+                        .map_err(|e| RemoteError::io(&tmp, e))?;
+                }
+            }
+            let got_hash = hasher.finalize();
+            if got_size != size || got_hash.as_bytes() != hash {
+                return Err(RemoteError::Corrupt {
+                    key: key.clone(),
+                    got_size,
+                    got_hash: if got_size > size {
+                        "(not computed: body too long)".to_string()
+                    } else {
+                        got_hash.to_hex().to_string()
+                    },
+                });
+            }
+            tokio::task::block_in_place(|| {
+                if small {
+                    file.write_all(&buf)?;
+                }
+                drop(file);
+                Ok::<(), std::io::Error>(())
+            })
+            .map_err(|e| RemoteError::io(&tmp, e))?;
+            tokio::task::block_in_place(|| cas.insert_verified(&tmp, hash, size, 0o444))?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result?;
+        RemoteStats::add(&self.stats.blobs_moved, 1);
+        RemoteStats::add(&self.stats.bytes_moved, size);
+        Ok(())
+    }
+}
+
+/// Removes `<store>/tmp/.pull-<pid>-*` left by pulls that were killed (their pid is gone):
+/// half-downloaded blobs that will never be finished. Best effort.
+fn sweep_dead_temps(cas: &Cas) {
+    let dir = cas.root().join(vrift_cas::store::TMP_DIR);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".pull-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } == -1
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
