@@ -1,14 +1,29 @@
 //! Passing signals on to the command vrift runs (`vrift run`, and `--isolate`'s init), and
 //! waiting for it: one place for both run modes.
 //!
-//! The handler only loads an atomic and calls `kill`, both async-signal-safe. A terminal's
+//! The handler only touches atomics and calls `kill`, all async-signal-safe. A terminal's
 //! SIGINT/SIGQUIT already reached the whole foreground process group (the command included),
 //! so only such signals sent to vrift in particular are passed on.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 /// The process signals go to; 0 while there is none.
 static TARGET: AtomicI32 = AtomicI32::new(0);
+
+/// Signals that arrived before the target was known (one bit per signal number): a command
+/// can already be running, and tell its parent it is ready, before `spawn` returns to us, so
+/// a signal in that window is held here and passed on by [`set_target`].
+static PENDING: AtomicU64 = AtomicU64::new(0);
+
+fn deliver_pending(pid: libc::pid_t) {
+    let mut bits = PENDING.swap(0, Ordering::SeqCst);
+    while bits != 0 {
+        let sig = bits.trailing_zeros() as libc::c_int;
+        bits &= bits - 1;
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
 
 /// What is passed on: everything a user or a supervisor sends to ask a command something.
 pub const FORWARDED: [libc::c_int; 9] = [
@@ -24,11 +39,6 @@ pub const FORWARDED: [libc::c_int; 9] = [
 ];
 
 extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    let pid = TARGET.load(Ordering::Relaxed);
-    if pid <= 0 {
-        return;
-    }
-    // SAFETY: the kernel hands a valid siginfo to SA_SIGINFO handlers.
     let code = if info.is_null() {
         0
     } else {
@@ -37,8 +47,18 @@ extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut l
     if code == libc::SI_KERNEL && (sig == libc::SIGINT || sig == libc::SIGQUIT) {
         return;
     }
-    // SAFETY: kill is async-signal-safe.
-    unsafe { libc::kill(pid, sig) };
+    let pid = TARGET.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+        return;
+    }
+    PENDING.fetch_or(1 << (sig as u64 & 63), Ordering::SeqCst);
+    // The target may have been set meanwhile (from another thread): then hand it over now.
+    let pid = TARGET.load(Ordering::SeqCst);
+    if pid > 0 {
+        deliver_pending(pid);
+    }
 }
 
 /// Installs (or, with `false`, removes) the forwarding handlers for [`FORWARDED`].
@@ -61,9 +81,14 @@ pub fn set_forwarding(on: bool) {
     }
 }
 
-/// Where forwarded signals go from now on (0: nowhere).
+/// Where forwarded signals go from now on (0: nowhere); passes on what arrived before.
 pub fn set_target(pid: libc::pid_t) {
-    TARGET.store(pid, Ordering::Relaxed);
+    TARGET.store(pid, Ordering::SeqCst);
+    if pid > 0 {
+        deliver_pending(pid);
+    } else {
+        PENDING.store(0, Ordering::SeqCst);
+    }
 }
 
 /// Waits for our child `pid` (through EINTR) and returns its wait status.
