@@ -160,13 +160,7 @@ impl Remote {
 
         let seconds = started.elapsed().as_secs_f64();
         let g = RemoteStats::get;
-        let per_sec = |n: u64| {
-            if seconds > 0.0 {
-                n as f64 / seconds
-            } else {
-                0.0
-            }
-        };
+        let per_sec = |n: u64| RemoteStats::rate(n, seconds);
         Ok(PullReport {
             remote: self.url(),
             manifest_url: self.object_url(&key),

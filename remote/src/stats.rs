@@ -54,6 +54,15 @@ pub struct RemoteStats {
 }
 
 impl RemoteStats {
+    /// `n` per second over `seconds`; 0 for a run too short to time (no NaN or inf in JSON).
+    pub fn rate(n: u64, seconds: f64) -> f64 {
+        if seconds > 0.0 {
+            n as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
     pub fn get(a: &AtomicU64) -> u64 {
         a.load(Ordering::Relaxed)
     }

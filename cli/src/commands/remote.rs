@@ -170,16 +170,12 @@ pub fn print_push(manifest: &Path, r: &PushReport) {
         r.check,
         r.check_seconds
     );
-    println!(
-        "  requests    {:>12}  ({} retried)",
-        thousands(r.requests),
-        thousands(r.retries)
-    );
-    println!(
-        "  time        {:>10.2} s  ({} blobs/s, {}/s)",
+    print_traffic(
+        r.requests,
+        r.retries,
         r.seconds,
-        thousands(r.blobs_per_sec.round() as u64),
-        bytes(r.bytes_per_sec.round() as u64)
+        r.blobs_per_sec,
+        r.bytes_per_sec,
     );
     println!("  by hash     {}", r.manifest_hash_key);
 }
@@ -255,15 +251,32 @@ fn print_pull(r: &PullReport) {
         thousands(r.blobs_present),
         bytes(r.bytes_present)
     );
+    print_traffic(
+        r.requests,
+        r.retries,
+        r.seconds,
+        r.blobs_per_sec,
+        r.bytes_per_sec,
+    );
+}
+
+/// The last two lines of a push or pull summary: requests and throughput.
+fn print_traffic(
+    requests: u64,
+    retries: u64,
+    seconds: f64,
+    blobs_per_sec: f64,
+    bytes_per_sec: f64,
+) {
     println!(
         "  requests    {:>12}  ({} retried)",
-        thousands(r.requests),
-        thousands(r.retries)
+        thousands(requests),
+        thousands(retries)
     );
     println!(
         "  time        {:>10.2} s  ({} blobs/s, {}/s)",
-        r.seconds,
-        thousands(r.blobs_per_sec.round() as u64),
-        bytes(r.bytes_per_sec.round() as u64)
+        seconds,
+        thousands(blobs_per_sec.round() as u64),
+        bytes(bytes_per_sec.round() as u64)
     );
 }
