@@ -403,6 +403,24 @@ impl Cas {
         }
     }
 
+    /// Takes back a blob this process has just linked or moved in, when its inode turned out
+    /// to change after it was hashed (a writer that had the file open before the ingest stripped
+    /// its write bits): the blob's name no longer says what it holds. The name is removed only
+    /// while it still refers to inode `dev`/`ino`, so a blob stored by anyone else stays.
+    /// `Ok(false)`: the name was gone or was another inode.
+    pub fn withdraw_blob(&self, hash: &Hash, size: u64, dev: u64, ino: u64) -> io::Result<bool> {
+        let rel = Self::rel_c(hash, size);
+        match sys::fstatat(self.bfd(), &rel, libc::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_dev == dev && st.st_ino == ino => {
+                sys::unlinkat(self.bfd(), &rel)?;
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes a blob (gc, verify --repair). Other hard links to the inode are untouched.
     pub fn remove_blob(&self, hash: &Hash, size: u64) -> io::Result<()> {
         let rel = Self::rel_c(hash, size);

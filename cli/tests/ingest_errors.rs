@@ -471,3 +471,81 @@ fn store_runs_out_of_space() {
         }
     }
 }
+
+/// A file another process holds open and keeps appending to while it is ingested. The
+/// file's inode would become the blob (solid links it, phantom moves it), and the writer's
+/// descriptor would go on changing the blob under its name: so it is refused, as an error
+/// naming it (exit status 1), left in place with everything written to it, and not in the
+/// manifest. The rest of the tree goes in, and the store stays valid.
+#[test]
+fn a_file_that_keeps_changing_while_ingested() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    for mode in ["solid", "phantom"] {
+        let t = tempdir();
+        let src = t.path().join("p");
+        healthy(&src);
+        let growing = src.join("logs/growing.log");
+        // Larger than one whole-file read, so every attempt takes a while to read.
+        let start = 4usize << 20;
+        write_file(&growing, &vec![b'x'; start], 0o644);
+        let original = snapshot(&src);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut f = fs::OpenOptions::new().append(true).open(&growing).unwrap();
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    f.write_all(b"y").unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        // Let the appends start before the walk stats the file.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let store = t.path().join("store");
+        let out = t.path().join("m.vrm");
+        let o = ingest_raw(&store, &src, &out, &["--mode", mode]);
+        stop.store(true, Ordering::Relaxed);
+        let appended = writer.join().unwrap();
+        assert_no_panic(&o);
+        let v = json_of(&o);
+        assert_eq!(o.status.code(), Some(1), "{mode}: {}", describe(&o));
+        assert_eq!(num(&v, "errors"), 1, "{mode}: {v}");
+        let e = stderr(&o);
+        assert!(
+            e.contains(&*growing.to_string_lossy())
+                && (e.contains("open for writing") || e.contains("changing")),
+            "{mode}: the error does not name the file\n{e}"
+        );
+        assert_no_leftovers(&store, &src);
+        verify_store(&store);
+        let restored = t.path().join("restored");
+        let c = checkout_raw(&store, &out, &restored);
+        assert_eq!(
+            c.status.code(),
+            Some(0),
+            "{mode}: the manifest references a missing blob\n{}\ningest: {}",
+            describe(&c),
+            describe(&o)
+        );
+        let got = snapshot(&restored);
+        let want = without(&original, &[b"logs/growing.log"]);
+        assert_trees_equal(&want, &got, mode);
+        let md = fs::symlink_metadata(&growing).unwrap();
+        assert!(md.is_file(), "{mode}: not left in place");
+        assert_eq!(
+            md.len(),
+            (start + appended) as u64,
+            "{mode}: the file was touched"
+        );
+        assert_ne!(
+            md.permissions().mode() & 0o200,
+            0,
+            "{mode}: write bit not given back"
+        );
+    }
+}

@@ -34,6 +34,7 @@ pub fn ingest(
     on_lock_wait: impl FnOnce(&[Holder]),
 ) -> Result<IngestReport, PipelineError> {
     let started = Instant::now();
+    let _sigio = crate::lease::SigioIgnored::new();
     let fd_limit = raise_fd_limit();
     let start =
         std::fs::canonicalize(&opts.source).map_err(|e| PipelineError::io(&opts.source, e))?;

@@ -8,6 +8,7 @@ pub mod error;
 pub mod filter;
 pub mod hash;
 pub mod ingest;
+pub mod lease;
 pub mod manifest;
 pub mod metrics;
 pub mod options;

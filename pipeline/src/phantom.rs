@@ -7,7 +7,9 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +18,7 @@ use vrift_manifest::{EntryInput, Manifest};
 
 use crate::error::PipelineError;
 use crate::hash::hash_path;
+use crate::lease::Lease;
 use crate::options::Tier;
 use crate::place::symlink_over;
 use crate::report::Counters;
@@ -88,13 +91,14 @@ pub fn move_phase(
         .map(|e| e.to_input())
         .collect();
     let chunk = files.len().div_ceil(threads.max(1)).max(1);
-    let updates: Vec<EntryInput> = std::thread::scope(|s| {
+    let (updates, dropped): (Vec<EntryInput>, Vec<Vec<u8>>) = std::thread::scope(|s| {
         let handles: Vec<_> = files
             .chunks(chunk)
             .map(|part| {
                 let root = &root;
                 s.spawn(move || {
                     let mut updated = Vec::new();
+                    let mut dropped = Vec::new();
                     let mut buf = Vec::new();
                     for e in part {
                         let path = root.join(rel_os(&e.path));
@@ -103,26 +107,35 @@ pub fn move_phase(
                             Ok(None) => {}
                             Err(msg) => {
                                 Counters::add(&counters.bytes_error, e.size);
-                                counters.error(&path, msg)
+                                counters.error(&path, msg);
+                                // Left where it was: a manifest never names a missing blob.
+                                if !cas.has_blob(&e.hash, e.size) {
+                                    dropped.push(e.path.clone());
+                                }
                             }
                         }
                     }
-                    updated
+                    (updated, dropped)
                 })
             })
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+            .map(|h| h.join().unwrap_or_default())
+            .fold((Vec::new(), Vec::new()), |(mut u, mut d), (hu, hd)| {
+                u.extend(hu);
+                d.extend(hd);
+                (u, d)
+            })
     });
-    if !updates.is_empty() {
+    if !updates.is_empty() || !dropped.is_empty() {
+        let dropped: std::collections::HashSet<Vec<u8>> = dropped.into_iter().collect();
         let mut b = vrift_manifest::ManifestBuilder::with_capacity(
             manifest.root().to_vec(),
             manifest.len(),
         );
         b.set_flags(manifest.flags());
-        for e in manifest.iter() {
+        for e in manifest.iter().filter(|e| !dropped.contains(e.path())) {
             b.push(e.to_input());
         }
         for u in updates {
@@ -132,6 +145,38 @@ pub fn move_phase(
         b.write_atomic(output)?;
     }
     Ok(())
+}
+
+/// Whether the inode just moved in as the blob of `entry` changed after it was checked: a
+/// process that had it open for writing can still write to it. Then it goes back to its path
+/// (not in the store, not in the manifest) and the reason is returned.
+fn changed_after_move(cas: &Cas, entry: &EntryInput, path: &Path) -> Option<String> {
+    let st = match cas.blob_stat(&entry.hash, entry.size) {
+        Ok(st) => Stat::from_libc(&st),
+        Err(e) => {
+            return Some(format!(
+                "moved into the store, then its blob could not be checked: {e}"
+            ))
+        }
+    };
+    if st.ino == entry.ino && st.size == entry.size && st.mtime_ns == entry.cache_mtime_ns {
+        return None;
+    }
+    let blob = cas.blob_path(&entry.hash, entry.size);
+    let back = fs::rename(&blob, path);
+    let _ = fs::set_permissions(
+        path,
+        std::os::unix::fs::PermissionsExt::from_mode(entry.mode & 0o7777),
+    );
+    Some(match back {
+        Ok(()) => "changed while it was being moved into the store (still open for writing by \
+                   another process?); left in place, not in the manifest"
+            .into(),
+        Err(e) => format!(
+            "changed while it was being moved into the store, and could not be moved back from {}: {e}",
+            blob.display()
+        ),
+    })
 }
 
 /// Moves one file. `Ok(Some(entry))` when the file had changed and its entry was updated.
@@ -188,8 +233,24 @@ fn move_one(
         std::os::unix::fs::PermissionsExt::from_mode(entry.mode & 0o7777 & !WRITE_BITS),
     )
     .map_err(|err| format!("cannot protect before moving: {err}"))?;
+    // The inode becomes the blob: nobody may still hold it open for writing (see lease.rs).
+    let reader = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path);
+    let lease = reader.as_ref().map(|f| Lease::take(f.as_fd()));
+    if let Ok(Lease::Writer) = lease {
+        let _ = fs::set_permissions(
+            path,
+            std::os::unix::fs::PermissionsExt::from_mode(entry.mode & 0o7777),
+        );
+        return Err("open for writing by another process; left in place".into());
+    }
     match cas.rename_in(path, &entry.hash, entry.size) {
         Ok(()) => {
+            if let Some(why) = changed_after_move(cas, &entry, path) {
+                return Err(why);
+            }
             Counters::add(&counters.blobs_new, 1);
             Counters::add(&counters.bytes_new, entry.size);
             Counters::add(&counters.link_rename, 1);

@@ -18,6 +18,7 @@ use vrift_cas::{Cas, CopyKind, WRITE_BITS};
 use vrift_manifest::EntryInput;
 
 use crate::hash::Hashed;
+use crate::lease::Lease;
 use crate::manifest::Done;
 use crate::options::{Mode, Tier};
 use crate::reap::reap;
@@ -123,25 +124,60 @@ pub fn finish_link(
     cfg: &PlaceConfig<'_>,
     freed: &mut Vec<File>,
 ) -> Option<EntryInput> {
+    link_result(h, linked, cfg, freed, false)
+}
+
+/// [`finish_link`]; `retried` after a damaged blob was removed and the link tried again.
+fn link_result(
+    h: Hashed,
+    linked: io::Result<()>,
+    cfg: &PlaceConfig<'_>,
+    freed: &mut Vec<File>,
+    retried: bool,
+) -> Option<EntryInput> {
     let c = cfg.counters;
     let result = match linked {
         Ok(()) => {
-            Counters::add(&c.blobs_new, 1);
-            Counters::add(&c.bytes_new, h.st.size);
-            Counters::add(&c.link_hardlink, 1);
             if h.st.mode & WRITE_BITS != 0 {
                 if let Err(e) = vrift_cas::sys::fchmod(h.file.as_fd(), h.st.mode & SHARED_MODE_BITS)
                 {
                     c.warn(h.item.path(cfg.root), format!("blob left writable: {e}"));
                 }
             }
-            Ok(Placed {
-                entry: entry_for(&h, &h.st),
-                keep_own: false,
-                replaced: false,
-            })
+            // No writer may be left once the file is the blob; the lease says so for good.
+            let lease = Lease::take(h.file.as_fd());
+            let verdict = match lease {
+                Lease::Writer => Some(
+                    "open for writing by another process; not stored, left in place".to_string(),
+                ),
+                Lease::Held(_) | Lease::Unknown => changed_since_hashed(&h),
+            };
+            drop(lease);
+            match verdict {
+                None => {
+                    Counters::add(&c.blobs_new, 1);
+                    Counters::add(&c.bytes_new, h.st.size);
+                    Counters::add(&c.link_hardlink, 1);
+                    Ok(Placed {
+                        entry: entry_for(&h, &h.st),
+                        keep_own: false,
+                        replaced: false,
+                    })
+                }
+                Some(why) => Err(withdraw(&h, cfg, why)),
+            }
         }
         Err(e) => match e.raw_os_error() {
+            Some(libc::EEXIST) if !retried && remove_damaged_blob(&h, cfg) => {
+                let again = cfg.cas.link_in(
+                    h.file.as_fd(),
+                    h.item.dir.fd(),
+                    h.item.rel.name(),
+                    &h.hash,
+                    h.st.size,
+                );
+                return link_result(h, again, cfg, freed, true);
+            }
             Some(libc::EEXIST) => Ok(dedup(&h, cfg)),
             Some(libc::EXDEV) => {
                 Counters::add(&c.fallback_exdev, 1);
@@ -182,6 +218,77 @@ pub fn finish_link(
     }
 }
 
+/// Whether the hashed inode changed after its hash was taken: the file is now the blob (solid
+/// mode links the very inode), and a process that opened it for writing before the write bits
+/// were stripped can still write to it. One `fstat` per new blob; the name must say what the
+/// blob holds.
+fn changed_since_hashed(h: &Hashed) -> Option<String> {
+    match vrift_cas::sys::fstat(h.file.as_fd()) {
+        Ok(now)
+            if now.st_size as u64 == h.st.size
+                && Stat::from_libc(&now).mtime_ns == h.st.mtime_ns =>
+        {
+            None
+        }
+        Ok(_) => Some(
+            "changed while it was being ingested (still open for writing by another process?); \
+             not stored, left in place"
+                .into(),
+        ),
+        Err(e) => Some(format!("cannot stat after linking: {e}; not stored")),
+    }
+}
+
+/// Undoes the link of a file that changed after hashing: the blob name goes (if it is still
+/// this inode) and the file gets its write bits back, as if it had never been ingested.
+fn withdraw(h: &Hashed, cfg: &PlaceConfig<'_>, why: String) -> String {
+    if let Err(e) = cfg
+        .cas
+        .withdraw_blob(&h.hash, h.st.size, h.st.dev, h.st.ino)
+    {
+        return format!(
+            "{why}; and its blob could not be removed: {e} (run `vrift verify --repair`)"
+        );
+    }
+    let _ = vrift_cas::sys::fchmod(h.file.as_fd(), h.st.mode & 0o7777);
+    why
+}
+
+/// A blob whose size is not the one its name says was written to after it was stored (see
+/// [`changed_since_hashed`] for how). This file has the content the name promises: remove the
+/// damaged blob so the file can take its place. True when it was removed.
+fn remove_damaged_blob(h: &Hashed, cfg: &PlaceConfig<'_>) -> bool {
+    let Ok(blob) = cfg.cas.blob_stat(&h.hash, h.st.size) else {
+        return false;
+    };
+    if blob.st_size as u64 == h.st.size {
+        return false;
+    }
+    let rel = vrift_cas::blob_rel(&h.hash, h.st.size);
+    match cfg
+        .cas
+        .withdraw_blob(&h.hash, h.st.size, blob.st_dev, blob.st_ino)
+    {
+        Ok(removed) => {
+            cfg.counters.warn(
+                h.item.path(cfg.root),
+                format!(
+                    "blob {rel} was damaged (size {} instead of {}); replaced by this file",
+                    blob.st_size, h.st.size
+                ),
+            );
+            removed
+        }
+        Err(e) => {
+            cfg.counters.warn(
+                h.item.path(cfg.root),
+                format!("blob {rel} is damaged and could not be removed: {e}"),
+            );
+            false
+        }
+    }
+}
+
 /// The content is already a blob. Make the project file share it when the modes agree.
 fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> Placed {
     let c = cfg.counters;
@@ -202,6 +309,18 @@ fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> Placed {
             return own(true);
         }
     };
+    if blob.size != h.st.size {
+        // Its name says another size: written to after it was stored. Never share it.
+        c.warn(
+            h.item.path(cfg.root),
+            format!(
+                "kept its own copy: blob {} is damaged (its size is {}); run `vrift verify --repair`",
+                vrift_cas::blob_rel(&h.hash, h.st.size),
+                blob.size
+            ),
+        );
+        return own(true);
+    }
     if blob.mode & WRITE_BITS != 0 {
         // A crash between link and chmod left it writable: finish the job.
         let _ = cfg.cas.protect_blob(&h.hash, h.st.size, blob.mode);
