@@ -97,14 +97,19 @@ pub fn place_one(h: Hashed, cfg: &PlaceConfig<'_>, freed: &mut Vec<File>) -> Opt
     if cfg.mode == Mode::Phantom {
         return Some(entry_for(&h, &h.st));
     }
-    let linked = cfg.cas.link_in(
+    let linked = link_in(&h, cfg);
+    finish_link(h, linked, cfg, freed)
+}
+
+/// Links the hashed inode in as the blob of its content (EEXIST: already stored).
+fn link_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> io::Result<()> {
+    cfg.cas.link_in(
         h.file.as_fd(),
         h.item.dir.fd(),
         h.item.rel.name(),
         &h.hash,
         h.st.size,
-    );
-    finish_link(h, linked, cfg, freed)
+    )
 }
 
 /// What placing a file did to its path.
@@ -169,13 +174,7 @@ fn link_result(
         }
         Err(e) => match e.raw_os_error() {
             Some(libc::EEXIST) if !retried && remove_damaged_blob(&h, cfg) => {
-                let again = cfg.cas.link_in(
-                    h.file.as_fd(),
-                    h.item.dir.fd(),
-                    h.item.rel.name(),
-                    &h.hash,
-                    h.st.size,
-                );
+                let again = link_in(&h, cfg);
                 return link_result(h, again, cfg, freed, true);
             }
             Some(libc::EEXIST) => Ok(dedup(&h, cfg)),
