@@ -29,23 +29,25 @@ pub enum Case {
 }
 
 impl Case {
+    /// Every case, in the order a round runs them.
+    pub const ALL: [Case; 9] = [
+        Case::IngestEmpty,
+        Case::IngestShared,
+        Case::ReingestWarm,
+        Case::CpAl,
+        Case::Find,
+        Case::B3sum,
+        Case::PnpmOffline,
+        Case::IngestEmptyCold,
+        Case::B3sumCold,
+    ];
+
     /// The cases of one round, in the order they run.
     pub fn round(cold: bool, pnpm: bool) -> Vec<Case> {
-        let mut v = vec![
-            Case::IngestEmpty,
-            Case::IngestShared,
-            Case::ReingestWarm,
-            Case::CpAl,
-            Case::Find,
-            Case::B3sum,
-        ];
-        if pnpm {
-            v.push(Case::PnpmOffline);
-        }
-        if cold {
-            v.extend([Case::IngestEmptyCold, Case::B3sumCold]);
-        }
-        v
+        Case::ALL
+            .into_iter()
+            .filter(|c| (pnpm || *c != Case::PnpmOffline) && (cold || !c.is_cold()))
+            .collect()
     }
 
     /// Stable name used in the JSON record.
@@ -106,19 +108,7 @@ impl Case {
 
     /// The case with this [`Case::id`] (reading records back).
     pub fn from_id(id: &str) -> Option<Case> {
-        [
-            Case::IngestEmpty,
-            Case::IngestShared,
-            Case::ReingestWarm,
-            Case::CpAl,
-            Case::Find,
-            Case::B3sum,
-            Case::PnpmOffline,
-            Case::IngestEmptyCold,
-            Case::B3sumCold,
-        ]
-        .into_iter()
-        .find(|c| c.id() == id)
+        Case::ALL.into_iter().find(|c| c.id() == id)
     }
 
     pub fn is_cold(self) -> bool {
@@ -185,3 +175,19 @@ pub const RATE_GOALS: &[RateGoal] = &[
 
 /// Peak memory ceiling for any vrift run (issue 2).
 pub const MAX_RSS_GOAL_MB: f64 = 80.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_leaves_out_what_was_not_asked_for_and_keeps_the_order() {
+        assert_eq!(Case::round(true, true), Case::ALL.to_vec());
+        let plain = Case::round(false, false);
+        assert_eq!(plain, Case::ALL[..6].to_vec());
+        assert!(Case::round(true, false).ends_with(&[Case::IngestEmptyCold, Case::B3sumCold]));
+        for c in Case::ALL {
+            assert_eq!(Case::from_id(c.id()), Some(c));
+        }
+    }
+}

@@ -173,11 +173,13 @@ fn link_result(
             }
         }
         Err(e) => match e.raw_os_error() {
-            Some(libc::EEXIST) if !retried && remove_damaged_blob(&h, cfg) => {
-                let again = link_in(&h, cfg);
-                return link_result(h, again, cfg, freed, true);
-            }
-            Some(libc::EEXIST) => Ok(dedup(&h, cfg)),
+            Some(libc::EEXIST) => match dedup(&h, cfg, retried) {
+                Some(placed) => Ok(placed),
+                None => {
+                    let again = link_in(&h, cfg);
+                    return link_result(h, again, cfg, freed, true);
+                }
+            },
             Some(libc::EXDEV) => {
                 Counters::add(&c.fallback_exdev, 1);
                 copy_in(&h, cfg)
@@ -253,46 +255,13 @@ fn withdraw(h: &Hashed, cfg: &PlaceConfig<'_>, why: String) -> String {
     why
 }
 
-/// A blob whose size is not the one its name says was written to after it was stored (see
-/// [`changed_since_hashed`] for how). This file has the content the name promises: remove the
-/// damaged blob so the file can take its place. True when it was removed.
-fn remove_damaged_blob(h: &Hashed, cfg: &PlaceConfig<'_>) -> bool {
-    let Ok(blob) = cfg.cas.blob_stat(&h.hash, h.st.size) else {
-        return false;
-    };
-    if blob.st_size as u64 == h.st.size {
-        return false;
-    }
-    let rel = vrift_cas::blob_rel(&h.hash, h.st.size);
-    match cfg
-        .cas
-        .withdraw_blob(&h.hash, h.st.size, blob.st_dev, blob.st_ino)
-    {
-        Ok(removed) => {
-            cfg.counters.warn(
-                h.item.path(cfg.root),
-                format!(
-                    "blob {rel} was damaged (size {} instead of {}); replaced by this file",
-                    blob.st_size, h.st.size
-                ),
-            );
-            removed
-        }
-        Err(e) => {
-            cfg.counters.warn(
-                h.item.path(cfg.root),
-                format!("blob {rel} is damaged and could not be removed: {e}"),
-            );
-            false
-        }
-    }
-}
-
 /// The content is already a blob. Make the project file share it when the modes agree.
-fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> Placed {
+///
+/// `None`: the blob was damaged (its size is not the one its name says: written to after it
+/// was stored, see [`changed_since_hashed`]) and has been removed, so this file, which holds
+/// what the name promises, can be linked in its place; asked once (`retried` after that).
+fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>, retried: bool) -> Option<Placed> {
     let c = cfg.counters;
-    Counters::add(&c.dedup_hits, 1);
-    Counters::add(&c.bytes_dedup, h.st.size);
     let own = |keep_own| Placed {
         entry: entry_for(h, &h.st),
         keep_own,
@@ -305,21 +274,51 @@ fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> Placed {
                 h.item.path(cfg.root),
                 format!("blob vanished while deduplicating: {e}"),
             );
-            return own(true);
+            count_dedup(h, c);
+            return Some(own(true));
         }
     };
     if blob.size != h.st.size {
-        // Its name says another size: written to after it was stored. Never share it.
-        c.warn(
-            h.item.path(cfg.root),
-            format!(
-                "kept its own copy: blob {} is damaged (its size is {}); run `vrift verify --repair`",
-                vrift_cas::blob_rel(&h.hash, h.st.size),
-                blob.size
-            ),
+        let rel = vrift_cas::blob_rel(&h.hash, h.st.size);
+        let removed = !retried
+            && cfg
+                .cas
+                .withdraw_blob(&h.hash, h.st.size, blob.dev, blob.ino)
+                .unwrap_or(false);
+        if removed {
+            let msg = format!(
+                "blob {rel} was damaged (size {} instead of {}); replaced by this file",
+                blob.size, h.st.size
+            );
+            c.warn(h.item.path(cfg.root), msg);
+            return None;
+        }
+        let msg = format!(
+            "kept its own copy: blob {rel} is damaged (its size is {}); run `vrift verify --repair`",
+            blob.size
         );
-        return own(true);
+        c.warn(h.item.path(cfg.root), msg);
+        count_dedup(h, c);
+        return Some(own(true));
     }
+    count_dedup(h, c);
+    Some(share(h, cfg, &blob))
+}
+
+fn count_dedup(h: &Hashed, c: &Counters) {
+    Counters::add(&c.dedup_hits, 1);
+    Counters::add(&c.bytes_dedup, h.st.size);
+}
+
+/// A sound blob of this content exists: the project file becomes another link to it (or
+/// keeps its own inode where the modes differ or no link can be made).
+fn share(h: &Hashed, cfg: &PlaceConfig<'_>, blob: &Stat) -> Placed {
+    let c = cfg.counters;
+    let own = |keep_own| Placed {
+        entry: entry_for(h, &h.st),
+        keep_own,
+        replaced: false,
+    };
     if blob.mode & WRITE_BITS != 0 {
         // A crash between link and chmod left it writable: finish the job.
         let _ = cfg.cas.protect_blob(&h.hash, h.st.size, blob.mode);
@@ -335,7 +334,7 @@ fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> Placed {
     if cfg.tier == Tier::Tier1 {
         // The file is about to become a symlink to the blob anyway.
         return Placed {
-            entry: entry_for(h, &blob),
+            entry: entry_for(h, blob),
             keep_own: false,
             replaced: false,
         };
@@ -347,7 +346,7 @@ fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>) -> Placed {
         Ok(()) => {
             Counters::add(&c.link_hardlink, 1);
             Placed {
-                entry: entry_for(h, &blob),
+                entry: entry_for(h, blob),
                 keep_own: false,
                 replaced: true,
             }
