@@ -482,3 +482,51 @@ fn reingest_after_touch_rehashes_without_new_blobs() {
     assert_eq!(num(&v2, "blobs_new"), 0, "{v2}");
     assert_eq!(num(&v2, "dedup_hits"), 1, "{v2}");
 }
+
+/// A blob written to after it was stored (its size no longer the one its name says) is never
+/// shared: the next ingest of that content removes it, stores its own file in its place with
+/// a warning naming the blob, and the store verifies again.
+#[test]
+fn a_damaged_blob_is_replaced_by_the_next_file_with_its_content() {
+    use std::io::Write;
+    let t = tempdir();
+    let store = t.path().join("store");
+    let content = b"module.exports = 'shared';\n";
+    let a = t.path().join("a");
+    write_file(&a.join("x.js"), content, 0o644);
+    ingest_ok(&store, &a, &t.path().join("a.vrm"), &[]);
+    // Damage it the way a writer that kept its descriptor would: append.
+    let blob = blob_path_of(&store, content);
+    fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&blob)
+        .unwrap()
+        .write_all(b"junk")
+        .unwrap();
+    fs::set_permissions(&blob, fs::Permissions::from_mode(0o444)).unwrap();
+
+    let b = t.path().join("b");
+    write_file(&b.join("y.js"), content, 0o644);
+    let out = t.path().join("b.vrm");
+    let o = ingest_raw(&store, &b, &out, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let v = json_of(&o);
+    assert_eq!(num(&v, "blobs_new"), 1, "stored again, as new: {v}");
+    assert_eq!(num(&v, "dedup_hits"), 0, "{v}");
+    let e = stderr(&o);
+    assert!(
+        e.contains("was damaged") && e.contains("replaced by this file"),
+        "{e}"
+    );
+    verify_store(&store);
+    assert_eq!(fs::read(&blob).unwrap(), content);
+    assert_eq!(
+        fs::metadata(&blob).unwrap().ino(),
+        fs::metadata(b.join("y.js")).unwrap().ino(),
+        "the new file is the blob now"
+    );
+    let restored = t.path().join("restored");
+    checkout_ok(&store, &out, &restored);
+    assert_eq!(fs::read(restored.join("y.js")).unwrap(), content);
+}
