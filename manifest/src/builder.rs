@@ -116,6 +116,12 @@ impl ManifestBuilder {
         let mut input = self.entries;
         for e in &input {
             check_rel_path(&e.path).map_err(|why| invalid(&e.path, why))?;
+            if e.kind == Kind::Symlink && (e.target.is_empty() || e.target.contains(&0)) {
+                return Err(invalid(
+                    &e.path,
+                    "symlink target is empty or holds a NUL byte",
+                ));
+            }
         }
         // Stable sort, so among equal paths the last pushed stays last.
         input.sort_by(|a, b| cmp_paths(&a.path, &b.path));

@@ -8,6 +8,7 @@ use rkyv::util::AlignedVec;
 
 use crate::entry::{Entry, Kind};
 use crate::format::{self, Header, HEADER_LEN};
+use crate::order::{check_successor, is_ancestor, SuccessorError};
 use crate::schema::{ArchivedEntryData, ArchivedManifestData};
 use crate::view::{Children, View};
 use crate::ManifestError;
@@ -274,14 +275,24 @@ fn verify_length(bytes: &[u8], path: &Path) -> Result<Header, ManifestError> {
     Ok(header)
 }
 
-/// The O(n) integer checks that make every accessor safe to use without further range
-/// checks: string ranges in bounds, known kinds, `subtree_end` in `(index, len]` (exactly
-/// `index + 1` for non-directories), and a root directory with the empty path at index 0.
-/// Sortedness is not re-checked (the checksum covers accidental damage; a deliberately
-/// mis-sorted file only makes lookups miss, never misbehave).
+/// Everything a consumer may rely on, checked in one O(n) pass, so that a manifest from
+/// anywhere (a crafted file, a bucket, a damaged cache) is refused before one byte is
+/// written from it:
+///
+/// * memory safety of every accessor: string ranges in bounds, known kinds, `subtree_end`
+///   in `(index, len]` (exactly `index + 1` for non-directories), the root directory with
+///   the empty path at index 0;
+/// * the tree shape materializers trust: every path relative and normalized (no empty,
+///   `.` or `..` component, no NUL, no leading `/`), strictly sorted component-wise (so
+///   unique), every entry directly below the directory entry before it in the ancestor
+///   chain — nothing below a file, symlink or whiteout — and each directory's
+///   `subtree_end` exactly where its subtree ends;
+/// * symlink targets non-empty and free of NUL bytes (no `symlink(2)` could make them).
+///
+/// Errors name the first offending entry by path.
 fn check_invariants(data: &ArchivedManifestData, header: &Header) -> Result<(), String> {
     let entries = data.entries.as_slice();
-    let strings_len = data.strings.len() as u64;
+    let strings = data.strings.as_slice();
     let n = entries.len();
     if header.entry_count != n as u64 {
         return Err(format!(
@@ -298,27 +309,81 @@ fn check_invariants(data: &ArchivedManifestData, header: &Header) -> Result<(), 
     if root.subtree_end.to_native() as usize != n {
         return Err("root subtree does not span the manifest".into());
     }
+    let string = |off: u32, len: u32| -> Option<&[u8]> {
+        let start = off as usize;
+        strings.get(start..start.checked_add(len as usize)?)
+    };
+    let show = |p: &[u8]| format!("{:?}", String::from_utf8_lossy(p));
+    // The open directories enclosing the current entry: (index, subtree_end, path).
+    let mut open: Vec<(usize, usize, &[u8])> = vec![(0, n, &[])];
+    let mut prev: &[u8] = &[];
+    let mut prev_kind = Kind::Dir;
     for (i, e) in entries.iter().enumerate() {
-        let path_end = u64::from(e.path_off.to_native()) + u64::from(e.path_len.to_native());
-        let target_end = u64::from(e.target_off.to_native()) + u64::from(e.target_len.to_native());
-        if path_end > strings_len || target_end > strings_len {
+        let Some(path) = string(e.path_off.to_native(), e.path_len.to_native()) else {
             return Err(format!("entry {i}: string range out of bounds"));
-        }
-        if i > 0 && e.path_len.to_native() == 0 {
-            return Err(format!("entry {i}: empty path"));
-        }
+        };
+        let Some(target) = string(e.target_off.to_native(), e.target_len.to_native()) else {
+            return Err(format!("entry {i}: string range out of bounds"));
+        };
         let Some(kind) = Kind::from_u8(e.kind) else {
-            return Err(format!("entry {i}: unknown kind {}", e.kind));
+            return Err(format!("entry {}: unknown kind {}", show(path), e.kind));
         };
         let end = e.subtree_end.to_native() as usize;
+        if i == 0 {
+            continue;
+        }
+        if path.is_empty() {
+            return Err(format!("entry {i}: empty path"));
+        }
+        let parent_len = match check_successor(prev, path) {
+            Ok(len) => len,
+            Err(SuccessorError::Malformed(why)) => {
+                return Err(format!("entry {}: {why}", show(path)))
+            }
+            Err(SuccessorError::NotAfter) => {
+                return Err(format!(
+                    "entry {}: not in order after {} (entries must be sorted and unique)",
+                    show(path),
+                    show(prev)
+                ))
+            }
+        };
+        while open.last().is_some_and(|&(_, top_end, _)| top_end <= i) {
+            open.pop();
+        }
+        let Some(&(_, top_end, parent_path)) = open.last() else {
+            return Err(format!("entry {}: outside the root's subtree", show(path)));
+        };
+        if path[..parent_len] != *parent_path {
+            let why = if prev_kind != Kind::Dir && is_ancestor(prev, path) {
+                "lies below a non-directory"
+            } else {
+                "is not below its parent directory entry"
+            };
+            return Err(format!("entry {}: {why}", show(path)));
+        }
         let ok = if kind == Kind::Dir {
-            end > i && end <= n
+            end > i && end <= top_end
         } else {
             end == i + 1
         };
         if !ok {
-            return Err(format!("entry {i}: subtree_end {end} out of range"));
+            return Err(format!(
+                "entry {}: subtree_end {end} out of range",
+                show(path)
+            ));
         }
+        if kind == Kind::Dir {
+            open.push((i, end, path));
+        }
+        if kind == Kind::Symlink && (target.is_empty() || target.contains(&0)) {
+            return Err(format!(
+                "entry {}: symlink target is empty or holds a NUL byte",
+                show(path)
+            ));
+        }
+        prev = path;
+        prev_kind = kind;
     }
     Ok(())
 }

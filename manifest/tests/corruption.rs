@@ -212,17 +212,110 @@ fn validated_but_weird_archives_are_invalid() {
 }
 
 #[test]
-fn misordered_but_valid_archive_does_not_panic() {
-    // Not sorted: lookups may miss, but nothing may panic or loop.
+fn misordered_archive_is_invalid() {
+    // Not sorted: a manifest from anywhere is refused before anyone acts on it.
     let data = ManifestData {
         root: b"/r".to_vec(),
         created_unix_ns: 0,
         entries: vec![dir(0, 0, 4), dir(1, 1, 3), dir(0, 1, 3), dir(0, 2, 4)],
         strings: b"zab".to_vec(),
     };
-    let bytes = format::encode(&data, 0, Path::new("w")).unwrap();
-    let m = Manifest::from_bytes(bytes, Path::new("misordered")).unwrap();
-    exercise(&m);
+    weird(data);
+}
+
+/// A hand-made archive from `(path, kind, target)` rows in the given order, each directory's
+/// subtree ending where the next entry outside it starts — what a crafted file can hold.
+fn crafted(rows: &[(&[u8], Kind, &[u8])]) -> ManifestData {
+    let mut strings = Vec::new();
+    let mut entries = vec![dir(0, 0, rows.len() as u32 + 1)];
+    for (path, kind, target) in rows {
+        let path_off = strings.len() as u32;
+        strings.extend_from_slice(path);
+        let target_off = strings.len() as u32;
+        strings.extend_from_slice(target);
+        entries.push(EntryData {
+            path_off,
+            path_len: path.len() as u32,
+            target_off,
+            target_len: target.len() as u32,
+            kind: *kind as u8,
+            mode: 0o644,
+            ..Default::default()
+        });
+    }
+    let n = entries.len();
+    for i in 1..n {
+        let me = &rows[i - 1].0;
+        let end = if rows[i - 1].1 == Kind::Dir {
+            (i + 1..n)
+                .find(|&j| {
+                    let p = rows[j - 1].0;
+                    !(p.len() > me.len() && p.starts_with(me) && p[me.len()] == b'/')
+                })
+                .unwrap_or(n)
+        } else {
+            i + 1
+        };
+        entries[i].subtree_end = end as u32;
+    }
+    ManifestData {
+        root: b"/r".to_vec(),
+        created_unix_ns: 0,
+        entries,
+        strings,
+    }
+}
+
+/// The shapes an attacker puts in a manifest to make a checkout write outside its target.
+#[test]
+fn escaping_and_malformed_paths_are_refused_naming_the_entry() {
+    use Kind::*;
+    let cases: Vec<(Vec<(&[u8], Kind, &[u8])>, &str, &str)> = vec![
+        (vec![(b"../../../x", File, b"")], "../../../x", "'..'"),
+        (vec![(b"a/../../x", File, b"")], "a/../../x", "'..'"),
+        (vec![(b"/etc/passwd", File, b"")], "/etc/passwd", "absolute"),
+        (vec![(b"./x", File, b"")], "./x", "'.'"),
+        (vec![(b"a//b", File, b"")], "a//b", "empty component"),
+        (vec![(b"x\0y", File, b"")], r"x\0y", "NUL"),
+        (vec![(b"a", Symlink, b"/elsewhere"), (b"a/evil", File, b"")], "a/evil", "below a non-directory"),
+        (vec![(b"a", Symlink, b"/elsewhere"), (b"a/d", Dir, b"")], "a/d", "below a non-directory"),
+        (vec![(b"f", File, b""), (b"f/g", File, b"")], "f/g", "below a non-directory"),
+        (vec![(b"a", File, b""), (b"a", File, b"")], "\"a\"", "not in order"),
+        (vec![(b"b", File, b""), (b"a", File, b"")], "\"a\"", "not in order"),
+        (vec![(b"d/x", File, b"")], "d/x", "not below its parent"),
+        (vec![(b"l", Symlink, b"")], "\"l\"", "symlink target"),
+        (vec![(b"l", Symlink, b"a\0b")], "\"l\"", "symlink target"),
+    ];
+    for (rows, names, why) in cases {
+        let err = weird(crafted(&rows));
+        let msg = err.to_string();
+        assert!(msg.contains("weird.vrm"), "{msg}");
+        assert!(msg.contains(names), "{msg} should name {names}");
+        assert!(msg.contains(why), "{msg} should say {why}");
+    }
+    // The same shapes, made well, are accepted.
+    let good = crafted(&[
+        (b"a", Kind::Symlink, b"/elsewhere"),
+        (b"d", Kind::Dir, b""),
+        (b"d/x", Kind::File, b""),
+    ]);
+    let bytes = format::encode(&good, 0, Path::new("w")).unwrap();
+    Manifest::from_bytes(bytes, Path::new("good.vrm")).unwrap();
+}
+
+/// A directory whose `subtree_end` stops short or reaches too far is refused, so a
+/// consumer that hops over subtrees sees the same tree as one that reads entry by entry.
+#[test]
+fn wrong_subtree_ends_are_refused() {
+    let mut data = crafted(&[
+        (b"d", Kind::Dir, b""),
+        (b"d/x", Kind::File, b""),
+        (b"e", Kind::File, b""),
+    ]);
+    data.entries[1].subtree_end = 2; // d ends before d/x
+    weird(data.clone());
+    data.entries[1].subtree_end = 4; // d swallows e
+    weird(data);
 }
 
 proptest! {
