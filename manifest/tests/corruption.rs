@@ -223,9 +223,12 @@ fn misordered_archive_is_invalid() {
     weird(data);
 }
 
+/// `(path, kind, symlink target)` of one crafted entry.
+type Row<'a> = (&'a [u8], Kind, &'a [u8]);
+
 /// A hand-made archive from `(path, kind, target)` rows in the given order, each directory's
 /// subtree ending where the next entry outside it starts — what a crafted file can hold.
-fn crafted(rows: &[(&[u8], Kind, &[u8])]) -> ManifestData {
+fn crafted(rows: &[Row<'_>]) -> ManifestData {
     let mut strings = Vec::new();
     let mut entries = vec![dir(0, 0, rows.len() as u32 + 1)];
     for (path, kind, target) in rows {
@@ -270,18 +273,38 @@ fn crafted(rows: &[(&[u8], Kind, &[u8])]) -> ManifestData {
 #[test]
 fn escaping_and_malformed_paths_are_refused_naming_the_entry() {
     use Kind::*;
-    let cases: Vec<(Vec<(&[u8], Kind, &[u8])>, &str, &str)> = vec![
+    let cases: Vec<(Vec<Row<'_>>, &str, &str)> = vec![
         (vec![(b"../../../x", File, b"")], "../../../x", "'..'"),
         (vec![(b"a/../../x", File, b"")], "a/../../x", "'..'"),
         (vec![(b"/etc/passwd", File, b"")], "/etc/passwd", "absolute"),
         (vec![(b"./x", File, b"")], "./x", "'.'"),
         (vec![(b"a//b", File, b"")], "a//b", "empty component"),
         (vec![(b"x\0y", File, b"")], r"x\0y", "NUL"),
-        (vec![(b"a", Symlink, b"/elsewhere"), (b"a/evil", File, b"")], "a/evil", "below a non-directory"),
-        (vec![(b"a", Symlink, b"/elsewhere"), (b"a/d", Dir, b"")], "a/d", "below a non-directory"),
-        (vec![(b"f", File, b""), (b"f/g", File, b"")], "f/g", "below a non-directory"),
-        (vec![(b"a", File, b""), (b"a", File, b"")], "\"a\"", "not in order"),
-        (vec![(b"b", File, b""), (b"a", File, b"")], "\"a\"", "not in order"),
+        (
+            vec![(b"a", Symlink, b"/elsewhere"), (b"a/evil", File, b"")],
+            "a/evil",
+            "below a non-directory",
+        ),
+        (
+            vec![(b"a", Symlink, b"/elsewhere"), (b"a/d", Dir, b"")],
+            "a/d",
+            "below a non-directory",
+        ),
+        (
+            vec![(b"f", File, b""), (b"f/g", File, b"")],
+            "f/g",
+            "below a non-directory",
+        ),
+        (
+            vec![(b"a", File, b""), (b"a", File, b"")],
+            "\"a\"",
+            "not in order",
+        ),
+        (
+            vec![(b"b", File, b""), (b"a", File, b"")],
+            "\"a\"",
+            "not in order",
+        ),
         (vec![(b"d/x", File, b"")], "d/x", "not below its parent"),
         (vec![(b"l", Symlink, b"")], "\"l\"", "symlink target"),
         (vec![(b"l", Symlink, b"a\0b")], "\"l\"", "symlink target"),
