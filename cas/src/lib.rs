@@ -8,6 +8,7 @@ pub mod layout;
 pub mod lock;
 pub mod registry;
 pub mod scan;
+pub mod seal;
 pub mod shard;
 pub mod store;
 pub mod sys;
@@ -16,4 +17,4 @@ pub mod verify;
 
 pub use error::{CasError, Result};
 pub use layout::{blob_rel, parse_blob_name, BLOB_DIR};
-pub use store::{Cas, CopyKind, SIBLING_TEMP_PREFIX, WRITE_BITS};
+pub use store::{BlobCheck, Cas, CopyKind, SIBLING_TEMP_PREFIX, WRITE_BITS};

@@ -15,6 +15,7 @@ use vrift_manifest::Hash;
 
 use crate::error::{CasError, Result};
 use crate::layout::{blob_rel_into, shard_index, BLOB_DIR, MAX_REL_LEN};
+use crate::seal;
 use crate::shard::ShardSet;
 use crate::sys;
 
@@ -26,6 +27,19 @@ pub const WRITE_BITS: u32 = 0o222;
 pub const TMP_DIR: &str = "tmp";
 pub const MANIFEST_DIR: &str = "manifests";
 pub const LOCK_DIR: &str = "locks";
+/// Damaged blobs found by [`Cas::check_blob`] are moved here (see there).
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// What [`Cas::check_blob`] found.
+#[derive(Debug, Clone, Copy)]
+pub enum BlobCheck {
+    /// The blob holds what its name says (sealed, or re-hashed just now); its `lstat`.
+    Sound(libc::stat),
+    /// No such blob.
+    Missing,
+    /// The blob did not hold what its name says and has been quarantined.
+    Damaged,
+}
 
 /// How a copy into the store was made, for metrics and the summary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +120,11 @@ impl Cas {
     /// the `Cas`).
     pub fn blob_dir_fd(&self) -> RawFd {
         self.bfd()
+    }
+
+    /// The blob directory, for `*at` calls relative to it.
+    pub fn blob_fd(&self) -> BorrowedFd<'_> {
+        self.blob_fd.as_fd()
     }
 
     /// Whether this process already knows the `ab/cd/` shard of `hash` exists.
@@ -267,28 +286,53 @@ impl Cas {
         })
     }
 
-    /// Copies `src` into the store (reflink where the filesystem can, else a byte copy), for
-    /// the cases a link cannot serve: another filesystem (EXDEV), a full inode (EMLINK), a file
-    /// we may not link. The copy is complete and read-only before it becomes visible.
-    pub fn copy_in(&self, src: &Path, hash: &Hash, size: u64, mode: u32) -> Result<CopyKind> {
+    /// Copies the open file `src` into the store as the blob `hash`/`size`, for the cases a
+    /// link cannot serve: another file system (EXDEV), a full inode (EMLINK), a file we may
+    /// not link (EPERM). The copy is made from the descriptor that was hashed — never by
+    /// path, which may name something else by now — into a temp file, re-hashed as it is
+    /// written, and linked in (read-only, sealed) only if it holds exactly what `hash` says;
+    /// else [`CasError::Changed`] naming `origin` and nothing enters the store.
+    pub fn copy_in_fd(
+        &self,
+        src: BorrowedFd<'_>,
+        origin: &Path,
+        hash: &Hash,
+        size: u64,
+        mode: u32,
+    ) -> Result<CopyKind> {
         let tmp = self.temp_path("copy");
-        let kind = match reflink_copy::reflink_or_copy(src, &tmp) {
-            Ok(None) => CopyKind::Reflink,
-            Ok(Some(_)) => CopyKind::Copy,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(CasError::io(src, e));
+        let result = (|| {
+            let out = create_temp(&tmp)?;
+            let reflinked = rustix::fs::ioctl_ficlone(&out, src).is_ok();
+            let (got, len) = if reflinked {
+                hash_fd(out.as_fd(), &mut Vec::new()).map_err(|e| CasError::io(&tmp, e))?
+            } else {
+                copy_hashing(src, &out).map_err(|e| match e {
+                    CopyError::Read(e) => CasError::io(origin, e),
+                    CopyError::Write(e) => CasError::io(&tmp, e),
+                })?
+            };
+            if len != size || got != *hash {
+                return Err(CasError::Changed {
+                    path: origin.to_path_buf(),
+                });
             }
-        };
-        let result = self.link_temp(&tmp, src, hash, size, mode, kind);
+            let kind = if reflinked {
+                CopyKind::Reflink
+            } else {
+                CopyKind::Copy
+            };
+            self.link_temp(&out, &tmp, origin, hash, size, mode, kind)
+        })();
         let _ = fs::remove_file(&tmp);
         result
     }
 
     /// Makes `tmp`, a complete file under `<root>/tmp` whose content the caller has just
     /// verified against `hash`/`size` (a download from a remote tier), the blob: read-only
-    /// first, then linked into place, so the blob appears whole or not at all. `tmp` is
-    /// removed either way. `Existed` means another process stored the same content first.
+    /// and sealed first, then linked into place, so the blob appears whole or not at all.
+    /// `tmp` is removed either way. `Existed` means another process stored the same content
+    /// first.
     pub fn insert_verified(
         &self,
         tmp: &Path,
@@ -296,15 +340,19 @@ impl Cas {
         size: u64,
         mode: u32,
     ) -> Result<CopyKind> {
-        let result = self.link_temp(tmp, tmp, hash, size, mode, CopyKind::Copy);
+        let result = File::open(tmp)
+            .map_err(|e| CasError::io(tmp, e))
+            .and_then(|f| self.link_temp(&f, tmp, tmp, hash, size, mode, CopyKind::Copy));
         let _ = fs::remove_file(tmp);
         result
     }
 
-    /// The shared tail of [`copy_in`](Self::copy_in) and
-    /// [`insert_verified`](Self::insert_verified): size check, strip write bits, link.
+    /// The shared tail of [`copy_in_fd`](Self::copy_in_fd) and
+    /// [`insert_verified`](Self::insert_verified): size check, strip write bits, seal, link.
+    #[allow(clippy::too_many_arguments)]
     fn link_temp(
         &self,
+        f: &File,
         tmp: &Path,
         origin: &Path,
         hash: &Hash,
@@ -312,7 +360,6 @@ impl Cas {
         mode: u32,
         kind: CopyKind,
     ) -> Result<CopyKind> {
-        let f = File::open(tmp).map_err(|e| CasError::io(tmp, e))?;
         let st = sys::fstat(f.as_fd()).map_err(|e| CasError::io(tmp, e))?;
         if st.st_size as u64 != size {
             return Err(CasError::Changed {
@@ -320,6 +367,7 @@ impl Cas {
             });
         }
         sys::fchmod(f.as_fd(), mode & 0o7777 & !WRITE_BITS).map_err(|e| CasError::io(tmp, e))?;
+        seal::seal_fd(f.as_fd(), sys::mtime_ns(&st)).map_err(|e| CasError::io(tmp, e))?;
         let c = sys::cstring(tmp).map_err(|e| CasError::io(tmp, e))?;
         match self.with_shard(hash, size, |rel| {
             sys::linkat(libc::AT_FDCWD, &c, self.bfd(), rel)
@@ -328,6 +376,85 @@ impl Cas {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(CopyKind::Existed),
             Err(e) => Err(CasError::io(self.blob_path(hash, size), e)),
         }
+    }
+
+    /// Looks at a blob before it is used (linked to a user's path, served, pushed, trusted
+    /// as a dedup target): one `fstatat` when the blob is sealed (see [`seal`]). A blob that
+    /// is not is read and hashed: if it holds what its name says it is sealed (when this
+    /// process may) and sound, else it is moved to `<store>/quarantine/` so nobody uses it
+    /// again and the next ingest of that content stores it afresh.
+    pub fn check_blob(&self, hash: &Hash, size: u64) -> io::Result<BlobCheck> {
+        let rel = Self::rel_c(hash, size);
+        let st = match sys::fstatat(self.bfd(), &rel, libc::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(BlobCheck::Missing),
+            Err(e) => return Err(e),
+        };
+        if seal::is_sealed(&st, size) {
+            return Ok(BlobCheck::Sound(st));
+        }
+        self.rehash_blob(hash, size)
+    }
+
+    /// The slow half of [`check_blob`](Self::check_blob): reads the whole blob.
+    pub fn rehash_blob(&self, hash: &Hash, size: u64) -> io::Result<BlobCheck> {
+        let rel = Self::rel_c(hash, size);
+        let f = match self.open_blob(hash, size) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(BlobCheck::Missing),
+            Err(e) => return Err(e),
+        };
+        let st = sys::fstat(f.as_fd())?;
+        let good = st.st_mode & libc::S_IFMT == libc::S_IFREG && {
+            let (got, len) = hash_fd(f.as_fd(), &mut Vec::new())?;
+            len == size && got == *hash
+        };
+        if !good {
+            self.quarantine(&rel, &st)?;
+            return Ok(BlobCheck::Damaged);
+        }
+        // Best effort: a blob another user owns cannot be sealed by us; it stays sound for
+        // this use and is hashed again next time.
+        let _ = seal::seal_fd(f.as_fd(), sys::mtime_ns(&st));
+        Ok(BlobCheck::Sound(sys::fstat(f.as_fd())?))
+    }
+
+    /// Opens a blob for reading, never following a symlink planted in its place.
+    pub fn open_blob(&self, hash: &Hash, size: u64) -> io::Result<File> {
+        let rel = Self::rel_c(hash, size);
+        let fd = rustix::fs::openat(
+            self.blob_fd.as_fd(),
+            rel.as_c_str(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Moves the damaged blob `rel` (as `st` describes it) out of `blake3/` into
+    /// `<store>/quarantine/`, if the name still refers to that inode. Kept, not deleted: it
+    /// may be the only trace of what was there; `gc --delete` empties the quarantine.
+    fn quarantine(&self, rel: &CStr, st: &libc::stat) -> io::Result<()> {
+        let now = sys::fstatat(self.bfd(), rel, libc::AT_SYMLINK_NOFOLLOW);
+        match now {
+            Ok(now) if now.st_dev == st.st_dev && now.st_ino == st.st_ino => {}
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let dir = self.root.join(QUARANTINE_DIR);
+        fs::create_dir_all(&dir)?;
+        let name = rel
+            .to_bytes()
+            .rsplit(|&b| b == b'/')
+            .next()
+            .unwrap_or_default();
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let mut dest = name.to_vec();
+        dest.extend_from_slice(format!(".{}-{n}", pid()).as_bytes());
+        let dest = dir.join(std::ffi::OsStr::from_bytes(&dest));
+        let d = sys::cstring(&dest)?;
+        sys::rename_noreplace(self.bfd(), rel, libc::AT_FDCWD, &d)
     }
 
     /// A fresh name under `<root>/tmp`, unique across threads and processes.
@@ -446,6 +573,68 @@ pub fn sibling_temp_name(n: u64) -> CString {
     CString::new(name).expect("prefix and digits hold no NUL")
 }
 
+/// Creates a new temp file for writing (and reading back), failing if the name exists.
+fn create_temp(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| CasError::io(path, e))
+}
+
+/// BLAKE3 and length of everything `fd` holds, read from offset 0 (whatever the descriptor's
+/// file position: the hash stage has already read it to the end).
+pub fn hash_fd(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<(Hash, u64)> {
+    const CHUNK: usize = 1 << 20;
+    if buf.len() < CHUNK {
+        buf.resize(CHUNK, 0);
+    }
+    let mut h = blake3::Hasher::new();
+    let mut off = 0u64;
+    loop {
+        let n = match rustix::io::pread(fd, &mut buf[..CHUNK], off) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok((*h.finalize().as_bytes(), off))
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies everything `src` holds (from offset 0) to `out`, hashing what it writes.
+fn copy_hashing(src: BorrowedFd<'_>, out: &File) -> std::result::Result<(Hash, u64), CopyError> {
+    use std::io::Write;
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    let mut h = blake3::Hasher::new();
+    let mut off = 0u64;
+    let mut w = out;
+    loop {
+        let n = match rustix::io::pread(src, &mut buf, off) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(CopyError::Read(e.into())),
+        };
+        h.update(&buf[..n]);
+        w.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        off += n as u64;
+    }
+    Ok((*h.finalize().as_bytes(), off))
+}
+
 /// `ab` as a lowercase hex byte (0..256), or `None` for any other name.
 fn hex_pair(name: &[u8]) -> Option<usize> {
     let v = |c: u8| match c {
@@ -520,7 +709,8 @@ mod tests {
         let a = dir.path().join("a");
         fs::write(&a, b"content").unwrap();
         let h = hash_of(b"content");
-        cas.copy_in(&a, &h, 7, 0o755).unwrap();
+        let fa = File::open(&a).unwrap();
+        cas.copy_in_fd(fa.as_fd(), &a, &h, 7, 0o755).unwrap();
         let p = cas.blob_path(&h, 7);
         assert_eq!(fs::read(&p).unwrap(), b"content");
         assert_eq!(
@@ -532,7 +722,11 @@ mod tests {
             fs::metadata(&a).unwrap().ino()
         );
         // a second copy of the same content is a no-op, not an error
-        assert_eq!(cas.copy_in(&a, &h, 7, 0o644).unwrap(), CopyKind::Existed);
+        assert_eq!(
+            cas.copy_in_fd(fa.as_fd(), &a, &h, 7, 0o644).unwrap(),
+            CopyKind::Existed
+        );
+        assert!(seal::is_sealed(&cas.blob_stat(&h, 7).unwrap(), 7));
         assert_eq!(fs::read_dir(cas.root().join(TMP_DIR)).unwrap().count(), 0);
     }
 
@@ -575,12 +769,58 @@ mod tests {
         let cas = Cas::open(&dir.path().join("store")).unwrap();
         let a = dir.path().join("a");
         fs::write(&a, b"longer content").unwrap();
+        let fa = File::open(&a).unwrap();
         let h = hash_of(b"short");
         assert!(matches!(
-            cas.copy_in(&a, &h, 5, 0o644),
+            cas.copy_in_fd(fa.as_fd(), &a, &h, 5, 0o644),
             Err(CasError::Changed { .. })
         ));
         assert!(!cas.has_blob(&h, 5));
+        // Same size, other bytes: the copy is re-hashed and refused.
+        let h = hash_of(b"LONGER CONTENT");
+        assert!(matches!(
+            cas.copy_in_fd(fa.as_fd(), &a, &h, 14, 0o644),
+            Err(CasError::Changed { .. })
+        ));
+        assert!(!cas.has_blob(&h, 14));
+        assert_eq!(fs::read_dir(cas.root().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn check_blob_trusts_seals_rehashes_the_rest_and_quarantines_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(&dir.path().join("store")).unwrap();
+        let a = dir.path().join("a");
+        fs::write(&a, b"content").unwrap();
+        let h = hash_of(b"content");
+        let fa = File::open(&a).unwrap();
+        cas.copy_in_fd(fa.as_fd(), &a, &h, 7, 0o644).unwrap();
+        assert!(matches!(
+            cas.check_blob(&h, 7).unwrap(),
+            BlobCheck::Sound(_)
+        ));
+        let p = cas.blob_path(&h, 7);
+        // An old store's blob: right content, no seal. Re-hashed, then sealed.
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        let f = File::options().write(true).open(&p).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_millis(1500))
+            .unwrap();
+        assert!(!seal::is_sealed(&cas.blob_stat(&h, 7).unwrap(), 7));
+        assert!(matches!(
+            cas.check_blob(&h, 7).unwrap(),
+            BlobCheck::Sound(_)
+        ));
+        assert!(seal::is_sealed(&cas.blob_stat(&h, 7).unwrap(), 7));
+        // Written in place (same size): found, quarantined, gone from blake3/.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::os::unix::fs::FileExt::write_at(&f, b"CONTENT", 0).unwrap();
+        assert!(matches!(cas.check_blob(&h, 7).unwrap(), BlobCheck::Damaged));
+        assert!(!cas.has_blob(&h, 7));
+        assert!(matches!(cas.check_blob(&h, 7).unwrap(), BlobCheck::Missing));
+        let q: Vec<_> = fs::read_dir(cas.root().join(QUARANTINE_DIR))
+            .unwrap()
+            .collect();
+        assert_eq!(q.len(), 1);
     }
 
     #[test]

@@ -324,6 +324,35 @@ pub struct CheckoutArgs {
     /// Worker threads (default: all cores).
     #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 0)]
     pub jobs: usize,
+    /// How files get their content: `hardlink` (auto) shares the blob's inode (no data
+    /// copied; a write into such a file as root writes into the store, which the store then
+    /// detects and quarantines), `copy` gives independent files you may patch in place,
+    /// `reflink` clones where the file system can (else copies).
+    #[arg(long = "link-mode", value_enum, default_value_t = LinkModeArg::Auto)]
+    pub link_mode: LinkModeArg,
+    /// Keep setuid/setgid bits recorded in the manifest (dropped by default: a manifest from
+    /// elsewhere must not make setuid files, least of all as root).
+    #[arg(long = "keep-setid")]
+    pub keep_setid: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkModeArg {
+    Auto,
+    Hardlink,
+    Reflink,
+    Copy,
+}
+
+impl From<LinkModeArg> for vrift_pipeline::LinkMode {
+    fn from(a: LinkModeArg) -> Self {
+        match a {
+            LinkModeArg::Auto => vrift_pipeline::LinkMode::Auto,
+            LinkModeArg::Hardlink => vrift_pipeline::LinkMode::Hardlink,
+            LinkModeArg::Reflink => vrift_pipeline::LinkMode::Reflink,
+            LinkModeArg::Copy => vrift_pipeline::LinkMode::Copy,
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,10 +6,9 @@
 //! The open descriptor travels on to the place stage, which links *that* inode into the store,
 //! so a path swapped between hashing and linking cannot smuggle in other content.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -132,17 +131,17 @@ pub fn hash_file(item: &FileItem, buf: &mut Vec<u8>) -> Result<(Hash, File, Stat
     hash_open(File::from(fd), item.st, buf)
 }
 
-/// Hashes the file at `path` (phantom mode's re-check), `before` being what a stat saw.
-pub fn hash_path(
-    path: &Path,
+/// Hashes an already open file (phantom mode's re-check of a file changed since the
+/// manifest was written), `before` being its `fstat`.
+pub fn hash_fd(
+    file: File,
     before: Stat,
     buf: &mut Vec<u8>,
 ) -> Result<(Hash, File, Stat), HashError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(HashError::Open)?;
+    use std::io::Seek;
+    (&file)
+        .seek(io::SeekFrom::Start(0))
+        .map_err(HashError::Read)?;
     hash_open(file, before, buf)
 }
 

@@ -4,12 +4,14 @@
 //! durable, and [`checkout`] turns a manifest back into a tree.
 
 pub mod checkout;
+pub mod dirs;
 pub mod error;
 pub mod filter;
 pub mod hash;
 pub mod ingest;
 pub mod lease;
 pub mod manifest;
+pub mod materialize;
 pub mod metrics;
 pub mod options;
 pub mod phantom;
@@ -23,5 +25,6 @@ pub mod walk;
 pub use checkout::{checkout, CheckoutReport};
 pub use error::PipelineError;
 pub use ingest::ingest;
+pub use materialize::LinkMode;
 pub use options::{IngestOptions, IoBackend, Mode, Tier};
 pub use report::{Counters, IngestReport, Issue, ReportDetails, Severity};

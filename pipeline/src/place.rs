@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use flume::{Receiver, Sender};
-use vrift_cas::{Cas, CopyKind, WRITE_BITS};
+use vrift_cas::{BlobCheck, Cas, CopyKind, WRITE_BITS};
 use vrift_manifest::EntryInput;
 
 use crate::hash::Hashed;
@@ -157,19 +157,24 @@ fn link_result(
                 ),
                 Lease::Held(_) | Lease::Unknown => changed_since_hashed(&h),
             };
+            // Sealed while the lease still keeps writers out (see vrift_cas::seal).
+            let disk = match verdict {
+                None => Some(seal(&h, cfg)),
+                Some(_) => None,
+            };
             drop(lease);
-            match verdict {
-                None => {
+            match (verdict, disk) {
+                (None, Some(disk)) => {
                     Counters::add(&c.blobs_new, 1);
                     Counters::add(&c.bytes_new, h.st.size);
                     Counters::add(&c.link_hardlink, 1);
                     Ok(Placed {
-                        entry: entry_for(&h, &h.st),
+                        entry: entry_for(&h, &disk),
                         keep_own: false,
                         replaced: false,
                     })
                 }
-                Some(why) => Err(withdraw(&h, cfg, why)),
+                (why, _) => Err(withdraw(&h, cfg, why_or_unknown(why))),
             }
         }
         Err(e) => match e.raw_os_error() {
@@ -240,6 +245,25 @@ fn changed_since_hashed(h: &Hashed) -> Option<String> {
     }
 }
 
+/// Seals the new blob (the hashed inode, now linked into the store) and returns its state on
+/// disk for the manifest's re-ingest cache. A blob we may not seal stays usable: the store
+/// re-hashes it before trusting it (see `vrift_cas::seal`).
+fn seal(h: &Hashed, cfg: &PlaceConfig<'_>) -> Stat {
+    let mut disk = h.st;
+    match vrift_cas::seal::seal_fd(h.file.as_fd(), h.st.mtime_ns) {
+        Ok(()) => disk.mtime_ns = vrift_cas::seal::sealed_mtime_ns(h.st.mtime_ns),
+        Err(e) => cfg.counters.warn(
+            h.item.path(cfg.root),
+            format!("stored, but its blob could not be sealed: {e}"),
+        ),
+    }
+    disk
+}
+
+fn why_or_unknown(why: Option<String>) -> String {
+    why.unwrap_or_else(|| "not stored".into())
+}
+
 /// Undoes the link of a file that changed after hashing: the blob name goes (if it is still
 /// this inode) and the file gets its write bits back, as if it had never been ingested.
 fn withdraw(h: &Hashed, cfg: &PlaceConfig<'_>, why: String) -> String {
@@ -257,9 +281,10 @@ fn withdraw(h: &Hashed, cfg: &PlaceConfig<'_>, why: String) -> String {
 
 /// The content is already a blob. Make the project file share it when the modes agree.
 ///
-/// `None`: the blob was damaged (its size is not the one its name says: written to after it
-/// was stored, see [`changed_since_hashed`]) and has been removed, so this file, which holds
-/// what the name promises, can be linked in its place; asked once (`retried` after that).
+/// The blob is checked first ([`Cas::check_blob`]: one `stat` when sealed): a blob written
+/// to after it was stored never replaces a user's good file. `None`: the blob was damaged
+/// (now quarantined) or vanished, so this file, which holds what the name promises, is linked
+/// in its place; asked once (`retried` after that).
 fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>, retried: bool) -> Option<Placed> {
     let c = cfg.counters;
     let own = |keep_own| Placed {
@@ -267,40 +292,32 @@ fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>, retried: bool) -> Option<Placed> {
         keep_own,
         replaced: false,
     };
-    let blob = match cfg.cas.blob_stat(&h.hash, h.st.size) {
-        Ok(b) => Stat::from_libc(&b),
-        Err(e) => {
-            c.warn(
-                h.item.path(cfg.root),
-                format!("blob vanished while deduplicating: {e}"),
-            );
-            count_dedup(h, c);
-            return Some(own(true));
-        }
-    };
-    if blob.size != h.st.size {
-        let rel = vrift_cas::blob_rel(&h.hash, h.st.size);
-        let removed = !retried
-            && cfg
-                .cas
-                .withdraw_blob(&h.hash, h.st.size, blob.dev, blob.ino)
-                .unwrap_or(false);
-        if removed {
+    let rel = || vrift_cas::blob_rel(&h.hash, h.st.size);
+    let blob = match cfg.cas.check_blob(&h.hash, h.st.size) {
+        Ok(BlobCheck::Sound(b)) => Stat::from_libc(&b),
+        Ok(BlobCheck::Damaged) if !retried => {
             let msg = format!(
-                "blob {rel} was damaged (size {} instead of {}); replaced by this file",
-                blob.size, h.st.size
+                "blob {} was damaged (written to after it was stored); quarantined and \
+                 replaced by this file",
+                rel()
             );
             c.warn(h.item.path(cfg.root), msg);
             return None;
         }
-        let msg = format!(
-            "kept its own copy: blob {rel} is damaged (its size is {}); run `vrift verify --repair`",
-            blob.size
-        );
-        c.warn(h.item.path(cfg.root), msg);
-        count_dedup(h, c);
-        return Some(own(true));
-    }
+        Ok(BlobCheck::Missing) if !retried => return None,
+        Ok(_) => {
+            let msg = format!("kept its own copy: blob {} keeps changing under us", rel());
+            c.warn(h.item.path(cfg.root), msg);
+            count_dedup(h, c);
+            return Some(own(true));
+        }
+        Err(e) => {
+            let msg = format!("kept its own copy: blob {} cannot be checked: {e}", rel());
+            c.warn(h.item.path(cfg.root), msg);
+            count_dedup(h, c);
+            return Some(own(true));
+        }
+    };
     count_dedup(h, c);
     Some(share(h, cfg, &blob))
 }
@@ -362,6 +379,9 @@ fn share(h: &Hashed, cfg: &PlaceConfig<'_>, blob: &Stat) -> Placed {
     }
 }
 
+/// The content goes in as a copy (no link possible): made from the descriptor that was
+/// hashed and re-hashed as it is written (`Cas::copy_in_fd`), never from the path, which may
+/// name another file by now. The project file is left as it is.
 fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<Placed, String> {
     let c = cfg.counters;
     // Already stored (before or while we copied): its mode may differ from ours, so this
@@ -375,12 +395,17 @@ fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<Placed, String> {
             replaced: false,
         }
     };
-    if cfg.cas.has_blob(&h.hash, h.st.size) {
+    if let Ok(BlobCheck::Sound(_)) = cfg.cas.check_blob(&h.hash, h.st.size) {
         return Ok(stored_already());
     }
+    // A file someone is still writing is not stored, whichever way it would enter.
+    if let Lease::Writer = Lease::take(h.file.as_fd()) {
+        return Err("open for writing by another process; not stored, left in place".into());
+    }
+    let path = h.item.path(cfg.root);
     let kind = cfg
         .cas
-        .copy_in(&h.item.path(cfg.root), &h.hash, h.st.size, h.st.mode)
+        .copy_in_fd(h.file.as_fd(), &path, &h.hash, h.st.size, h.st.mode)
         .map_err(|e| format!("cannot copy into store: {}", e.reason()))?;
     match kind {
         CopyKind::Reflink => Counters::add(&c.link_reflink, 1),

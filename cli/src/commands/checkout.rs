@@ -30,13 +30,24 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
         },
     )?;
     let counters = Arc::new(Counters::default());
-    let report = vrift_pipeline::checkout(&cas, &manifest, &a.dir, threads, &counters)?;
+    let opts = vrift_pipeline::materialize::Options {
+        link_mode: a.link_mode.into(),
+        keep_setid: a.keep_setid,
+        threads,
+        dir_mode_add: 0,
+    };
+    let report = vrift_pipeline::checkout(&cas, &manifest, &a.dir, &opts, &counters)?;
     super::print_issues(&counters.take_issues(), 20);
     if g.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
+        let reflinked = if report.reflinked > 0 {
+            format!(", {} cloned", thousands(report.reflinked))
+        } else {
+            String::new()
+        };
         println!(
-            "Checked out {} → {}: {} files ({} linked, {} copied), {} dirs, {} symlinks, {} errors in {:.2} s",
+            "Checked out {} → {}: {} files ({} linked, {} copied{reflinked}), {} dirs, {} symlinks, {} errors in {:.2} s",
             a.manifest.display(),
             a.dir.display(),
             thousands(report.files),
@@ -47,6 +58,18 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
             thousands(report.errors),
             report.seconds
         );
+        if report.setid_dropped > 0 {
+            eprintln!(
+                "note: dropped setuid/setgid bits of {} entries (--keep-setid keeps them)",
+                thousands(report.setid_dropped)
+            );
+        }
+        if report.linked > 0 {
+            eprintln!(
+                "note: linked files share their inode with the store: edit them by replacing \
+                 the file, or check out with --link-mode copy to patch in place"
+            );
+        }
     }
     Ok(if report.errors > 0 {
         Outcome::Failed

@@ -27,7 +27,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use vrift_cas::Cas;
@@ -459,71 +458,51 @@ pub fn abandoned(f: &File, name: &[u8]) -> bool {
     !exists || zombie()
 }
 
-/// Builds the merged tree of `layers` at `dest` (which must not exist).
+/// Builds the merged tree of `layers` at `dest` (which must not exist), through the one
+/// materializer that `checkout` uses too (fd-relative, never following a symlink, blobs
+/// checked before they are linked, setuid/setgid dropped).
 fn build(cas: &Cas, layers: &[Layer<'_>], dest: &Path) -> Result<BuildStats> {
+    use vrift_pipeline::materialize::{self, Node as MNode, Options};
     let t0 = std::time::Instant::now();
     let tree = merge(layers);
-    let mut stats = BuildStats::default();
-    let dest_b = dest.as_os_str().as_bytes().to_vec();
-    let path_of =
-        |rel: &[u8]| -> PathBuf { PathBuf::from(std::ffi::OsStr::from_bytes(&join(&dest_b, rel))) };
-    let mut leaves: Vec<(&[u8], Entry<'_>)> = Vec::new();
-    let mut dirs: Vec<(&[u8], u32, i64)> = Vec::new();
-    let mut db = fs::DirBuilder::new();
-    db.mode(0o700);
-    for (k, n) in &tree {
-        match n {
-            Node::Dir { mode, mtime_ns } => {
-                let p = path_of(k);
-                db.create(&p)
-                    .with_context(|| format!("cannot create {}", p.display()))?;
-                dirs.push((k.as_slice(), *mode, *mtime_ns));
-            }
-            Node::Leaf(e) => leaves.push((k.as_slice(), *e)),
-        }
-    }
-    stats.dirs = dirs.len() as u64;
+    let mut nodes: Vec<(Vec<u8>, MNode<'_>)> = tree
+        .into_iter()
+        .map(|(k, n)| {
+            let n = match n {
+                Node::Dir { mode, mtime_ns } => MNode::Dir { mode, mtime_ns },
+                Node::Leaf(e) => MNode::Leaf(e),
+            };
+            (k, n)
+        })
+        .collect();
+    // The materializer wants component-wise order (a directory's subtree right after it).
+    nodes.sort_by(|a, b| vrift_manifest::order::cmp_paths(&a.0, &b.0));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dest)
+        .with_context(|| format!("cannot create {}", dest.display()))?;
+    let dest_fd = vrift_pipeline::dirs::open_root(dest)
+        .with_context(|| format!("cannot open {}", dest.display()))?;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(1, 16);
-    let chunk = leaves.len().div_ceil(threads).max(1);
-    let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let parts: Vec<BuildStats> = std::thread::scope(|s| {
-        let handles: Vec<_> = leaves
-            .chunks(chunk)
-            .map(|part| {
-                let errors = &errors;
-                let path_of = &path_of;
-                s.spawn(move || {
-                    let mut st = BuildStats::default();
-                    for (rel, e) in part {
-                        let p = path_of(rel);
-                        if let Err(msg) = place(cas, e, &p, &mut st) {
-                            let mut g = errors.lock().unwrap_or_else(|p| p.into_inner());
-                            g.push(format!("{}: {msg}", String::from_utf8_lossy(rel)));
-                        }
-                    }
-                    st
-                })
-            })
+    let opts = Options {
+        threads,
+        dir_mode_add: 0o700,
+        ..Options::default()
+    };
+    let counters = vrift_pipeline::Counters::default();
+    let r = materialize::materialize(cas, dest, dest_fd, &nodes, &opts, &counters);
+    if r.errors > 0 {
+        let issues = counters.take_issues();
+        let shown: Vec<String> = issues
+            .iter()
+            .take(5)
+            .map(|i| format!("{}: {}", i.path.display(), i.message))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    for p in parts {
-        stats.files += p.files;
-        stats.symlinks += p.symlinks;
-        stats.linked += p.linked;
-        stats.copied += p.copied;
-    }
-    let errors = errors.into_inner().unwrap_or_else(|p| p.into_inner());
-    if !errors.is_empty() {
-        let shown: Vec<&str> = errors.iter().take(5).map(String::as_str).collect();
-        let more = if errors.len() > 5 {
-            format!(" (and {} more)", errors.len() - 5)
+        let more = if r.errors > 5 {
+            format!(" (and {} more)", r.errors - 5)
         } else {
             String::new()
         };
@@ -532,47 +511,14 @@ fn build(cas: &Cas, layers: &[Layer<'_>], dest: &Path) -> Result<BuildStats> {
             shown.join("; ")
         );
     }
-    // Modes and mtimes last, deepest first (adding a child changes the parent's mtime).
-    for (rel, mode, mtime_ns) in dirs.iter().rev() {
-        let p = path_of(rel);
-        let c = super::sys::cstr(&p)?;
-        let m = (mode & 0o7777) | 0o700;
-        super::sys::chmod(&c, m).with_context(|| format!("cannot chmod {}", p.display()))?;
-        if *mtime_ns > 0 {
-            let ts = libc::timespec {
-                tv_sec: mtime_ns.div_euclid(1_000_000_000),
-                tv_nsec: mtime_ns.rem_euclid(1_000_000_000),
-            };
-            let times = [ts, ts];
-            // SAFETY: valid path and two timespecs.
-            unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
-        }
-    }
-    stats.seconds = t0.elapsed().as_secs_f64();
-    Ok(stats)
-}
-
-fn place(cas: &Cas, e: &Entry<'_>, p: &Path, st: &mut BuildStats) -> Result<(), String> {
-    if e.kind() == Kind::Symlink {
-        std::os::unix::fs::symlink(<std::ffi::OsStr as OsStrExt>::from_bytes(e.target()), p)
-            .map_err(|err| format!("cannot create symlink: {err}"))?;
-        st.symlinks += 1;
-        return Ok(());
-    }
-    let (hash, size) = (e.hash(), e.size());
-    let blob = cas.blob_stat(hash, size).map_err(|err| {
-        format!(
-            "blob {} unavailable: {err}",
-            vrift_cas::blob_rel(hash, size)
-        )
-    })?;
-    st.files += 1;
-    if vrift_pipeline::checkout::link_or_copy(cas, e, blob.st_mode, p)? {
-        st.linked += 1;
-    } else {
-        st.copied += 1;
-    }
-    Ok(())
+    Ok(BuildStats {
+        dirs: r.dirs + 1,
+        files: r.files,
+        symlinks: r.symlinks,
+        linked: r.linked,
+        copied: r.copied + r.reflinked,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// Removes a tree, first giving directories `u+rwx` where needed (a program may have made

@@ -32,8 +32,12 @@ pub const JSON_KEYS: [&str; 12] = [
     "manifest",
 ];
 
+/// The binary under test: this build's, or `VRIFT_TEST_BIN` (to show that a test fails on an
+/// older build, e.g. the one before a security fix).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_vrift"))
+    std::env::var_os("VRIFT_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vrift")))
 }
 
 /// `vrift --the-source-root STORE` with a clean environment for the store variable.

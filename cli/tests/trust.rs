@@ -1,0 +1,430 @@
+//! Trust nothing: the store never believes a path, a name, a manifest or a writer.
+//!
+//! Each test here reproduces an attack or a fault found in review (issue 12) end to end: a
+//! crafted manifest (from a file or a bucket), an attacker who swaps a directory for a symlink
+//! the moment vrift creates or reads it (a real inotify-driven process running as `nobody`,
+//! `support/attacker.py`), a blob written in place, a store that runs out of room. Races are
+//! repeated, and a single success of the attacker fails the test.
+//!
+//! These tests switch users, so they run as root (as CI does); without root they fail under
+//! `CI=true` and are skipped with a note otherwise.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use vrift_manifest::format;
+use vrift_manifest::schema::{EntryData, ManifestData};
+use vrift_manifest::Kind;
+
+/// Root is what the attacks need (a victim who can read what the attacker cannot).
+fn need_root() -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("the trust tests need root (they switch to `nobody` to attack)");
+    }
+    eprintln!("SKIPPED: not root");
+    false
+}
+
+// -----------------------------------------------------------------------------------------
+// Crafted manifests
+// -----------------------------------------------------------------------------------------
+
+/// One crafted entry: path, kind, mode, symlink target, content (for files: the manifest
+/// names the blob of this content, which the test may or may not have stored).
+struct Crafted<'a> {
+    path: &'a [u8],
+    kind: Kind,
+    mode: u32,
+    target: &'a [u8],
+    content: &'a [u8],
+}
+
+fn file<'a>(path: &'a [u8], mode: u32, content: &'a [u8]) -> Crafted<'a> {
+    Crafted {
+        path,
+        kind: if mode & 0o111 != 0 {
+            Kind::Executable
+        } else {
+            Kind::File
+        },
+        mode,
+        target: b"",
+        content,
+    }
+}
+
+fn dir(path: &[u8], mode: u32) -> Crafted<'_> {
+    Crafted {
+        path,
+        kind: Kind::Dir,
+        mode,
+        target: b"",
+        content: b"",
+    }
+}
+
+fn link<'a>(path: &'a [u8], target: &'a [u8]) -> Crafted<'a> {
+    Crafted {
+        path,
+        kind: Kind::Symlink,
+        mode: 0o777,
+        target,
+        content: b"",
+    }
+}
+
+/// The bytes of a manifest holding exactly `rows` in the given order (after the root), each
+/// directory's subtree ending where the next entry outside it starts: what an attacker can
+/// write with a hex editor, checksum and all. No validation happens here.
+fn craft(rows: &[Crafted<'_>]) -> Vec<u8> {
+    let mut strings = Vec::new();
+    let mut entries = vec![EntryData {
+        kind: Kind::Dir as u8,
+        mode: 0o755,
+        subtree_end: rows.len() as u32 + 1,
+        ..Default::default()
+    }];
+    for r in rows {
+        let path_off = strings.len() as u32;
+        strings.extend_from_slice(r.path);
+        let target_off = strings.len() as u32;
+        strings.extend_from_slice(r.target);
+        let content = r.kind.has_content();
+        entries.push(EntryData {
+            path_off,
+            path_len: r.path.len() as u32,
+            target_off,
+            target_len: r.target.len() as u32,
+            kind: r.kind as u8,
+            mode: r.mode,
+            size: if content { r.content.len() as u64 } else { 0 },
+            mtime_ns: 1_700_000_000_000_000_000,
+            hash: if content {
+                *blake3::hash(r.content).as_bytes()
+            } else {
+                [0; 32]
+            },
+            ..Default::default()
+        });
+    }
+    let n = entries.len();
+    for i in 1..n {
+        let me = rows[i - 1].path;
+        entries[i].subtree_end = if rows[i - 1].kind == Kind::Dir {
+            (i + 1..n)
+                .find(|&j| {
+                    let p = rows[j - 1].path;
+                    !(p.len() > me.len() && p.starts_with(me) && p[me.len()] == b'/')
+                })
+                .unwrap_or(n) as u32
+        } else {
+            i as u32 + 1
+        };
+    }
+    let data = ManifestData {
+        root: b"/somewhere/else".to_vec(),
+        created_unix_ns: 0,
+        entries,
+        strings,
+    };
+    format::encode(&data, 0, Path::new("crafted")).expect("encode")
+}
+
+/// Every file and directory under `p` with its mode, for "nothing changed here" checks.
+fn listing(p: &Path) -> Vec<(PathBuf, u32, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let md = fs::symlink_metadata(&d).unwrap();
+        out.push((d.clone(), md.mode(), md.len()));
+        if md.is_dir() {
+            for e in fs::read_dir(&d).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A store holding the blob of `content` (so crafted manifests can name a blob that exists).
+fn store_with(tmp: &Path, contents: &[&[u8]]) -> PathBuf {
+    let store = tmp.join("store");
+    let src = tmp.join("seed");
+    for (i, c) in contents.iter().enumerate() {
+        write_file(&src.join(format!("f{i}")), c, 0o644);
+    }
+    ingest_ok(&store, &src, &tmp.join("seed.vrm"), &[]);
+    store
+}
+
+#[test]
+fn crafted_manifests_never_make_checkout_write_outside_its_target() {
+    let tmp = tempdir();
+    let store = store_with(tmp.path(), &[b"payload"]);
+    // What the attacker aims at: a directory and a file beside the checkout.
+    let outside = tmp.path().join("outside");
+    write_file(&outside.join("victim.txt"), b"precious", 0o600);
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o700)).unwrap();
+    let before = listing(&outside);
+    let outside_s = outside.to_str().unwrap().as_bytes();
+    let victim_file = outside.join("victim.txt");
+    let victim_s = victim_file.to_str().unwrap().as_bytes();
+
+    let cases: Vec<(&str, Vec<Crafted<'_>>, &str)> = vec![
+        (
+            "dotdot",
+            vec![file(b"../../outside/x", 0o644, b"payload")],
+            "'..'",
+        ),
+        (
+            "absolute",
+            vec![file(outside_s, 0o644, b"payload")],
+            "absolute",
+        ),
+        (
+            "through-symlink",
+            vec![link(b"a", outside_s), file(b"a/evil", 0o644, b"payload")],
+            "below a non-directory",
+        ),
+        (
+            // The old final mode pass chmod'ed through the symlink: 0777 on a directory outside.
+            "chmod-dir-through-symlink",
+            vec![link(b"a", outside_s), dir(b"a/sub", 0o777)],
+            "below a non-directory",
+        ),
+        (
+            "chmod-file-through-symlink",
+            vec![link(b"b", victim_s), dir(b"b", 0o666)],
+            "not in order",
+        ),
+        (
+            "unsorted",
+            vec![file(b"z", 0o644, b"payload"), file(b"a", 0o644, b"payload")],
+            "not in order",
+        ),
+    ];
+    for (name, rows, why) in cases {
+        let m = tmp.path().join(format!("{name}.vrm"));
+        fs::write(&m, craft(&rows)).unwrap();
+        let dest = tmp.path().join("work").join(name).join("node_modules");
+        let o = checkout_raw(&store, &m, &dest);
+        assert_no_panic(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}\n{}", describe(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(m.to_str().unwrap()) && err.contains(why),
+            "{name}: the error must name the manifest and say {why:?}\n{}",
+            describe(&o)
+        );
+        assert!(
+            !dest.exists(),
+            "{name}: nothing may be written\n{}",
+            describe(&o)
+        );
+        assert_eq!(listing(&outside), before, "{name}: outside changed");
+    }
+}
+
+// -----------------------------------------------------------------------------------------
+// The attacker process
+// -----------------------------------------------------------------------------------------
+
+/// A running `support/attacker.py` (as `nobody`), ready: its inotify watch is in place.
+struct Attacker {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Attacker {
+    fn start(shared: &Path, args: &[&OsStr]) -> Attacker {
+        let script = shared.join("attacker.py");
+        if !script.exists() {
+            fs::copy(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/attacker.py"),
+                &script,
+            )
+            .unwrap();
+            fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut child = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+            ])
+            .arg(&script)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start attacker");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "attacker did not start");
+        Attacker { child, out }
+    }
+
+    /// Whether the attacker acted (it exits once it has); kills it if it never fired.
+    fn finish(mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let mut line = String::new();
+                let _ = self.out.read_line(&mut line);
+                return line.trim() == "done";
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
+    s.as_ref()
+}
+
+/// A directory the attacker (`nobody`) owns, inside a root-made directory everyone may enter.
+fn attacker_dir(shared: &Path, name: &str) -> PathBuf {
+    let p = shared.join(name);
+    fs::create_dir_all(&p).unwrap();
+    chown(&p);
+    p
+}
+
+/// A root-only directory holding a secret, which the attacks try to reach.
+fn secret_dir(shared: &Path, rel: &str, content: &[u8]) -> PathBuf {
+    let d = shared.join("root-only");
+    let f = d.join(rel);
+    write_file(&f, content, 0o600);
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+    d
+}
+
+#[test]
+fn checkout_never_follows_a_directory_swapped_for_a_symlink() {
+    if !need_root() {
+        return;
+    }
+    let shared = SharedDir::new();
+    let tmp = shared.path();
+    let src = tmp.join("src");
+    for i in 0..400 {
+        write_file(
+            &src.join(format!("d/f{i:03}")),
+            format!("file {i}").as_bytes(),
+            0o644,
+        );
+    }
+    let store = tmp.join("store");
+    let manifest = tmp.join("app.vrm");
+    ingest_ok(&store, &src, &manifest, &[]);
+    // The victim: a directory the attacker may not write, which the swap points at.
+    let victim = tmp.join("victim");
+    fs::create_dir(&victim).unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o755)).unwrap();
+    let before = listing(&victim);
+    let mut fired = 0;
+    for round in 0..5 {
+        // A workspace a build step (the attacker) can write, restored into by root.
+        let work = attacker_dir(tmp, &format!("work{round}"));
+        let dest = work.join("node_modules");
+        fs::create_dir(&dest).unwrap();
+        chown(&dest);
+        let attacker = Attacker::start(
+            tmp,
+            &[
+                os(&dest),
+                os("create"),
+                os("d"),
+                os("swap"),
+                os(&dest.join("d")),
+                os(&victim),
+            ],
+        );
+        let o = checkout_raw(&store, &manifest, &dest);
+        assert_no_panic(&o);
+        let acted = attacker.finish();
+        fired += acted as u32;
+        assert_eq!(
+            listing(&victim),
+            before,
+            "round {round}: checkout wrote or chmod'ed through the attacker's symlink\n{}",
+            describe(&o)
+        );
+        if acted {
+            assert_eq!(
+                o.status.code(),
+                Some(1),
+                "round {round}: a swapped directory must be an error\n{}",
+                describe(&o)
+            );
+        }
+    }
+    assert!(fired >= 3, "the attacker fired only {fired} times of 5");
+}
+
+// -----------------------------------------------------------------------------------------
+// Pull
+// -----------------------------------------------------------------------------------------
+
+#[test]
+fn pull_refuses_a_crafted_manifest_from_the_bucket() {
+    let Some(s3) = common::s3::S3Server::start() else {
+        return;
+    };
+    let tmp = tempdir();
+    let store = tmp.path().join("store");
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    // Anyone who can write the shared prefix plants a manifest; its blob is there too.
+    let payload: &[u8] = b"#!/bin/sh\necho owned\n";
+    let rows = [file(b"../../../outside/evil.sh", 0o755, payload)];
+    let key = "ci/cache/manifests/app.vrm";
+    let obj = s3.object(key);
+    fs::create_dir_all(obj.parent().unwrap()).unwrap();
+    fs::write(&obj, craft(&rows)).unwrap();
+    let h = blake3::hash(payload).to_hex();
+    let blob = s3.object(&format!(
+        "ci/cache/blake3/{}/{}/{h}_{}.bin",
+        &h[..2],
+        &h[2..4],
+        payload.len()
+    ));
+    fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    fs::write(&blob, payload).unwrap();
+
+    let out = tmp.path().join("app.vrm");
+    let mut c = vrift(&store);
+    s3.env(&mut c);
+    c.args(["--no-progress", "--remote"])
+        .arg(format!("s3://{}/ci/cache", common::s3::BUCKET))
+        .args(["pull", "app", "-o"])
+        .arg(&out);
+    let o = output_within(&mut c, 120);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(
+        stderr(&o).contains("'..'") && stderr(&o).contains("app.vrm"),
+        "the error names the manifest and the entry\n{}",
+        describe(&o)
+    );
+    assert!(!out.exists(), "a refused manifest is not written");
+    assert!(fs::read_dir(&outside).unwrap().next().is_none());
+}
