@@ -325,9 +325,12 @@ fn checkout_never_follows_a_directory_swapped_for_a_symlink() {
     let shared = SharedDir::new();
     let tmp = shared.path();
     let src = tmp.join("src");
-    for i in 0..400 {
+    // `a/` is created first; by the time the attacker reacts to it, checkout is busy filling
+    // `d/` (thousands of links), whose later files and final mode go through the swapped name.
+    write_file(&src.join("a/first"), b"first", 0o644);
+    for i in 0..8000 {
         write_file(
-            &src.join(format!("d/f{i:03}")),
+            &src.join(format!("d/f{i:04}")),
             format!("file {i}").as_bytes(),
             0o644,
         );
@@ -352,7 +355,7 @@ fn checkout_never_follows_a_directory_swapped_for_a_symlink() {
             &[
                 os(&dest),
                 os("create"),
-                os("d"),
+                os("a"),
                 os("swap"),
                 os(&dest.join("d")),
                 os(&victim),
@@ -427,4 +430,213 @@ fn pull_refuses_a_crafted_manifest_from_the_bucket() {
     );
     assert!(!out.exists(), "a refused manifest is not written");
     assert!(fs::read_dir(&outside).unwrap().next().is_none());
+}
+
+// -----------------------------------------------------------------------------------------
+// Phantom moves
+// -----------------------------------------------------------------------------------------
+
+/// Root ingests a tree its owner controls in phantom mode. The moment the manifest lands, the
+/// owner swaps a directory for a symlink into root's own files: the move phase must not move
+/// root's file into the store (from where checkout would restore it into the attacker's tree).
+#[test]
+fn phantom_move_never_follows_a_directory_swapped_for_a_symlink() {
+    if !need_root() {
+        return;
+    }
+    let shared = SharedDir::new();
+    let tmp = shared.path();
+    let secret: &[u8] = b"root's private key material";
+    let root_only = secret_dir(tmp, "secret.txt", secret);
+    let out_dir = tmp.join("out");
+    fs::create_dir(&out_dir).unwrap();
+    fs::set_permissions(&out_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let store = tmp.join("store");
+    let mut fired = 0;
+    for round in 0..3 {
+        let src = attacker_dir(tmp, &format!("tree{round}"));
+        // Enough files before `d/` that the move phase is still busy when the swap lands.
+        for i in 0..1500 {
+            write_file(
+                &src.join(format!("a/f{i:04}")),
+                format!("{round}/{i}").as_bytes(),
+                0o644,
+            );
+        }
+        write_file(&src.join("d/secret.txt"), b"decoy", 0o644);
+        chown_tree(&src);
+        let name = format!("app{round}.vrm");
+        let manifest = out_dir.join(&name);
+        let attacker = Attacker::start(
+            tmp,
+            &[
+                os(&out_dir),
+                os("moved_to"),
+                os(&name),
+                os("swap"),
+                os(&src.join("d")),
+                os(&root_only),
+            ],
+        );
+        let o = ingest_raw(&store, &src, &manifest, &["--mode", "phantom", "-j", "1"]);
+        assert_no_panic(&o);
+        fired += attacker.finish() as u32;
+        assert_eq!(
+            fs::read(root_only.join("secret.txt")).ok().as_deref(),
+            Some(secret),
+            "round {round}: root's file was moved out of its directory\n{}",
+            describe(&o)
+        );
+        assert!(
+            !blob_path_of(&store, secret).exists(),
+            "round {round}: root's file became a blob"
+        );
+        verify_store(&store);
+        // What the manifest restores holds nothing of root's.
+        let back = tmp.join(format!("back{round}"));
+        let _ = checkout_raw(&store, &manifest, &back);
+        assert!(
+            !snapshot(&back)
+                .values()
+                .any(|n| matches!(n, Node::File { content, .. } if content == secret)),
+            "round {round}: checkout restores root's file into the attacker's tree"
+        );
+    }
+    assert!(fired >= 2, "the attacker fired only {fired} times of 3");
+}
+
+// -----------------------------------------------------------------------------------------
+// The copy fallback
+// -----------------------------------------------------------------------------------------
+
+/// A store on another file system than the tree (EXDEV: every file is copied in).
+fn store_on_other_fs() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    assert!(
+        shm.is_dir(),
+        "these tests need /dev/shm (a second file system)"
+    );
+    tempfile::Builder::new()
+        .prefix("vrift-trust-store-")
+        .tempdir_in(shm)
+        .unwrap()
+}
+
+/// The tree's owner swaps a file for a symlink to a root-only file right after vrift read it:
+/// the copy into the store must come from the descriptor that was hashed, not the path.
+#[test]
+fn copy_fallback_copies_what_was_hashed_not_what_the_path_names_now() {
+    if !need_root() {
+        return;
+    }
+    let shared = SharedDir::new();
+    let tmp = shared.path();
+    let secret: &[u8] = b"root-only: database password";
+    let root_only = secret_dir(tmp, "secret.txt", secret);
+    let store_dir = store_on_other_fs();
+    let store = store_dir.path().join("store");
+    let mut fired = 0;
+    for round in 0..6 {
+        let src = attacker_dir(tmp, &format!("tree{round}"));
+        let target = src.join("pkg/config.txt");
+        // Same length as the secret: a size check alone would not notice the swap.
+        let innocent = format!(
+            "{:<width$}",
+            format!("innocent {round}"),
+            width = secret.len()
+        );
+        write_file(&target, innocent.as_bytes(), 0o644);
+        for i in 0..200 {
+            write_file(
+                &src.join(format!("pkg/other{i:03}")),
+                format!("{round}.{i}").as_bytes(),
+                0o644,
+            );
+        }
+        chown_tree(&src);
+        let attacker = Attacker::start(
+            tmp,
+            &[
+                os(&target),
+                os("access"),
+                os("-"),
+                os("swap"),
+                os(&target),
+                os(&root_only.join("secret.txt")),
+            ],
+        );
+        let manifest = tmp.join(format!("m{round}.vrm"));
+        let o = ingest_raw(&store, &src, &manifest, &["-j", "1"]);
+        assert_no_panic(&o);
+        fired += attacker.finish() as u32;
+        assert!(
+            !blob_path_of(&store, secret).exists(),
+            "round {round}: the root-only file became a blob\n{}",
+            describe(&o)
+        );
+        let blobs = verify_store(&store);
+        assert!(
+            blobs.iter().all(|b| fs::read(&b.path).unwrap() != secret),
+            "round {round}: a blob holds the secret under another name\n{}",
+            describe(&o)
+        );
+    }
+    assert!(fired >= 4, "the attacker fired only {fired} times of 6");
+}
+
+/// No attacker: a file rewritten in place (same size) while it is being ingested into a store
+/// on another file system. The store must never hold a blob whose content is not its name.
+#[test]
+fn copy_fallback_never_stores_a_file_rewritten_during_ingest() {
+    if !need_root() {
+        return;
+    }
+    let shared = SharedDir::new();
+    let tmp = shared.path();
+    let store_dir = store_on_other_fs();
+    let store = store_dir.path().join("store");
+    let mut fired = 0;
+    for round in 0..10 {
+        let src = attacker_dir(tmp, &format!("tree{round}"));
+        let target = src.join("lib/index.js");
+        write_file(
+            &target,
+            format!("module.exports = {round:04};\n").as_bytes(),
+            0o644,
+        );
+        for i in 0..200 {
+            write_file(
+                &src.join(format!("lib/m{i:03}.js")),
+                format!("// {round}.{i}\n").as_bytes(),
+                0o644,
+            );
+        }
+        chown_tree(&src);
+        let attacker = Attacker::start(
+            tmp,
+            &[
+                os(&target),
+                os("access"),
+                os("-"),
+                os("rewrite"),
+                os(&target),
+                os(&format!("module.exports = {:04};\n", 9999 - round)),
+            ],
+        );
+        let manifest = tmp.join(format!("m{round}.vrm"));
+        let o = ingest_raw(&store, &src, &manifest, &["-j", "1"]);
+        assert_no_panic(&o);
+        fired += attacker.finish() as u32;
+        verify_store(&store);
+        // Whatever the manifest says of the file, its blob holds exactly that.
+        let back = tmp.join(format!("back{round}"));
+        let c = checkout_raw(&store, &manifest, &back);
+        assert_no_panic(&c);
+        if let Ok(got) = fs::read(back.join("lib/index.js")) {
+            let m = vrift_manifest::Manifest::open(&manifest).unwrap();
+            let e = m.lookup(b"lib/index.js").unwrap();
+            assert_eq!(*blake3::hash(&got).as_bytes(), *e.hash(), "round {round}");
+        }
+    }
+    assert!(fired >= 8, "the writer fired only {fired} times of 10");
 }

@@ -7,7 +7,8 @@ of hoping a busy loop wins the race.
 usage: attacker.py WATCH EVENT NAME ACTION ARGS...
   WATCH   a directory (or, for EVENT=access, a file) to watch
   EVENT   create | moved_to | access   (NAME: the entry of WATCH that triggers; '-' for any)
-  ACTION  swap VICTIM TARGET     rename VICTIM to VICTIM.orig, put a symlink VICTIM -> TARGET
+  ACTION  swap VICTIM TARGET     rename VICTIM to VICTIM.orig (as soon as it exists), put a
+                                 symlink VICTIM -> TARGET
           rewrite FILE CONTENT   overwrite FILE in place (same inode) with CONTENT
 Prints "ready" once watching and "done" after acting, then exits.
 """
@@ -38,7 +39,13 @@ while not hit:
             hit = True
 if action == "swap":
     victim, target = args
-    os.rename(victim, victim + ".orig")
+    # The trigger may come a hair before the victim exists (mkdir of a sibling): spin on it.
+    for _ in range(1_000_000):
+        try:
+            os.rename(victim, victim + ".orig")
+            break
+        except FileNotFoundError:
+            continue
     os.symlink(target, victim)
 elif action == "rewrite":
     path, content = args
