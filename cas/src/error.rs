@@ -14,6 +14,8 @@ pub enum CasError {
     RegistryCorrupt { path: PathBuf, reason: String },
     #[error("{path}: store lock is held by another process{holders}")]
     LockBusy { path: PathBuf, holders: String },
+    #[error("gc --delete refused, nothing deleted: {reasons}")]
+    GcRefused { reasons: String },
     #[error(transparent)]
     Manifest(#[from] vrift_manifest::ManifestError),
 }

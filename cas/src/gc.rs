@@ -24,26 +24,54 @@ pub struct GcReport {
     pub failed: Vec<(String, String)>,
     pub pruned: Vec<String>,
     pub referenced_blobs: u64,
+    /// Pending roots found (interrupted ingests whose blobs are kept).
+    pub pending_roots: u64,
+    /// Pending roots of dead processes dropped because registered projects hold all their blobs.
+    pub pending_released: u64,
+    /// Temp files of dead processes removed from `tmp/`, `manifests/` and the quarantine.
+    pub leftovers_removed: u64,
+    /// Why a `--delete` would be refused (projects or roots whose manifest cannot be read).
+    pub unsafe_to_delete: Vec<String>,
     #[serde(skip)]
     pub orphan_list: Vec<BlobInfo>,
 }
 
-/// Registry entries whose source directory or manifest file no longer exists.
-pub fn stale_projects(reg: &Registry) -> Vec<&Project> {
+/// Whether a registered project is stale: the user has deleted its manifest file, and its
+/// blobs are held elsewhere — its files were hard links in the user's tree (solid mode), so
+/// forgetting it frees only what the user has already thrown away.
+///
+/// Never stale: a phantom project (the store holds its only copy of the files; a missing
+/// source directory is its normal state), or one whose cached manifest cannot be read (its
+/// flags are unknown). Those leave the registry only by `vrift forget`.
+pub fn is_stale(root: &std::path::Path, p: &Project) -> bool {
+    if p.manifest.exists() {
+        return false;
+    }
+    match vrift_manifest::Manifest::open(&root.join(&p.cached_manifest)) {
+        Ok(m) => !m.is_phantom(),
+        Err(_) => false,
+    }
+}
+
+/// Registry entries that are stale (see [`is_stale`]).
+pub fn stale_projects<'a>(root: &std::path::Path, reg: &'a Registry) -> Vec<&'a Project> {
+    reg.projects.iter().filter(|p| is_stale(root, p)).collect()
+}
+
+/// Phantom projects whose user manifest is gone: kept (the store holds their only copy).
+pub fn kept_phantoms<'a>(root: &std::path::Path, reg: &'a Registry) -> Vec<&'a Project> {
     reg.projects
         .iter()
-        .filter(|p| !p.source.exists() || !p.manifest.exists())
+        .filter(|p| !p.manifest.exists() && !is_stale(root, p))
         .collect()
 }
 
-/// Drops stale entries (and their cached manifests) from the registry; returns their names.
+/// Drops stale entries (and their cached manifests) from the registry; returns them.
 pub fn prune_stale(cas: &Cas) -> Result<Vec<Project>> {
     let root = cas.root().to_path_buf();
     let pruned = Registry::update(&root, |reg| {
-        let (stale, keep): (Vec<Project>, Vec<Project>) = reg
-            .projects
-            .drain(..)
-            .partition(|p| !p.source.exists() || !p.manifest.exists());
+        let (stale, keep): (Vec<Project>, Vec<Project>) =
+            reg.projects.drain(..).partition(|p| is_stale(&root, p));
         reg.projects = keep;
         stale
     })?;
@@ -53,11 +81,35 @@ pub fn prune_stale(cas: &Cas) -> Result<Vec<Project>> {
     Ok(pruned)
 }
 
+/// Removes a project from the registry (`vrift forget`): its cached manifest goes too, so
+/// its blobs become orphans unless another project holds them.
+pub fn forget(cas: &Cas, name_or_id: &str) -> Result<Vec<Project>> {
+    let root = cas.root().to_path_buf();
+    let gone = Registry::update(&root, |reg| {
+        let (gone, keep): (Vec<Project>, Vec<Project>) = reg
+            .projects
+            .drain(..)
+            .partition(|p| p.name == name_or_id || p.id == name_or_id);
+        reg.projects = keep;
+        gone
+    })?;
+    for p in &gone {
+        let _ = std::fs::remove_file(root.join(&p.cached_manifest));
+    }
+    Ok(gone)
+}
+
 /// Finds orphans and, if `delete`, removes those older than `min_age_secs`. The caller holds
 /// the exclusive store lock when deleting.
 pub fn collect(cas: &Cas, delete: bool, min_age_secs: Option<u64>) -> Result<GcReport> {
     let reg = Registry::load(cas.root())?;
     let usage = Usage::load(cas.root(), &reg)?;
+    let unsafe_why = usage.unsafe_to_delete();
+    if delete && !unsafe_why.is_empty() {
+        return Err(crate::CasError::GcRefused {
+            reasons: unsafe_why.join("; "),
+        });
+    }
     let blobs = scan(cas)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -91,10 +143,94 @@ pub fn collect(cas: &Cas, delete: bool, min_age_secs: Option<u64>) -> Result<GcR
         r.orphan_list.push(b);
     }
     if delete {
+        r.pending_released = release_covered_roots(cas, &usage)?;
+        r.leftovers_removed = sweep_leftovers(cas);
         // Best effort: `vrift serve` reports it; a gc is not failed over its bookkeeping.
         let _ = record_last_gc(cas, &r);
     }
+    r.pending_roots = usage.pending.len() as u64;
+    r.unsafe_to_delete = unsafe_why;
     Ok(r)
+}
+
+/// Drops pending roots of dead processes whose every blob a registered project holds (the
+/// rerun registered them, or another project did): they protect nothing any more.
+fn release_covered_roots(cas: &Cas, usage: &Usage) -> Result<u64> {
+    let mut n = 0;
+    for p in crate::roots::list(cas.root())? {
+        if p.alive {
+            continue;
+        }
+        let Ok(m) = crate::roots::open(&p) else {
+            continue;
+        };
+        let covered = m
+            .iter()
+            .filter(|e| e.kind().has_content())
+            .all(|e| usage.is_registered_ref(&(*e.hash(), e.size())));
+        if covered {
+            crate::roots::discard(&p)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Removes what dead processes left behind: temp files in `tmp/` and `manifests/` (named with
+/// the pid that made them, or older than a day when they carry none) and quarantined blobs.
+pub fn sweep_leftovers(cas: &Cas) -> u64 {
+    let mut n = 0;
+    for (dir, all) in [
+        (crate::store::TMP_DIR, false),
+        (crate::store::MANIFEST_DIR, false),
+        (crate::store::QUARANTINE_DIR, true),
+    ] {
+        for (p, _) in leftovers_in(&cas.root().join(dir), all) {
+            if std::fs::remove_file(&p).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Leftover temp files in `dir` (every file when `all`), with their size.
+pub fn leftovers_in(dir: &std::path::Path, all: bool) -> Vec<(PathBuf, u64)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let Ok(md) = e.metadata() else { continue };
+        if !md.is_file() {
+            continue;
+        }
+        let dead = all || (name.starts_with('.') && temp_is_abandoned(&name, &md));
+        if dead {
+            out.push((e.path(), md.len()));
+        }
+    }
+    out
+}
+
+/// A temp name `.<what>-<pid>-<n>` (or `.tmp-<pid>-<ns>`) whose process is gone; names
+/// without a pid (random suffixes) once they are a day old.
+fn temp_is_abandoned(name: &str, md: &std::fs::Metadata) -> bool {
+    let pid = name
+        .trim_start_matches('.')
+        .split('-')
+        .nth(1)
+        .and_then(|s| s.parse::<u32>().ok());
+    match pid {
+        Some(pid) => pid != std::process::id() && !crate::lock::pid_alive(pid),
+        None => md
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 86_400),
+    }
 }
 
 /// File in the store root recording the last `gc --delete` (read by `vrift serve`).

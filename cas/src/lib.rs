@@ -7,6 +7,7 @@ pub mod gc;
 pub mod layout;
 pub mod lock;
 pub mod registry;
+pub mod roots;
 pub mod scan;
 pub mod seal;
 pub mod shard;

@@ -144,13 +144,22 @@ impl RegistryGuard {
 }
 
 /// Records an ingest: caches a copy of its manifest inside the store, then upserts the
-/// project. The copy is a hard link when possible (manifests are replaced by rename, never
-/// rewritten, so the link stays a faithful snapshot), else a byte copy; both land atomically.
+/// project. The copy is an independent file (not a hard link to the user's manifest, which
+/// the user may edit or damage in place), validated before it is written, and lands
+/// atomically.
 pub fn register(root: &Path, r: &Registration<'_>) -> Result<Project> {
+    let m = Manifest::open(r.manifest)?;
+    register_bytes(root, r, m.as_bytes())
+}
+
+/// [`register`] with the manifest's bytes in hand (built by this process, not yet published
+/// at `r.manifest`): the ingest registers before it publishes, so a failure leaves the user's
+/// manifest as it was.
+pub fn register_bytes(root: &Path, r: &Registration<'_>, image: &[u8]) -> Result<Project> {
     let id = project_id(r.source);
     let rel = cached_manifest_rel(&id);
     let cached = root.join(&rel);
-    cache_manifest(root, r.manifest, &cached)?;
+    cache_manifest(root, image, &cached)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -175,28 +184,15 @@ pub fn register(root: &Path, r: &Registration<'_>) -> Result<Project> {
     Ok(project)
 }
 
-fn cache_manifest(root: &Path, manifest: &Path, cached: &Path) -> Result<()> {
+fn cache_manifest(root: &Path, image: &[u8], cached: &Path) -> Result<()> {
     let dir = root.join(MANIFEST_DIR);
     fs::create_dir_all(&dir).map_err(|e| CasError::io(&dir, e))?;
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    if fs::hard_link(manifest, &tmp).is_err() {
-        let bytes = fs::read(manifest).map_err(|e| CasError::io(manifest, e))?;
-        let mut f = File::create(&tmp).map_err(|e| CasError::io(&tmp, e))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| CasError::io(&tmp, e))?;
+    // Unchanged (a re-ingest of an unchanged tree): nothing to write.
+    if fs::read(cached).is_ok_and(|b| b == image) {
+        return Ok(());
     }
-    fs::rename(&tmp, cached).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        CasError::io(cached, e)
-    })
+    vrift_manifest::write_file_atomic(cached, image)?;
+    Ok(())
 }
 
 /// Rebuilds the registry from the cached manifests (when `registry.json` is lost or corrupt).

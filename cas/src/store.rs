@@ -100,6 +100,27 @@ impl Cas {
         &self.root
     }
 
+    /// Whether this process can write what an ingest writes (blobs, temp files, manifests,
+    /// the registry): checked before any source file is touched, so a store shared with too
+    /// few rights fails up front instead of after stripping the user's write bits.
+    pub fn check_writable(&self) -> std::result::Result<(), (PathBuf, io::Error)> {
+        for dir in [BLOB_DIR, TMP_DIR, MANIFEST_DIR] {
+            let p = self.root.join(dir);
+            rustix::fs::access(&p, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK)
+                .map_err(|e| (p.clone(), io::Error::from(e)))?;
+        }
+        let reg = crate::registry::registry_path(&self.root);
+        match fs::OpenOptions::new().append(true).open(&reg) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                rustix::fs::access(&self.root, rustix::fs::Access::WRITE_OK)
+                    .map_err(|e| (self.root.clone(), io::Error::from(e)))?;
+            }
+            Err(e) => return Err((reg, e)),
+        }
+        Ok(())
+    }
+
     pub fn blob_dir(&self) -> &Path {
         &self.blob_dir
     }
@@ -236,13 +257,16 @@ impl Cas {
         mut op: impl FnMut(&CString) -> io::Result<T>,
     ) -> io::Result<T> {
         let rel = Self::rel_c(hash, size);
-        self.ensure_shard(hash)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        // Keep the errno (ENOSPC creating a shard is the store's problem, not the file's).
+        let shard_err = |e: CasError| match e.raw_os_error() {
+            Some(n) => io::Error::from_raw_os_error(n),
+            None => io::Error::other(e.to_string()),
+        };
+        self.ensure_shard(hash).map_err(shard_err)?;
         match op(&rel) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 self.shards.clear_leaf(shard_index(hash));
-                self.ensure_shard(hash)
-                    .map_err(|e| io::Error::other(e.to_string()))?;
+                self.ensure_shard(hash).map_err(shard_err)?;
                 op(&rel)
             }
             other => other,

@@ -49,31 +49,55 @@ pub struct ProjectUsage {
     /// Bytes of blobs only this project references (what deleting it would free).
     pub unique_bytes: u64,
     pub last_ingest_unix: u64,
-    /// The cached manifest could not be read (reported by doctor).
+    /// No copy of the manifest could be read, neither the store's cached copy nor the
+    /// user's file (reported by doctor; `gc --delete` refuses while this is so).
     pub unreadable: Option<String>,
+    /// The cached copy could not be read, but the user's manifest could and was used.
+    pub cache_damaged: Option<String>,
 }
 
 #[derive(Debug, Default)]
 pub struct Usage {
     refs: HashMap<BlobKey, Ref>,
+    /// Blobs held by pending roots (see [`crate::roots`]): kept, but no project's.
+    pending_refs: std::collections::HashSet<BlobKey>,
     pub projects: Vec<ProjectUsage>,
+    /// Pending roots: (manifest path, whether its process is alive, error if unreadable).
+    pub pending: Vec<(std::path::PathBuf, bool, Option<String>)>,
+}
+
+/// A project's manifest and why its cached copy was not used, or why no copy was.
+type ProjectManifest = std::result::Result<(Manifest, Option<String>), String>;
+
+/// The manifest of a registered project: the store's cached copy, else the user's own file if
+/// it describes the same tree. `Err` holds why neither could be used.
+pub fn project_manifest(root: &Path, p: &Project) -> ProjectManifest {
+    let cached = root.join(&p.cached_manifest);
+    let cache_err = match Manifest::open(&cached) {
+        Ok(m) => return Ok((m, None)),
+        Err(e) => e.to_string(),
+    };
+    match Manifest::open(&p.manifest) {
+        Ok(m) if m.root() == std::os::unix::ffi::OsStrExt::as_bytes(p.source.as_os_str()) => {
+            Ok((m, Some(cache_err)))
+        }
+        Ok(_) => Err(format!(
+            "{cache_err}; and {} now describes another tree",
+            p.manifest.display()
+        )),
+        Err(e) => Err(format!("{cache_err}; and {e}")),
+    }
 }
 
 impl Usage {
     /// Loads every registered project's cached manifest and indexes its blobs.
     pub fn load(root: &Path, registry: &Registry) -> Result<Usage> {
         let mut u = Usage::default();
-        let manifests: Vec<(usize, &Project, std::result::Result<Manifest, String>)> = registry
+        let manifests: Vec<(usize, &Project, ProjectManifest)> = registry
             .projects
             .iter()
             .enumerate()
-            .map(|(i, p)| {
-                (
-                    i,
-                    p,
-                    Manifest::open(&root.join(&p.cached_manifest)).map_err(|e| e.to_string()),
-                )
-            })
+            .map(|(i, p)| (i, p, project_manifest(root, p)))
             .collect();
         for (i, p, m) in &manifests {
             let i = *i as u32;
@@ -85,7 +109,8 @@ impl Usage {
                 ..Default::default()
             };
             match m {
-                Ok(m) => {
+                Ok((m, cache_err)) => {
+                    pu.cache_damaged = cache_err.clone();
                     for e in m.iter().filter(|e| e.kind().has_content()) {
                         pu.files += 1;
                         pu.apparent_bytes += e.size();
@@ -114,7 +139,7 @@ impl Usage {
         }
         // Second pass: uniqueness needs the final reference counts.
         for (i, _, m) in &manifests {
-            let Ok(m) = m else { continue };
+            let Ok((m, _)) = m else { continue };
             let pu = &mut u.projects[*i];
             let mut seen = std::collections::HashSet::new();
             for e in m.iter().filter(|e| e.kind().has_content()) {
@@ -127,12 +152,80 @@ impl Usage {
                 }
             }
         }
+        for p in crate::roots::list(root)? {
+            match crate::roots::open(&p) {
+                Ok(m) => {
+                    for e in m.iter().filter(|e| e.kind().has_content()) {
+                        u.pending_refs.insert((*e.hash(), e.size()));
+                    }
+                    u.pending.push((p.manifest.clone(), p.alive, None));
+                }
+                Err(e) => u.pending.push((p.manifest.clone(), p.alive, Some(e.to_string()))),
+            }
+        }
         Ok(u)
     }
 
-    /// Whether any registered manifest references the blob.
+    /// Whether any registered manifest or pending root references the blob.
     pub fn is_referenced(&self, key: &BlobKey) -> bool {
+        self.refs.contains_key(key) || self.pending_refs.contains(key)
+    }
+
+    /// Whether a registered project references the blob (pending roots aside).
+    pub fn is_registered_ref(&self, key: &BlobKey) -> bool {
         self.refs.contains_key(key)
+    }
+
+    /// Why deleting orphans now could lose data: a project or pending root whose manifest
+    /// cannot be read (so which blobs it needs is unknown). Empty when gc may delete.
+    pub fn unsafe_to_delete(&self) -> Vec<String> {
+        let mut why: Vec<String> = self
+            .projects
+            .iter()
+            .filter_map(|p| {
+                p.unreadable.as_ref().map(|e| {
+                    format!(
+                        "project {} ({}): no copy of its manifest is readable ({e}); fix it or \
+                         `vrift forget {}`",
+                        p.name, p.source, p.name
+                    )
+                })
+            })
+            .collect();
+        for (path, _, err) in &self.pending {
+            if let Some(e) = err {
+                why.push(format!(
+                    "pending root {}: unreadable ({e}); an interrupted ingest's only record",
+                    path.display()
+                ));
+            }
+        }
+        why
+    }
+
+    /// Blobs that registered projects need but `present` lacks, per project that first
+    /// referenced them: (project name, count, one example).
+    pub fn missing(
+        &self,
+        present: &std::collections::HashSet<BlobKey>,
+    ) -> Vec<(String, u64, BlobKey)> {
+        let mut per: std::collections::BTreeMap<u32, (u64, BlobKey)> = Default::default();
+        for (k, r) in &self.refs {
+            if !present.contains(k) {
+                let slot = per.entry(r.first).or_insert((0, *k));
+                slot.0 += 1;
+            }
+        }
+        per.into_iter()
+            .map(|(i, (n, ex))| {
+                let name = self
+                    .projects
+                    .get(i as usize)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
+                (name, n, ex)
+            })
+            .collect()
     }
 
     /// Number of distinct blobs referenced by at least one project.

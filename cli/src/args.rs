@@ -67,6 +67,8 @@ pub enum Command {
     Run(crate::commands::run::RunArgs),
     /// Detect the project type; write the filter config and vrift.manifest.
     Init(crate::commands::init::InitArgs),
+    /// Remove a project from the registry (its blobs become orphans unless others use them).
+    Forget(ForgetArgs),
 }
 
 #[derive(Args, Debug)]
@@ -80,7 +82,8 @@ pub struct GcArgs {
     /// Only touch blobs last linked longer ago than DUR (e.g. 30m, 2h, 7d).
     #[arg(long, value_name = "DUR")]
     pub older_than: Option<String>,
-    /// First drop registry entries whose project directory or manifest no longer exists.
+    /// Also drop stale registry entries: solid projects whose manifest file is gone (with
+    /// --delete; listed only without it). Phantom projects are never stale: `vrift forget`.
     #[arg(long)]
     pub prune_stale: bool,
     /// Fail instead of waiting when another process holds the store lock.
@@ -93,6 +96,16 @@ pub struct GcArgs {
     /// use are kept, the rest is rebuilt on demand).
     #[arg(long)]
     pub farms: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Project name or id (as `vrift status --json` lists them).
+    pub name: String,
+    /// Also forget a phantom project, whose files exist only in the store (the next
+    /// `gc --delete` removes them for good).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]

@@ -57,6 +57,7 @@ fn main() -> ExitCode {
         Command::Status(a) => commands::status::run(&g, a),
         Command::Gc(a) if a.farms => isolate::gc::run(&g, a),
         Command::Gc(a) => commands::gc::run(&g, a),
+        Command::Forget(a) => commands::gc::forget(&g, a),
         Command::Doctor(a) => commands::doctor::run(&g, a),
         Command::Verify(a) => commands::verify::run(&g, a),
         Command::Registry(a) => commands::registry::run(&g, a),

@@ -17,6 +17,15 @@ pub enum PipelineError {
     PendingJournal { path: PathBuf, root: PathBuf },
     #[error("{path}: {reason}")]
     Journal { path: PathBuf, reason: String },
+    #[error("the store {store} could not take {failed} files ({why}; each is named above): no manifest written, {output} left as it was")]
+    StoreFailed {
+        store: PathBuf,
+        failed: u64,
+        why: String,
+        output: PathBuf,
+    },
+    #[error("the store {store} is not writable ({reason}): nothing was ingested or changed")]
+    StoreNotWritable { store: PathBuf, reason: String },
     #[error("io_uring is not available: {0}")]
     Uring(String),
     #[error(transparent)]

@@ -25,13 +25,51 @@ use crate::reingest::{NotReused, Previous};
 use crate::report::{Counters, IngestReport, ReportDetails};
 use crate::walk::{walk, WalkConfig, WalkSinks};
 
+/// What an ingest is waiting for (the caller tells the user).
+pub enum Wait<'a> {
+    /// The store lock, held by these processes (a `gc --delete` or `clean`).
+    Store(&'a [Holder]),
+    /// Another ingest of the same tree.
+    Tree(&'a Path),
+}
+
+/// Locks the tree at `root` against other ingests of it (`flock` on its directory:
+/// exclusive for phantom, shared otherwise), waiting if need be. Released on drop or death.
+fn lock_tree(
+    root: &Path,
+    exclusive: bool,
+    on_wait: &mut impl FnMut(Wait<'_>),
+) -> Result<std::fs::File, PipelineError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(root)
+        .map_err(|e| PipelineError::io(root, e))?;
+    let tried = if exclusive {
+        f.try_lock()
+    } else {
+        f.try_lock_shared()
+    };
+    match tried {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            on_wait(Wait::Tree(root));
+            let r = if exclusive { f.lock() } else { f.lock_shared() };
+            r.map_err(|e| PipelineError::io(root, e))?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(PipelineError::io(root, e)),
+    }
+    Ok(f)
+}
+
 /// Runs one ingest into the store at `store_root`. Per-file problems are in the report
 /// (`errors`, `details.issues`); only problems with the run as a whole are `Err`.
 pub fn ingest(
     opts: &IngestOptions,
     store_root: &Path,
     counters: &Counters,
-    on_lock_wait: impl FnOnce(&[Holder]),
+    mut on_wait: impl FnMut(Wait<'_>),
 ) -> Result<IngestReport, PipelineError> {
     let started = Instant::now();
     let _sigio = crate::lease::SigioIgnored::new();
@@ -71,10 +109,21 @@ pub fn ingest(
         ));
     }
     let threads = opts.thread_count();
+    // One phantom ingest of a tree at a time: two would move the same files and each lose
+    // entries. Solid ingests of one tree may run together (they only link).
+    let _tree_lock = lock_tree(&root, opts.mode == Mode::Phantom, &mut on_wait)?;
 
     let cas = Cas::open(store_root)?;
+    // Before any source file is touched (solid mode strips write bits, phantom moves files).
+    cas.check_writable()
+        .map_err(|(path, e)| PipelineError::StoreNotWritable {
+            store: cas.root().to_path_buf(),
+            reason: format!("{}: {e}", path.display()),
+        })?;
     let lock_started = Instant::now();
-    let _lock = StoreLock::acquire(cas.root(), LockKind::Shared, true, on_lock_wait)?;
+    let _lock = StoreLock::acquire(cas.root(), LockKind::Shared, true, |h| {
+        on_wait(Wait::Store(h))
+    })?;
     Counters::add(
         &counters.lock_wait_ns,
         lock_started.elapsed().as_nanos() as u64,
@@ -105,7 +154,7 @@ pub fn ingest(
         details.resumed = true;
     }
 
-    let previous = if opts.reuse_previous {
+    let mut previous = if opts.reuse_previous {
         match Previous::load(&output, &root, cas.blob_dir()) {
             Ok(p) => Some(p),
             Err(NotReused::Unreadable(why)) => {
@@ -208,12 +257,37 @@ pub fn ingest(
         collected
     });
 
+    // The store could not take some files (full, read-only): the ingest fails as a whole and
+    // nothing is published, so no one restores a tree missing those files.
+    let failed = Counters::get(&counters.store_failures);
+    if failed > 0 {
+        return Err(PipelineError::StoreFailed {
+            store: cas.root().to_path_buf(),
+            failed,
+            why: "out of space, read-only or failing".into(),
+            output,
+        });
+    }
+
     let flags = if opts.mode == Mode::Phantom {
         FLAG_PHANTOM
     } else {
         0
     };
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| registry::default_name(&root));
+    let registration = |files, bytes| Registration {
+        name: &name,
+        source: &root,
+        manifest: &output,
+        files,
+        bytes,
+    };
     let (files, bytes);
+    // Registered already (solid: before the manifest is published at `output`).
+    let mut registered = false;
     if opts.mode != Mode::Phantom && collected.is_unchanged(previous.as_ref(), flags) {
         // Nothing changed: the previous manifest is the answer, byte for byte.
         let t = Instant::now();
@@ -236,12 +310,36 @@ pub fn ingest(
             .iter()
             .filter(|e| e.kind.has_content())
             .fold((0u64, 0u64), |(f, b), e| (f + 1, b + e.size));
-        details.manifest_written =
-            manifest::write(entries, &root, flags, &output, previous.as_ref(), counters)?;
+        let built = manifest::build(entries, &root, flags, previous.as_ref(), counters)?;
+        drop(previous.take());
+        details.manifest_written = built.is_some();
+        if let Some(image) = built {
+            // Solid: the store learns of the tree (cached copy, registry) before the manifest
+            // is published, so a failure here leaves `output` as it was. Phantom: the manifest
+            // must be durable before the first file moves (it is then the tree's only record).
+            if opts.register && opts.mode != Mode::Phantom {
+                registry::register_bytes(cas.root(), &registration(files, bytes), &image)?;
+                registered = true;
+            }
+            vrift_manifest::write_file_atomic(&output, &image)?;
+        }
     }
     drop(previous);
 
     if opts.mode == Mode::Phantom {
+        // Before the first file moves, the store holds the manifest as a pending root: a gc
+        // while this run (or its interrupted remains) is unregistered keeps every moved blob.
+        let image = std::fs::read(&output).map_err(|e| PipelineError::io(&output, e))?;
+        let pending = vrift_cas::roots::PendingRoot::create(
+            cas.root(),
+            &image,
+            &vrift_cas::roots::RootInfo {
+                pid: std::process::id(),
+                source: root.clone(),
+                output: output.clone(),
+                created_unix: unix_now(),
+            },
+        )?;
         phantom::write_journal(
             &output,
             &phantom::Journal {
@@ -254,24 +352,20 @@ pub fn ingest(
         )?;
         phantom::move_phase(&cas, &output, opts.tier, threads, counters)?;
         phantom::remove_journal(&output)?;
+        // Always registered: the moved files exist only in the store now, and only a
+        // registered project (or the pending root) keeps gc off them.
+        registry::register(cas.root(), &registration(files, bytes))?;
+        registered = true;
+        {
+            pending.release()?;
+            vrift_cas::roots::release_for_output(cas.root(), &output)?;
+        }
+    } else if opts.register && !registered {
+        registry::register(cas.root(), &registration(files, bytes))?;
+        registered = true;
     }
-
-    if opts.register {
-        let name = opts
-            .name
-            .clone()
-            .unwrap_or_else(|| registry::default_name(&root));
-        registry::register(
-            cas.root(),
-            &Registration {
-                name: &name,
-                source: &root,
-                manifest: &output,
-                files,
-                bytes,
-            },
-        )?;
-        details.project = Some(name);
+    if registered {
+        details.project = Some(name.clone());
     }
 
     let g = Counters::get;
@@ -313,6 +407,13 @@ pub fn ingest(
         manifest: output,
         details,
     })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// What `--io-backend auto` picks. Set from the interleaved measurements in bench/README.md.

@@ -24,7 +24,7 @@ pub mod walk;
 
 pub use checkout::{checkout, CheckoutReport};
 pub use error::PipelineError;
-pub use ingest::ingest;
+pub use ingest::{ingest, Wait};
 pub use materialize::LinkMode;
 pub use options::{IngestOptions, IoBackend, Mode, Tier};
 pub use report::{Counters, IngestReport, Issue, ReportDetails, Severity};

@@ -155,28 +155,29 @@ fn same_entry(old: &vrift_manifest::Entry<'_>, new: &EntryInput) -> bool {
         && old.cache_mtime_ns() == new.cache_mtime_ns
 }
 
-/// Writes the manifest unless it would be identical to `previous`. Returns whether it wrote.
-pub fn write(
+/// Serializes the manifest unless it would be identical to `previous` (`None` then): the
+/// bytes are published by the caller only once the store side is done (registered), so a
+/// failed ingest never leaves a new manifest behind.
+pub fn build(
     mut entries: Vec<EntryInput>,
     root: &Path,
     flags: u32,
-    output: &Path,
     previous: Option<&Previous>,
     counters: &Counters,
-) -> Result<bool, PipelineError> {
+) -> Result<Option<Vec<u8>>, PipelineError> {
     use std::os::unix::ffi::OsStrExt;
     let t = Instant::now();
     sort(&mut entries);
     if previous.is_some_and(|p| same_as_previous(&entries, p, flags)) {
         Counters::add(&counters.manifest_ns, t.elapsed().as_nanos() as u64);
-        return Ok(false);
+        return Ok(None);
     }
     let mut b = ManifestBuilder::with_capacity(root.as_os_str().as_bytes(), entries.len());
     b.set_flags(flags);
     for e in entries {
         b.push(e);
     }
-    b.write_atomic(output)?;
+    let bytes = b.to_bytes()?;
     Counters::add(&counters.manifest_ns, t.elapsed().as_nanos() as u64);
-    Ok(true)
+    Ok(Some(bytes))
 }

@@ -197,7 +197,12 @@ fn link_result(
                 Counters::add(&c.fallback_eperm, 1);
                 copy_in(&h, cfg)
             }
-            _ => Err(format!("cannot link into store: {e}")),
+            errno => {
+                if is_store_failure(errno) {
+                    Counters::add(&c.store_failures, 1);
+                }
+                Err(format!("cannot link into store: {e}"))
+            }
         },
     };
     match result {
@@ -406,7 +411,12 @@ fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<Placed, String> {
     let kind = cfg
         .cas
         .copy_in_fd(h.file.as_fd(), &path, &h.hash, h.st.size, h.st.mode)
-        .map_err(|e| format!("cannot copy into store: {}", e.reason()))?;
+        .map_err(|e| {
+            if is_store_failure(e.raw_os_error()) {
+                Counters::add(&c.store_failures, 1);
+            }
+            format!("cannot copy into store: {}", e.reason())
+        })?;
     match kind {
         CopyKind::Reflink => Counters::add(&c.link_reflink, 1),
         CopyKind::Copy => Counters::add(&c.link_copy, 1),
@@ -419,6 +429,15 @@ fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<Placed, String> {
         keep_own: false,
         replaced: false,
     })
+}
+
+/// Errors that say the store, not the file, is the problem: it is full, read-only or failing.
+/// Such an ingest fails as a whole (no manifest published), unlike one with a bad file.
+pub fn is_store_failure(errno: Option<i32>) -> bool {
+    matches!(
+        errno,
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EROFS) | Some(libc::EIO)
+    )
 }
 
 /// Tier1: the source file becomes a symlink to its blob, swapped in atomically by rename.

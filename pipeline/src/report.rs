@@ -44,6 +44,9 @@ pub struct Counters {
     pub fallback_exdev: AtomicU64,
     pub fallback_emlink: AtomicU64,
     pub fallback_eperm: AtomicU64,
+    /// Files the store could not take (full, read-only, failing): these fail the whole
+    /// ingest, unlike problems with a file itself.
+    pub store_failures: AtomicU64,
     /// Busy nanoseconds per stage (summed over that stage's threads).
     pub walk_ns: AtomicU64,
     pub hash_ns: AtomicU64,

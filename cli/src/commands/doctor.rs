@@ -66,15 +66,36 @@ pub fn run(g: &Globals, a: &DoctorArgs) -> Result<Outcome> {
             .filter(|p| p.unreadable.is_some())
             .map(|p| p.name.as_str())
             .collect();
+        let damaged_cache: Vec<&str> = usage
+            .projects
+            .iter()
+            .filter(|p| p.cache_damaged.is_some())
+            .map(|p| p.name.as_str())
+            .collect();
         if !unreadable.is_empty() {
             check(
-                "Cached manifests",
+                "Manifests",
                 Status::Error,
-                format!("{} unreadable: {}", unreadable.len(), unreadable.join(", ")),
+                format!(
+                    "{} with no readable copy (cached nor yours): {}; `gc --delete` refuses until fixed",
+                    unreadable.len(),
+                    unreadable.join(", ")
+                ),
             );
-            recs.push("Re-ingest the projects whose cached manifest is unreadable".into());
+            recs.push("Re-ingest the projects with no readable manifest, or `vrift forget NAME` those you no longer need".into());
+        } else if !damaged_cache.is_empty() {
+            check(
+                "Manifests",
+                Status::Warn,
+                format!(
+                    "{} cached copies damaged, your manifest files used instead: {}",
+                    damaged_cache.len(),
+                    damaged_cache.join(", ")
+                ),
+            );
+            recs.push("Re-ingest those projects to refresh the store's copy of their manifests".into());
         }
-        let stale = vrift_cas::gc::stale_projects(reg);
+        let stale = vrift_cas::gc::stale_projects(&root, reg);
         if stale.is_empty() {
             check("Stale manifests", Status::Ok, "none".into());
         } else {
@@ -89,6 +110,40 @@ pub fn run(g: &Globals, a: &DoctorArgs) -> Result<Outcome> {
                 ),
             );
             recs.push("Run `vrift gc --prune-stale` to clean stale manifests".into());
+        }
+        let phantoms = vrift_cas::gc::kept_phantoms(&root, reg);
+        if !phantoms.is_empty() {
+            let names: Vec<&str> = phantoms.iter().map(|p| p.name.as_str()).collect();
+            check(
+                "Phantom projects",
+                Status::Warn,
+                format!(
+                    "{} whose manifest file is gone: {} (their files exist only in the store: kept)",
+                    phantoms.len(),
+                    names.join(", ")
+                ),
+            );
+            recs.push("Restore them with `vrift checkout` of the store's copy (see `vrift status --json`), or `vrift forget NAME` if they are no longer needed".into());
+        }
+        let interrupted: Vec<String> = vrift_cas::roots::list(&root)?
+            .into_iter()
+            .filter(|p| !p.alive)
+            .map(|p| match &p.info {
+                Some(i) => format!("{} → {}", i.source.display(), i.output.display()),
+                None => p.manifest.display().to_string(),
+            })
+            .collect();
+        if !interrupted.is_empty() {
+            check(
+                "Interrupted ingests",
+                Status::Warn,
+                format!(
+                    "{}: {} (their moved files are kept)",
+                    interrupted.len(),
+                    interrupted.join(", ")
+                ),
+            );
+            recs.push("Finish them with `vrift ingest SOURCE -o OUTPUT --resume`".into());
         }
     }
 
@@ -121,30 +176,52 @@ pub fn run(g: &Globals, a: &DoctorArgs) -> Result<Outcome> {
         check("CAS permissions", Status::Warn, parts.join("; "));
     }
 
-    if a.sample > 0 && !blobs.blobs.is_empty() {
-        let n = a.sample.min(blobs.blobs.len());
-        let mut state = seed();
-        let mut buf = Vec::new();
-        let mut bad = Vec::new();
-        for _ in 0..n {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let b = &blobs.blobs[(state % blobs.blobs.len() as u64) as usize];
-            if !matches!(check_blob(&cas, b, &mut buf), Ok(true)) {
-                bad.push(cas.blob_path(&b.hash, b.size));
-            }
-        }
-        if bad.is_empty() {
+    let present: std::collections::HashSet<(vrift_manifest::Hash, u64)> =
+        blobs.blobs.iter().map(|b| (b.hash, b.size)).collect();
+    if let Some(usage) = &usage {
+        let missing = usage.missing(&present);
+        if missing.is_empty() {
             check(
-                "Blob sample",
+                "Referenced blobs",
                 Status::Ok,
                 format!(
-                    "{n} of {} match their names",
-                    thousands(blobs.blobs.len() as u64)
+                    "all {} present",
+                    thousands(usage.referenced_blobs() as u64)
                 ),
             );
         } else {
+            let total: u64 = missing.iter().map(|m| m.1).sum();
+            let (name, _, ex) = &missing[0];
+            check(
+                "Referenced blobs",
+                Status::Error,
+                format!(
+                    "{} missing (first needed by {name}, e.g. {})",
+                    thousands(total),
+                    cas.blob_path(&ex.0, ex.1).display()
+                ),
+            );
+            recs.push("Re-ingest (or `vrift pull`) the projects whose blobs are missing; `vrift checkout` of them fails until then".into());
+        }
+    }
+
+    if a.sample > 0 && !blobs.blobs.is_empty() {
+        // The same store is sampled the same way every time, each blob at most once.
+        let mut order: Vec<&vrift_cas::scan::BlobInfo> = blobs.blobs.iter().collect();
+        order.sort_by_key(|b| (b.hash, b.size));
+        let n = a.sample.min(order.len());
+        let mut buf = Vec::new();
+        let (mut bad, mut unreadable) = (Vec::new(), 0u64);
+        for i in 0..n {
+            let b = order[i * order.len() / n];
+            match check_blob(&cas, b, &mut buf) {
+                Ok(true) => {}
+                Ok(false) => bad.push(cas.blob_path(&b.hash, b.size)),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => unreadable += 1,
+                Err(_) => bad.push(cas.blob_path(&b.hash, b.size)),
+            }
+        }
+        if !bad.is_empty() {
             check(
                 "Blob sample",
                 Status::Error,
@@ -155,6 +232,26 @@ pub fn run(g: &Globals, a: &DoctorArgs) -> Result<Outcome> {
                 ),
             );
             recs.push("Run `vrift verify --repair` to find and drop every corrupted blob".into());
+        } else if unreadable > 0 {
+            check(
+                "Blob sample",
+                Status::Warn,
+                format!(
+                    "{} of {n} sampled blobs are not readable by this user (another user's \
+                     files in a shared store: not damage); the rest match their names",
+                    thousands(unreadable)
+                ),
+            );
+            recs.push("In a store shared by a group, ingest with a umask that lets the group read (e.g. 002) and a setgid store directory".into());
+        } else {
+            check(
+                "Blob sample",
+                Status::Ok,
+                format!(
+                    "{n} of {} match their names",
+                    thousands(blobs.blobs.len() as u64)
+                ),
+            );
         }
     }
 
@@ -172,9 +269,11 @@ pub fn run(g: &Globals, a: &DoctorArgs) -> Result<Outcome> {
                 Status::Warn,
                 format!("{} (run vrift gc)", thousands(orphans as u64)),
             );
-            recs.push(
-                "Run `vrift gc --delete --older-than 1h` to remove unreferenced blobs".into(),
-            );
+            if usage.unsafe_to_delete().is_empty() {
+                recs.push(
+                    "Run `vrift gc --delete --older-than 1h` to remove unreferenced blobs".into(),
+                );
+            }
         }
     }
 
@@ -220,19 +319,36 @@ pub fn run(g: &Globals, a: &DoctorArgs) -> Result<Outcome> {
         check("Lock", Status::Ok, "not held".into());
     }
 
-    let leftovers = std::fs::read_dir(root.join(vrift_cas::store::TMP_DIR))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    if leftovers > 0 && !held {
+    let mut leftovers = vrift_cas::gc::leftovers_in(&root.join(vrift_cas::store::TMP_DIR), false);
+    leftovers.extend(vrift_cas::gc::leftovers_in(
+        &root.join(vrift_cas::store::MANIFEST_DIR),
+        false,
+    ));
+    if !leftovers.is_empty() {
+        let size: u64 = leftovers.iter().map(|l| l.1).sum();
         check(
             "Temp files",
             Status::Warn,
-            format!("{leftovers} left in tmp/ by an interrupted run"),
+            format!(
+                "{} ({}) left in tmp/ and manifests/ by interrupted runs",
+                leftovers.len(),
+                bytes(size)
+            ),
         );
-        recs.push(format!(
-            "Remove the leftovers in {}",
-            root.join("tmp").display()
-        ));
+        recs.push("`vrift gc --delete` removes the temp files of interrupted runs".into());
+    }
+    let quarantined = vrift_cas::gc::leftovers_in(&root.join(vrift_cas::store::QUARANTINE_DIR), true);
+    if !quarantined.is_empty() {
+        check(
+            "Quarantine",
+            Status::Warn,
+            format!(
+                "{} damaged blobs were found and set aside in {}",
+                quarantined.len(),
+                root.join(vrift_cas::store::QUARANTINE_DIR).display()
+            ),
+        );
+        recs.push("Something wrote into the store (e.g. root editing a hard-linked checkout): check out with `--link-mode copy` where files are patched; `vrift gc --delete` empties the quarantine".into());
     }
 
     let healthy = checks.iter().all(|c| c.status == Status::Ok);
@@ -265,14 +381,6 @@ pub fn run(g: &Globals, a: &DoctorArgs) -> Result<Outcome> {
     } else {
         Outcome::Failed
     })
-}
-
-fn seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    t | 1
 }
 
 fn nix_access_w(p: &std::path::Path) -> bool {

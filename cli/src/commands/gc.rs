@@ -21,12 +21,25 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
     } else {
         None
     };
-    let pruned = if a.prune_stale {
-        gc::prune_stale(&cas)?
-    } else {
-        Vec::new()
+    // Pruning changes the registry: only with --delete; a dry run lists what it would drop.
+    let pruned = match (a.prune_stale, a.delete) {
+        (true, true) => gc::prune_stale(&cas)?,
+        (true, false) => {
+            let reg = vrift_cas::registry::Registry::load(cas.root())?;
+            gc::stale_projects(cas.root(), &reg)
+                .into_iter()
+                .cloned()
+                .collect()
+        }
+        _ => Vec::new(),
     };
     let mut r = gc::collect(&cas, a.delete, min_age)?;
+    if r.pending_roots > 0 && !g.json {
+        eprintln!(
+            "note: {} pending roots of running or interrupted ingests keep their blobs (see `vrift doctor`)",
+            r.pending_roots
+        );
+    }
     r.pruned = pruned.iter().map(|p| p.name.clone()).collect();
     if g.json {
         let mut v = serde_json::to_value(&r)?;
@@ -36,8 +49,12 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
         }
         println!("{v}");
     } else {
+        let verb = if a.delete { "pruned" } else { "would prune" };
         for p in &pruned {
-            println!("pruned stale project {} ({})", p.name, p.source.display());
+            println!("{verb} stale project {} ({})", p.name, p.source.display());
+        }
+        for why in &r.unsafe_to_delete {
+            println!("warning: {why}");
         }
         if a.list {
             for p in gc::blob_paths(&cas, &r.orphan_list) {
@@ -62,8 +79,10 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
                 thousands(r.orphans),
                 bytes(r.orphan_bytes)
             );
-            if r.orphans > 0 {
+            if r.orphans > 0 && r.unsafe_to_delete.is_empty() {
                 println!("Dry run: nothing deleted. Run `vrift gc --delete` to remove them.");
+            } else if r.orphans > 0 {
+                println!("Dry run: nothing deleted; `--delete` is refused until the manifests above are readable.");
             }
         }
     }
@@ -75,4 +94,43 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
     } else {
         Outcome::Failed
     })
+}
+
+/// `vrift forget NAME`: drops a project from the registry.
+pub fn forget(g: &Globals, a: &crate::args::ForgetArgs) -> Result<Outcome> {
+    let cas = super::open_store(g)?;
+    let reg = vrift_cas::registry::Registry::load(cas.root())?;
+    let matching: Vec<_> = reg
+        .projects
+        .iter()
+        .filter(|p| p.name == a.name || p.id == a.name)
+        .collect();
+    if matching.is_empty() {
+        return Err(anyhow!("no registered project named {:?} (see `vrift status`)", a.name));
+    }
+    let phantom = matching.iter().any(|p| {
+        vrift_manifest::Manifest::open(&cas.root().join(&p.cached_manifest))
+            .map(|m| m.is_phantom())
+            .unwrap_or(false)
+    });
+    if phantom && !a.force {
+        return Err(anyhow!(
+            "{} is a phantom project: its files exist only in the store, and after `forget` the \
+             next `gc --delete` removes them for good; add --force if that is what you want",
+            a.name
+        ));
+    }
+    let _lock = super::exclusive_lock(g, false)?;
+    let gone = gc::forget(&cas, &a.name)?;
+    if g.json {
+        let names: Vec<&str> = gone.iter().map(|p| p.name.as_str()).collect();
+        let ids: Vec<&str> = gone.iter().map(|p| p.id.as_str()).collect();
+        println!("{}", json!({ "forgotten": names, "ids": ids }));
+    } else {
+        for p in &gone {
+            println!("forgot {} ({}, id {})", p.name, p.source.display(), p.id);
+        }
+        println!("Its blobs that no other project uses are orphans now: `vrift gc` lists them.");
+    }
+    Ok(Outcome::Ok)
 }

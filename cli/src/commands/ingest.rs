@@ -62,16 +62,22 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
         e.attach_remote();
     }
     let started = std::time::Instant::now();
-    let result = ingest(&opts, &g.store, &counters, |holders| {
-        let who: Vec<String> = holders.iter().map(|h| format!("pid {}", h.pid)).collect();
-        eprintln!(
-            "waiting for the store lock held by {}",
-            if who.is_empty() {
-                "another process".to_string()
-            } else {
-                who.join(", ")
-            }
-        );
+    let result = ingest(&opts, &g.store, &counters, |wait| match wait {
+        vrift_pipeline::Wait::Store(holders) => {
+            let who: Vec<String> = holders.iter().map(|h| format!("pid {}", h.pid)).collect();
+            eprintln!(
+                "waiting for the store lock held by {}",
+                if who.is_empty() {
+                    "another process".to_string()
+                } else {
+                    who.join(", ")
+                }
+            );
+        }
+        vrift_pipeline::Wait::Tree(root) => eprintln!(
+            "waiting for another ingest of {} to finish (a phantom ingest needs the tree to itself)",
+            root.display()
+        ),
     });
     progress.finish();
     let ingest_seconds = started.elapsed().as_secs_f64();
@@ -112,6 +118,10 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
         for problem in e.finish(&counters, ingest_seconds, ok) {
             eprintln!("warning: {problem}");
         }
+    }
+    if result.is_err() {
+        // The files that failed (e.g. a full store), before the one line saying why it all did.
+        super::print_issues(&counters.take_issues(), 20);
     }
     let report = result.with_context(|| format!("ingest of {} failed", opts.source.display()))?;
     if std::env::var_os("VRIFT_INGEST_STATS").is_some() {
