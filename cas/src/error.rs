@@ -14,6 +14,12 @@ pub enum CasError {
     RegistryCorrupt { path: PathBuf, reason: String },
     #[error("{path}: store lock is held by another process{holders}")]
     LockBusy { path: PathBuf, holders: String },
+    #[error("{path} also holds {count} files vrift did not make ({names}): refusing to delete the store; move them out (or the store elsewhere) first")]
+    ForeignFiles {
+        path: PathBuf,
+        count: usize,
+        names: String,
+    },
     #[error("gc --delete refused, nothing deleted: {reasons}")]
     GcRefused { reasons: String },
     #[error(transparent)]

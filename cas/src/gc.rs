@@ -102,7 +102,19 @@ pub fn forget(cas: &Cas, name_or_id: &str) -> Result<Vec<Project>> {
 /// Finds orphans and, if `delete`, removes those older than `min_age_secs`. The caller holds
 /// the exclusive store lock when deleting.
 pub fn collect(cas: &Cas, delete: bool, min_age_secs: Option<u64>) -> Result<GcReport> {
-    let reg = Registry::load(cas.root())?;
+    collect_without(cas, delete, min_age_secs, &[])
+}
+
+/// [`collect`] as if the projects with these ids were not registered (a dry run of
+/// `--prune-stale` shows what pruning them would orphan).
+pub fn collect_without(
+    cas: &Cas,
+    delete: bool,
+    min_age_secs: Option<u64>,
+    ignore_ids: &[String],
+) -> Result<GcReport> {
+    let mut reg = Registry::load(cas.root())?;
+    reg.projects.retain(|p| !ignore_ids.contains(&p.id));
     let usage = Usage::load(cas.root(), &reg)?;
     let unsafe_why = usage.unsafe_to_delete();
     if delete && !unsafe_why.is_empty() {

@@ -179,7 +179,10 @@ mod tests {
         assert_eq!(l[0].info.as_ref(), Some(&info));
         assert_eq!(open(&l[0]).unwrap().len(), 2);
         // A live process's root is never released on behalf of a rerun.
-        assert_eq!(release_for_output(dir.path(), Path::new("/out.vrm")).unwrap(), 0);
+        assert_eq!(
+            release_for_output(dir.path(), Path::new("/out.vrm")).unwrap(),
+            0
+        );
         r.release().unwrap();
         assert!(list(dir.path()).unwrap().is_empty());
     }

@@ -106,8 +106,11 @@ impl Cas {
     pub fn check_writable(&self) -> std::result::Result<(), (PathBuf, io::Error)> {
         for dir in [BLOB_DIR, TMP_DIR, MANIFEST_DIR] {
             let p = self.root.join(dir);
-            rustix::fs::access(&p, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK)
-                .map_err(|e| (p.clone(), io::Error::from(e)))?;
+            rustix::fs::access(
+                &p,
+                rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+            )
+            .map_err(|e| (p.clone(), io::Error::from(e)))?;
         }
         let reg = crate::registry::registry_path(&self.root);
         match fs::OpenOptions::new().append(true).open(&reg) {

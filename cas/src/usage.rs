@@ -160,7 +160,9 @@ impl Usage {
                     }
                     u.pending.push((p.manifest.clone(), p.alive, None));
                 }
-                Err(e) => u.pending.push((p.manifest.clone(), p.alive, Some(e.to_string()))),
+                Err(e) => u
+                    .pending
+                    .push((p.manifest.clone(), p.alive, Some(e.to_string()))),
             }
         }
         Ok(u)

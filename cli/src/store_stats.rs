@@ -408,7 +408,17 @@ mod tests {
             fs::write(&p, format!("content {i}")).unwrap();
             let data = fs::read(&p).unwrap();
             let h = *blake3::hash(&data).as_bytes();
-            cas.copy_in(&p, &h, data.len() as u64, 0o644).unwrap();
+            {
+                let f = std::fs::File::open(&p).unwrap();
+                cas.copy_in_fd(
+                    std::os::fd::AsFd::as_fd(&f),
+                    &p,
+                    &h,
+                    data.len() as u64,
+                    0o644,
+                )
+                .unwrap();
+            }
         }
         fs::write(cas.blob_dir().join("stray"), b"x").unwrap();
         let check = |inv: &Inventory| {
@@ -445,7 +455,17 @@ mod tests {
             fs::write(&p, format!("content {i}")).unwrap();
             let data = fs::read(&p).unwrap();
             let h = *blake3::hash(&data).as_bytes();
-            cas.copy_in(&p, &h, data.len() as u64, 0o644).unwrap();
+            {
+                let f = std::fs::File::open(&p).unwrap();
+                cas.copy_in_fd(
+                    std::os::fd::AsFd::as_fd(&f),
+                    &p,
+                    &h,
+                    data.len() as u64,
+                    0o644,
+                )
+                .unwrap();
+            }
         };
         for i in 0..30 {
             add(i);

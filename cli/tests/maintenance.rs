@@ -210,10 +210,11 @@ fn status_matches_an_independent_count_and_gc_removes_exactly_the_unique_blobs()
     assert_eq!(pruned["orphans"].as_u64().unwrap(), unique2.len() as u64);
     assert_eq!(blobs_on_disk(&t.store), before, "a dry run deletes nothing");
 
-    // Right after ingest, the age guard spares everything.
+    // Right after ingest, the age guard spares everything (pruning happens: --delete).
     let young = json(&run_ok(vrift(&t.store).args([
         "--json",
         "gc",
+        "--prune-stale",
         "--delete",
         "--older-than",
         "2h",
@@ -443,7 +444,10 @@ fn doctor_report_shape_and_exit_status() {
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
+    // Stale: the manifest file is gone (the source alone is not enough: the manifest can
+    // still restore it).
     fs::remove_dir_all(&t.srcs[2]).unwrap();
+    fs::remove_file(&t.outs[2]).unwrap();
     let out = vrift(&t.store).arg("doctor").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8(out.stdout).unwrap();

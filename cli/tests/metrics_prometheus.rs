@@ -122,7 +122,7 @@ fn dashboard_and_alert_queries_return_data_from_real_prometheus() {
     wait_http_ok(&format!("{pg_url}/-/ready"), Duration::from_secs(15));
 
     // --- History for the store gauges: a project whose tree is gone, pruned and its blobs
-    // collected by `gc --delete` (last gc), and one pruned without deleting (orphans).
+    // collected by `gc --delete` (last gc), and one forgotten without deleting (orphans).
     for (name, delete) in [("gone", true), ("orphaned", false)] {
         let src = w.join(name).join("node_modules");
         tree(&src, name, 0, 5);
@@ -134,11 +134,15 @@ fn dashboard_and_alert_queries_return_data_from_real_prometheus() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
+        // Stale: tree and manifest gone. The first is pruned and collected, the second only
+        // forgotten (its blobs stay as orphans).
         std::fs::remove_dir_all(w.join(name)).unwrap();
+        std::fs::remove_file(w.join(format!("{name}.vrm"))).unwrap();
         let mut gc = vrift(&store);
-        gc.args(["gc", "--prune-stale"]);
         if delete {
-            gc.arg("--delete");
+            gc.args(["gc", "--prune-stale", "--delete"]);
+        } else {
+            gc.args(["forget", name]);
         }
         let out = gc.output().unwrap();
         assert!(out.status.success(), "{out:?}");

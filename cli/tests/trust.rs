@@ -640,3 +640,417 @@ fn copy_fallback_never_stores_a_file_rewritten_during_ingest() {
     }
     assert!(fired >= 8, "the writer fired only {fired} times of 10");
 }
+
+// -----------------------------------------------------------------------------------------
+// gc never deletes what a pending or unreadable root may hold
+// -----------------------------------------------------------------------------------------
+
+fn gc(store: &Path, args: &[&str]) -> Output {
+    let o = vrift(store).arg("gc").args(args).output().unwrap();
+    assert_no_panic(&o);
+    o
+}
+
+/// A tree of `n` distinct files, each `size`ish bytes (content unique to `tag`).
+fn unique_tree(root: &Path, n: usize, tag: &str) -> Tree {
+    for i in 0..n {
+        write_file(
+            &root.join(format!("pkg{}/f{i:05}.js", i % 17)),
+            format!("// {tag} file {i}\n{}", "x".repeat(i % 200)).as_bytes(),
+            0o644,
+        );
+    }
+    snapshot(root)
+}
+
+/// (a) A phantom ingest killed in its move phase is not registered; a `gc --delete` from
+/// another job must keep what it already moved, and `--resume` then finishes it whole.
+#[test]
+fn gc_keeps_the_blobs_of_a_phantom_ingest_killed_in_its_move_phase() {
+    let tmp = tempdir();
+    let store = tmp.path().join("store");
+    let mut landed = 0;
+    for round in 0..3 {
+        let src = tmp.path().join(format!("tree{round}"));
+        let original = unique_tree(&src, 3000, &format!("r{round}"));
+        let out = tmp.path().join(format!("t{round}.vrm"));
+        let journal = tmp.path().join(format!("t{round}.vrm.journal"));
+        let mut child = vrift(&store)
+            .arg("ingest")
+            .arg(&src)
+            .arg("-o")
+            .arg(&out)
+            .args(["--mode", "phantom", "-j", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !journal.exists() && Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_millis(15));
+        let _ = child.kill();
+        let _ = child.wait();
+        let left = snapshot(&src)
+            .values()
+            .filter(|n| matches!(n, Node::File { .. }))
+            .count();
+        if journal.exists() && left > 0 && left < 3000 {
+            landed += 1;
+        }
+        // Another CI job collects garbage meanwhile.
+        let o = gc(&store, &["--delete"]);
+        assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+        verify_store(&store);
+        let o = ingest_raw(&store, &src, &out, &["--resume"]);
+        assert_no_panic(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "round {round}: resume\n{}",
+            describe(&o)
+        );
+        let back = tmp.path().join(format!("back{round}"));
+        checkout_ok(&store, &out, &back);
+        assert_trees_equal(&original, &snapshot(&back), "resumed after gc --delete");
+        // Registered now: nothing pending any more.
+        let v = json_of(&vrift(&store).args(["--json", "gc"]).output().unwrap());
+        assert_eq!(num(&v, "pending_roots"), 0, "{v}");
+    }
+    assert!(landed >= 1, "no kill landed inside the move phase");
+}
+
+/// (c) One flipped byte in the store's cached copy of a manifest: gc falls back to the
+/// user's copy; with both unreadable it refuses and names the project; `forget` is the way out.
+#[test]
+fn gc_survives_a_damaged_cached_manifest_and_refuses_when_no_copy_reads() {
+    let tmp = tempdir();
+    let store = tmp.path().join("store");
+    let src = tmp.path().join("app");
+    let original = unique_tree(&src, 300, "cache");
+    let out = tmp.path().join("app.vrm");
+    ingest_ok(&store, &src, &out, &[]);
+    let cached: Vec<PathBuf> = fs::read_dir(store.join("manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "vrm"))
+        .collect();
+    assert_eq!(cached.len(), 1);
+    assert_ne!(
+        fs::metadata(&cached[0]).unwrap().ino(),
+        fs::metadata(&out).unwrap().ino(),
+        "the cached copy must be a file of its own"
+    );
+    let flip = |p: &Path| {
+        let mut b = fs::read(p).unwrap();
+        let i = b.len() / 2;
+        b[i] ^= 0x40;
+        fs::write(p, b).unwrap();
+    };
+    flip(&cached[0]);
+    let blobs_before = list_blobs(&store).len();
+    let o = gc(&store, &["--delete"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(list_blobs(&store).len(), blobs_before, "blobs deleted");
+    // The user's tree is gone too (moved away), so only the store can restore it.
+    let back = tmp.path().join("back");
+    checkout_ok(&store, &out, &back);
+    assert_trees_equal(&original, &snapshot(&back), "after gc");
+    // Now the user's copy too: nothing is deleted, and the error names the project.
+    flip(&out);
+    let o = gc(&store, &["--delete"]);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(
+        stderr(&o).contains("app") && stderr(&o).contains("forget"),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(list_blobs(&store).len(), blobs_before);
+    let d = vrift(&store).arg("doctor").output().unwrap();
+    assert_eq!(d.status.code(), Some(1), "{}", describe(&d));
+    assert!(
+        !String::from_utf8_lossy(&d.stdout).contains("gc --delete --older-than"),
+        "doctor must not recommend deleting while a project is unreadable\n{}",
+        describe(&d)
+    );
+    let f = vrift(&store).args(["forget", "app"]).output().unwrap();
+    assert_eq!(f.status.code(), Some(0), "{}", describe(&f));
+    let o = gc(&store, &["--delete"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+}
+
+/// (d) A phantom project whose (now file-less) source directory and even manifest are gone
+/// is not stale: prune keeps it, gc keeps its blobs, and it still checks out.
+#[test]
+fn gc_prune_stale_never_drops_a_phantom_project() {
+    let tmp = tempdir();
+    let store = tmp.path().join("store");
+    let src = tmp.path().join("app");
+    let original = unique_tree(&src, 200, "phantom");
+    let out = tmp.path().join("app.vrm");
+    ingest_ok(&store, &src, &out, &["--mode", "phantom"]);
+    make_removable(&src);
+    fs::remove_dir_all(&src).unwrap();
+    // Dry run: changes nothing.
+    let o = gc(&store, &["--prune-stale"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let kept = tmp.path().join("kept.vrm");
+    fs::rename(&out, &kept).unwrap();
+    for args in [&["--prune-stale", "--delete"][..], &["--delete"]] {
+        let o = gc(&store, args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}\n{}", describe(&o));
+    }
+    let back = tmp.path().join("back");
+    checkout_ok(&store, &kept, &back);
+    assert_trees_equal(
+        &original,
+        &snapshot(&back),
+        "phantom project after prune + gc",
+    );
+    // Forgetting it takes --force.
+    let f = vrift(&store).args(["forget", "app"]).output().unwrap();
+    assert_eq!(f.status.code(), Some(1), "{}", describe(&f));
+    assert!(stderr(&f).contains("phantom"), "{}", describe(&f));
+}
+
+// -----------------------------------------------------------------------------------------
+// Damaged blobs are never served or spread
+// -----------------------------------------------------------------------------------------
+
+/// Writes into a blob behind the store's back, as root editing a hard-linked checkout would.
+fn damage(blob: &Path, same_size: bool) {
+    std::thread::sleep(Duration::from_millis(10));
+    let mut b = fs::read(blob).unwrap();
+    if same_size {
+        b[0] ^= 0x20;
+    } else {
+        b.extend_from_slice(b"\n// appended\n");
+    }
+    // Root writes despite the missing write bits, in place (same inode).
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(blob)
+        .unwrap();
+    let mut f = fs::OpenOptions::new().write(true).open(blob).unwrap();
+    std::io::Write::write_all(&mut f, &b).unwrap();
+}
+
+#[test]
+fn a_damaged_blob_is_never_checked_out_nor_linked_over_a_users_file() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempdir();
+    let store = tmp.path().join("store");
+    let good: &[u8] = b"module.exports = function leftPad() { /* the real one */ };\n";
+    for (same_size, label) in [(true, "edited in place"), (false, "appended to")] {
+        let a = tmp.path().join(format!("a-{same_size}"));
+        write_file(&a.join("left-pad/index.js"), good, 0o644);
+        write_file(
+            &a.join("other.js"),
+            format!("other {label}").as_bytes(),
+            0o644,
+        );
+        let ma = tmp.path().join(format!("a-{same_size}.vrm"));
+        ingest_ok(&store, &a, &ma, &[]);
+        // A CI job running as root "fixes" the file in its checkout: the blob changes.
+        let co = tmp.path().join(format!("co-{same_size}"));
+        checkout_ok(&store, &ma, &co);
+        damage(&co.join("left-pad/index.js"), same_size);
+        let blob = blob_path_of(&store, good);
+        // checkout: that file is an error naming the blob, the rest is written.
+        let again = tmp.path().join(format!("again-{same_size}"));
+        let o = checkout_raw(&store, &ma, &again);
+        assert_eq!(o.status.code(), Some(1), "{label}\n{}", describe(&o));
+        assert!(stderr(&o).contains("damaged"), "{label}\n{}", describe(&o));
+        assert!(
+            !again.join("left-pad/index.js").exists(),
+            "{label}: damaged content handed out"
+        );
+        assert!(again.join("other.js").exists());
+        assert!(
+            !blob.exists(),
+            "{label}: the damaged blob is still under its name"
+        );
+        // Another tree with the good content: its file stays good and becomes the new blob.
+        let b = tmp.path().join(format!("b-{same_size}"));
+        write_file(&b.join("left-pad/index.js"), good, 0o644);
+        ingest_ok(
+            &store,
+            &b,
+            &tmp.path().join(format!("b-{same_size}.vrm")),
+            &[],
+        );
+        assert_eq!(
+            fs::read(b.join("left-pad/index.js")).unwrap(),
+            good,
+            "{label}"
+        );
+        assert_eq!(fs::read(&blob).unwrap(), good, "{label}");
+        verify_store(&store);
+    }
+}
+
+/// The dedup path: a damaged blob (same size, so a size check cannot see it) is found when a
+/// tree with its content is ingested, and that tree's good file replaces it.
+#[test]
+fn ingest_never_replaces_a_good_file_by_a_damaged_blob() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempdir();
+    let store = tmp.path().join("store");
+    let good: &[u8] = b"export const answer = 42;\n";
+    let a = tmp.path().join("a");
+    write_file(&a.join("x.js"), good, 0o644);
+    ingest_ok(&store, &a, &tmp.path().join("a.vrm"), &[]);
+    damage(&blob_path_of(&store, good), true);
+    let b = tmp.path().join("b");
+    write_file(&b.join("y.js"), good, 0o644);
+    let v = ingest_ok(&store, &b, &tmp.path().join("b.vrm"), &[]);
+    assert_eq!(fs::read(b.join("y.js")).unwrap(), good, "{v}");
+    assert_eq!(fs::read(blob_path_of(&store, good)).unwrap(), good);
+    verify_store(&store);
+}
+
+/// `--link-mode copy`: a checkout you may patch; a write into it never reaches the store.
+#[test]
+fn checkout_link_mode_copy_gives_files_of_their_own() {
+    let tmp = tempdir();
+    let store = tmp.path().join("store");
+    let src = tmp.path().join("app");
+    let original = unique_tree(&src, 50, "copy");
+    let m = tmp.path().join("app.vrm");
+    ingest_ok(&store, &src, &m, &[]);
+    let co = tmp.path().join("co");
+    let o = vrift(&store)
+        .args(["--json", "checkout", "--link-mode", "copy"])
+        .arg(&m)
+        .arg(&co)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let v = json_of(&o);
+    assert_eq!(num(&v, "linked"), 0, "{v}");
+    assert_eq!(num(&v, "copied"), 50, "{v}");
+    assert_trees_equal(&original, &snapshot(&co), "copy checkout");
+    let f = co.join("pkg0/f00000.js");
+    assert_eq!(fs::metadata(&f).unwrap().nlink(), 1);
+    fs::write(&f, b"patched").unwrap_or_else(|_| {
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&f, b"patched").unwrap();
+    });
+    verify_store(&store);
+}
+
+// -----------------------------------------------------------------------------------------
+// A full store leaves no new manifest
+// -----------------------------------------------------------------------------------------
+
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn small_tmpfs(dir: &Path, size: &str) -> Mount {
+    fs::create_dir_all(dir).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cannot mount a tmpfs at {} (needs root)", dir.display());
+    Mount(dir.to_path_buf())
+}
+
+#[test]
+fn enospc_leaves_the_previous_manifest_and_names_the_failed_files() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempdir();
+    let mnt = tmp.path().join("small");
+    let _m = small_tmpfs(&mnt, "4m");
+    let store = mnt.join("store");
+    let src = tmp.path().join("app");
+    write_file(&src.join("index.js"), b"v1", 0o644);
+    let out = tmp.path().join("app.vrm");
+    ingest_ok(&store, &src, &out, &[]);
+    let previous = fs::read(&out).unwrap();
+    for i in 0..40 {
+        write_file(
+            &src.join(format!("big/{i:02}.bin")),
+            &pattern(200_000, i),
+            0o644,
+        );
+    }
+    let o = ingest_raw(&store, &src, &out, &[]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert_eq!(
+        fs::read(&out).unwrap(),
+        previous,
+        "a failed ingest replaced the manifest"
+    );
+    let e = stderr(&o);
+    assert!(e.contains("No space left"), "{e}");
+    assert!(
+        e.contains(&*src.join("big").to_string_lossy()),
+        "no failed file named\n{e}"
+    );
+    assert!(e.contains("no manifest written"), "{e}");
+    verify_store(&store);
+}
+
+// -----------------------------------------------------------------------------------------
+// setuid/setgid from a manifest
+// -----------------------------------------------------------------------------------------
+
+#[test]
+fn setuid_and_setgid_bits_from_a_manifest_are_dropped_unless_asked() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempdir();
+    let payload: &[u8] = b"#!/bin/sh\nid\n";
+    let store = store_with(tmp.path(), &[payload]);
+    let m = tmp.path().join("suid.vrm");
+    fs::write(
+        &m,
+        craft(&[
+            dir(b"bin", 0o2755),
+            file(b"bin/tool", 0o4755, payload),
+            file(b"bin/tool2", 0o2755, payload),
+        ]),
+    )
+    .unwrap();
+    let dest = tmp.path().join("co");
+    let o = checkout_raw(&store, &m, &dest);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(stderr(&o).contains("setuid"), "{}", describe(&o));
+    for p in ["bin", "bin/tool", "bin/tool2"] {
+        let mode = fs::metadata(dest.join(p)).unwrap().mode();
+        assert_eq!(mode & 0o6000, 0, "{p}: {mode:o}");
+    }
+    let keep = tmp.path().join("keep");
+    let o = vrift(&store)
+        .arg("checkout")
+        .arg("--keep-setid")
+        .arg(&m)
+        .arg(&keep)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(
+        fs::metadata(keep.join("bin/tool")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+}

@@ -111,7 +111,20 @@ pub fn ingest(
     let threads = opts.thread_count();
     // One phantom ingest of a tree at a time: two would move the same files and each lose
     // entries. Solid ingests of one tree may run together (they only link).
-    let _tree_lock = lock_tree(&root, opts.mode == Mode::Phantom, &mut on_wait)?;
+    // Phantom is a property of the output: once `output` describes a phantom tree (or an
+    // interrupted phantom run left its journal), its moved files exist only through that
+    // manifest, and a plain re-ingest would drop them. So the ingest goes on in phantom mode.
+    let mode = if opts.mode != Mode::Phantom && output_is_phantom(&output, &root) {
+        counters.warn(
+            &output,
+            "describes a phantom tree (its moved files exist only in the store): ingesting in \
+             phantom mode to keep them",
+        );
+        Mode::Phantom
+    } else {
+        opts.mode
+    };
+    let _tree_lock = lock_tree(&root, mode == Mode::Phantom, &mut on_wait)?;
 
     let cas = Cas::open(store_root)?;
     // Before any source file is touched (solid mode strips write bits, phantom moves files).
@@ -154,15 +167,24 @@ pub fn ingest(
         details.resumed = true;
     }
 
-    let mut previous = if opts.reuse_previous {
-        match Previous::load(&output, &root, cas.blob_dir()) {
-            Ok(p) => Some(p),
-            Err(NotReused::Unreadable(why)) => {
-                counters.warn(&output, format!("previous manifest not reused: {why}"));
-                None
-            }
-            Err(NotReused::Missing) | Err(NotReused::OtherRoot) => None,
+    let load_previous = || match Previous::load(&output, &root, cas.blob_dir()) {
+        Ok(p) => Some(p),
+        Err(NotReused::Unreadable(why)) => {
+            counters.warn(&output, format!("previous manifest not reused: {why}"));
+            None
         }
+        Err(NotReused::Missing) | Err(NotReused::OtherRoot) => None,
+    };
+    // The re-ingest cache (skip unchanged files), unless --no-cache.
+    let mut previous = if opts.reuse_previous {
+        load_previous()
+    } else {
+        None
+    };
+    // A phantom tree's previous manifest is kept whatever the cache says: its entries of
+    // moved files are carried over (they are not on disk to be walked).
+    let phantom_previous = if mode == Mode::Phantom && previous.is_none() {
+        load_previous()
     } else {
         None
     };
@@ -226,7 +248,7 @@ pub fn ingest(
         drop(reap_rx);
         let place_cfg = PlaceConfig {
             cas: &cas,
-            mode: opts.mode,
+            mode,
             tier: opts.tier,
             counters,
             root: &root,
@@ -269,7 +291,7 @@ pub fn ingest(
         });
     }
 
-    let flags = if opts.mode == Mode::Phantom {
+    let flags = if mode == Mode::Phantom {
         FLAG_PHANTOM
     } else {
         0
@@ -288,7 +310,7 @@ pub fn ingest(
     let (files, bytes);
     // Registered already (solid: before the manifest is published at `output`).
     let mut registered = false;
-    if opts.mode != Mode::Phantom && collected.is_unchanged(previous.as_ref(), flags) {
+    if mode != Mode::Phantom && collected.is_unchanged(previous.as_ref(), flags) {
         // Nothing changed: the previous manifest is the answer, byte for byte.
         let t = Instant::now();
         let m = previous.as_ref().map(|p| p.manifest());
@@ -301,8 +323,8 @@ pub fn ingest(
         details.manifest_written = false;
     } else {
         let mut entries = collected.into_entries(previous.as_ref(), &root);
-        if opts.mode == Mode::Phantom {
-            if let Some(p) = previous.as_ref() {
+        if mode == Mode::Phantom {
+            if let Some(p) = previous.as_ref().or(phantom_previous.as_ref()) {
                 manifest::keep_phantom_entries(&mut entries, p);
             }
         }
@@ -317,7 +339,7 @@ pub fn ingest(
             // Solid: the store learns of the tree (cached copy, registry) before the manifest
             // is published, so a failure here leaves `output` as it was. Phantom: the manifest
             // must be durable before the first file moves (it is then the tree's only record).
-            if opts.register && opts.mode != Mode::Phantom {
+            if opts.register && mode != Mode::Phantom {
                 registry::register_bytes(cas.root(), &registration(files, bytes), &image)?;
                 registered = true;
             }
@@ -326,7 +348,7 @@ pub fn ingest(
     }
     drop(previous);
 
-    if opts.mode == Mode::Phantom {
+    if mode == Mode::Phantom {
         // Before the first file moves, the store holds the manifest as a pending root: a gc
         // while this run (or its interrupted remains) is unregistered keeps every moved blob.
         let image = std::fs::read(&output).map_err(|e| PipelineError::io(&output, e))?;
@@ -407,6 +429,21 @@ pub fn ingest(
         manifest: output,
         details,
     })
+}
+
+/// Whether `output` holds a phantom manifest of `root`, or an interrupted phantom run of it
+/// left its journal there.
+fn output_is_phantom(output: &Path, root: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    if phantom::journal_path(output).exists() {
+        return true;
+    }
+    let opts = vrift_manifest::OpenOptions {
+        verify_checksum: false,
+        populate: false,
+    };
+    vrift_manifest::Manifest::open_with(output, opts)
+        .is_ok_and(|m| m.is_phantom() && m.root() == root.as_os_str().as_bytes())
 }
 
 fn unix_now() -> u64 {

@@ -193,7 +193,7 @@ fn move_one(
     let (dir, name) = match chain.parent_of(&e.path) {
         Ok(x) => x,
         Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
-            return gone(cas, e);
+            return gone(cas, e, None);
         }
         Err(err) => {
             return Err(format!(
@@ -209,7 +209,13 @@ fn move_one(
     );
     let file = match opened {
         Ok(fd) => File::from(fd),
-        Err(rustix::io::Errno::NOENT) => return gone(cas, e),
+        Err(rustix::io::Errno::NOENT) => {
+            return gone(
+                cas,
+                e,
+                (tier == Tier::Tier1).then_some((dir, name.as_c_str())),
+            )
+        }
         Err(rustix::io::Errno::LOOP) => {
             // tier1 leaves a symlink to the blob where the file was: already done.
             let blob = cas.blob_path(&e.hash, e.size);
@@ -273,6 +279,13 @@ fn move_one(
         Ok(now) if now.st_dev == st.dev && now.st_ino == st.ino => {
             rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::empty())
                 .map_err(|err| format!("stored, but cannot remove it from its path: {err}"))?;
+            if tier == Tier::Tier1 {
+                // Killed between the two steps, a rerun finds the name missing and its blob
+                // stored, and makes the symlink then (see `gone`); no temp name is left behind.
+                let blob = cas.blob_path(&entry.hash, entry.size);
+                rustix::fs::symlinkat(&blob, dir, name.as_c_str())
+                    .map_err(|err| format!("moved, but the tier1 symlink failed: {err}"))?;
+            }
         }
         _ => {
             return Err(
@@ -282,17 +295,25 @@ fn move_one(
             )
         }
     }
-    if tier == Tier::Tier1 {
-        let blob = cas.blob_path(&entry.hash, entry.size);
-        crate::place::symlink_over_at(&blob, dir, &name)
-            .map_err(|err| format!("moved, but the tier1 symlink failed: {err}"))?;
-    }
     Ok(updated.then_some(entry))
 }
 
-/// Not at its path any more: moved by an earlier (interrupted) run, or removed since.
-fn gone(cas: &Cas, e: &EntryInput) -> Result<Option<EntryInput>, String> {
+/// Not at its path any more: moved by an earlier (interrupted) run, or removed since. A
+/// tier1 tree gets the symlink an interrupted run did not make (`tier1_at`: its directory
+/// and name).
+fn gone(
+    cas: &Cas,
+    e: &EntryInput,
+    tier1_at: Option<(std::os::fd::BorrowedFd<'_>, &std::ffi::CStr)>,
+) -> Result<Option<EntryInput>, String> {
     if cas.has_blob(&e.hash, e.size) {
+        if let Some((dir, name)) = tier1_at {
+            let blob = cas.blob_path(&e.hash, e.size);
+            match rustix::fs::symlinkat(&blob, dir, name) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(err) => return Err(format!("moved, but the tier1 symlink failed: {err}")),
+            }
+        }
         Ok(None)
     } else {
         Err(format!(
@@ -330,7 +351,8 @@ fn store(
                 // Changed after it was checked (a writer that had it open before the write
                 // bits went): the blob name would lie. Take it back.
                 let now = vrift_cas::sys::fstat(fd).map(|s| Stat::from_libc(&s));
-                let moved = matches!(&now, Ok(n) if n.size == entry.size && n.mtime_ns == entry.cache_mtime_ns);
+                let moved = matches!(&now, Ok(n) if n.size == entry.size
+                    && crate::place::unchanged_mtime(n.mtime_ns, entry.cache_mtime_ns));
                 if !moved {
                     let _ = cas.withdraw_blob(&entry.hash, entry.size, entry.dev, entry.ino);
                     return Err(

@@ -237,7 +237,7 @@ fn changed_since_hashed(h: &Hashed) -> Option<String> {
     match vrift_cas::sys::fstat(h.file.as_fd()) {
         Ok(now)
             if now.st_size as u64 == h.st.size
-                && Stat::from_libc(&now).mtime_ns == h.st.mtime_ns =>
+                && unchanged_mtime(Stat::from_libc(&now).mtime_ns, h.st.mtime_ns) =>
         {
             None
         }
@@ -267,6 +267,13 @@ fn seal(h: &Hashed, cfg: &PlaceConfig<'_>) -> Stat {
 
 fn why_or_unknown(why: Option<String>) -> String {
     why.unwrap_or_else(|| "not stored".into())
+}
+
+/// Whether an inode's mtime `now` still says "not written since `then`": equal, or sealed by
+/// another thread or process meanwhile (a concurrent dedup re-hashes an unsealed new blob and
+/// seals it; a write would set the current time, never the sealed one).
+pub fn unchanged_mtime(now: i64, then: i64) -> bool {
+    now == then || now == vrift_cas::seal::sealed_mtime_ns(then)
 }
 
 /// Undoes the link of a file that changed after hashing: the blob name goes (if it is still
@@ -346,7 +353,13 @@ fn share(h: &Hashed, cfg: &PlaceConfig<'_>, blob: &Stat) -> Placed {
         let _ = cfg.cas.protect_blob(&h.hash, h.st.size, blob.mode);
     }
     if blob.dev == h.st.dev && blob.ino == h.st.ino {
-        return own(false);
+        // Another name of the same inode (a hard link in the tree) got there first: the file
+        // is the blob already, as it is now (sealed since it was hashed).
+        return Placed {
+            entry: entry_for(h, blob),
+            keep_own: false,
+            replaced: false,
+        };
     }
     if blob.mode & SHARED_MODE_BITS != h.st.mode & SHARED_MODE_BITS {
         // One inode cannot carry two modes: this file keeps its own.

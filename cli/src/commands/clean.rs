@@ -23,6 +23,25 @@ pub fn run(g: &Globals, a: &CleanArgs) -> Result<Outcome> {
     let cas = super::open_store(g)?;
     let root = cas.root().to_path_buf();
     let reg = Registry::load(&root).unwrap_or_default();
+    // The user's own files beside the store: refused before asking anything.
+    let foreign = vrift_cas::clean::foreign_entries(&root)?;
+    if !foreign.is_empty() {
+        for p in foreign.iter().take(20) {
+            eprintln!("  not vrift's: {}", p.display());
+        }
+        bail!(
+            "{} also holds {} files or directories vrift did not make (listed above): refusing to delete it",
+            root.display(),
+            foreign.len()
+        );
+    }
+    let phantoms = vrift_cas::clean::phantom_projects(&cas);
+    if !phantoms.is_empty() {
+        eprintln!(
+            "warning: phantom projects ({}) exist only in the store: their files are deleted with it",
+            phantoms.join(", ")
+        );
+    }
     if !a.yes {
         if !std::io::stdin().is_terminal() {
             bail!(
@@ -51,12 +70,6 @@ pub fn run(g: &Globals, a: &CleanArgs) -> Result<Outcome> {
         let r = fix_perms(&cas)?;
         for (p, e) in &r.failed {
             eprintln!("error: {p}: {e}");
-        }
-        if !r.phantom_projects.is_empty() {
-            eprintln!(
-                "warning: phantom projects ({}) exist only in the store and are deleted with it",
-                r.phantom_projects.join(", ")
-            );
         }
         fixed = Some(r);
     }

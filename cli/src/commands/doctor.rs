@@ -93,7 +93,9 @@ pub fn run(g: &Globals, a: &DoctorArgs) -> Result<Outcome> {
                     damaged_cache.join(", ")
                 ),
             );
-            recs.push("Re-ingest those projects to refresh the store's copy of their manifests".into());
+            recs.push(
+                "Re-ingest those projects to refresh the store's copy of their manifests".into(),
+            );
         }
         let stale = vrift_cas::gc::stale_projects(&root, reg);
         if stale.is_empty() {
@@ -184,10 +186,7 @@ pub fn run(g: &Globals, a: &DoctorArgs) -> Result<Outcome> {
             check(
                 "Referenced blobs",
                 Status::Ok,
-                format!(
-                    "all {} present",
-                    thousands(usage.referenced_blobs() as u64)
-                ),
+                format!("all {} present", thousands(usage.referenced_blobs() as u64)),
             );
         } else {
             let total: u64 = missing.iter().map(|m| m.1).sum();
@@ -337,7 +336,8 @@ pub fn run(g: &Globals, a: &DoctorArgs) -> Result<Outcome> {
         );
         recs.push("`vrift gc --delete` removes the temp files of interrupted runs".into());
     }
-    let quarantined = vrift_cas::gc::leftovers_in(&root.join(vrift_cas::store::QUARANTINE_DIR), true);
+    let quarantined =
+        vrift_cas::gc::leftovers_in(&root.join(vrift_cas::store::QUARANTINE_DIR), true);
     if !quarantined.is_empty() {
         check(
             "Quarantine",

@@ -33,7 +33,13 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
         }
         _ => Vec::new(),
     };
-    let mut r = gc::collect(&cas, a.delete, min_age)?;
+    // A dry run counts orphans as if the stale projects were pruned (what --delete would do).
+    let ignore: Vec<String> = if a.delete {
+        Vec::new()
+    } else {
+        pruned.iter().map(|p| p.id.clone()).collect()
+    };
+    let mut r = gc::collect_without(&cas, a.delete, min_age, &ignore)?;
     if r.pending_roots > 0 && !g.json {
         eprintln!(
             "note: {} pending roots of running or interrupted ingests keep their blobs (see `vrift doctor`)",
@@ -106,7 +112,10 @@ pub fn forget(g: &Globals, a: &crate::args::ForgetArgs) -> Result<Outcome> {
         .filter(|p| p.name == a.name || p.id == a.name)
         .collect();
     if matching.is_empty() {
-        return Err(anyhow!("no registered project named {:?} (see `vrift status`)", a.name));
+        return Err(anyhow!(
+            "no registered project named {:?} (see `vrift status`)",
+            a.name
+        ));
     }
     let phantom = matching.iter().any(|p| {
         vrift_manifest::Manifest::open(&cas.root().join(&p.cached_manifest))

@@ -62,7 +62,8 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
         e.attach_remote();
     }
     let started = std::time::Instant::now();
-    let result = ingest(&opts, &g.store, &counters, |wait| match wait {
+    let result = ingest(&opts, &g.store, &counters, |wait| {
+        match wait {
         vrift_pipeline::Wait::Store(holders) => {
             let who: Vec<String> = holders.iter().map(|h| format!("pid {}", h.pid)).collect();
             eprintln!(
@@ -78,6 +79,7 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
             "waiting for another ingest of {} to finish (a phantom ingest needs the tree to itself)",
             root.display()
         ),
+    }
     });
     progress.finish();
     let ingest_seconds = started.elapsed().as_secs_f64();

@@ -40,6 +40,12 @@ pub struct RunArgs {
     #[arg(long, requires = "isolate")]
     pub keep: bool,
 
+    /// With --isolate: `loopback` (default) gives CMD a network namespace of its own with
+    /// only 127.0.0.1 (it reaches neither the host's services nor the network); `host`
+    /// shares the host's network.
+    #[arg(long, value_enum, default_value_t = NetworkArg::Loopback, requires = "isolate")]
+    pub network: NetworkArg,
+
     /// Base layer below the manifests (repeatable).
     #[arg(long = "base", value_name = "B")]
     pub base: Vec<PathBuf>,
@@ -47,6 +53,12 @@ pub struct RunArgs {
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkArg {
+    Loopback,
+    Host,
 }
 
 /// Environment variables shared with the shim (see shim/src/state.rs).
@@ -248,7 +260,14 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
             manifests(g, a, &mut cleanup)?
         };
         let (bases, tops) = list.split_at(a.base.len());
-        let code = crate::isolate::run_isolated(&g.store, bases, tops, &a.cmd, a.keep);
+        let code = crate::isolate::run_isolated(
+            &g.store,
+            bases,
+            tops,
+            &a.cmd,
+            a.keep,
+            a.network == NetworkArg::Host,
+        );
         drop(cleanup);
         std::process::exit(code?);
     }

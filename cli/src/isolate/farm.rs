@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -521,40 +521,7 @@ fn build(cas: &Cas, layers: &[Layer<'_>], dest: &Path) -> Result<BuildStats> {
     })
 }
 
-/// Removes a tree, first giving directories `u+rwx` where needed (a program may have made
-/// some read-only; overlayfs leaves a mode-000 `work/work`).
-pub fn remove_tree(p: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(_) => {
-            open_up(p);
-            match fs::remove_dir_all(p) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                r => r,
-            }
-        }
-    }
-}
-
-fn open_up(p: &Path) {
-    let Ok(md) = fs::symlink_metadata(p) else {
-        return;
-    };
-    if !md.is_dir() {
-        return;
-    }
-    if md.mode() & 0o700 != 0o700 {
-        let _ = fs::set_permissions(p, fs::Permissions::from_mode((md.mode() & 0o7777) | 0o700));
-    }
-    if let Ok(rd) = fs::read_dir(p) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                open_up(&e.path());
-            }
-        }
-    }
-}
+pub use vrift_cas::clean::remove_tree;
 
 /// A cached farm, as `gc --farms` sees it.
 #[derive(Debug, Clone, serde::Serialize)]

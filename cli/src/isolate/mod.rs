@@ -73,6 +73,7 @@ pub fn run_isolated(
     manifests: &[PathBuf],
     cmd: &[OsString],
     keep: bool,
+    network_host: bool,
 ) -> Result<i32> {
     let t0 = std::time::Instant::now();
     if cmd.is_empty() {
@@ -163,6 +164,7 @@ pub fn run_isolated(
         tmpfs_tmp,
         cwd,
         cmd: cmd.to_vec(),
+        network_host,
     };
     if std::env::var_os("VRIFT_ISOLATE_STATS").is_some() {
         let built = farm

@@ -52,6 +52,10 @@ pub struct Plan {
     /// Where CMD starts (falls back to `/` if it does not exist inside).
     pub cwd: PathBuf,
     pub cmd: Vec<OsString>,
+    /// Share the host's network (`--network host`); otherwise a network namespace of its own
+    /// with only a loopback interface: code run for isolation cannot reach services on the
+    /// host's 127.0.0.1 or the network.
+    pub network_host: bool,
 }
 
 /// Why the kernel may refuse user namespaces, with this machine's values of the sysctls.
@@ -136,11 +140,14 @@ pub fn run(plan: &Plan) -> Result<i32> {
     };
     // SAFETY: geteuid/getegid have no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let flags = libc::CLONE_NEWUSER
+    let mut flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS;
+    if !plan.network_host {
+        flags |= libc::CLONE_NEWNET;
+    }
     let pid = match sys::clone_fork(flags) {
         Ok(p) => p,
         Err(e) => {
@@ -514,7 +521,41 @@ fn dev_at(dev: &Path) -> Result<(), Fail> {
 }
 
 /// Everything init does before forking CMD.
+/// Brings up `lo` in the sandbox's own network namespace (it starts down), so programs that
+/// talk to themselves over 127.0.0.1 still work.
+fn loopback_up() -> Result<(), Fail> {
+    // SAFETY: a plain socket and two ioctls on a zeroed, correctly sized ifreq.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(Fail::new(
+                "cannot open a socket",
+                io::Error::last_os_error(),
+            ));
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        let r = if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) == 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr)
+        } else {
+            -1
+        };
+        let e = io::Error::last_os_error();
+        libc::close(s);
+        if r != 0 {
+            return Err(Fail::new("cannot bring up the loopback interface", e));
+        }
+    }
+    Ok(())
+}
+
 fn setup(plan: &Plan) -> Result<(), Fail> {
+    if !plan.network_host {
+        loopback_up()?;
+    }
     sys::mount(
         None,
         c"/",
