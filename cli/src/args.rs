@@ -370,8 +370,12 @@ impl From<LinkModeArg> for vrift_pipeline::LinkMode {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeArg {
+    /// Hard-link each file into the store (no copy; the file becomes read-only).
     Solid,
+    /// Move each file into the store (the tree then exists only through its manifest).
     Phantom,
+    /// Copy each file into the store; the tree is left exactly as it was.
+    Copy,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

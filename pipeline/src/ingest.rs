@@ -124,6 +124,15 @@ pub fn ingest(
     } else {
         opts.mode
     };
+    if mode == Mode::Copy && opts.tier == crate::Tier::Tier1 {
+        return Err(PipelineError::io(
+            &root,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "--tier tier1 replaces files by symlinks; --mode copy leaves the tree as it is",
+            ),
+        ));
+    }
     let _tree_lock = lock_tree(&root, mode == Mode::Phantom, &mut on_wait)?;
 
     let cas = Cas::open(store_root)?;
@@ -202,14 +211,16 @@ pub fn ingest(
         }
     }
 
-    let use_uring = match opts.io_backend {
-        IoBackend::Threads => false,
-        IoBackend::Uring => {
-            crate::uring::available()?;
-            true
-        }
-        IoBackend::Auto => AUTO_USES_URING && crate::uring::available().is_ok(),
-    };
+    // The io_uring engine links (solid mode); other modes place on threads.
+    let use_uring = mode == Mode::Solid
+        && match opts.io_backend {
+            IoBackend::Threads => false,
+            IoBackend::Uring => {
+                crate::uring::available()?;
+                true
+            }
+            IoBackend::Auto => AUTO_USES_URING && crate::uring::available().is_ok(),
+        };
     details.io_backend = if use_uring { "uring" } else { "threads" };
 
     let cap = threads.max(1) * 2;

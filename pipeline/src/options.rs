@@ -10,6 +10,11 @@ pub enum Mode {
     Solid,
     /// Move the source into the store; afterwards the tree exists only through its manifest.
     Phantom,
+    /// Copy the content into the store (a clone where the file system can): the tree is left
+    /// exactly as it was — modes, link counts, content. For trees that are not disposable
+    /// (a project's own sources under `vrift run` or `vrift init`): an editor still saves in
+    /// place, and root writing a file never writes the store.
+    Copy,
 }
 
 /// What is left at the source path after ingest.

@@ -94,8 +94,19 @@ pub fn entry_for(h: &Hashed, disk: &Stat) -> EntryInput {
 /// Places one file; `None` if it failed (the failure is recorded and the file left as it was).
 /// Files whose last name was replaced are pushed onto `freed` for the reapers.
 pub fn place_one(h: Hashed, cfg: &PlaceConfig<'_>, freed: &mut Vec<File>) -> Option<EntryInput> {
-    if cfg.mode == Mode::Phantom {
-        return Some(entry_for(&h, &h.st));
+    match cfg.mode {
+        Mode::Phantom => return Some(entry_for(&h, &h.st)),
+        Mode::Copy => {
+            return match copy_in(&h, cfg) {
+                Ok(placed) => Some(placed.entry),
+                Err(msg) => {
+                    Counters::add(&cfg.counters.bytes_error, h.st.size);
+                    cfg.counters.error(h.item.path(cfg.root), msg);
+                    None
+                }
+            }
+        }
+        Mode::Solid => {}
     }
     let linked = link_in(&h, cfg);
     finish_link(h, linked, cfg, freed)

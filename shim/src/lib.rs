@@ -22,6 +22,7 @@
 mod dir;
 mod exec;
 mod fdtab;
+mod guard;
 mod mf;
 mod misc;
 mod open;

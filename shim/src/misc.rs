@@ -377,6 +377,62 @@ pub unsafe extern "C" fn syscall(
             ptr(a1),
             a2 as libc::mode_t,
         ))),
+        // Metadata and names through fds: the same guards as the libc functions.
+        libc::SYS_fchmod => Some(c_long::from(crate::open::fchmod(
+            a1 as c_int,
+            a2 as libc::mode_t,
+        ))),
+        libc::SYS_fchown => Some(c_long::from(crate::open::fchown(
+            a1 as c_int,
+            a2 as libc::uid_t,
+            a3 as libc::gid_t,
+        ))),
+        libc::SYS_fchmodat => Some(c_long::from(crate::open::fchmodat(
+            a1 as c_int,
+            ptr(a2),
+            a3 as libc::mode_t,
+            0,
+        ))),
+        libc::SYS_fchownat => Some(c_long::from(crate::open::fchownat(
+            a1 as c_int,
+            ptr(a2),
+            a3 as libc::uid_t,
+            a4 as libc::gid_t,
+            a5 as c_int,
+        ))),
+        libc::SYS_utimensat => Some(c_long::from(crate::open::utimensat(
+            a1 as c_int,
+            ptr(a2),
+            a3 as usize as *const libc::timespec,
+            a4 as c_int,
+        ))),
+        libc::SYS_fsetxattr => Some(c_long::from(crate::open::fsetxattr(
+            a1 as c_int,
+            ptr(a2),
+            a3 as usize as *const c_void,
+            a4 as libc::size_t,
+            a5 as c_int,
+        ))),
+        libc::SYS_fremovexattr => Some(c_long::from(crate::open::fremovexattr(
+            a1 as c_int,
+            ptr(a2),
+        ))),
+        libc::SYS_link => Some(c_long::from(crate::open::link(ptr(a1), ptr(a2)))),
+        libc::SYS_linkat => Some(c_long::from(crate::open::linkat(
+            a1 as c_int,
+            ptr(a2),
+            a3 as c_int,
+            ptr(a4),
+            a5 as c_int,
+        ))),
+        libc::SYS_rename => Some(c_long::from(crate::open::rename(ptr(a1), ptr(a2)))),
+        libc::SYS_renameat2 => Some(c_long::from(crate::open::renameat2(
+            a1 as c_int,
+            ptr(a2),
+            a3 as c_int,
+            ptr(a4),
+            a5 as c_uint,
+        ))),
         libc::SYS_execve => Some(c_long::from(crate::exec::do_execve(
             ptr(a1),
             a2 as usize as *const *const c_char,

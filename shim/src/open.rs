@@ -14,6 +14,21 @@ use crate::upper::{self, Mirror};
 use crate::vfs::{self, Node};
 use crate::{abs_into, abs_of, fail, guarded, real, trace};
 
+/// The fd `raw` names if it is a `/proc/self/fd/N`-style path (see `vrift_shim_core`).
+pub(crate) fn proc_fd_of(raw: &[u8]) -> Option<c_int> {
+    if !(raw.starts_with(b"/proc/") || raw.starts_with(b"/dev/fd/")) {
+        return None;
+    }
+    // Only `/proc/<digits>/...` needs our pid (a syscall): ask only then.
+    let pid = if raw.get(6).is_some_and(u8::is_ascii_digit) {
+        // SAFETY: getpid never fails.
+        unsafe { libc::getpid() as u32 }
+    } else {
+        0
+    };
+    crate::guard::proc_fd(raw, pid)
+}
+
 fn is_write(flags: c_int) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
@@ -65,7 +80,7 @@ pub(crate) fn copy_up(st: &State, virt: &[u8], e: &Entry<'_>, empty: bool) -> Re
                     return Err(err);
                 }
             }
-            libc::fchmod(out, perm);
+            real::fchmod(out, perm);
             real::close(out);
         }
         if real::rename(tmp.as_ptr(), mp.as_ptr()) != 0 {
@@ -173,6 +188,12 @@ pub(crate) fn open_impl(
     guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
+        if is_write(flags) {
+            // Reopening a view fd through /proc for writing must not write its blob.
+            if let Some(n) = proc_fd_of(raw) {
+                return crate::guard::reopen_for_write(st, n, flags, mode);
+            }
+        }
         let mut a_p = PBuf::new();
         let a = abs_into(st, dirfd, raw, &mut a_p)?;
         if !st.in_view(a_p.as_bytes()) {
@@ -649,6 +670,13 @@ fn modify_impl(
         if raw.is_empty() {
             return None;
         }
+        if follow {
+            if let Some(n) = proc_fd_of(raw) {
+                // The path reopens fd `n`: once `n` is the private copy, so does the path.
+                let q = PBuf::from(raw)?;
+                return crate::guard::meta_fd_in(st, n, &|_| what(&q));
+            }
+        }
         let mut a = abs_of(st, dirfd, raw)?;
         let r = vfs::resolve(st, &mut a.p, follow);
         match r.node {
@@ -696,6 +724,10 @@ pub unsafe extern "C" fn chmod(p: *const c_char, mode: mode_t) -> c_int {
 }
 #[no_mangle]
 pub unsafe extern "C" fn fchmodat(d: c_int, p: *const c_char, mode: mode_t, flags: c_int) -> c_int {
+    if flags & libc::AT_EMPTY_PATH != 0 && !p.is_null() && *p == 0 {
+        return crate::guard::meta_fd(d, &|f| real::fchmod(f, mode))
+            .unwrap_or_else(|| real::fchmodat(d, p, mode, flags));
+    }
     trace("fchmodat", p);
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
     modify_impl(d, p, follow, &|q| {
@@ -710,8 +742,10 @@ pub unsafe extern "C" fn utimensat(
     t: *const libc::timespec,
     flags: c_int,
 ) -> c_int {
-    if p.is_null() {
-        return real::utimensat(d, p, t, flags);
+    if p.is_null() || (flags & libc::AT_EMPTY_PATH != 0 && *p == 0) {
+        // The fd form (futimens): never on a blob, whose mtime carries the store's seal.
+        return crate::guard::meta_fd(d, &|f| real::futimens(f, t))
+            .unwrap_or_else(|| real::utimensat(d, p, t, flags));
     }
     trace("utimensat", p);
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
@@ -719,6 +753,293 @@ pub unsafe extern "C" fn utimensat(
         real::utimensat(libc::AT_FDCWD, q.as_ptr(), t, flags)
     })
     .unwrap_or_else(|| real::utimensat(d, p, t, flags))
+}
+
+// ---- metadata through an fd: copy-up first, never the blob (see guard.rs) ----------------
+
+#[no_mangle]
+pub unsafe extern "C" fn fchmod(fd: c_int, mode: mode_t) -> c_int {
+    crate::guard::meta_fd(fd, &|f| real::fchmod(f, mode)).unwrap_or_else(|| real::fchmod(fd, mode))
+}
+#[no_mangle]
+pub unsafe extern "C" fn fchown(fd: c_int, u: libc::uid_t, g: libc::gid_t) -> c_int {
+    crate::guard::meta_fd(fd, &|f| real::fchown(f, u, g)).unwrap_or_else(|| real::fchown(fd, u, g))
+}
+#[no_mangle]
+pub unsafe extern "C" fn futimens(fd: c_int, t: *const libc::timespec) -> c_int {
+    crate::guard::meta_fd(fd, &|f| real::futimens(f, t)).unwrap_or_else(|| real::futimens(fd, t))
+}
+#[no_mangle]
+pub unsafe extern "C" fn futimes(fd: c_int, t: *const libc::timeval) -> c_int {
+    crate::guard::meta_fd(fd, &|f| real::futimes(f, t)).unwrap_or_else(|| real::futimes(fd, t))
+}
+#[no_mangle]
+pub unsafe extern "C" fn fsetxattr(
+    fd: c_int,
+    n: *const c_char,
+    v: *const libc::c_void,
+    size: libc::size_t,
+    flags: c_int,
+) -> c_int {
+    crate::guard::meta_fd(fd, &|f| real::fsetxattr(f, n, v, size, flags))
+        .unwrap_or_else(|| real::fsetxattr(fd, n, v, size, flags))
+}
+#[no_mangle]
+pub unsafe extern "C" fn fremovexattr(fd: c_int, n: *const c_char) -> c_int {
+    crate::guard::meta_fd(fd, &|f| real::fremovexattr(f, n))
+        .unwrap_or_else(|| real::fremovexattr(fd, n))
+}
+#[no_mangle]
+pub unsafe extern "C" fn fchownat(
+    d: c_int,
+    p: *const c_char,
+    u: libc::uid_t,
+    g: libc::gid_t,
+    flags: c_int,
+) -> c_int {
+    if flags & libc::AT_EMPTY_PATH != 0 && !p.is_null() && *p == 0 {
+        return crate::guard::meta_fd(d, &|f| real::fchown(f, u, g))
+            .unwrap_or_else(|| real::fchownat(d, p, u, g, flags));
+    }
+    trace("fchownat", p);
+    let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
+    modify_impl(d, p, follow, &|q| {
+        real::fchownat(libc::AT_FDCWD, q.as_ptr(), u, g, flags)
+    })
+    .unwrap_or_else(|| real::fchownat(d, p, u, g, flags))
+}
+#[no_mangle]
+pub unsafe extern "C" fn chown(p: *const c_char, u: libc::uid_t, g: libc::gid_t) -> c_int {
+    trace("chown", p);
+    modify_impl(libc::AT_FDCWD, p, true, &|q| real::chown(q.as_ptr(), u, g))
+        .unwrap_or_else(|| real::chown(p, u, g))
+}
+#[no_mangle]
+pub unsafe extern "C" fn lchown(p: *const c_char, u: libc::uid_t, g: libc::gid_t) -> c_int {
+    trace("lchown", p);
+    modify_impl(libc::AT_FDCWD, p, false, &|q| {
+        real::lchown(q.as_ptr(), u, g)
+    })
+    .unwrap_or_else(|| real::lchown(p, u, g))
+}
+#[no_mangle]
+pub unsafe extern "C" fn setxattr(
+    p: *const c_char,
+    n: *const c_char,
+    v: *const libc::c_void,
+    size: libc::size_t,
+    flags: c_int,
+) -> c_int {
+    trace("setxattr", p);
+    modify_impl(libc::AT_FDCWD, p, true, &|q| {
+        real::setxattr(q.as_ptr(), n, v, size, flags)
+    })
+    .unwrap_or_else(|| real::setxattr(p, n, v, size, flags))
+}
+#[no_mangle]
+pub unsafe extern "C" fn lsetxattr(
+    p: *const c_char,
+    n: *const c_char,
+    v: *const libc::c_void,
+    size: libc::size_t,
+    flags: c_int,
+) -> c_int {
+    trace("lsetxattr", p);
+    modify_impl(libc::AT_FDCWD, p, false, &|q| {
+        real::lsetxattr(q.as_ptr(), n, v, size, flags)
+    })
+    .unwrap_or_else(|| real::lsetxattr(p, n, v, size, flags))
+}
+#[no_mangle]
+pub unsafe extern "C" fn removexattr(p: *const c_char, n: *const c_char) -> c_int {
+    trace("removexattr", p);
+    modify_impl(libc::AT_FDCWD, p, true, &|q| {
+        real::removexattr(q.as_ptr(), n)
+    })
+    .unwrap_or_else(|| real::removexattr(p, n))
+}
+#[no_mangle]
+pub unsafe extern "C" fn lremovexattr(p: *const c_char, n: *const c_char) -> c_int {
+    trace("lremovexattr", p);
+    modify_impl(libc::AT_FDCWD, p, false, &|q| {
+        real::lremovexattr(q.as_ptr(), n)
+    })
+    .unwrap_or_else(|| real::lremovexattr(p, n))
+}
+
+// ---- link: a new name in the view, or EXDEV; never a new name for a blob -----------------
+
+/// The absolute path of a `(dirfd, path)` outside the view, as `rename_impl` builds it.
+fn outside_path(fd: c_int, raw: &[u8], a: Option<&crate::Abs>) -> Option<PBuf> {
+    match a {
+        Some(x) => PBuf::from(x.p.as_bytes()),
+        None => {
+            if fd != libc::AT_FDCWD && !raw.starts_with(b"/") {
+                return None;
+            }
+            let mut c = PBuf::new();
+            path::cwd_into(&mut c)?;
+            path::join(c.as_bytes(), raw)
+        }
+    }
+}
+
+/// Whether `p` lies inside the store's blob directory.
+fn in_blob_dir(st: &State, p: &[u8]) -> bool {
+    let d: &[u8] = &st.blob_dir;
+    p.starts_with(d) && p.get(d.len()) == Some(&b'/')
+}
+
+/// The mirror path a new name `virt` in the view gets (`EEXIST` if the view has it already).
+fn new_name_in_view(st: &State, virt: &[u8]) -> Result<PBuf, c_int> {
+    let mut probe = PBuf::from(virt).ok_or(libc::ENAMETOOLONG)?;
+    match vfs::resolve(st, &mut probe, false).node {
+        Node::V { .. } | Node::Upper => return Err(libc::EEXIST),
+        Node::Gone(e) if e != libc::ENOENT => return Err(e),
+        Node::Real if real_exists(&probe) => return Err(libc::EEXIST),
+        _ => {}
+    }
+    if !parent_is_view_dir(st, virt) {
+        return Err(libc::ENOENT);
+    }
+    prepare_new(st, virt)
+}
+
+fn link_impl(
+    fa: c_int,
+    pa: *const c_char,
+    fb: c_int,
+    pb: *const c_char,
+    flags: c_int,
+) -> Option<c_int> {
+    guarded(|st| {
+        // SAFETY: caller's C strings.
+        let (ra, rb) = unsafe { (cbytes(pa), cbytes(pb)) };
+        let b = abs_of(st, fb, rb);
+        let b_in = b.as_ref().is_some_and(|x| st.in_view(x.p.as_bytes()));
+        let dst = |st: &State| -> Result<PBuf, c_int> {
+            match &b {
+                Some(x) if b_in => new_name_in_view(st, x.p.as_bytes()),
+                _ => outside_path(fb, rb, b.as_ref()).ok_or(libc::EXDEV),
+            }
+        };
+        let link_to = |src: &PBuf, follow: bool| -> Option<c_int> {
+            let d = match dst(st) {
+                Ok(d) => d,
+                Err(e) => return fail(e),
+            };
+            let f = if follow { libc::AT_SYMLINK_FOLLOW } else { 0 };
+            // SAFETY: valid buffers.
+            let rc = unsafe {
+                real::linkat(libc::AT_FDCWD, src.as_ptr(), libc::AT_FDCWD, d.as_ptr(), f)
+            };
+            if rc == 0 && b_in {
+                if let (Some(up), Some(x)) = (&st.upper, &b) {
+                    up.flag_with_ancestors(x.p.as_bytes());
+                }
+            }
+            Some(rc)
+        };
+        // The source given as an fd (AT_EMPTY_PATH, or /proc/self/fd/N followed).
+        let src_fd = if flags & libc::AT_EMPTY_PATH != 0 && ra.is_empty() {
+            Some(fa)
+        } else if flags & libc::AT_SYMLINK_FOLLOW != 0 {
+            proc_fd_of(ra)
+        } else {
+            None
+        };
+        if let Some(n) = src_fd {
+            return match crate::guard::plan_for(st, n) {
+                crate::guard::Plan::Pass if !b_in => None,
+                crate::guard::Plan::Pass => {
+                    let d = match dst(st) {
+                        Ok(d) => d,
+                        Err(e) => return fail(e),
+                    };
+                    // SAFETY: the caller's source, our destination.
+                    let rc = unsafe { real::linkat(fa, pa, libc::AT_FDCWD, d.as_ptr(), flags) };
+                    if rc == 0 {
+                        if let (Some(up), Some(x)) = (&st.upper, &b) {
+                            up.flag_with_ancestors(x.p.as_bytes());
+                        }
+                    }
+                    Some(rc)
+                }
+                crate::guard::Plan::Ignore => fail(libc::EPERM),
+                crate::guard::Plan::Refuse => fail(libc::EXDEV),
+                crate::guard::Plan::CopyUp { layer, idx } => {
+                    if !b_in {
+                        return fail(libc::EXDEV);
+                    }
+                    if let Err(e) = crate::guard::fd_copy_up(st, n, layer, idx) {
+                        return fail(e);
+                    }
+                    let e = vfs::entry(st, layer, idx)?;
+                    let virt = vfs::entry_abs(st, layer, &e)?;
+                    let mp = st.upper.as_ref()?.mirror_of(virt.as_bytes())?;
+                    link_to(&mp, false)
+                }
+            };
+        }
+        let a = abs_of(st, fa, ra);
+        let a_in = a.as_ref().is_some_and(|x| st.in_view(x.p.as_bytes()));
+        if !a_in && !b_in {
+            // Not the view's business, except a blob of the store getting a name elsewhere.
+            if a.as_ref().is_some_and(|x| in_blob_dir(st, x.p.as_bytes())) {
+                return fail(libc::EXDEV);
+            }
+            return None;
+        }
+        let follow = flags & libc::AT_SYMLINK_FOLLOW != 0;
+        let src: PBuf = match &a {
+            Some(x) if a_in => {
+                let mut xp = PBuf::from(x.p.as_bytes())?;
+                let r = vfs::resolve(st, &mut xp, follow);
+                match r.node {
+                    Node::V { layer, idx } => {
+                        let e = vfs::entry(st, layer, idx)?;
+                        if e.is_dir() {
+                            return fail(libc::EPERM);
+                        }
+                        if !b_in {
+                            // A view file is a blob underneath: tools copy on EXDEV.
+                            return fail(libc::EXDEV);
+                        }
+                        match copy_up(st, r.path.as_bytes(), &e, false) {
+                            Ok(m) => m,
+                            Err(err) => return fail(err),
+                        }
+                    }
+                    Node::Upper => st.upper.as_ref()?.mirror_of(r.path.as_bytes())?,
+                    Node::Gone(e) => return fail(e),
+                    Node::Real => PBuf::from(r.path.as_bytes())?,
+                }
+            }
+            _ => match outside_path(fa, ra, a.as_ref()) {
+                Some(p) if in_blob_dir(st, p.as_bytes()) => return fail(libc::EXDEV),
+                Some(p) => p,
+                None => return fail(libc::EXDEV),
+            },
+        };
+        link_to(&src, false)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn link(a: *const c_char, b: *const c_char) -> c_int {
+    trace("link", a);
+    link_impl(libc::AT_FDCWD, a, libc::AT_FDCWD, b, 0).unwrap_or_else(|| real::link(a, b))
+}
+#[no_mangle]
+pub unsafe extern "C" fn linkat(
+    fa: c_int,
+    a: *const c_char,
+    fb: c_int,
+    b: *const c_char,
+    flags: c_int,
+) -> c_int {
+    trace("linkat", a);
+    link_impl(fa, a, fb, b, flags).unwrap_or_else(|| real::linkat(fa, a, fb, b, flags))
 }
 
 fn rename_impl(
@@ -807,7 +1128,14 @@ fn rename_impl(
             )
         };
         if rc != 0 {
-            return Some(rc);
+            // The upper layer is on another file system than the source (a temp file written
+            // beside the project, renamed over a view file: editors, npm, pip): copy it in.
+            if !(b_in && real::errno() == libc::EXDEV) {
+                return Some(rc);
+            }
+            if let Err(e) = cross_rename(&src, &dst, flags) {
+                return fail(e);
+            }
         }
         if let Some(x) = &b {
             if b_in {
@@ -819,6 +1147,101 @@ fn rename_impl(
         }
         Some(0)
     })
+}
+
+/// A rename across file systems into the upper layer: the source (a regular file or a
+/// symlink) is copied beside `dst`, renamed over it (atomic in the view), then removed.
+/// Directories and special files stay `EXDEV` (`mv` copies those itself).
+fn cross_rename(src: &PBuf, dst: &PBuf, flags: c_uint) -> Result<(), c_int> {
+    if flags & !(libc::RENAME_NOREPLACE) != 0 {
+        return Err(libc::EXDEV);
+    }
+    let mut tmp = PBuf::from(dst.as_bytes()).ok_or(libc::ENAMETOOLONG)?;
+    tmp.push(b".vrift-tmp-x").ok_or(libc::ENAMETOOLONG)?;
+    // SAFETY: real calls on valid buffers and fds we open and close here.
+    unsafe {
+        let mut sst: libc::stat = std::mem::zeroed();
+        if real::lstat(src.as_ptr(), &mut sst) != 0 {
+            return Err(real::errno());
+        }
+        real::unlink(tmp.as_ptr());
+        match sst.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {
+                let inp = real::open(
+                    src.as_ptr(),
+                    libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    0,
+                );
+                if inp < 0 {
+                    return Err(real::errno());
+                }
+                let out = real::open(
+                    tmp.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    0o600,
+                );
+                if out < 0 {
+                    let e = real::errno();
+                    real::close(inp);
+                    return Err(e);
+                }
+                let ok = copy_fd(inp, out);
+                let times = [sst.st_atime, sst.st_mtime];
+                let nsec = [sst.st_atime_nsec, sst.st_mtime_nsec];
+                let ts = [
+                    libc::timespec {
+                        tv_sec: times[0],
+                        tv_nsec: nsec[0],
+                    },
+                    libc::timespec {
+                        tv_sec: times[1],
+                        tv_nsec: nsec[1],
+                    },
+                ];
+                let ok = ok
+                    && real::fchmod(out, sst.st_mode & 0o7777) == 0
+                    && real::futimens(out, ts.as_ptr()) == 0;
+                let e = real::errno();
+                real::close(inp);
+                real::close(out);
+                if !ok {
+                    real::unlink(tmp.as_ptr());
+                    return Err(e);
+                }
+            }
+            libc::S_IFLNK => {
+                let mut t = [0u8; path::MAX + 1];
+                let n = real::readlink(src.as_ptr(), t.as_mut_ptr().cast(), path::MAX);
+                if n < 0 {
+                    return Err(real::errno());
+                }
+                t[n as usize] = 0;
+                if real::symlink(t.as_ptr().cast(), tmp.as_ptr()) != 0 {
+                    return Err(real::errno());
+                }
+            }
+            _ => return Err(libc::EXDEV),
+        }
+        let placed = if flags & libc::RENAME_NOREPLACE != 0 {
+            // link fails with EEXIST instead of replacing.
+            let r = real::link(tmp.as_ptr(), dst.as_ptr());
+            real::unlink(tmp.as_ptr());
+            r
+        } else {
+            real::rename(tmp.as_ptr(), dst.as_ptr())
+        };
+        if placed != 0 {
+            let e = real::errno();
+            real::unlink(tmp.as_ptr());
+            return Err(e);
+        }
+        if real::unlink(src.as_ptr()) != 0 {
+            let e = real::errno();
+            real::unlink(dst.as_ptr());
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 #[no_mangle]

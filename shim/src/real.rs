@@ -151,6 +151,21 @@ real_fns! {
     mkostemps(template: *mut c_char, suffixlen: c_int, flags: c_int) -> c_int;
     mkdtemp(template: *mut c_char) -> *mut c_char;
     symlinkat(target: *const c_char, dirfd: c_int, path: *const c_char) -> c_int;
+    fchmod(fd: c_int, mode: mode_t) -> c_int;
+    fchown(fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -> c_int;
+    fchownat(dirfd: c_int, path: *const c_char, uid: libc::uid_t, gid: libc::gid_t, flags: c_int) -> c_int;
+    chown(path: *const c_char, uid: libc::uid_t, gid: libc::gid_t) -> c_int;
+    lchown(path: *const c_char, uid: libc::uid_t, gid: libc::gid_t) -> c_int;
+    futimens(fd: c_int, t: *const libc::timespec) -> c_int;
+    futimes(fd: c_int, t: *const libc::timeval) -> c_int;
+    fsetxattr(fd: c_int, n: *const c_char, v: *const c_void, s: size_t, flags: c_int) -> c_int;
+    fremovexattr(fd: c_int, n: *const c_char) -> c_int;
+    setxattr(p: *const c_char, n: *const c_char, v: *const c_void, s: size_t, flags: c_int) -> c_int;
+    lsetxattr(p: *const c_char, n: *const c_char, v: *const c_void, s: size_t, flags: c_int) -> c_int;
+    removexattr(p: *const c_char, n: *const c_char) -> c_int;
+    lremovexattr(p: *const c_char, n: *const c_char) -> c_int;
+    link(a: *const c_char, b: *const c_char) -> c_int;
+    linkat(fa: c_int, a: *const c_char, fb: c_int, b: *const c_char, flags: c_int) -> c_int;
 }
 
 /// `errno` of the calling thread.

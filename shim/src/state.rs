@@ -26,6 +26,8 @@ pub struct State {
     pub layers: Vec<Layer>,
     /// `<store>/blake3`.
     pub blob_dir: Box<[u8]>,
+    /// Device of the blob directory (0 if unknown): an fd on another device is no blob.
+    pub store_dev: u64,
     pub upper: Option<Upper>,
     /// Real empty directory opened behind every virtual directory fd (NUL-terminated).
     pub placeholder: PBuf,
@@ -183,9 +185,19 @@ fn load() -> Option<State> {
         }
     }
     let shim_path = own_path().unwrap_or_default();
+    // SAFETY: valid buffer and out pointer.
+    let store_dev = unsafe {
+        let mut s: libc::stat = std::mem::zeroed();
+        if crate::real::stat(blob_dir.as_ptr(), &mut s) == 0 {
+            s.st_dev
+        } else {
+            0
+        }
+    };
     let mut st = State {
         layers,
         blob_dir: blob_dir.as_bytes().into(),
+        store_dev,
         upper,
         placeholder,
         ancestors,

@@ -17,6 +17,7 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
     opts.mode = match a.mode {
         ModeArg::Solid => Mode::Solid,
         ModeArg::Phantom => Mode::Phantom,
+        ModeArg::Copy => Mode::Copy,
     };
     opts.tier = match a.tier {
         TierArg::Tier1 => Tier::Tier1,
@@ -131,6 +132,14 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
     }
 
     super::print_issues(&report.details.issues, 20);
+    if opts.mode == Mode::Solid && !looks_disposable(&report.details.source, a.dir.as_deref()) {
+        eprintln!(
+            "note: solid mode made the files of {} read-only hard links into the store (an edit \
+             replaces the file; `vrift clean --fix-perms` gives write bits back); `--mode copy` \
+             leaves a tree exactly as it was",
+            report.details.source.display()
+        );
+    }
     if a.show_excluded {
         for p in &report.details.excluded_paths {
             if g.json {
@@ -203,6 +212,28 @@ fn start_metrics(
 }
 
 /// `vrift ingest --resume -o OUT` without DIR: the journal knows the source.
+/// Whether the user pointed solid mode at a tree meant to be replaced wholesale (a dependency
+/// directory): then stripping write bits is expected and not worth a note. A single file or a
+/// project's own tree gets one.
+fn looks_disposable(root: &std::path::Path, given: Option<&std::path::Path>) -> bool {
+    if given.is_some_and(|g| g.is_file()) {
+        return false;
+    }
+    let deps = [
+        "node_modules",
+        "site-packages",
+        "dist-packages",
+        ".venv",
+        "venv",
+        "vendor",
+        "registry",
+        ".pnpm-store",
+        "target",
+    ];
+    root.components()
+        .any(|c| c.as_os_str().to_str().is_some_and(|n| deps.contains(&n)))
+}
+
 fn resume_source(output: &std::path::Path) -> Result<std::path::PathBuf> {
     let j = vrift_pipeline::phantom::read_journal(output)?.with_context(|| {
         format!(

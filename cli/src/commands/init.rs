@@ -159,6 +159,9 @@ pub fn run(g: &Globals, a: &InitArgs) -> Result<Outcome> {
     let manifest = dir.join(MANIFEST_FILE);
     let mut opts = IngestOptions::new(dir.clone(), manifest.clone());
     opts.excludes = excludes.clone();
+    // A project's own tree (sources, editors saving in place): copied into the store, left
+    // exactly as it is.
+    opts.mode = vrift_pipeline::Mode::Copy;
     let counters = Arc::new(Counters::default());
     let report = ingest(&opts, &g.store, &counters, |_| {
         eprintln!("waiting for the store lock held by another process");

@@ -158,10 +158,44 @@ fn temp_dir(what: &str) -> Result<PathBuf> {
     temp_dir_in(&std::env::temp_dir(), what)
 }
 
-/// Where a throw-away upper dir goes: memory-backed `/dev/shm` when usable (creating and
-/// removing it costs next to nothing, which matters for `vrift run` start-up), else the
-/// system temp dir.
-fn temp_upper() -> Result<PathBuf> {
+/// The device of `p`, or of its nearest existing ancestor (a phantom tree's root may be gone).
+fn device_of(p: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    p.ancestors()
+        .find_map(|a| std::fs::metadata(a).ok().map(|m| m.dev()))
+}
+
+/// The throw-away upper layer. On the file system of the projects' roots when one of the
+/// usual scratch places is there (`$XDG_RUNTIME_DIR`, `$TMPDIR`, `/tmp`, `/var/tmp`, the
+/// store's parent): a temp file written beside the project and renamed over a view file (the
+/// atomic save of editors, npm and pip) is then a plain rename. Else `/dev/shm` (removing it
+/// costs next to nothing, which matters for `vrift run` start-up; the shim copies across), else
+/// the system temp dir.
+fn temp_upper(roots: &[PathBuf], store: &Path) -> Result<PathBuf> {
+    let mut devs: Vec<u64> = roots.iter().filter_map(|r| device_of(r)).collect();
+    devs.sort_unstable();
+    devs.dedup();
+    if let [dev] = devs[..] {
+        let mut candidates: Vec<PathBuf> = ["XDG_RUNTIME_DIR", "TMPDIR"]
+            .iter()
+            .filter_map(|k| {
+                std::env::var_os(k)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .collect();
+        candidates.extend([PathBuf::from("/tmp"), PathBuf::from("/var/tmp")]);
+        if let Some(parent) = store.parent() {
+            candidates.push(parent.to_path_buf());
+        }
+        for c in candidates {
+            if device_of(&c) == Some(dev) && c.is_dir() {
+                if let Ok(d) = temp_dir_in(&c, "upper") {
+                    return Ok(d);
+                }
+            }
+        }
+    }
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         if let Ok(d) = temp_dir_in(shm, "upper") {
@@ -204,10 +238,12 @@ fn transient_ingest(g: &Globals, cleanup: &mut Vec<TempDir>) -> Result<PathBuf> 
     let mut opts = IngestOptions::new(cwd.clone(), out.clone());
     opts.register = false;
     opts.reuse_previous = false;
+    // The user's own project: left exactly as it is (no write bits stripped, no links).
+    opts.mode = vrift_pipeline::Mode::Copy;
     opts.excludes = read_filter(&cwd)?;
     let counters = Arc::new(Counters::default());
     let report = ingest(&opts, &g.store, &counters, |_| {
-        eprintln!("vrift run: waiting for the store lock held by another process");
+        eprintln!("vrift run: waiting for the store (or another ingest of this tree)");
     })
     .with_context(|| format!("transient ingest of {} failed", cwd.display()))?;
     if report.errors > 0 {
@@ -285,7 +321,12 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
             absolute(&u)?
         }
         None => {
-            let d = temp_upper()?;
+            let roots: Vec<PathBuf> = list
+                .iter()
+                .filter_map(|p| Manifest::open(p).ok())
+                .map(|m| PathBuf::from(std::ffi::OsStr::from_bytes(m.root())))
+                .collect();
+            let d = temp_upper(&roots, &store)?;
             cleanup.push(TempDir(Some(d.clone())));
             d
         }

@@ -4,8 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The binary under test (`VRIFT_TEST_BIN` runs the suite against another build; its shim
+/// is the `libvrift_shim.so` beside it).
 pub fn vrift_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_vrift"))
+    std::env::var_os("VRIFT_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vrift")))
 }
 
 /// Fails with a clear message when the shim library was not built next to the binary.

@@ -1,0 +1,177 @@
+//! The virtual view never lets a program write the store (issue 12, items 6 and 16): metadata
+//! changes through fds the shim handed out (`fchmod`, `futimens`, `fchown`, `fsetxattr`, the
+//! same through `syscall()`), reopening `/proc/self/fd/N` for writing, `link` of a view file,
+//! and the atomic "write a temp file beside the project, rename it over" of editors, npm and
+//! pip. Each runs real Python under `vrift run` on a deleted tree, as root where CI runs it
+//! (root ignores the blobs' missing write bits: the worst case).
+
+mod run_support;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use run_support::*;
+
+/// Every blob: path → (content, mode, nlink, mtime nanoseconds).
+fn blob_state(store: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32, u64, i64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![store.join("blake3")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let md = std::fs::symlink_metadata(&p).unwrap();
+                let c = std::fs::read(&p).unwrap();
+                out.insert(p, (c, md.mode() & 0o7777, md.nlink(), md.mtime_nsec()));
+            }
+        }
+    }
+    out
+}
+
+fn tree(env: &Env) -> PathBuf {
+    let p = env.path("proj");
+    write(&p.join("a.txt"), "hello\n");
+    write(&p.join("b.txt"), "bee\n");
+    write(&p.join("sub/c.txt"), "sea\n");
+    env.ingest_and_remove("proj", "m.vrm")
+}
+
+fn python(env: &Env, m: &Path, script: &str) -> String {
+    assert!(
+        have("python3"),
+        "python3 is needed (listed in .ci/apt-packages)"
+    );
+    env.run_ok(&[m], &["python3", "-c", script])
+}
+
+#[test]
+fn fd_metadata_changes_and_proc_reopens_never_reach_the_blob() {
+    let env = Env::new();
+    let m = tree(&env);
+    let before = blob_state(&env.store());
+    let out = python(
+        &env,
+        &m,
+        r#"
+import ctypes, os
+fd = os.open("proj/a.txt", os.O_RDONLY)
+os.fchmod(fd, 0o666)
+os.utime(fd, (0, 0))
+os.chown(fd, -1, -1)
+try:
+    os.setxattr(fd, "user.vrift-test", b"1")
+except OSError as e:
+    print("setxattr", e.errno)
+with open(f"/proc/self/fd/{fd}", "w") as w:
+    w.write("X")
+print(open("proj/a.txt").read())
+print(oct(os.stat("proj/a.txt").st_mode & 0o777))
+# The same through syscall(), as runtimes that bypass libc wrappers do.
+libc = ctypes.CDLL(None, use_errno=True)
+fd2 = os.open("proj/b.txt", os.O_RDONLY)
+SYS_fchmod = 91
+print("syscall", libc.syscall(SYS_fchmod, fd2, 0o600))
+print(oct(os.stat("proj/b.txt").st_mode & 0o777))
+print(open(f"/proc/self/fd/{fd2}").read(), end="")
+"#,
+    );
+    assert!(out.starts_with("X\n0o666\n"), "{out}");
+    assert!(out.contains("syscall 0\n0o600\nbee\n"), "{out}");
+    let after = blob_state(&env.store());
+    assert_eq!(
+        before, after,
+        "a blob changed (content, mode, links or seal)"
+    );
+    for (p, (_, mode, _, nsec)) in &after {
+        assert_eq!(mode & 0o222, 0, "{} writable", p.display());
+        assert_eq!(*nsec, 999_999_999, "{} unsealed", p.display());
+    }
+}
+
+#[test]
+fn link_makes_names_in_the_view_or_fails_with_exdev() {
+    let env = Env::new();
+    let m = tree(&env);
+    let before = blob_state(&env.store());
+    let out = python(
+        &env,
+        &m,
+        r#"
+import errno, os
+os.link("proj/a.txt", "proj/a2.txt")
+with open("proj/a2.txt", "a") as f:
+    f.write("more\n")
+print(open("proj/a.txt").read(), end="")
+print(os.stat("proj/a.txt").st_ino == os.stat("proj/a2.txt").st_ino)
+for src, dst, follow in [("proj/b.txt", "outside.txt", False)]:
+    try:
+        os.link(src, dst, follow_symlinks=follow)
+        print("linked out")
+    except OSError as e:
+        print("out", errno.errorcode[e.errno])
+fd = os.open("proj/sub/c.txt", os.O_RDONLY)
+try:
+    os.link(f"/proc/self/fd/{fd}", "stolen.txt", follow_symlinks=True)
+    print("stolen")
+except OSError as e:
+    print("proc", errno.errorcode[e.errno])
+# git's way: a temp object in the view, linked to its final name.
+with open("proj/sub/tmp_obj", "w") as f:
+    f.write("obj\n")
+os.link("proj/sub/tmp_obj", "proj/sub/final_obj")
+os.unlink("proj/sub/tmp_obj")
+print(open("proj/sub/final_obj").read(), end="")
+"#,
+    );
+    assert_eq!(
+        out, "hello\nmore\nTrue\nout EXDEV\nproc EXDEV\nobj\n",
+        "unexpected output"
+    );
+    assert!(!env.path("outside.txt").exists());
+    assert!(!env.path("stolen.txt").exists());
+    assert_eq!(
+        before,
+        blob_state(&env.store()),
+        "a blob gained a name or changed"
+    );
+}
+
+/// The atomic save: a temp file written beside the project (outside the view), renamed over
+/// a view file. With the default upper layer (on the project's file system) and with one on
+/// another file system (`VRIFT_UPPER` on /dev/shm: the shim copies across).
+#[test]
+fn rename_from_outside_over_a_view_file_replaces_it() {
+    let env = Env::new();
+    let m = tree(&env);
+    let script = r#"
+import os
+with open("new.tmp", "w") as f:
+    f.write("saved\n")
+os.replace("new.tmp", "proj/a.txt")
+print(open("proj/a.txt").read(), end="")
+print(os.path.exists("new.tmp"))
+os.symlink("../b.txt", "ln.tmp")
+os.rename("ln.tmp", "proj/sub/ln")
+print(open("proj/sub/ln").read(), end="")
+"#;
+    let out = python(&env, &m, script);
+    assert_eq!(out, "saved\nFalse\nbee\n");
+    let shm = tempfile::Builder::new()
+        .prefix("vrift-upper-test")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let o = env
+        .vrift()
+        .env("VRIFT_UPPER", shm.path())
+        .args(["run", "--manifest"])
+        .arg(&m)
+        .args(["--", "python3", "-c", script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "saved\nFalse\nbee\n");
+}
