@@ -7,7 +7,7 @@
 #   --corpus DIR     project dir holding node_modules (default $VRIFT_BENCH_CORPORA/medium,
 #                    else <repo>/../corpora/medium)
 #   --shared DIR     corpus the shared store holds (default: the `large` next to --corpus)
-#   --rows LIST      comma list of: reingest, empty, shared (default reingest,shared)
+#   --rows LIST      comma list of: reingest, empty, shared, checkout (default reingest,shared)
 #   --rounds N       rounds (default 5)
 #   --args-a "…"     extra `vrift ingest` arguments for A (e.g. "--io-backend uring")
 #   --args-b "…"     extra `vrift ingest` arguments for B
@@ -19,6 +19,8 @@
 #   empty     first ingest of a fresh `cp -a` copy into an empty store
 #   shared    first ingest of a fresh copy into a store already holding the shared corpus
 #             (hard-link clone of a template store made once by A)
+#   checkout  `vrift checkout` of the corpus's manifest into a new directory, from a store each
+#             binary ingested once (untimed); `cp -al` of the tree is timed alongside as the floor
 # Every timed command is preceded by `sync`; trees made in a round are parked in the work
 # dir and deleted at the end (deleting them between rounds slows the next round's mkdirs on
 # ext4 without a journal).
@@ -82,6 +84,12 @@ if [[ $rows == *shared* ]]; then
     cp -a "$shared/node_modules" "$work/template-tree"
     ingest A "$work/template" "$work/template-tree" "$work/template.vrm" "" >/dev/null
 fi
+if [[ $rows == *checkout* ]]; then
+    for s in A B; do
+        cp -a "$src" "$work/co-src-$s"
+        ingest $s "$work/co-store-$s" "$work/co-src-$s" "$work/co-$s.vrm" "$(extra $s)" >/dev/null
+    done
+fi
 if [[ $rows == *reingest* ]]; then
     for s in A B; do
         cp -a "$src" "$work/re-$s"
@@ -109,6 +117,11 @@ for r in $(seq 1 "$rounds"); do
             cp -a "$work/template/registry.json" "$work/template/manifests" "$d.store/"
             timed "shared-$s" ingest $s "$d.store" "$d" "$d.vrm" "$(extra $s)"
         fi
+        if [[ $rows == *checkout* ]]; then
+            timed "checkout-$s" "$work/$s" --the-source-root "$work/co-store-$s" --no-progress \
+                --json checkout "$work/co-$s.vrm" "$work/r$r-co-$s"
+            timed "cp-al-$s" cp -al "$work/co-src-$s" "$work/r$r-cpal-$s"
+        fi
     done
     echo "ab: round $r/$rounds done" >&2
 done
@@ -119,13 +132,13 @@ echo "A = $bin_a ${args_a:+($args_a)}"
 echo "B = $bin_b ${args_b:+($args_b)}"
 echo "corpus $(basename "$corpus"): $files files; $rounds rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '| row | A median s | B median s | B/A | A files/s | B files/s |\n|---|---:|---:|---:|---:|---:|\n'
-for row in reingest find empty shared; do
+for row in reingest find empty shared checkout cp-al; do
     [ -n "${samples[$row-A]:-}" ] || continue
     a=$(echo "${samples[$row-A]}" | median); b=$(echo "${samples[$row-B]}" | median)
     printf '| %s | %.3f | %.3f | %.2f | %.0f | %.0f |\n' "$row" "$a" "$b" \
         "$(echo "$b / $a" | bc -l)" "$(echo "$files / $a" | bc -l)" "$(echo "$files / $b" | bc -l)"
 done
-for row in reingest find empty shared; do
+for row in reingest find empty shared checkout cp-al; do
     [ -n "${samples[$row-A]:-}" ] || continue
     echo "samples $row: A${samples[$row-A]} | B${samples[$row-B]}"
 done

@@ -288,7 +288,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(|e| CasError::io(dir, e))?;
+    // tempfile creates 0600: give it the mode any new file gets (0666 less the umask), so a
+    // store shared by a group (setgid directory, umask 002) stays usable by the group.
+    use std::os::unix::fs::PermissionsExt;
     tmp.write_all(bytes)
+        .and_then(|()| {
+            tmp.as_file()
+                .set_permissions(fs::Permissions::from_mode(vrift_manifest::new_file_mode()))
+        })
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(|e| CasError::io(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| CasError::io(path, e.error))?;

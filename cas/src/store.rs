@@ -229,7 +229,7 @@ impl Cas {
         let top = idx >> 8;
         if !self.shards.has_top(top) {
             let name = sys::cbytes(&hex[0..2]).expect("ascii");
-            match sys::mkdirat(self.bfd(), &name, 0o755) {
+            match sys::mkdirat(self.bfd(), &name, 0o777) {
                 // Made by us, so empty: nothing to list.
                 Ok(()) => self.shards.set_listed(top),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -242,7 +242,7 @@ impl Cas {
         leaf[2] = b'/';
         leaf[3..].copy_from_slice(&hex[2..4]);
         let name = sys::cbytes(&leaf).expect("ascii");
-        match sys::mkdirat(self.bfd(), &name, 0o755) {
+        match sys::mkdirat(self.bfd(), &name, 0o777) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(CasError::io(self.blob_dir.join(name.to_str().unwrap()), e)),

@@ -122,3 +122,43 @@ fn a_manifest_rooted_under_tmp_appears_on_the_private_tmp() {
     env.assert_clean();
     common::make_removable(dir.path());
 }
+
+/// `--isolate` is sold for code you do not trust: by default it gets a network namespace of
+/// its own (loopback only), so it cannot reach a service on the host's 127.0.0.1;
+/// `--network host` shares the host's network. Loopback inside the sandbox works.
+#[test]
+fn isolate_has_its_own_loopback_unless_network_host() {
+    let Some(env) = Env::new() else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let app = env.write("app/probe.txt", b"x", 0o644);
+    let m = env.home.join("app.vrm");
+    env.ingest(app.parent().unwrap(), &m);
+    let probe = format!(
+        "import socket\n\
+         s = socket.socket()\n\
+         s.settimeout(2)\n\
+         try:\n    s.connect(('127.0.0.1', {port})); print('host reachable')\n\
+         except OSError as e: print('host unreachable')\n\
+         srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen()\n\
+         c = socket.create_connection(srv.getsockname(), timeout=2); print('loopback works')\n"
+    );
+    let run = |extra: &[&str]| {
+        let mut args: Vec<OsString> = vec![os("--manifest"), m.clone().into_os_string()];
+        args.extend(extra.iter().map(|a| os(a)));
+        args.extend([os("--"), os("python3"), os("-c"), os(&probe)]);
+        let o = env.isolate(args);
+        assert!(o.status.success(), "{}", describe(&o));
+        stdout(&o)
+    };
+    assert_eq!(run(&[]), "host unreachable\nloopback works\n");
+    assert_eq!(
+        run(&["--network", "host"]),
+        "host reachable\nloopback works\n"
+    );
+}

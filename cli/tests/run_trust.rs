@@ -175,3 +175,63 @@ print(open("proj/sub/ln").read(), end="")
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "saved\nFalse\nbee\n");
 }
+
+/// `vrift run -- CMD` in a project with no manifest (the usage guide's first command), and the
+/// `vrift.manifest` of `vrift init`: the user's tree is left exactly as it was — modes, link
+/// counts, content — so an editor still saves in place and root never writes the store.
+#[test]
+fn a_project_run_leaves_the_users_tree_as_it_was() {
+    let env = Env::new();
+    let p = env.path("proj");
+    write(
+        &p.join("main.py"),
+        "print(open('data.txt').read().strip())\n",
+    );
+    write(&p.join("data.txt"), "from the view\n");
+    write(&p.join("lib/util.py"), "X = 1\n");
+    let snap = |p: &Path| -> BTreeMap<PathBuf, (u32, u64, Vec<u8>)> {
+        let mut out = BTreeMap::new();
+        for rel in ["main.py", "data.txt", "lib/util.py"] {
+            let f = p.join(rel);
+            let md = std::fs::metadata(&f).unwrap();
+            out.insert(
+                f.clone(),
+                (md.mode() & 0o7777, md.nlink(), std::fs::read(&f).unwrap()),
+            );
+        }
+        out
+    };
+    let before = snap(&p);
+    let o = env
+        .vrift()
+        .current_dir(&p)
+        .args(["run", "--", "python3", "main.py"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "from the view\n");
+    assert_eq!(snap(&p), before, "the transient run changed the project");
+    let o = env.vrift().current_dir(&p).arg("init").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(snap(&p), before, "vrift init changed the project");
+    // And the store holds copies: no blob shares an inode with a project file.
+    let inodes: Vec<u64> = ["main.py", "data.txt", "lib/util.py"]
+        .iter()
+        .map(|r| std::fs::metadata(p.join(r)).unwrap().ino())
+        .collect();
+    let mut stack = vec![env.store().join("blake3")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                assert!(
+                    !inodes.contains(&md.ino()),
+                    "{} is a project file",
+                    e.path().display()
+                );
+            }
+        }
+    }
+}

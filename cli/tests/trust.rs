@@ -1054,3 +1054,280 @@ fn setuid_and_setgid_bits_from_a_manifest_are_dropped_unless_asked() {
         0o4755
     );
 }
+
+// -----------------------------------------------------------------------------------------
+// clean, doctor, leftovers, checkout errors, concurrent phantom ingests
+// -----------------------------------------------------------------------------------------
+
+/// A store pointed at a directory that also holds the user's own files: `clean --all`
+/// refuses, naming them, and deletes nothing; a store of its own is removed whole.
+#[test]
+fn clean_all_never_deletes_files_vrift_did_not_make() {
+    let tmp = tempdir();
+    let ws = tmp.path().join("ws");
+    let src = tmp.path().join("app");
+    unique_tree(&src, 20, "clean");
+    ingest_ok(&ws, &src, &tmp.path().join("app.vrm"), &[]);
+    write_file(&ws.join("notes.txt"), b"my own notes", 0o644);
+    write_file(&ws.join("project/main.rs"), b"fn main() {}", 0o644);
+    let o = vrift(&ws)
+        .args(["clean", "--all", "--force", "--yes"])
+        .output()
+        .unwrap();
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(stderr(&o).contains("notes.txt"), "{}", describe(&o));
+    assert_eq!(fs::read(ws.join("notes.txt")).unwrap(), b"my own notes");
+    assert!(ws.join("project/main.rs").exists());
+    assert!(ws.join("blake3").is_dir(), "the store went anyway");
+    fs::remove_file(ws.join("notes.txt")).unwrap();
+    fs::remove_dir_all(ws.join("project")).unwrap();
+    let o = vrift(&ws)
+        .args(["clean", "--all", "--force", "--yes"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(!ws.exists());
+}
+
+/// doctor samples without replacement (a store of 4 blobs with 1 corrupt is always caught),
+/// reports the same store the same way twice, and finds a referenced blob that is missing.
+#[test]
+fn doctor_finds_every_damaged_or_missing_blob_it_should() {
+    let tmp = tempdir();
+    let store = tmp.path().join("store");
+    let src = tmp.path().join("app");
+    for i in 0..4 {
+        write_file(
+            &src.join(format!("f{i}")),
+            format!("content {i}").as_bytes(),
+            0o644,
+        );
+    }
+    ingest_ok(&store, &src, &tmp.path().join("app.vrm"), &[]);
+    let blob = blob_path_of(&store, b"content 2");
+    let mut b = fs::read(&blob).unwrap();
+    b[0] ^= 1;
+    fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&blob, &b).unwrap();
+    fs::set_permissions(&blob, fs::Permissions::from_mode(0o444)).unwrap();
+    let run = || {
+        let o = vrift(&store)
+            .args(["doctor", "--sample", "4"])
+            .output()
+            .unwrap();
+        assert_no_panic(&o);
+        o
+    };
+    let first = run();
+    assert_eq!(first.status.code(), Some(1), "{}", describe(&first));
+    let text = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(text.contains("1 of 4 sampled blobs corrupt"), "{text}");
+    let second = run();
+    let strip = |s: &str| -> String {
+        s.lines()
+            .filter(|l| !l.contains("Disk space"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        strip(&text),
+        strip(&String::from_utf8_lossy(&second.stdout)),
+        "the same store, reported differently"
+    );
+    fs::remove_file(blob_path_of(&store, b"content 3")).unwrap();
+    let o = run();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("Referenced blobs: 1 missing"), "{text}");
+}
+
+/// Re-ingesting an unchanged tree leaves no temp files in the store; `doctor` reports the
+/// leftovers of dead processes and `gc --delete` removes them.
+#[test]
+fn leftovers_of_dead_processes_are_reported_and_collected() {
+    let tmp = tempdir();
+    let store = tmp.path().join("store");
+    let src = tmp.path().join("app");
+    unique_tree(&src, 30, "left");
+    let out = tmp.path().join("app.vrm");
+    for _ in 0..3 {
+        ingest_ok(&store, &src, &out, &[]);
+    }
+    let temps = |dir: &str| -> Vec<String> {
+        fs::read_dir(store.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect()
+    };
+    assert!(temps("manifests").is_empty(), "{:?}", temps("manifests"));
+    assert!(temps("tmp").is_empty(), "{:?}", temps("tmp"));
+    // What a killed process leaves: temp names carrying a pid that is gone.
+    write_file(&store.join("manifests/.tmp-999999-1"), b"half", 0o600);
+    write_file(&store.join("tmp/.copy-999999-0"), b"half a blob", 0o600);
+    let d = vrift(&store).arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&d.stdout);
+    assert!(text.contains("Temp files: 2"), "{text}");
+    let o = gc(&store, &["--delete"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(temps("manifests").is_empty() && temps("tmp").is_empty());
+}
+
+/// A directory checkout cannot create is an error that counts: exit 1, the count in the
+/// summary, the rest of the tree written.
+#[test]
+fn checkout_counts_every_error_it_prints() {
+    let tmp = tempdir();
+    let payload: &[u8] = b"fine";
+    let store = store_with(tmp.path(), &[payload]);
+    let long = vec![b'd'; 300]; // longer than NAME_MAX
+    let mut deep = long.clone();
+    deep.extend_from_slice(b"/x");
+    let m = tmp.path().join("long.vrm");
+    fs::write(
+        &m,
+        craft(&[
+            file(b"a", 0o644, payload),
+            dir(&long, 0o755),
+            file(&deep, 0o644, payload),
+        ]),
+    )
+    .unwrap();
+    let dest = tmp.path().join("co");
+    let o = vrift(&store)
+        .args(["--json", "checkout"])
+        .arg(&m)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    let v = json_of(&o);
+    assert_eq!(num(&v, "errors"), 2, "{v}");
+    assert!(
+        stderr(&o).contains("cannot create directory"),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(fs::read(dest.join("a")).unwrap(), payload);
+}
+
+/// Two phantom ingests of one tree into different outputs: the second waits for the first
+/// (saying so), nothing is lost, and together their manifests hold every file.
+#[test]
+fn concurrent_phantom_ingests_of_one_tree_are_serialized() {
+    let tmp = tempdir();
+    let store = tmp.path().join("store");
+    let src = tmp.path().join("app");
+    let original = unique_tree(&src, 2000, "twice");
+    let spawn = |out: &str| {
+        vrift(&store)
+            .arg("ingest")
+            .arg(&src)
+            .arg("-o")
+            .arg(tmp.path().join(out))
+            .args(["--mode", "phantom", "-j", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn("a.vrm");
+    std::thread::sleep(Duration::from_millis(30));
+    let b = spawn("b.vrm");
+    let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(oa.status.code(), Some(0), "{}", describe(&oa));
+    assert_eq!(ob.status.code(), Some(0), "{}", describe(&ob));
+    assert!(
+        stderr(&oa).contains("waiting for another ingest")
+            || stderr(&ob).contains("waiting for another ingest"),
+        "neither said it waited:\n{}\n{}",
+        describe(&oa),
+        describe(&ob)
+    );
+    verify_store(&store);
+    let mut got = Tree::new();
+    for out in ["a.vrm", "b.vrm"] {
+        let back = tmp.path().join(format!("back-{out}"));
+        checkout_ok(&store, &tmp.path().join(out), &back);
+        got.extend(snapshot(&back));
+    }
+    assert_trees_equal(&original, &got, "the two manifests together");
+}
+
+/// The usage guide's team store: a setgid group directory, two members with `umask 002`.
+/// The second member's ingest works (the first one's registry and shard directories are
+/// group-writable), and their `doctor` calls the first one's private blobs unreadable, not
+/// corrupt.
+#[test]
+fn a_store_shared_by_a_group_works_for_every_member() {
+    if !need_root() {
+        return;
+    }
+    const GID: u32 = 12000;
+    let shared = SharedDir::new();
+    let store = shared.path().join("team-store");
+    fs::create_dir(&store).unwrap();
+    std::os::unix::fs::chown(&store, Some(0), Some(GID)).unwrap();
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o2775)).unwrap();
+    let member = |uid: u32, args: &[&OsStr]| -> Output {
+        let o = Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={GID}"))
+            .arg("--clear-groups")
+            .args(["sh", "-c", "umask 002; exec \"$0\" \"$@\""])
+            .arg(&shared.bin)
+            .arg("--the-source-root")
+            .arg(&store)
+            .args(args)
+            .env_remove("VR_THE_SOURCE")
+            .output()
+            .unwrap();
+        assert_no_panic(&o);
+        o
+    };
+    let tree = |uid: u32, name: &str, private: &[u8]| -> PathBuf {
+        let d = shared.path().join(name);
+        write_file(
+            &d.join("shared/lib.js"),
+            b"module.exports = 'common';\n",
+            0o644,
+        );
+        write_file(&d.join(format!("own/{name}.js")), name.as_bytes(), 0o644);
+        write_file(&d.join("own/private.key.txt"), private, 0o600);
+        for p in [&d, &d.join("shared"), &d.join("own")] {
+            std::os::unix::fs::chown(p, Some(uid), Some(GID)).unwrap();
+        }
+        for e in [
+            "shared/lib.js",
+            &format!("own/{name}.js"),
+            "own/private.key.txt",
+        ] {
+            std::os::unix::fs::chown(d.join(e), Some(uid), Some(GID)).unwrap();
+        }
+        d
+    };
+    let a = tree(12001, "alice", b"alice's own");
+    let b = tree(12002, "bob", b"bob's own");
+    let out = shared.path().join("out");
+    fs::create_dir(&out).unwrap();
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).unwrap();
+    for (uid, src, name) in [(12001, &a, "alice"), (12002, &b, "bob")] {
+        let m = out.join(format!("{name}.vrm"));
+        let o = member(uid, &[os("ingest"), os(src), os("-o"), os(&m)]);
+        assert_eq!(o.status.code(), Some(0), "{name}\n{}", describe(&o));
+    }
+    let reg = fs::metadata(store.join("registry.json")).unwrap();
+    assert_eq!(
+        reg.mode() & 0o060,
+        0o060,
+        "registry not group-writable: {:o}",
+        reg.mode()
+    );
+    let o = member(12002, &[os("doctor")]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!text.contains("corrupt"), "{text}");
+    assert!(!text.contains("verify --repair"), "{text}");
+    assert!(text.contains("not readable by this user"), "{text}");
+    verify_store(&store);
+}

@@ -251,6 +251,24 @@ impl ManifestBuilder {
     }
 }
 
+/// The mode `open(O_CREAT, 0666)` would give a new file: 0666 less this process's umask (read
+/// from `/proc/self/status`, which, unlike `umask(2)`, does not change it for other threads).
+pub fn new_file_mode() -> u32 {
+    use std::sync::OnceLock;
+    static MODE: OnceLock<u32> = OnceLock::new();
+    *MODE.get_or_init(|| {
+        let umask = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022);
+        0o666 & !umask
+    })
+}
+
 /// Atomically replaces `path` with `bytes` (temp file + fsync + rename + directory fsync).
 ///
 /// Exposed so that callers that copy a manifest (e.g. the CAS's cached manifest copies)
@@ -267,9 +285,11 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), ManifestError>
     let tmp_path = tmp.path().to_path_buf();
     let io = |e| ManifestError::io(&tmp_path, e);
     tmp.write_all(bytes).map_err(io)?;
-    // tempfile creates 0600; a manifest is not secret and other tools (and users) read it.
+    // tempfile creates 0600; a manifest is not secret and other tools (and users) read it:
+    // the mode a new file gets here (0666 less the umask), so a store shared by a group
+    // (umask 002) stays writable for the group.
     tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .set_permissions(std::fs::Permissions::from_mode(new_file_mode()))
         .map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     // On failure the NamedTempFile inside the error is dropped, which removes the temp file.

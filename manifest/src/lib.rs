@@ -41,7 +41,7 @@ mod reader;
 pub mod schema;
 pub mod view;
 
-pub use builder::{write_file_atomic, ManifestBuilder};
+pub use builder::{new_file_mode, write_file_atomic, ManifestBuilder};
 pub use entry::{Entry, EntryInput, Kind};
 pub use error::ManifestError;
 pub use format::FLAG_PHANTOM;

@@ -169,7 +169,8 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
     };
 
     // 1. Directories, parents first, owner-writable until the end.
-    for (p, n) in nodes {
+    let mut failed_dirs: std::collections::HashSet<usize> = Default::default();
+    for (i, (p, n)) in nodes.iter().enumerate() {
         let rel = p.as_ref();
         let Node::Dir { .. } = n else { continue };
         if rel.is_empty() {
@@ -177,7 +178,10 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
         }
         match make_dir(&mut chain, rel) {
             Ok(()) => report.dirs += 1,
-            Err(e) => fail(&mut report, rel, format!("cannot create directory: {e}")),
+            Err(e) => {
+                failed_dirs.insert(i);
+                fail(&mut report, rel, format!("cannot create directory: {e}"));
+            }
         }
     }
 
@@ -236,11 +240,14 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
 
     // 3. Directory modes and mtimes, deepest first: a read-only directory would refuse its
     // children, and adding a child changes the parent's mtime.
-    for (p, n) in nodes.iter().rev() {
+    for (i, (p, n)) in nodes.iter().enumerate().rev() {
         let rel = p.as_ref();
         let Node::Dir { mode, mtime_ns } = *n else {
             continue;
         };
+        if failed_dirs.contains(&i) {
+            continue; // already counted: it was never made
+        }
         let mut mode = mode & 0o7777;
         if !opts.keep_setid && mode & SETID_BITS != 0 {
             mode &= !SETID_BITS;

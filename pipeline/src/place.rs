@@ -401,6 +401,9 @@ fn share(h: &Hashed, cfg: &PlaceConfig<'_>, blob: &Stat) -> Placed {
             match e.raw_os_error() {
                 Some(libc::EMLINK) => Counters::add(&c.fallback_emlink, 1),
                 Some(libc::EXDEV) => Counters::add(&c.fallback_exdev, 1),
+                // Another user's blob in a shared store (protected_hardlinks): the file
+                // keeps its own inode, as expected there.
+                Some(libc::EPERM) => Counters::add(&c.fallback_eperm, 1),
                 _ => c.warn(h.item.path(cfg.root), format!("kept its own copy: {e}")),
             }
             own(false)

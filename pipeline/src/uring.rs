@@ -142,7 +142,7 @@ fn make_shards(ring: &mut IoUring, cas: &Cas, batch: &[Hashed]) {
         if !parent_known && tops_done.insert(top.as_bytes()[..2].to_vec()) {
             ops.push((
                 opcode::MkDirAt::new(types::Fd(cas.blob_dir_fd()), top.as_ptr())
-                    .mode(0o755)
+                    .mode(0o777)
                     .build()
                     .flags(squeue::Flags::IO_HARDLINK),
                 true,
@@ -150,7 +150,7 @@ fn make_shards(ring: &mut IoUring, cas: &Cas, batch: &[Hashed]) {
         }
         ops.push((
             opcode::MkDirAt::new(types::Fd(cas.blob_dir_fd()), leaf.as_ptr())
-                .mode(0o755)
+                .mode(0o777)
                 .build(),
             false,
         ));

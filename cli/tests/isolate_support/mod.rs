@@ -75,7 +75,11 @@ impl Env {
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.path().to_path_buf();
         let bin = path.join("vrift");
-        fs::copy(env!("CARGO_BIN_EXE_vrift"), &bin).unwrap();
+        // VRIFT_TEST_BIN runs the suite against another build (e.g. the one before a fix).
+        let under_test = std::env::var_os("VRIFT_TEST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vrift")));
+        fs::copy(under_test, &bin).unwrap();
         fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
         let script = path.join("make-busybox-base.sh");
         fs::copy(
