@@ -104,6 +104,7 @@ pub const OWN_ENTRIES: &[&str] = &[
     "remote.toml",
     "remote",
     "shim",
+    crate::store::SEALED_MARKER,
 ];
 
 /// Entries at the top of the store vrift did not make (a store pointed at a directory that

@@ -27,6 +27,8 @@ pub const WRITE_BITS: u32 = 0o222;
 pub const TMP_DIR: &str = "tmp";
 pub const MANIFEST_DIR: &str = "manifests";
 pub const LOCK_DIR: &str = "locks";
+/// Marker file: every blob of the store is sealed (see [`Cas::all_sealed`]).
+pub const SEALED_MARKER: &str = "sealed-v1";
 /// Damaged blobs found by [`Cas::check_blob`] are moved here (see there).
 pub const QUARANTINE_DIR: &str = "quarantine";
 
@@ -63,11 +65,34 @@ impl Cas {
     /// Opens a store, creating its skeleton on first use (but not the 65,536 shard directories,
     /// which appear on demand).
     pub fn open(root: &Path) -> Result<Cas> {
+        let fresh = !root.join(BLOB_DIR).is_dir();
         for sub in [BLOB_DIR, TMP_DIR, MANIFEST_DIR, LOCK_DIR] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(|e| CasError::io(&p, e))?;
         }
-        Self::open_existing(root)
+        let cas = Self::open_existing(root)?;
+        if fresh {
+            // Every blob of a store made by this version is sealed when it enters.
+            cas.mark_all_sealed()?;
+        }
+        Ok(cas)
+    }
+
+    /// Whether every blob of this store is sealed (it was made by a vrift that seals, or a
+    /// `vrift verify` checked and sealed every older blob): then a blob that is not sealed is
+    /// damaged, and the shim, which cannot re-hash, refuses to serve it.
+    pub fn all_sealed(&self) -> bool {
+        self.root.join(SEALED_MARKER).exists()
+    }
+
+    /// Records that every blob is sealed (see [`all_sealed`](Self::all_sealed)).
+    pub fn mark_all_sealed(&self) -> Result<()> {
+        let p = self.root.join(SEALED_MARKER);
+        fs::write(
+            &p,
+            b"every blob of this store is sealed (mtime nanoseconds .999999999)\n",
+        )
+        .map_err(|e| CasError::io(&p, e))
     }
 
     /// Opens a store that must already exist; maintenance commands use this so a mistyped

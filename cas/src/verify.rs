@@ -19,6 +19,24 @@ pub struct VerifyReport {
 
 /// Whether a blob's content still matches its name.
 pub fn check_blob(cas: &Cas, b: &BlobInfo, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    check_and_seal(cas, b, buf, false)
+}
+
+/// [`check_blob`]; with `seal`, a blob that matches but is not sealed (made by an older
+/// vrift) is sealed now (best effort: needs to own it).
+fn check_and_seal(cas: &Cas, b: &BlobInfo, buf: &mut Vec<u8>, seal: bool) -> std::io::Result<bool> {
+    let good = hash_matches(cas, b, buf)?;
+    if good && seal {
+        let f = cas.open_blob(&b.hash, b.size)?;
+        let st = crate::sys::fstat(std::os::fd::AsFd::as_fd(&f))?;
+        if !crate::seal::is_sealed(&st, b.size) {
+            crate::seal::seal_fd(std::os::fd::AsFd::as_fd(&f), crate::sys::mtime_ns(&st))?;
+        }
+    }
+    Ok(good)
+}
+
+fn hash_matches(cas: &Cas, b: &BlobInfo, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     let mut f = File::open(cas.blob_path(&b.hash, b.size))?;
     let mut h = blake3::Hasher::new();
     buf.resize(1 << 20, 0);
@@ -52,7 +70,7 @@ pub fn verify(cas: &Cas, blobs: &[BlobInfo], threads: usize, repair: bool) -> Ve
                     let (mut bad, mut unreadable, mut repaired) = (Vec::new(), Vec::new(), 0);
                     for b in part {
                         let path = cas.blob_path(&b.hash, b.size).display().to_string();
-                        match check_blob(cas, b, &mut buf) {
+                        match check_and_seal(cas, b, &mut buf, true) {
                             Ok(true) => {}
                             Ok(false) => {
                                 if repair && cas.remove_blob(&b.hash, b.size).is_ok() {

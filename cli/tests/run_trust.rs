@@ -235,3 +235,30 @@ fn a_project_run_leaves_the_users_tree_as_it_was() {
         }
     }
 }
+
+/// A blob written in place (same size, as root editing a hard-linked checkout would) is not
+/// served by the view: reading that file fails with EIO and one line naming the blob; the
+/// other files read as ever.
+#[test]
+fn the_view_refuses_a_damaged_blob() {
+    let env = Env::new();
+    let m = tree(&env);
+    let blob = blob_state(&env.store())
+        .into_iter()
+        .find(|(_, (c, ..))| c == b"hello\n")
+        .map(|(p, _)| p)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    std::fs::write(&blob, "HELLO\n").unwrap_or_else(|_| {
+        make_writable(&blob);
+        std::fs::write(&blob, "HELLO\n").unwrap();
+    });
+    let o = env.run(&[&m], &["sh", "-c", "cat proj/b.txt; cat proj/a.txt"]);
+    assert!(!o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "bee\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("damaged blob") && err.contains(blob.to_str().unwrap()),
+        "{err}"
+    );
+}

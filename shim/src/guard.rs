@@ -192,3 +192,34 @@ pub fn reopen_for_write(st: &State, n: c_int, flags: c_int, mode: libc::c_uint) 
         }
     }
 }
+
+/// Before a blob is served: one `fstat` of the fd just opened. A size other than the entry's,
+/// or (in a store whose every blob is sealed) a broken seal, means the blob was written since
+/// it was stored: `EIO`, and one line on stderr naming it, instead of wrong bytes.
+pub fn check_served(
+    st: &State,
+    fd: c_int,
+    e: &crate::mf::Entry<'_>,
+    blob: &PBuf,
+) -> Result<(), c_int> {
+    let Some(s) = fstat(fd) else {
+        return Ok(());
+    };
+    let sealed = s.st_mtime_nsec == vrift_shim_core::SEAL_NSEC;
+    if s.st_size as u64 == e.size() && (sealed || !st.all_sealed) {
+        return Ok(());
+    }
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        let head = b"vrift: refusing a damaged blob (written to after it was stored): ";
+        let tail = b"\n  run `vrift verify --repair`, then ingest or pull the tree again\n";
+        // SAFETY: writes of our own buffers to stderr.
+        unsafe {
+            real::write(2, head.as_ptr().cast(), head.len());
+            real::write(2, blob.as_ptr().cast(), blob.len());
+            real::write(2, tail.as_ptr().cast(), tail.len());
+        }
+    }
+    Err(libc::EIO)
+}

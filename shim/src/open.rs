@@ -290,6 +290,11 @@ pub(crate) fn open_impl(
                         // SAFETY: valid buffer.
                         let fd = unsafe { real::openat(libc::AT_FDCWD, blob.as_ptr(), f, 0) };
                         if fd >= 0 {
+                            if let Err(err) = crate::guard::check_served(st, fd, &e, &blob) {
+                                // SAFETY: our own fd.
+                                unsafe { real::close(fd) };
+                                return fail(err);
+                            }
                             fdtab::set(fd, Tag::File { layer, idx });
                         }
                         Some(fd)

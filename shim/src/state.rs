@@ -13,7 +13,9 @@ pub const ENV_STORE: &str = "VRIFT_STORE";
 pub const ENV_UPPER: &str = "VRIFT_UPPER";
 pub const ENV_TRACE: &str = "VRIFT_TRACE";
 pub const ENV_EXE: &str = "VRIFT_EXE";
-const PASS_ON: [&str; 4] = [ENV_MANIFESTS, ENV_STORE, ENV_UPPER, ENV_TRACE];
+/// Set by `vrift run` when every blob of the store is sealed: an unsealed one is damaged.
+pub const ENV_SEALED: &str = "VRIFT_SEALED";
+const PASS_ON: [&str; 5] = [ENV_MANIFESTS, ENV_STORE, ENV_UPPER, ENV_TRACE, ENV_SEALED];
 
 pub struct Layer {
     pub m: Mf,
@@ -28,6 +30,8 @@ pub struct State {
     pub blob_dir: Box<[u8]>,
     /// Device of the blob directory (0 if unknown): an fd on another device is no blob.
     pub store_dev: u64,
+    /// Every blob of the store is sealed ([`ENV_SEALED`]): refuse to serve one that is not.
+    pub all_sealed: bool,
     pub upper: Option<Upper>,
     /// Real empty directory opened behind every virtual directory fd (NUL-terminated).
     pub placeholder: PBuf,
@@ -198,6 +202,7 @@ fn load() -> Option<State> {
         layers,
         blob_dir: blob_dir.as_bytes().into(),
         store_dev,
+        all_sealed: env(ENV_SEALED).is_some_and(|v| v.as_slice() == b"1"),
         upper,
         placeholder,
         ancestors,

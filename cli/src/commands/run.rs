@@ -65,6 +65,7 @@ pub enum NetworkArg {
 const ENV_MANIFESTS: &str = "VRIFT_MANIFESTS";
 const ENV_STORE: &str = "VRIFT_STORE";
 const ENV_UPPER: &str = "VRIFT_UPPER";
+const ENV_SEALED: &str = "VRIFT_SEALED";
 const ENV_SHIM: &str = "VRIFT_SHIM";
 const SHIM_FILE: &str = "libvrift_shim.so";
 
@@ -349,6 +350,17 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
     std::env::set_var(ENV_MANIFESTS, &manifests_var);
     std::env::set_var(ENV_STORE, &store);
     std::env::set_var(ENV_UPPER, &upper);
+    // In a store whose every blob is sealed, an unsealed blob is damaged: the shim refuses to
+    // serve it (EIO). An older store gets that once `vrift verify` has sealed it.
+    if store.join(vrift_cas::store::SEALED_MARKER).exists() {
+        std::env::set_var(ENV_SEALED, "1");
+    } else {
+        std::env::remove_var(ENV_SEALED);
+        eprintln!(
+            "note: the store {} predates blob seals: the view cannot tell a damaged blob from an old one; run `vrift verify` once",
+            store.display()
+        );
+    }
     std::env::set_var("LD_PRELOAD", &preload);
     // libuv (Node.js) must not bypass libc through io_uring.
     std::env::set_var("UV_USE_IO_URING", "0");

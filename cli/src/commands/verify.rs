@@ -23,6 +23,11 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<Outcome> {
     };
     let t = std::time::Instant::now();
     let r = verify(&cas, &blobs.blobs, threads, a.repair);
+    // Every blob checked (and sealed where it was not): from now on an unsealed blob in this
+    // store is damaged, which lets the shim refuse it without re-hashing.
+    if r.corrupt.len() as u64 == r.repaired && r.unreadable.is_empty() && !cas.all_sealed() {
+        cas.mark_all_sealed()?;
+    }
     if g.json {
         let mut v = serde_json::to_value(&r)?;
         v["seconds"] = serde_json::json!(t.elapsed().as_secs_f64());
