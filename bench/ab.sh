@@ -18,7 +18,7 @@
 #             `find -printf` of the same tree is timed alongside as the floor
 #   empty     first ingest of a fresh `cp -a` copy into an empty store
 #   shared    first ingest of a fresh copy into a store already holding the shared corpus
-#             (hard-link clone of a template store made once by A)
+#             (hard-link clone of a template store each binary made once)
 #   checkout  `vrift checkout` of the corpus's manifest into a new directory, from a store each
 #             binary ingested once (untimed); `cp -al` of the tree is timed alongside as the floor
 # Every timed command is preceded by `sync`; trees made in a round are parked in the work
@@ -80,9 +80,13 @@ extra() { if [ "$1" = A ]; then echo "$args_a"; else echo "$args_b"; fi; }
 
 if [[ $rows == *shared* ]]; then
     [ -d "$shared/node_modules" ] || die "no shared corpus at $shared/node_modules"
-    echo "ab: template store from $(basename "$shared") (untimed)" >&2
-    cp -a "$shared/node_modules" "$work/template-tree"
-    ingest A "$work/template" "$work/template-tree" "$work/template.vrm" "" >/dev/null
+    echo "ab: template stores from $(basename "$shared") (untimed)" >&2
+    # One per side: a store made by one binary need not be what the other makes (a newer
+    # vrift may treat an older store's blobs as unchecked and re-hash them once).
+    for s in A B; do
+        cp -a "$shared/node_modules" "$work/template-tree-$s"
+        ingest $s "$work/template-$s" "$work/template-tree-$s" "$work/template-$s.vrm" "" >/dev/null
+    done
 fi
 if [[ $rows == *checkout* ]]; then
     for s in A B; do
@@ -113,8 +117,9 @@ for r in $(seq 1 "$rounds"); do
             d=$work/r$r-shared-$s
             cp -a "$src" "$d"
             mkdir -p "$d.store"
-            cp -al "$work/template/blake3" "$d.store/"
-            cp -a "$work/template/registry.json" "$work/template/manifests" "$d.store/"
+            cp -al "$work/template-$s/blake3" "$d.store/"
+            cp -a "$work/template-$s/registry.json" "$work/template-$s/manifests" "$d.store/"
+            [ -e "$work/template-$s/sealed-v1" ] && cp -a "$work/template-$s/sealed-v1" "$d.store/"
             timed "shared-$s" ingest $s "$d.store" "$d" "$d.vrm" "$(extra $s)"
         fi
         if [[ $rows == *checkout* ]]; then

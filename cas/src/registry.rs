@@ -187,12 +187,27 @@ pub fn register_bytes(root: &Path, r: &Registration<'_>, image: &[u8]) -> Result
 fn cache_manifest(root: &Path, image: &[u8], cached: &Path) -> Result<()> {
     let dir = root.join(MANIFEST_DIR);
     fs::create_dir_all(&dir).map_err(|e| CasError::io(&dir, e))?;
-    // Unchanged (a re-ingest of an unchanged tree): nothing to write.
-    if fs::read(cached).is_ok_and(|b| b == image) {
+    // Unchanged (a re-ingest of an unchanged tree): nothing to write. The same length and
+    // the same 64-byte header (which holds the checksum of the whole payload) say so without
+    // reading the rest.
+    if same_manifest_file(cached, image) {
         return Ok(());
     }
     vrift_manifest::write_file_atomic(cached, image)?;
     Ok(())
+}
+
+fn same_manifest_file(path: &Path, image: &[u8]) -> bool {
+    use std::io::Read;
+    let head_len = vrift_manifest::format::HEADER_LEN.min(image.len());
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    if f.metadata().map(|m| m.len()).ok() != Some(image.len() as u64) {
+        return false;
+    }
+    let mut head = vec![0u8; head_len];
+    f.read_exact(&mut head).is_ok() && head == image[..head_len]
 }
 
 /// Rebuilds the registry from the cached manifests (when `registry.json` is lost or corrupt).

@@ -10,6 +10,7 @@
 //! `CI=true` and are skipped with a note otherwise.
 
 mod common;
+mod isolate_support;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -88,6 +89,11 @@ fn link<'a>(path: &'a [u8], target: &'a [u8]) -> Crafted<'a> {
 /// directory's subtree ending where the next entry outside it starts: what an attacker can
 /// write with a hex editor, checksum and all. No validation happens here.
 fn craft(rows: &[Crafted<'_>]) -> Vec<u8> {
+    craft_at(b"/somewhere/else", rows)
+}
+
+/// [`craft`] with the manifest's root path given.
+fn craft_at(root: &[u8], rows: &[Crafted<'_>]) -> Vec<u8> {
     let mut strings = Vec::new();
     let mut entries = vec![EntryData {
         kind: Kind::Dir as u8,
@@ -133,7 +139,7 @@ fn craft(rows: &[Crafted<'_>]) -> Vec<u8> {
         };
     }
     let data = ManifestData {
-        root: b"/somewhere/else".to_vec(),
+        root: root.to_vec(),
         created_unix_ns: 0,
         entries,
         strings,
@@ -1330,4 +1336,143 @@ fn a_store_shared_by_a_group_works_for_every_member() {
     assert!(!text.contains("verify --repair"), "{text}");
     assert!(text.contains("not readable by this user"), "{text}");
     verify_store(&store);
+}
+
+/// (4b) The store fills up during a phantom ingest's move phase (a store on a small file
+/// system of its own: every file is copied in). Files that did not fit stay at their path,
+/// those moved stay referenced (a later `gc --delete` keeps them), and together the tree and
+/// the manifest still hold everything.
+#[test]
+fn enospc_during_a_phantom_move_loses_nothing_to_gc() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempdir();
+    let mnt = tmp.path().join("small");
+    let _m = small_tmpfs(&mnt, "3m");
+    let store = mnt.join("store");
+    let src = tmp.path().join("app");
+    for i in 0..30 {
+        write_file(
+            &src.join(format!("big/{i:02}.bin")),
+            &pattern(200_000, 500 + i),
+            0o644,
+        );
+    }
+    let original = snapshot(&src);
+    let out = tmp.path().join("app.vrm");
+    let o = ingest_raw(&store, &src, &out, &["--mode", "phantom"]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(stderr(&o).contains("No space left"), "{}", describe(&o));
+    let o = gc(&store, &["--delete"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    verify_store(&store);
+    let back = tmp.path().join("back");
+    if out.exists() {
+        checkout_ok(&store, &out, &back);
+    }
+    let mut got = if back.exists() {
+        snapshot(&back)
+    } else {
+        Tree::new()
+    };
+    for (k, n) in snapshot(&src) {
+        if matches!(n, Node::File { .. }) {
+            got.insert(k, n);
+        }
+    }
+    for (k, n) in &original {
+        if matches!(n, Node::File { .. }) {
+            let mut want = n.clone();
+            if let (Node::File { mode, .. }, Some(Node::File { mode: m2, .. })) =
+                (&mut want, got.get(k))
+            {
+                *mode = *m2; // phantom strips write bits from what it moved
+            }
+            assert_eq!(got.get(k), Some(&want), "{} lost", show(k));
+        }
+    }
+}
+
+/// A blob damaged in the local store (same size) is never pushed: the push fails naming it
+/// and neither the damaged bytes nor the manifest reach the bucket.
+#[test]
+fn push_never_spreads_a_damaged_blob() {
+    if !need_root() {
+        return;
+    }
+    let Some(s3) = common::s3::S3Server::start() else {
+        return;
+    };
+    let tmp = tempdir();
+    let store = tmp.path().join("store");
+    let src = tmp.path().join("app");
+    write_file(&src.join("index.js"), b"module.exports = 'good';\n", 0o644);
+    write_file(&src.join("other.js"), b"module.exports = 'other';\n", 0o644);
+    let m = tmp.path().join("app.vrm");
+    ingest_ok(&store, &src, &m, &[]);
+    damage(&blob_path_of(&store, b"module.exports = 'good';\n"), true);
+    let mut c = vrift(&store);
+    s3.env(&mut c);
+    c.args(["--no-progress", "--remote"])
+        .arg(format!("s3://{}/ci/cache", common::s3::BUCKET))
+        .arg("push")
+        .arg(&m);
+    let o = output_within(&mut c, 120);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(
+        !s3.object("ci/cache/manifests/app.vrm").exists(),
+        "manifest pushed"
+    );
+    for (p, _) in s3.blobs("ci/cache") {
+        let got = fs::read(&p).unwrap();
+        assert_ne!(got, b"Module.exports = 'good';\n", "damaged bytes pushed");
+    }
+}
+
+/// The `--isolate` link farm goes through the same materializer as checkout: a crafted
+/// manifest is refused before anything is built, and setuid/setgid bits are dropped.
+#[test]
+fn the_isolate_link_farm_refuses_crafted_manifests_and_drops_setid() {
+    let Some(env) = isolate_support::Env::new() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "user namespaces are required in CI"
+        );
+        return;
+    };
+    let payload: &[u8] = b"#!/bin/sh\necho tool\n";
+    let seed = env.write("seed/tool.sh", payload, 0o755);
+    env.ingest(seed.parent().unwrap(), &env.home.join("seed.vrm"));
+    let m = env.home.join("suid.vrm");
+    // Its root exists on the host (a mount point for the view).
+    let at = env.home.join("suidroot");
+    fs::create_dir(&at).unwrap();
+    env.give(&at);
+    let rows = [dir(b"bin", 0o755), file(b"bin/tool", 0o4755, payload)];
+    fs::write(&m, craft_at(at.to_str().unwrap().as_bytes(), &rows)).unwrap();
+    let o = env.isolate([
+        os("--manifest"),
+        m.as_os_str(),
+        os("--"),
+        os("stat"),
+        os("-c"),
+        os("%a"),
+        at.join("bin/tool").as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", isolate_support::describe(&o));
+    // The farm hard-links the blob (no write bits): 555, never 4755.
+    assert_eq!(isolate_support::stdout(&o), "555\n");
+    let evil = env.home.join("evil.vrm");
+    fs::write(&evil, craft(&[file(b"../../../tmp/evil", 0o644, payload)])).unwrap();
+    let o = env.isolate([os("--manifest"), evil.as_os_str(), os("--"), os("true")]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        isolate_support::describe(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("'..'"));
 }

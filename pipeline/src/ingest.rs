@@ -332,6 +332,17 @@ pub fn ingest(
             .fold((0u64, 0u64), |(f, b), e| (f + 1, b + e.size()));
         Counters::add(&counters.manifest_ns, t.elapsed().as_nanos() as u64);
         details.manifest_written = false;
+        if opts.register {
+            // The manifest is the previous one, validated and in memory already.
+            if let Some(p) = previous.as_ref() {
+                registry::register_bytes(
+                    cas.root(),
+                    &registration(files, bytes),
+                    p.manifest().as_bytes(),
+                )?;
+                registered = true;
+            }
+        }
     } else {
         let mut entries = collected.into_entries(previous.as_ref(), &root);
         if mode == Mode::Phantom {
@@ -448,6 +459,16 @@ fn output_is_phantom(output: &Path, root: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     if phantom::journal_path(output).exists() {
         return true;
+    }
+    // The header says it (64 bytes); only a phantom one is opened to compare its root.
+    let mut head = [0u8; vrift_manifest::format::HEADER_LEN];
+    let phantom_flag = std::fs::File::open(output)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .ok()
+        .and_then(|()| vrift_manifest::format::Header::parse(&head, output).ok())
+        .is_some_and(|h| h.flags & FLAG_PHANTOM != 0);
+    if !phantom_flag {
+        return false;
     }
     let opts = vrift_manifest::OpenOptions {
         verify_checksum: false,
