@@ -50,6 +50,15 @@ pub fn hash_stage(
         let mut out = Vec::with_capacity(batch.len());
         for item in batch {
             match hash_file(&item, &mut buf) {
+                Ok((_, _, st)) if is_secret(&item, &st, &buf) => {
+                    // A key file holding a private key (or registry config with a token):
+                    // never stored, listed as excluded.
+                    use std::sync::atomic::Ordering::Relaxed;
+                    counters.files.fetch_sub(1, Relaxed);
+                    counters.bytes.fetch_sub(st.size, Relaxed);
+                    Counters::add(&counters.bytes_excluded, st.size);
+                    counters.exclude(item.path(root), true);
+                }
                 Ok((hash, file, st)) => {
                     Counters::add(&counters.hashed_files, 1);
                     Counters::add(&counters.hashed_bytes, st.size);
@@ -73,6 +82,17 @@ pub fn hash_stage(
                 return;
             }
         }
+    }
+}
+
+/// Whether the filter asked to look inside `item` and what was read (still in `buf`: small
+/// files are read whole) is a secret.
+fn is_secret(item: &FileItem, st: &Stat, buf: &[u8]) -> bool {
+    match item.inspect {
+        Some(kind) if st.size <= WHOLE_READ_MAX => buf
+            .get(..st.size as usize)
+            .is_some_and(|content| kind.is_secret(content)),
+        _ => false,
     }
 }
 
@@ -239,6 +259,7 @@ mod tests {
             dir: std::sync::Arc::new(dir),
             rel: crate::walk::RelPath::child(b"", name),
             st: Stat::from_metadata(&md),
+            inspect: None,
         }
     }
 

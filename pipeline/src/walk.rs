@@ -22,7 +22,7 @@ use flume::Sender;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 use vrift_manifest::{Entry, EntryInput, Kind};
 
-use crate::filter::{Filter, Verdict};
+use crate::filter::{Filter, Inspect, Verdict};
 use crate::manifest::Done;
 use crate::reingest::Previous;
 use crate::report::Counters;
@@ -207,6 +207,8 @@ pub struct FileItem {
     pub dir: Arc<SourceDir>,
     pub rel: RelPath,
     pub st: Stat,
+    /// The filter could not judge it by name: the hash stage, which reads it, decides.
+    pub inspect: Option<Inspect>,
 }
 
 impl FileItem {
@@ -413,7 +415,8 @@ impl<'a, 'b> Visitor<'a, 'b> {
             .and_then(|p| p.manifest().lookup_index(rel.as_bytes()));
         Counters::add(&c.walked, 1);
         match self.cfg.filter.check(rel.as_bytes(), name, false) {
-            Verdict::Keep => self.entry(&dir, rel, FileType::Unknown, prev),
+            Verdict::Keep => self.entry(&dir, rel, FileType::Unknown, prev, None),
+            Verdict::Inspect(k) => self.entry(&dir, rel, FileType::Unknown, prev, Some(k)),
             Verdict::Ignore => {}
             Verdict::Exclude => self.exclude(&dir, rel, false),
         }
@@ -507,14 +510,15 @@ impl<'a, 'b> Visitor<'a, 'b> {
             let rel = RelPath::child(parent_rel, name);
             Counters::add(&c.walked, 1);
             let is_dir = n.ty == FileType::Directory;
-            match self.cfg.filter.check(rel.as_bytes(), name, is_dir) {
-                Verdict::Keep => {}
+            let inspect = match self.cfg.filter.check(rel.as_bytes(), name, is_dir) {
+                Verdict::Keep => None,
+                Verdict::Inspect(k) => Some(k),
                 Verdict::Ignore => continue,
                 Verdict::Exclude => {
                     self.exclude(&dir, rel, is_dir);
                     continue;
                 }
-            }
+            };
             if is_dir {
                 self.subdirs.push(Job {
                     parent: Some(dir.clone()),
@@ -522,7 +526,7 @@ impl<'a, 'b> Visitor<'a, 'b> {
                     prev: prev_child,
                 });
             } else {
-                self.entry(&dir, rel, n.ty, prev_child);
+                self.entry(&dir, rel, n.ty, prev_child, inspect);
             }
         }
         self.spans = spans;
@@ -566,11 +570,19 @@ impl<'a, 'b> Visitor<'a, 'b> {
                 }
             }
         }
-        c.exclude(self.path_of(&rel), self.cfg.record_excluded);
+        // Always recorded: the summary lists what was left out.
+        c.exclude(self.path_of(&rel), true);
     }
 
     /// A non-directory entry (or one whose type `getdents` did not say).
-    fn entry(&mut self, dir: &Arc<SourceDir>, rel: RelPath, ty: FileType, prev: Option<usize>) {
+    fn entry(
+        &mut self,
+        dir: &Arc<SourceDir>,
+        rel: RelPath,
+        ty: FileType,
+        prev: Option<usize>,
+        inspect: Option<Inspect>,
+    ) {
         let c = self.cfg.counters;
         let st = match rustix::fs::statat(dir.fd(), rel.name(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Stat::from_rustix(&st),
@@ -591,7 +603,7 @@ impl<'a, 'b> Visitor<'a, 'b> {
                     .filter
                     .check(rel.as_bytes(), rel.name_bytes(), true)
                 {
-                    Verdict::Keep => {}
+                    Verdict::Keep | Verdict::Inspect(_) => {}
                     Verdict::Ignore => return,
                     Verdict::Exclude => return self.exclude(dir, rel, true),
                 }
@@ -621,6 +633,7 @@ impl<'a, 'b> Visitor<'a, 'b> {
                         dir: dir.clone(),
                         rel,
                         st,
+                        inspect,
                     });
                     if self.files.len() >= BATCH {
                         self.flush_files();

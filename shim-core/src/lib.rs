@@ -4,6 +4,8 @@
 //! the facts (an fd's tag, an `fstat`) and act on what these functions decide.
 #![no_std]
 
+extern crate alloc;
+
 /// The fd a `/proc/self/fd/N`, `/proc/thread-self/fd/N`, `/proc/<our pid>/fd/N` or
 /// `/dev/fd/N` path names (opening it reopens fd `N`'s file), else `None`.
 pub fn proc_fd(raw: &[u8], pid: u32) -> Option<i32> {
@@ -146,5 +148,269 @@ mod tests {
         assert_eq!(&b[..n], b"/proc/self/fd/1234");
         let n = fmt_proc_fd(0, &mut b);
         assert_eq!(&b[..n], b"/proc/self/fd/0");
+    }
+}
+
+/// Reading the dynamic section of an ELF shared object or executable: what the dynamic
+/// loader will look for (`DT_NEEDED`) and where (`DT_RUNPATH`, else `DT_RPATH`). The loader
+/// opens libraries itself, by raw system calls no preload sees; to make it find a view's
+/// libraries the shim mirrors them where these entries point.
+pub mod elf {
+    use alloc::vec::Vec;
+
+    /// At most this many `DT_NEEDED` entries are reported (more are ignored).
+    pub const MAX_NEEDED: usize = 64;
+
+    /// The parts of a dynamic section the shim needs.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct Dynamic {
+        pub needed: Vec<Vec<u8>>,
+        /// `DT_RUNPATH` if present, else `DT_RPATH` (the loader ignores RPATH when RUNPATH is
+        /// there).
+        pub search: Option<Vec<u8>>,
+    }
+
+    fn u16_at(b: &[u8], o: usize) -> Option<u16> {
+        Some(u16::from_le_bytes(
+            b.get(o..o.checked_add(2)?)?.try_into().ok()?,
+        ))
+    }
+    fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(
+            b.get(o..o.checked_add(4)?)?.try_into().ok()?,
+        ))
+    }
+    fn u64_at(b: &[u8], o: usize) -> Option<u64> {
+        Some(u64::from_le_bytes(
+            b.get(o..o.checked_add(8)?)?.try_into().ok()?,
+        ))
+    }
+
+    /// The NUL-terminated string at `off` of the string table `strtab`.
+    fn c_str(strtab: &[u8], off: u64) -> Option<&[u8]> {
+        let s = strtab.get(usize::try_from(off).ok()?..)?;
+        let end = s.iter().position(|&c| c == 0)?;
+        Some(&s[..end])
+    }
+
+    /// Most a single read may ask for (a string table or a dynamic section is far smaller).
+    const MAX_READ: u64 = 4 << 20;
+
+    /// Parses a 64-bit little-endian ELF (x86-64, aarch64) through `read(offset, len)`,
+    /// which returns the bytes there (fewer at the end of the file). Reads only the header,
+    /// the program headers, the dynamic section and its string table — wherever they are
+    /// (patchelf and auditwheel move them to the end of big libraries). `None` for anything
+    /// else or anything malformed; every offset is bounds-checked.
+    pub fn dynamic_from(mut read: impl FnMut(u64, usize) -> Option<Vec<u8>>) -> Option<Dynamic> {
+        let head = read(0, 64)?;
+        if head.get(..4)? != b"\x7fELF" || *head.get(4)? != 2 || *head.get(5)? != 1 {
+            return None;
+        }
+        let phoff = u64_at(&head, 0x20)?;
+        let phentsize = usize::from(u16_at(&head, 0x36)?);
+        let phnum = usize::from(u16_at(&head, 0x38)?);
+        if phentsize < 56 || phnum == 0 {
+            return None;
+        }
+        let phs = read(phoff, phentsize.checked_mul(phnum)?)?;
+        let ph = |i: usize| -> Option<(u32, u64, u64, u64)> {
+            let o = i.checked_mul(phentsize)?;
+            // (type, offset, vaddr, filesz)
+            Some((
+                u32_at(&phs, o)?,
+                u64_at(&phs, o + 8)?,
+                u64_at(&phs, o + 16)?,
+                u64_at(&phs, o + 32)?,
+            ))
+        };
+        let to_off = |vaddr: u64| -> Option<u64> {
+            (0..phnum).find_map(|i| {
+                let (t, off, va, sz) = ph(i)?;
+                (t == 1 && vaddr >= va && vaddr - va < sz).then(|| vaddr - va + off)
+            })
+        };
+        let (_, dyn_off, _, dyn_sz) = (0..phnum).find_map(|i| ph(i).filter(|p| p.0 == 2))?;
+        if dyn_sz > MAX_READ {
+            return None;
+        }
+        let dyns = read(dyn_off, usize::try_from(dyn_sz).ok()?)?;
+        let (mut strtab, mut strsz) = (None, None);
+        let (mut runpath, mut rpath) = (None, None);
+        let mut needed_offs: Vec<u64> = Vec::new();
+        for e in dyns.chunks_exact(16) {
+            let tag = u64_at(e, 0)?;
+            let val = u64_at(e, 8)?;
+            match tag {
+                0 => break,
+                1 if needed_offs.len() < MAX_NEEDED => needed_offs.push(val),
+                5 => strtab = Some(val),
+                10 => strsz = Some(val),
+                15 => rpath = Some(val),
+                29 => runpath = Some(val),
+                _ => {}
+            }
+        }
+        let strsz = strsz?;
+        if strsz > MAX_READ {
+            return None;
+        }
+        let strs = read(to_off(strtab?)?, usize::try_from(strsz).ok()?)?;
+        Some(Dynamic {
+            needed: needed_offs
+                .iter()
+                .filter_map(|&o| c_str(&strs, o).map(<[u8]>::to_vec))
+                .collect(),
+            search: runpath
+                .or(rpath)
+                .and_then(|o| c_str(&strs, o))
+                .map(<[u8]>::to_vec),
+        })
+    }
+
+    /// [`dynamic_from`] over an image in memory.
+    pub fn dynamic(b: &[u8]) -> Option<Dynamic> {
+        dynamic_from(|off, len| {
+            let start = usize::try_from(off).ok()?;
+            let end = start.checked_add(len)?.min(b.len());
+            b.get(start..end).map(<[u8]>::to_vec)
+        })
+    }
+
+    /// Writes search-path entry `entry` with `$ORIGIN` / `${ORIGIN}` replaced by `origin`
+    /// into `out`; returns the length. `None` if it does not fit, or uses `$LIB` or
+    /// `$PLATFORM` (which the shim does not expand).
+    pub fn expand_origin(entry: &[u8], origin: &[u8], out: &mut [u8]) -> Option<usize> {
+        let mut n = 0;
+        let mut i = 0;
+        let mut put = |s: &[u8], n: &mut usize| -> Option<()> {
+            out.get_mut(*n..*n + s.len())?.copy_from_slice(s);
+            *n += s.len();
+            Some(())
+        };
+        while i < entry.len() {
+            let rest = &entry[i..];
+            if rest.starts_with(b"${ORIGIN}") {
+                put(origin, &mut n)?;
+                i += 9;
+            } else if rest.starts_with(b"$ORIGIN") {
+                put(origin, &mut n)?;
+                i += 7;
+            } else if rest.starts_with(b"$") {
+                return None;
+            } else {
+                put(&rest[..1], &mut n)?;
+                i += 1;
+            }
+        }
+        Some(n)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        extern crate std;
+        use std::vec::Vec;
+
+        /// A minimal ELF64 image: one PT_LOAD over everything, a PT_DYNAMIC, a string table.
+        fn image(needed: &[&[u8]], runpath: Option<&[u8]>, rpath: Option<&[u8]>) -> Vec<u8> {
+            let mut strs = Vec::from(&b"\0"[..]);
+            let mut add = |s: &[u8]| {
+                let o = strs.len() as u64;
+                strs.extend_from_slice(s);
+                strs.push(0);
+                o
+            };
+            let mut dyns: Vec<(u64, u64)> = needed.iter().map(|s| (1, add(s))).collect();
+            if let Some(r) = runpath {
+                dyns.push((29, add(r)));
+            }
+            if let Some(r) = rpath {
+                dyns.push((15, add(r)));
+            }
+            let phoff = 64u64;
+            let dyn_off = phoff + 2 * 56;
+            let dyn_len = (dyns.len() as u64 + 3) * 16;
+            let str_off = dyn_off + dyn_len;
+            let vbase = 0x1000u64;
+            dyns.push((5, vbase + str_off));
+            dyns.push((10, strs.len() as u64));
+            dyns.push((0, 0));
+            let mut b = Vec::new();
+            b.extend_from_slice(b"\x7fELF\x02\x01\x01");
+            b.resize(0x20, 0);
+            b.extend_from_slice(&phoff.to_le_bytes());
+            b.resize(0x36, 0);
+            b.extend_from_slice(&56u16.to_le_bytes());
+            b.extend_from_slice(&2u16.to_le_bytes());
+            b.resize(64, 0);
+            let total = str_off + strs.len() as u64;
+            for (t, off, va, sz) in [
+                (1u32, 0u64, vbase, total),
+                (2, dyn_off, vbase + dyn_off, dyn_len),
+            ] {
+                let mut p = [0u8; 56];
+                p[0..4].copy_from_slice(&t.to_le_bytes());
+                p[8..16].copy_from_slice(&off.to_le_bytes());
+                p[16..24].copy_from_slice(&va.to_le_bytes());
+                p[32..40].copy_from_slice(&sz.to_le_bytes());
+                b.extend_from_slice(&p);
+            }
+            for (t, v) in dyns {
+                b.extend_from_slice(&t.to_le_bytes());
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            b.extend_from_slice(&strs);
+            b
+        }
+
+        #[test]
+        fn needed_and_search_paths() {
+            let img = image(
+                &[b"libfoo.so.1", b"libc.so.6"],
+                Some(b"$ORIGIN/../lib"),
+                Some(b"/old"),
+            );
+            let d = dynamic(&img).unwrap();
+            assert_eq!(d.needed, [b"libfoo.so.1".to_vec(), b"libc.so.6".to_vec()]);
+            assert_eq!(
+                d.search.as_deref(),
+                Some(&b"$ORIGIN/../lib"[..]),
+                "RUNPATH wins over RPATH"
+            );
+            let d2 = image(&[b"x.so"], None, Some(b"/opt/x"));
+            assert_eq!(
+                dynamic(&d2).unwrap().search.as_deref(),
+                Some(&b"/opt/x"[..])
+            );
+        }
+
+        #[test]
+        fn truncated_or_foreign_images_are_refused_without_panicking() {
+            let img = image(&[b"libfoo.so"], Some(b"$ORIGIN"), None);
+            for n in 0..img.len() {
+                let _ = dynamic(&img[..n]);
+            }
+            let mut bad = img.clone();
+            bad[4] = 1; // ELF32
+            assert!(dynamic(&bad).is_none());
+            assert!(dynamic(b"#!/bin/sh\n").is_none());
+            for i in 0..img.len() {
+                let mut m = img.clone();
+                m[i] ^= 0xff;
+                let _ = dynamic(&m);
+            }
+        }
+
+        #[test]
+        fn origin_expansion() {
+            let mut out = [0u8; 64];
+            let n = expand_origin(b"$ORIGIN/../../numpy.libs", b"/v/np/core", &mut out).unwrap();
+            assert_eq!(&out[..n], b"/v/np/core/../../numpy.libs");
+            let n = expand_origin(b"${ORIGIN}/lib", b"/a", &mut out).unwrap();
+            assert_eq!(&out[..n], b"/a/lib");
+            assert!(expand_origin(b"$LIB/x", b"/a", &mut out).is_none());
+            assert!(expand_origin(b"$ORIGIN/x", &[b'a'; 70], &mut out).is_none());
+        }
     }
 }

@@ -220,6 +220,7 @@ fn dlopen_impl(p: *const c_char, flags: c_int) -> Option<*mut c_void> {
                         let mut dl = up.sub(b"dl")?;
                         dl.push(r.path.as_bytes())?;
                         materialize_dir(st, r.path, &dl);
+                        mirror_needed(st, up, r.path.as_bytes(), 0);
                         dl
                     }
                     None => blob,
@@ -274,6 +275,117 @@ fn materialize_dir(st: &State, virt: &PBuf, dl: &PBuf) {
             // SAFETY: valid buffers.
             unsafe { real::symlink(blob.as_ptr(), l.as_ptr()) };
         }
+    }
+}
+
+/// Mirrors, under `<upper>/dl/`, the libraries the loader will look for on behalf of the view
+/// object `virt`: each `DT_NEEDED` name found in a `DT_RUNPATH`/`DT_RPATH` directory of the
+/// view (`$ORIGIN` expanded against `virt`'s virtual directory: wheels keep their libraries in
+/// `numpy.libs/` reached as `$ORIGIN/../../numpy.libs`) gets a symlink to its blob at the same
+/// place under `dl/`, where the loader, resolving `$ORIGIN` from the `dl/` path it was given,
+/// looks; and so on for their own dependencies. Already mirrored names are skipped.
+fn mirror_needed(st: &State, up: &crate::upper::Upper, virt: &[u8], depth: u32) {
+    if depth > 8 {
+        return;
+    }
+    let Some(mut v) = PBuf::from(virt) else {
+        return;
+    };
+    let r = vfs::resolve(st, &mut v, true);
+    let Node::V { layer, idx } = r.node else {
+        return;
+    };
+    let Some(e) = vfs::entry(st, layer, idx) else {
+        return;
+    };
+    let Some(blob) = vfs::blob_path(st, &e) else {
+        return;
+    };
+    let origin = path::parent(virt);
+    let Some(d) = read_dynamic(&blob) else {
+        return;
+    };
+    let Some(search) = d.search.as_deref() else {
+        return;
+    };
+    for entry in search.split(|&b| b == b':') {
+        let mut buf = [0u8; path::MAX];
+        let Some(n) = vrift_shim_core::elf::expand_origin(entry, origin, &mut buf) else {
+            continue;
+        };
+        if buf.first() != Some(&b'/') {
+            continue;
+        }
+        let Some(dir) = path::normalize_abs(&buf[..n]) else {
+            continue;
+        };
+        if !st.in_view(dir.as_bytes()) {
+            continue;
+        }
+        for name in &d.needed {
+            let Some(mut cand) = PBuf::from(dir.as_bytes()) else {
+                continue;
+            };
+            if cand.push(b"/").is_none() || cand.push(name).is_none() {
+                continue;
+            }
+            let cand_virt = cand.as_bytes().to_vec();
+            let rr = vfs::resolve(st, &mut cand, true);
+            let Node::V { layer, idx } = rr.node else {
+                continue;
+            };
+            let Some(ce) = vfs::entry(st, layer, idx) else {
+                continue;
+            };
+            let (Some(cblob), Some(mut dl)) = (vfs::blob_path(st, &ce), up.sub(b"dl")) else {
+                continue;
+            };
+            if dl.push(&cand_virt).is_none() {
+                continue;
+            }
+            // SAFETY: valid buffers.
+            unsafe {
+                let mut s: libc::stat = std::mem::zeroed();
+                if real::lstat(dl.as_ptr(), &mut s) == 0 {
+                    continue;
+                }
+                upper::mkdir_p(path::parent(dl.as_bytes()));
+                real::symlink(cblob.as_ptr(), dl.as_ptr());
+            }
+            mirror_needed(st, up, &cand_virt, depth + 1);
+        }
+    }
+}
+
+/// The dynamic section of the ELF file at `p`, read (not mapped: a blob truncated meanwhile
+/// must never raise SIGBUS in the program) piece by piece where it lies.
+fn read_dynamic(p: &PBuf) -> Option<vrift_shim_core::elf::Dynamic> {
+    // SAFETY: our own fd, closed before returning; reads into our own buffers.
+    unsafe {
+        let fd = real::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let d = vrift_shim_core::elf::dynamic_from(|off, len| {
+            let mut buf = vec![0u8; len];
+            let mut got = 0;
+            while got < len {
+                let n = libc::pread(
+                    fd,
+                    buf[got..].as_mut_ptr().cast(),
+                    len - got,
+                    i64::try_from(off).ok()? + got as i64,
+                );
+                if n <= 0 {
+                    break;
+                }
+                got += n as usize;
+            }
+            buf.truncate(got);
+            Some(buf)
+        });
+        real::close(fd);
+        d
     }
 }
 

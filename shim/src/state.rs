@@ -57,7 +57,7 @@ static STATE: AtomicPtr<State> = AtomicPtr::new(std::ptr::null_mut());
 /// `VRIFT_TRACE` set: every hook logs its call on stderr (used to measure what programs call).
 pub static TRACE: AtomicBool = AtomicBool::new(false);
 
-/// The state if the shim is active (initializing on first use), else `None` (pass through).
+/// The state if the shim is active and loaded, else `None` (pass through).
 #[inline]
 pub fn get() -> Option<&'static State> {
     match PHASE.load(Ordering::Acquire) {
@@ -65,15 +65,11 @@ pub fn get() -> Option<&'static State> {
             // SAFETY: set once before READY is published, never freed.
             unsafe { STATE.load(Ordering::Acquire).as_ref() }
         }
-        UNINIT => {
-            init();
-            if PHASE.load(Ordering::Acquire) == READY {
-                // SAFETY: as above.
-                unsafe { STATE.load(Ordering::Acquire).as_ref() }
-            } else {
-                None
-            }
-        }
+        // Before the library constructor has loaded the configuration, hooks pass through:
+        // loading allocates, and a call this early may come from inside the allocator's own
+        // start-up (jemalloc, which rustc and cargo link, `readlink`s /etc/malloc.conf in its
+        // first malloc) — initializing there deadlocks on the allocator's lock. What runs
+        // before our constructor is the loader's and libc's start-up, never a view path.
         _ => None,
     }
 }

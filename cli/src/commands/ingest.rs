@@ -167,6 +167,20 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
         println!("{text}");
     } else {
         print_summary(&report);
+        let left_out = &report.details.excluded_paths;
+        if !a.show_excluded && !left_out.is_empty() {
+            // What is not in the manifest is said, not only counted.
+            println!("  left out (secrets, version control, your patterns):");
+            for p in left_out.iter().take(10) {
+                println!("    {}", p.display());
+            }
+            if left_out.len() > 10 {
+                println!(
+                    "    … and {} more (--show-excluded lists them all)",
+                    thousands(left_out.len() as u64 - 10)
+                );
+            }
+        }
         if let Some(Ok(p)) = &pushed {
             super::remote::print_push(&report.manifest, p);
         }
@@ -211,7 +225,6 @@ fn start_metrics(
     crate::metrics_export::IngestExport::start(&flags, &project, counters.clone())
 }
 
-/// `vrift ingest --resume -o OUT` without DIR: the journal knows the source.
 /// Whether the user pointed solid mode at a tree meant to be replaced wholesale (a dependency
 /// directory): then stripping write bits is expected and not worth a note. A single file or a
 /// project's own tree gets one.
@@ -234,6 +247,7 @@ fn looks_disposable(root: &std::path::Path, given: Option<&std::path::Path>) -> 
         .any(|c| c.as_os_str().to_str().is_some_and(|n| deps.contains(&n)))
 }
 
+/// `vrift ingest --resume -o OUT` without DIR: the journal knows the source.
 fn resume_source(output: &std::path::Path) -> Result<std::path::PathBuf> {
     let j = vrift_pipeline::phantom::read_journal(output)?.with_context(|| {
         format!(
