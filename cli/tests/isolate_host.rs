@@ -162,3 +162,25 @@ fn isolate_has_its_own_loopback_unless_network_host() {
         "host reachable\nloopback works\n"
     );
 }
+
+/// The documented way: ingest, delete the tree, `run --isolate --manifest M`. The root the
+/// tree had no longer exists on the read-only host; the sandbox makes it.
+#[test]
+fn isolate_runs_on_a_deleted_tree() {
+    let Some(env) = Env::new() else { return };
+    let f = env.write("gone/app/index.txt", b"still here\n", 0o644);
+    let app = f.parent().unwrap().to_path_buf();
+    let m = env.home.join("gone.vrm");
+    env.ingest(&app, &m);
+    fs::remove_dir_all(env.home.join("gone")).unwrap();
+    let o = env.isolate([
+        os("--manifest"),
+        m.into_os_string(),
+        os("--"),
+        os("cat"),
+        f.into_os_string(),
+    ]);
+    assert!(o.status.success(), "{}", describe(&o));
+    assert_eq!(stdout(&o), "still here\n");
+    assert!(!env.home.join("gone").exists(), "the host was changed");
+}

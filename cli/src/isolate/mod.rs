@@ -159,6 +159,7 @@ pub fn run_isolated(
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let plan = ns::Plan {
         staging: rd.staging(),
+        scratch: rd.scratch(),
         base: base_mode,
         overlays,
         tmpfs_tmp,

@@ -45,6 +45,8 @@ pub struct Overlay {
 pub struct Plan {
     /// Empty directory where the new root is assembled.
     pub staging: PathBuf,
+    /// Writable scratch directory of this run (upper layers of made-up mount points).
+    pub scratch: PathBuf,
     /// Base mode: `overlays` is exactly one overlay at `/`.
     pub base: bool,
     pub overlays: Vec<Overlay>,
@@ -353,6 +355,46 @@ fn esc(p: &Path) -> String {
 
 /// Makes sure `p` is a directory to mount on: creates it (and missing parents, `mode` for
 /// the last) if absent; refuses symlinks (a mount would follow them out of the new root).
+/// Makes `target` (under the read-only new root `root`) exist: an overlay over its nearest
+/// existing ancestor, whose throwaway upper layer (in `scratch`) holds the missing
+/// directories. The ancestor keeps its content; only mounts below it are not carried over.
+fn make_mount_point(root: &Path, target: &Path, scratch: &Path, n: usize) -> Result<(), Fail> {
+    let mut anc = target.parent();
+    while let Some(a) = anc {
+        if is_real_dir(a) {
+            break;
+        }
+        anc = a.parent();
+    }
+    let Some(anc) = anc.filter(|a| *a != root) else {
+        return Err(Fail {
+            errno: libc::EROFS,
+            what: format!("cannot create mount point {}", target.display()),
+        });
+    };
+    let upper = scratch.join(format!("{n}/upper"));
+    let work = scratch.join(format!("{n}/work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).map_err(|e| Fail::new(d.display().to_string(), e))?;
+    }
+    // The merged directory shows the upper directory's mode: give it the ancestor's.
+    if let Ok(md) = std::fs::metadata(anc) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(
+            &upper,
+            std::fs::Permissions::from_mode(md.permissions().mode() & 0o7777),
+        );
+    }
+    let o = Overlay {
+        at: anc.to_path_buf(),
+        lower: anc.to_path_buf(),
+        upper,
+        work,
+    };
+    mount_overlay(&o, anc)?;
+    mount_point_dir(target, 0o755)
+}
+
 fn mount_point_dir(p: &Path, mode: libc::mode_t) -> Result<(), Fail> {
     let cp = c(p)?;
     match sys::file_type(&cp) {
@@ -601,6 +643,7 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
             let depth = |p: &Path| p.components().count();
             (depth(&a.0), a.1, &a.0).cmp(&(depth(&b.0), b.1, &b.0))
         });
+        let mut made = 0usize;
         for (at, _, m) in todo {
             let target = under(root, &at);
             match m {
@@ -615,14 +658,26 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
                     }
                 }
                 M::Ovl(o) => {
-                    mount_point_dir(&target, 0o755).map_err(|f| Fail {
-                        what: format!(
-                            "{} (the manifest root {} must exist on this machine, or use --base)",
-                            f.what,
-                            o.at.display()
-                        ),
-                        ..f
-                    })?;
+                    match mount_point_dir(&target, 0o755) {
+                        Ok(()) => {}
+                        // The tree is gone from the host (the usual case: it was ingested,
+                        // then deleted) and the host is read-only here: make the mount point
+                        // in a throwaway layer over its nearest existing ancestor.
+                        Err(f) if f.errno == libc::EROFS => {
+                            made += 1;
+                            make_mount_point(root, &target, &plan.scratch, made).map_err(|f| {
+                                Fail {
+                                    what: format!(
+                                        "{} (for the manifest root {})",
+                                        f.what,
+                                        o.at.display()
+                                    ),
+                                    ..f
+                                }
+                            })?;
+                        }
+                        Err(f) => return Err(f),
+                    }
                     mount_overlay(o, &target)?;
                 }
             }

@@ -92,6 +92,11 @@ impl RunDir {
         self.path.join("work").join(i.to_string())
     }
 
+    /// Scratch space for mount points the host lacks (see `ns::make_mount_point`).
+    pub fn scratch(&self) -> PathBuf {
+        self.path.join("mnt")
+    }
+
     /// Removes the directory (or, with `--keep`, keeps only the upper layers). Call once the
     /// namespace is gone.
     pub fn teardown(&mut self) {
