@@ -364,9 +364,11 @@ fn git_commit_and_stash_in_a_virtual_repository() {
         &format!(
             "cd repo && echo two >> a.txt && {g} commit -qam second && echo three > b.txt && \
              {g} add b.txt && {g} stash -q && {g} stash pop -q && {g} log --format=%s && \
-             cat a.txt b.txt && {g} fsck --no-progress 2>&1 | grep -c error; true"
+             cat a.txt b.txt && {g} fsck --no-progress 2>&1 | grep -c error; \
+             ls -a | grep -cx .git; find . -name HEAD -path './.git/*' | head -1; true"
         ),
         &[],
     );
-    assert_eq!(out, "second\nfirst\none\ntwo\nthree\n0\n");
+    // The nested root shows up in its parent's listing (ls, find, du, tar see `.git`).
+    assert_eq!(out, "second\nfirst\none\ntwo\nthree\n0\n1\n./.git/HEAD\n");
 }

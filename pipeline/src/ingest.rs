@@ -350,6 +350,11 @@ pub fn ingest(
                 manifest::keep_phantom_entries(&mut entries, p);
             }
         }
+        if opts.keep_offloaded {
+            if let Some(p) = previous.as_ref() {
+                manifest::keep_offloaded_entries(&mut entries, p);
+            }
+        }
         (files, bytes) = entries
             .iter()
             .filter(|e| e.kind.has_content())

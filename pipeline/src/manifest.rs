@@ -131,6 +131,31 @@ pub fn keep_phantom_entries(entries: &mut Vec<EntryInput>, previous: &Previous) 
     }
 }
 
+/// A project's manifest refreshed before a run (`vrift run` after `vrift init`): a directory
+/// that is gone from disk was offloaded to the store on purpose (the usual reason to use
+/// vrift: `rm -rf node_modules`, served from the view), so its previous entries stay; a file
+/// gone from a directory that is still there was deleted, and goes.
+pub fn keep_offloaded_entries(entries: &mut Vec<EntryInput>, previous: &Previous) {
+    sort(entries);
+    let present = |p: &[u8], entries: &[EntryInput]| {
+        entries.binary_search_by(|x| cmp_paths(&x.path, p)).is_ok()
+    };
+    let mut extra = Vec::new();
+    for e in previous.manifest().iter() {
+        if e.path().is_empty() || present(e.path(), entries) {
+            continue;
+        }
+        let parent = vrift_manifest::order::parent(e.path()).unwrap_or_default();
+        if e.is_dir() || (!parent.is_empty() && !present(parent, entries)) {
+            extra.push(e.to_input());
+        }
+    }
+    if !extra.is_empty() {
+        entries.extend(extra);
+        sort(entries);
+    }
+}
+
 /// True when `entries` (sorted) are exactly the previous manifest's entries.
 pub fn same_as_previous(entries: &[EntryInput], previous: &Previous, flags: u32) -> bool {
     let m = previous.manifest();

@@ -58,6 +58,9 @@ pub struct IngestOptions {
     pub register: bool,
     /// Use the previous manifest at `output` to skip unchanged files.
     pub reuse_previous: bool,
+    /// Keep the previous manifest's entries of directories gone from disk (see
+    /// `manifest::keep_offloaded_entries`): refreshing a project's `vrift.manifest`.
+    pub keep_offloaded: bool,
 }
 
 impl IngestOptions {
@@ -75,6 +78,7 @@ impl IngestOptions {
             name: None,
             register: true,
             reuse_previous: true,
+            keep_offloaded: false,
         }
     }
 

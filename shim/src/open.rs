@@ -164,8 +164,10 @@ fn prepare_new(st: &State, virt: &[u8]) -> Result<PBuf, c_int> {
     let mp = up.mirror_of(virt).ok_or(libc::ENAMETOOLONG)?;
     upper::mkdir_p(path::parent(mp.as_bytes()));
     if up.flagged(virt) && matches!(upper::probe(up, virt), Mirror::Whiteout) {
-        // SAFETY: valid buffer.
-        unsafe { real::unlink(mp.as_ptr()) };
+        if let Some(h) = up.hidden_of(virt) {
+            // SAFETY: valid buffer.
+            unsafe { real::unlink(h.as_ptr()) };
+        }
     }
     Ok(mp)
 }

@@ -15,7 +15,16 @@ pub const ENV_TRACE: &str = "VRIFT_TRACE";
 pub const ENV_EXE: &str = "VRIFT_EXE";
 /// Set by `vrift run` when every blob of the store is sealed: an unsealed one is damaged.
 pub const ENV_SEALED: &str = "VRIFT_SEALED";
-const PASS_ON: [&str; 5] = [ENV_MANIFESTS, ENV_STORE, ENV_UPPER, ENV_TRACE, ENV_SEALED];
+/// Set by `vrift run` for a project run: roots whose writes land in the real tree.
+pub const ENV_THROUGH: &str = "VRIFT_THROUGH";
+const PASS_ON: [&str; 6] = [
+    ENV_MANIFESTS,
+    ENV_STORE,
+    ENV_UPPER,
+    ENV_TRACE,
+    ENV_SEALED,
+    ENV_THROUGH,
+];
 
 pub struct Layer {
     pub m: Mf,
@@ -148,7 +157,16 @@ fn load() -> Option<State> {
     })?;
     let mut blob_dir = path::normalize_abs(&store)?;
     blob_dir.push(b"/blake3")?;
-    let upper = env(ENV_UPPER).and_then(|u| Upper::open(&u));
+    let through: Vec<Box<[u8]>> = env(ENV_THROUGH)
+        .map(|v| {
+            v.split(|&b| b == b':')
+                .filter(|r| r.starts_with(b"/"))
+                .filter_map(path::normalize_abs)
+                .map(|p| p.as_bytes().into())
+                .collect()
+        })
+        .unwrap_or_default();
+    let upper = env(ENV_UPPER).and_then(|u| Upper::open(&u, through));
     let placeholder = match &upper {
         Some(u) => u.sub(b"empty")?,
         None => {

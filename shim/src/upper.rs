@@ -31,6 +31,11 @@ pub struct Upper {
     pub dir: Box<[u8]>,
     /// `<upper>/fs`.
     pub mirror: Box<[u8]>,
+    /// Write-through roots: a project run's own tree, which exists on disk. Below them the
+    /// real directory *is* the mirror — what a command writes lands in the project, as it
+    /// would without vrift, and a file on disk wins over the manifest — while whiteouts still
+    /// go to the throwaway `fs/` (never into the user's tree).
+    pub through: Vec<Box<[u8]>>,
     table: *const AtomicU64,
 }
 
@@ -54,7 +59,7 @@ fn fnv(b: &[u8]) -> u64 {
 
 impl Upper {
     /// Opens (creating if needed) the upper dir's state table and empty dir.
-    pub fn open(dir: &[u8]) -> Option<Upper> {
+    pub fn open(dir: &[u8], through: Vec<Box<[u8]>>) -> Option<Upper> {
         let dir = crate::path::normalize_abs(dir)?;
         let dir: Box<[u8]> = dir.as_bytes().into();
         let mut mirror = PBuf::from(&dir)?;
@@ -96,6 +101,7 @@ impl Upper {
         Some(Upper {
             dir,
             mirror: mirror.as_bytes().into(),
+            through,
             table,
         })
     }
@@ -105,7 +111,17 @@ impl Upper {
         unsafe { &*self.table.add(i) }
     }
 
-    /// True if the mirror may hold something for `virt` (no false negatives).
+    /// Whether `virt` lies in a write-through root (see [`Upper::through`]).
+    #[inline]
+    pub fn is_through(&self, virt: &[u8]) -> bool {
+        self.through.iter().any(|r| {
+            virt.starts_with(r) && (virt.len() == r.len() || virt.get(r.len()) == Some(&b'/'))
+        })
+    }
+
+    /// True if the mirror may hold something for `virt` (no false negatives). Below a
+    /// write-through root too only what the run wrote is flagged: the other files on disk
+    /// are what the (freshly refreshed) manifest says, and are served from it.
     #[inline]
     pub fn flagged(&self, virt: &[u8]) -> bool {
         let count = self.word(0).load(Ordering::Acquire);
@@ -167,8 +183,17 @@ impl Upper {
         }
     }
 
-    /// The mirror path of a virtual path.
+    /// The mirror path of a virtual path: where what is written to it goes (the path itself
+    /// below a write-through root).
     pub fn mirror_of(&self, virt: &[u8]) -> Option<PBuf> {
+        if self.is_through(virt) {
+            return PBuf::from(virt);
+        }
+        self.hidden_of(virt)
+    }
+
+    /// Where a whiteout for `virt` lives: always in the throwaway `fs/`.
+    pub fn hidden_of(&self, virt: &[u8]) -> Option<PBuf> {
         let mut p = PBuf::from(&self.mirror)?;
         if virt != b"/" {
             p.push(virt)?;
@@ -208,11 +233,23 @@ pub enum Mirror {
     Other,
 }
 
-/// Inspects `<mirror>/virt` with one `lstat` (plus a `readlink` for symlinks).
+/// Inspects `<mirror>/virt` with one `lstat` (plus a `readlink` for symlinks). Below a
+/// write-through root, the whiteout location first, then the real path.
 pub fn probe(up: &Upper, virt: &[u8]) -> Mirror {
+    if up.is_through(virt) {
+        if let Some(h) = up.hidden_of(virt) {
+            if let Mirror::Whiteout = probe_at(&h) {
+                return Mirror::Whiteout;
+            }
+        }
+    }
     let Some(mp) = up.mirror_of(virt) else {
         return Mirror::Nothing;
     };
+    probe_at(&mp)
+}
+
+fn probe_at(mp: &PBuf) -> Mirror {
     // SAFETY: valid buffers.
     unsafe {
         let mut s: libc::stat = std::mem::zeroed();
@@ -301,11 +338,28 @@ fn probe_real_whiteout(p: &PBuf) -> Option<bool> {
     Some(&t[..n as usize] == WHITEOUT)
 }
 
-/// Writes a whiteout for `virt` into the mirror (replacing whatever is there).
+/// Writes a whiteout for `virt` into the mirror (replacing whatever is there). Below a
+/// write-through root the real file goes (the user deleted it) and the whiteout, which hides
+/// the manifest's entry, goes to the throwaway `fs/`.
 pub fn whiteout(up: &Upper, virt: &[u8]) -> bool {
-    let Some(mp) = up.mirror_of(virt) else {
+    if up.is_through(virt) {
+        if let Some(real_path) = PBuf::from(virt) {
+            // SAFETY: valid buffer.
+            unsafe {
+                let mut s: libc::stat = std::mem::zeroed();
+                if real::lstat(real_path.as_ptr(), &mut s) == 0
+                    && s.st_mode & libc::S_IFMT != libc::S_IFDIR
+                {
+                    real::unlink(real_path.as_ptr());
+                }
+            }
+        }
+    }
+    let Some(mp) = up.hidden_of(virt) else {
         return false;
     };
+    // A directory there holds only the whiteouts of its (now removed) children.
+    remove_dir_with_whiteouts(&mp);
     mkdir_p(crate::path::parent(mp.as_bytes()));
     let Some(t) = PBuf::from(WHITEOUT) else {
         return false;

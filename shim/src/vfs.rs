@@ -280,10 +280,11 @@ pub fn vino(layer: usize, idx: usize) -> u64 {
 pub fn mode_of(e: &Entry<'_>) -> u32 {
     let perm = e.mode() & 0o7777;
     match e.kind() {
-        Kind::Dir => libc::S_IFDIR | if perm == 0 { 0o755 } else { perm },
+        // The recorded mode, whatever it is: a file ingested with mode 000 shows 000
+        // (the builder gives the directories it synthesizes 0755).
+        Kind::Dir => libc::S_IFDIR | perm,
         Kind::Symlink => libc::S_IFLNK | 0o777,
-        Kind::Executable => libc::S_IFREG | if perm == 0 { 0o755 } else { perm },
-        Kind::File | Kind::Whiteout => libc::S_IFREG | if perm == 0 { 0o644 } else { perm },
+        Kind::Executable | Kind::File | Kind::Whiteout => libc::S_IFREG | perm,
     }
 }
 
@@ -394,6 +395,21 @@ pub fn list_virtual(st: &State, abs: &[u8], self_ino: u64) -> Vec<DEnt> {
             dtype: dtype_of(&e),
         });
     }
+    // A manifest whose root lies directly in this directory (nested roots: a repository's
+    // `.git` ingested as a manifest of its own) is a child directory here.
+    for (li, l) in st.layers.iter().enumerate() {
+        if l.root.is_empty() || path::parent(&l.root) != abs {
+            continue;
+        }
+        let name = path::file_name(&l.root);
+        if !out.iter().skip(2).any(|d| *d.name == *name) {
+            out.push(DEnt {
+                name: name.into(),
+                ino: vino(li, 0),
+                dtype: libc::DT_DIR,
+            });
+        }
+    }
     // The upper mirror wins: whiteouts hide, files replace, new names are added. A mirror
     // directory standing for a virtual one keeps the virtual identity.
     if let Some(up) = &st.upper {
@@ -419,6 +435,18 @@ pub fn list_virtual(st: &State, abs: &[u8], self_ino: u64) -> Vec<DEnt> {
                                 continue;
                             }
                             out.push(DEnt { name, ino, dtype })
+                        }
+                    }
+                }
+            }
+            // Below a write-through root the whiteouts live apart from the real tree.
+            if up.is_through(abs) {
+                if let Some(hp) = up.hidden_of(abs) {
+                    for (name, _, _, whiteout) in read_real_dir(&hp) {
+                        if whiteout {
+                            if let Some(i) = out.iter().skip(2).position(|d| *d.name == *name) {
+                                out.remove(i + 2);
+                            }
                         }
                     }
                 }

@@ -46,6 +46,12 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = NetworkArg::Loopback, requires = "isolate")]
     pub network: NetworkArg,
 
+    /// In a project run (no --manifest: the current directory's `vrift.manifest`, or a
+    /// transient ingest of it), what the command writes lands in the project directory, as
+    /// it would without vrift. --ephemeral sends it to a throwaway layer instead.
+    #[arg(long)]
+    pub ephemeral: bool,
+
     /// Base layer below the manifests (repeatable).
     #[arg(long = "base", value_name = "B")]
     pub base: Vec<PathBuf>,
@@ -66,6 +72,7 @@ const ENV_MANIFESTS: &str = "VRIFT_MANIFESTS";
 const ENV_STORE: &str = "VRIFT_STORE";
 const ENV_UPPER: &str = "VRIFT_UPPER";
 const ENV_SEALED: &str = "VRIFT_SEALED";
+const ENV_THROUGH: &str = "VRIFT_THROUGH";
 const ENV_SHIM: &str = "VRIFT_SHIM";
 const SHIM_FILE: &str = "libvrift_shim.so";
 
@@ -212,6 +219,9 @@ fn manifests(g: &Globals, a: &RunArgs, cleanup: &mut Vec<TempDir>) -> Result<Vec
     if a.manifest.is_empty() {
         let local = PathBuf::from(MANIFEST_FILE);
         if local.is_file() {
+            // The project's sources may have changed since `vrift init` (or the last run):
+            // bring its manifest up to date first (a warm re-ingest: about a stat per file).
+            refresh_project(g, &local)?;
             list.push(local);
         } else {
             list.push(transient_ingest(g, cleanup)?);
@@ -227,6 +237,25 @@ fn manifests(g: &Globals, a: &RunArgs, cleanup: &mut Vec<TempDir>) -> Result<Vec
         out.push(abs);
     }
     Ok(out)
+}
+
+/// Re-ingests the current directory into its `vrift.manifest` (copy mode: the tree is left as
+/// it is; unchanged files are not read again).
+fn refresh_project(g: &Globals, manifest: &Path) -> Result<()> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let mut opts = IngestOptions::new(cwd.clone(), manifest.to_path_buf());
+    opts.mode = vrift_pipeline::Mode::Copy;
+    opts.excludes = read_filter(&cwd)?;
+    opts.keep_offloaded = true;
+    let counters = Arc::new(Counters::default());
+    let report = ingest(&opts, &g.store, &counters, |_| {
+        eprintln!("vrift run: waiting for the store (or another ingest of this tree)");
+    })
+    .with_context(|| format!("refreshing {} failed", manifest.display()))?;
+    if report.errors > 0 {
+        super::print_issues(&report.details.issues, 5);
+    }
+    Ok(())
 }
 
 /// Ingests the current directory into the store (not registered) and returns the path of
@@ -350,6 +379,15 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
     std::env::set_var(ENV_MANIFESTS, &manifests_var);
     std::env::set_var(ENV_STORE, &store);
     std::env::set_var(ENV_UPPER, &upper);
+    // A project run writes into the project, not into a layer that vanishes at exit.
+    let through = (a.manifest.is_empty() && !a.ephemeral)
+        .then(|| std::env::current_dir().ok())
+        .flatten()
+        .filter(|d| d.is_dir());
+    match &through {
+        Some(d) => std::env::set_var(ENV_THROUGH, d),
+        None => std::env::remove_var(ENV_THROUGH),
+    }
     // In a store whose every blob is sealed, an unsealed blob is damaged: the shim refuses to
     // serve it (EIO). An older store gets that once `vrift verify` has sealed it.
     if store.join(vrift_cas::store::SEALED_MARKER).exists() {
@@ -399,6 +437,15 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
     let status = crate::signals::wait_for(pid);
     crate::signals::set_target(0);
     drop(cleanup);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        match &through {
+            Some(d) => eprintln!(
+                "vrift run: writes went to the project directory {}",
+                d.display()
+            ),
+            None => eprintln!("vrift run: writes went to a throwaway layer (discarded)"),
+        }
+    }
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
         // Die the same way, so a shell sees what killed the command.

@@ -1,0 +1,158 @@
+//! Project runs (issue 16, item 4): `vrift run -- CMD` in a project set up with `vrift init`
+//! (or none at all). The view serves the project from the store, and:
+//! * what the command writes lands in the project directory (a build's `dist/`, `target/`),
+//!   as it would without vrift; `--ephemeral` sends it to a throwaway layer instead;
+//! * an edit between two runs is seen by the second (the manifest is refreshed first);
+//! * a directory removed from disk (offloaded: `rm -rf node_modules`) is still served, a file
+//!   deleted from a directory that remains is gone;
+//! * deleting a file the view serves never leaves vrift's markers in the user's tree.
+
+mod run_support;
+
+use std::path::Path;
+
+use run_support::*;
+
+fn run_in(env: &Env, dir: &Path, args: &[&str]) -> String {
+    let o = env
+        .vrift()
+        .current_dir(dir)
+        .arg("run")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "vrift run {args:?}: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn project(env: &Env) -> std::path::PathBuf {
+    let p = env.path("proj");
+    write(&p.join("main.sh"), "echo v1\n");
+    write(&p.join("src/lib.txt"), "lib\n");
+    write(&p.join("deps/pkg/index.txt"), "dependency\n");
+    let o = env.vrift().arg("init").arg(&p).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    p
+}
+
+#[test]
+fn writes_land_in_the_project_and_edits_are_seen() {
+    let env = Env::new();
+    let p = project(&env);
+    let out = run_in(
+        &env,
+        &p,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "sh main.sh; mkdir -p dist && echo built > dist/out.txt; echo more >> src/lib.txt",
+        ],
+    );
+    assert_eq!(out, "v1\n");
+    assert_eq!(
+        std::fs::read_to_string(p.join("dist/out.txt")).unwrap(),
+        "built\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.join("src/lib.txt")).unwrap(),
+        "lib\nmore\n"
+    );
+    // The user edits between runs: the next run runs the new code.
+    write(&p.join("main.sh"), "echo v2\n");
+    assert_eq!(run_in(&env, &p, &["--", "sh", "main.sh"]), "v2\n");
+    // The store still holds the original content, untouched.
+    let blobs = blobs(&env.store());
+    assert!(blobs.iter().any(|b| b == b"lib\n"), "a blob changed");
+    assert!(!blobs.iter().any(|b| b == b"lib\nmore\nmodified"));
+}
+
+#[test]
+fn ephemeral_runs_leave_the_project_alone() {
+    let env = Env::new();
+    let p = project(&env);
+    let out = run_in(
+        &env,
+        &p,
+        &[
+            "--ephemeral",
+            "--",
+            "sh",
+            "-c",
+            "mkdir dist && echo x > dist/out.txt && cat dist/out.txt; echo more >> src/lib.txt",
+        ],
+    );
+    assert_eq!(out, "x\n");
+    assert!(!p.join("dist").exists());
+    assert_eq!(
+        std::fs::read_to_string(p.join("src/lib.txt")).unwrap(),
+        "lib\n"
+    );
+}
+
+#[test]
+fn offloaded_directories_stay_deleted_files_go() {
+    let env = Env::new();
+    let p = project(&env);
+    std::fs::remove_dir_all(p.join("deps")).unwrap();
+    std::fs::remove_file(p.join("src/lib.txt")).unwrap();
+    write(&p.join("src/new.txt"), "new\n");
+    let out = run_in(
+        &env,
+        &p,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "cat deps/pkg/index.txt; ls src; test -e src/lib.txt || echo lib-gone",
+        ],
+    );
+    assert_eq!(out, "dependency\nnew.txt\nlib-gone\n");
+    // Deleting what only the view holds hides it; the user's tree gets no marker.
+    let out = run_in(
+        &env,
+        &p,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "rm deps/pkg/index.txt && ls deps/pkg | wc -l",
+        ],
+    );
+    assert_eq!(out.trim(), "0");
+    let mut left = Vec::new();
+    let mut stack = vec![p.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if md.file_type().is_symlink() {
+                left.push(e.path());
+            }
+        }
+    }
+    assert!(left.is_empty(), "markers in the user's tree: {left:?}");
+}
+
+/// A file ingested with mode 000 shows 000 in the view (not a default).
+#[test]
+fn the_view_shows_recorded_modes_even_000() {
+    let env = Env::new();
+    let p = env.path("modes");
+    write(&p.join("none.txt"), "x\n");
+    write(&p.join("plain.txt"), "y\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p.join("none.txt"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let m = env.ingest_and_remove("modes", "modes.vrm");
+    let out = env.run_ok(
+        &[&m],
+        &["stat", "-c", "%a", "modes/none.txt", "modes/plain.txt"],
+    );
+    assert_eq!(out, "0\n644\n");
+}
