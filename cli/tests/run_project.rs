@@ -156,3 +156,61 @@ fn the_view_shows_recorded_modes_even_000() {
     );
     assert_eq!(out, "0\n644\n");
 }
+
+/// `kill -9` of `vrift run`: the command dies with it, and the next run removes the
+/// throwaway layer the killed one left.
+#[test]
+fn kill_9_of_vrift_run_takes_the_command_along() {
+    let env = Env::new();
+    let p = env.path("k");
+    write(&p.join("f.txt"), "x\n");
+    let m = env.ingest_and_remove("k", "k.vrm");
+    // A duration no other process uses, to find this very `sleep`.
+    let marker = format!("3.{}", std::process::id());
+    let mut child = env
+        .vrift()
+        .arg("run")
+        .arg("--manifest")
+        .arg(&m)
+        .args(["--", "sleep", &marker])
+        .spawn()
+        .unwrap();
+    let vpid = child.id();
+    let find = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.trim_end() == format!("sleep {marker}"))
+            .collect()
+    };
+    let t = std::time::Instant::now();
+    while find().is_empty() && t.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!find().is_empty(), "the command never started");
+    let uppers = |pid: u32| -> usize {
+        ["/tmp", "/var/tmp", "/dev/shm"]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("vrift-upper-{pid}-"))
+            })
+            .count()
+    };
+    assert_eq!(uppers(vpid), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let t = std::time::Instant::now();
+    while !find().is_empty() && t.elapsed().as_secs() < 2 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(find().is_empty(), "the command outlived vrift run");
+    assert_eq!(env.run_ok(&[&m], &["cat", "k/f.txt"]), "x\n");
+    assert_eq!(uppers(vpid), 0, "the killed run's scratch directory stayed");
+}

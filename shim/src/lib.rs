@@ -246,7 +246,37 @@ pub(crate) fn abs_into(st: &State, dirfd: c_int, raw: &[u8], out: &mut PBuf) -> 
 }
 
 extern "C" fn vrift_shim_ctor() {
+    die_with_launcher();
     state::init();
+}
+
+/// The command `vrift run` started (its direct child, whose parent pid `vrift run` put in
+/// `VRIFT_PARENT`) dies when `vrift run` does, `kill -9` included: it would otherwise go on
+/// running on a view whose scratch directory is gone. Other processes are untouched.
+fn die_with_launcher() {
+    let Some(v) = std::env::var_os("VRIFT_PARENT") else {
+        return;
+    };
+    let Some(pp) = v.to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else {
+        return;
+    };
+    // SAFETY: getppid/prctl/raise on this process; no memory is involved.
+    unsafe {
+        if libc::getppid() != pp {
+            return;
+        }
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        // The launcher may have died between the check and the prctl.
+        if libc::getppid() != pp {
+            libc::raise(libc::SIGKILL);
+        }
+    }
 }
 
 #[used]

@@ -166,6 +166,43 @@ fn temp_dir(what: &str) -> Result<PathBuf> {
     temp_dir_in(&std::env::temp_dir(), what)
 }
 
+/// Removes the throwaway layers of `vrift run`s that were killed (`vrift-upper-<pid>-<n>` whose
+/// pid is gone) from the places `temp_upper` uses.
+fn sweep_dead_uppers(store: &Path) {
+    let mut places: Vec<PathBuf> = ["XDG_RUNTIME_DIR", "TMPDIR"]
+        .iter()
+        .filter_map(|k| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .collect();
+    places.extend(["/tmp", "/var/tmp", "/dev/shm"].map(PathBuf::from));
+    if let Some(parent) = store.parent() {
+        places.push(parent.to_path_buf());
+    }
+    for dir in places {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("vrift-upper-")) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            // SAFETY: signal 0 only asks whether the process exists.
+            let alive = unsafe { libc::kill(pid, 0) } == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+            if !alive {
+                let _ = make_writable_and_remove(&e.path());
+            }
+        }
+    }
+}
+
 /// The device of `p`, or of its nearest existing ancestor (a phantom tree's root may be gone).
 fn device_of(p: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -180,6 +217,7 @@ fn device_of(p: &Path) -> Option<u64> {
 /// costs next to nothing, which matters for `vrift run` start-up; the shim copies across), else
 /// the system temp dir.
 fn temp_upper(roots: &[PathBuf], store: &Path) -> Result<PathBuf> {
+    sweep_dead_uppers(store);
     let mut devs: Vec<u64> = roots.iter().filter_map(|r| device_of(r)).collect();
     devs.sort_unstable();
     devs.dedup();
@@ -400,6 +438,8 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
         );
     }
     std::env::set_var("LD_PRELOAD", &preload);
+    // The command dies with us, even by kill -9 (see the shim's constructor).
+    std::env::set_var("VRIFT_PARENT", std::process::id().to_string());
     // libuv (Node.js) must not bypass libc through io_uring.
     std::env::set_var("UV_USE_IO_URING", "0");
 
