@@ -113,6 +113,22 @@ fn offloaded_directories_stay_deleted_files_go() {
         ],
     );
     assert_eq!(out, "dependency\nnew.txt\nlib-gone\n");
+    // A run writes into the offloaded tree: seen by that run, kept off the disk (the tree is
+    // not re-created piecemeal), and the next run still serves all of it.
+    let out = run_in(
+        &env,
+        &p,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "echo cache > deps/pkg/.cache && cat deps/pkg/.cache",
+        ],
+    );
+    assert_eq!(out, "cache\n");
+    assert!(!p.join("deps").exists());
+    let out = run_in(&env, &p, &["--", "sh", "-c", "cat deps/pkg/index.txt"]);
+    assert_eq!(out, "dependency\n");
     // Deleting what only the view holds hides it; the user's tree gets no marker.
     let out = run_in(
         &env,

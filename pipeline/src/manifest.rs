@@ -137,16 +137,23 @@ pub fn keep_phantom_entries(entries: &mut Vec<EntryInput>, previous: &Previous) 
 /// gone from a directory that is still there was deleted, and goes.
 pub fn keep_offloaded_entries(entries: &mut Vec<EntryInput>, previous: &Previous) {
     sort(entries);
-    let present = |p: &[u8], entries: &[EntryInput]| {
-        entries.binary_search_by(|x| cmp_paths(&x.path, p)).is_ok()
+    let find = |p: &[u8], entries: &[EntryInput]| {
+        entries
+            .binary_search_by(|x| cmp_paths(&x.path, p))
+            .ok()
+            .map(|i| (entries[i].dev, entries[i].ino))
     };
+    let prev = previous.manifest();
     let mut extra = Vec::new();
-    for e in previous.manifest().iter() {
-        if e.path().is_empty() || present(e.path(), entries) {
+    for e in prev.iter() {
+        if e.path().is_empty() || find(e.path(), entries).is_some() {
             continue;
         }
         let parent = vrift_manifest::order::parent(e.path()).unwrap_or_default();
-        if e.is_dir() || (!parent.is_empty() && !present(parent, entries)) {
+        // Deleted from a directory still on disk (vrift never re-creates a directory of an
+        // offloaded tree: a run's writes there go to its throwaway layer).
+        let authoritative = find(parent, entries).is_some();
+        if e.is_dir() || !authoritative {
             extra.push(e.to_input());
         }
     }

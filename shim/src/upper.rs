@@ -185,8 +185,13 @@ impl Upper {
 
     /// The mirror path of a virtual path: where what is written to it goes (the path itself
     /// below a write-through root).
+    ///
+    /// Below a write-through root, only where the real parent directory exists: a tree
+    /// offloaded to the store (`rm -rf node_modules`, served by the view) is never re-created
+    /// on disk piecemeal — what a run writes there goes to the throwaway layer — so a
+    /// directory on disk always means the user's own, complete one.
     pub fn mirror_of(&self, virt: &[u8]) -> Option<PBuf> {
-        if self.is_through(virt) {
+        if self.is_through(virt) && real_dir_exists(crate::path::parent(virt)) {
             return PBuf::from(virt);
         }
         self.hidden_of(virt)
@@ -216,6 +221,17 @@ impl Upper {
         p.push(b"/")?;
         p.push(name)?;
         Some(p)
+    }
+}
+
+fn real_dir_exists(p: &[u8]) -> bool {
+    let Some(p) = PBuf::from(p) else {
+        return false;
+    };
+    // SAFETY: valid buffer and out pointer.
+    unsafe {
+        let mut s: libc::stat = std::mem::zeroed();
+        real::stat(p.as_ptr(), &mut s) == 0 && s.st_mode & libc::S_IFMT == libc::S_IFDIR
     }
 }
 
