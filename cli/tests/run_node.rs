@@ -163,3 +163,31 @@ fn node_bin_executables_from_the_virtual_tree() {
     );
     assert_eq!(out, "lodash\n3.0.0\n");
 }
+
+/// `fs.watch` (what `tsc -w`, webpack and vite in watch mode use) on a virtual directory and a
+/// virtual file: the watch is set up and fires for what the program writes through the view.
+#[test]
+fn fs_watch_on_the_view_sees_writes() {
+    if !have("node") {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "node is required in CI"
+        );
+        eprintln!("SKIPPED: node missing");
+        return;
+    }
+    let env = Env::new();
+    write(&env.path("app/src/a.txt"), "1\n");
+    let m = env.ingest_and_remove("app", "app.vrm");
+    let script = r#"
+const fs = require('fs');
+const seen = new Set();
+const done = () => { if (seen.size === 2) { console.log([...seen].sort().join(' ')); process.exit(0); } };
+fs.watch('app/src', (ev, f) => { if (f === 'b.txt') { seen.add('dir:' + f); done(); } });
+fs.watch('app/src/a.txt', () => { seen.add('file:a.txt'); done(); });
+setTimeout(() => { fs.writeFileSync('app/src/b.txt', 'x'); fs.appendFileSync('app/src/a.txt', '2\n'); }, 100);
+setTimeout(() => { console.log('timeout', [...seen].join(' ')); process.exit(1); }, 5000);
+"#;
+    let out = env.run_ok(&[&m], &["node", "-e", script]);
+    assert_eq!(out, "dir:b.txt file:a.txt\n");
+}

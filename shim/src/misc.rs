@@ -395,6 +395,56 @@ pub unsafe extern "C" fn dlopen(p: *const c_char, flags: c_int) -> *mut c_void {
     dlopen_impl(p, flags).unwrap_or_else(|| real::dlopen(p, flags))
 }
 
+// ---- inotify ------------------------------------------------------------------------------
+
+/// `inotify_add_watch` on a view path (Node's `fs.watch`, so `tsc -w`, webpack and vite in
+/// watch mode): the kernel can only watch a real inode, so the watch goes where writes to that
+/// path land — its directory (or file) in the upper layer, made if needed — and so reports
+/// what the program and its children write through the view.
+fn watch_impl(fd: c_int, p: *const c_char, mask: u32) -> Option<c_int> {
+    guarded(|st| {
+        // SAFETY: caller's C string.
+        let raw = unsafe { cbytes(p) };
+        let mut a = abs_of(st, libc::AT_FDCWD, raw)?;
+        if !st.in_view(a.p.as_bytes()) {
+            return None;
+        }
+        let follow = mask & libc::IN_DONT_FOLLOW == 0;
+        let r = vfs::resolve(st, &mut a.p, follow);
+        let target: PBuf = match r.node {
+            Node::V { layer, idx } => {
+                let e = vfs::entry(st, layer, idx)?;
+                match &st.upper {
+                    Some(up) if e.is_dir() => {
+                        let mp = up.mirror_of(r.path.as_bytes())?;
+                        upper::mkdir_p(mp.as_bytes());
+                        up.flag_with_ancestors(r.path.as_bytes());
+                        mp
+                    }
+                    Some(_) => match crate::open::copy_up(st, r.path.as_bytes(), &e, false) {
+                        Ok(mp) => mp,
+                        Err(err) => return fail(err),
+                    },
+                    // A read-only view never changes: a watch that never fires.
+                    None => PBuf::from(st.placeholder.as_bytes())?,
+                }
+            }
+            Node::Upper => st.upper.as_ref()?.mirror_of(r.path.as_bytes())?,
+            Node::Gone(e) => return fail(e),
+            Node::Real if !r.moved && a.orig_ok => return None,
+            Node::Real => PBuf::from(r.path.as_bytes())?,
+        };
+        // SAFETY: valid buffer.
+        Some(unsafe { real::inotify_add_watch(fd, target.as_ptr(), mask) })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn inotify_add_watch(fd: c_int, p: *const c_char, mask: u32) -> c_int {
+    trace("inotify_add_watch", p);
+    watch_impl(fd, p, mask).unwrap_or_else(|| real::inotify_add_watch(fd, p, mask))
+}
+
 // ---- syscall() -------------------------------------------------------------------------------
 
 /// `syscall(2)`: runtimes such as libuv (Node.js) call `statx` and friends through it.
@@ -530,6 +580,11 @@ pub unsafe extern "C" fn syscall(
             ptr(a2),
         ))),
         libc::SYS_link => Some(c_long::from(crate::open::link(ptr(a1), ptr(a2)))),
+        libc::SYS_inotify_add_watch => Some(c_long::from(inotify_add_watch(
+            a1 as c_int,
+            ptr(a2),
+            a3 as u32,
+        ))),
         libc::SYS_linkat => Some(c_long::from(crate::open::linkat(
             a1 as c_int,
             ptr(a2),

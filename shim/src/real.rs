@@ -165,6 +165,7 @@ real_fns! {
     removexattr(p: *const c_char, n: *const c_char) -> c_int;
     lremovexattr(p: *const c_char, n: *const c_char) -> c_int;
     link(a: *const c_char, b: *const c_char) -> c_int;
+    inotify_add_watch(fd: c_int, path: *const c_char, mask: u32) -> c_int;
     linkat(fa: c_int, a: *const c_char, fb: c_int, b: *const c_char, flags: c_int) -> c_int;
 }
 
