@@ -230,3 +230,64 @@ fn kill_9_of_vrift_run_takes_the_command_along() {
     assert_eq!(env.run_ok(&[&m], &["cat", "k/f.txt"]), "x\n");
     assert_eq!(uppers(vpid), 0, "the killed run's scratch directory stayed");
 }
+
+/// Ingest leaves directory times as they were (solid mode relinks duplicates, which moves a
+/// directory's mtime); the manifest records them, with the directory's size, and the view and
+/// a checkout show them.
+#[test]
+fn directory_times_and_sizes_survive_ingest_view_and_checkout() {
+    let env = Env::new();
+    let p = env.path("d");
+    for i in 0..3 {
+        write(&p.join(format!("dups/f{i}.txt")), "same content\n");
+    }
+    for i in 0..40 {
+        write(
+            &p.join(format!("big/a-rather-long-file-name-{i:03}.txt")),
+            &format!("{i}\n"),
+        );
+    }
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    for d in ["dups", "big"] {
+        std::fs::File::open(p.join(d))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let size_of = |d: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p.join(d)).unwrap().size()
+    };
+    let big_size = size_of("big");
+    let o = env
+        .vrift()
+        .args(["ingest", "d", "-o", "d.vrm"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mtime = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
+    assert_eq!(
+        mtime(&p.join("dups")),
+        old,
+        "ingest moved the directory's mtime"
+    );
+    let out = env.run_ok(
+        &[&env.path("d.vrm")],
+        &["stat", "-c", "%Y %s", "d/dups", "d/big"],
+    );
+    assert_eq!(
+        out,
+        format!("1600000000 {}\n1600000000 {big_size}\n", size_of("dups"))
+    );
+    let back = env.path("back");
+    let o = env
+        .vrift()
+        .arg("checkout")
+        .arg("d.vrm")
+        .arg(&back)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mtime(&back.join("dups")), old);
+    assert_eq!(mtime(&back.join("big")), old);
+}

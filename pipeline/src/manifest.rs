@@ -4,7 +4,6 @@
 //! and fsyncing an identical 10 MB manifest would cost more than the whole walk.
 
 use std::collections::HashSet;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Instant;
 
@@ -15,7 +14,6 @@ use vrift_manifest::{EntryInput, Kind, ManifestBuilder};
 use crate::error::PipelineError;
 use crate::reingest::Previous;
 use crate::report::Counters;
-use crate::walk::Stat;
 
 /// What reaches this stage for each entry of the tree.
 #[derive(Debug)]
@@ -66,24 +64,18 @@ impl Collected {
             );
         }
         if !self.restat.is_empty() {
+            // Directories whose files solid mode replaced by links to blobs: their mtime moved
+            // only because of vrift. Put back what the walk saw (and recorded), so an ingest
+            // leaves directory times as they were. Reached without following a symlink, and
+            // only if still the directory that was walked.
             let wanted: HashSet<&[u8]> = self.restat.iter().map(Vec::as_slice).collect();
-            for e in all.iter_mut().filter(|e| e.kind == Kind::Dir) {
-                if !wanted.contains(e.path.as_slice()) {
-                    continue;
-                }
-                let p = if e.path.is_empty() {
-                    root.to_path_buf()
-                } else {
-                    root.join(std::ffi::OsStr::from_bytes(&e.path))
-                };
-                // Gone or unreadable since: the walk's picture is the best there is.
-                if let Ok(md) = std::fs::symlink_metadata(&p) {
-                    let st = Stat::from_metadata(&md);
-                    e.mode = st.mode & 0o7777;
-                    e.mtime_ns = st.mtime_ns;
-                    e.dev = st.dev;
-                    e.ino = st.ino;
-                    e.cache_mtime_ns = st.mtime_ns;
+            let Ok(root_fd) = crate::dirs::open_root(root) else {
+                return all;
+            };
+            let mut chain = crate::dirs::DirChain::new(root_fd);
+            for e in all.iter().filter(|e| e.kind == Kind::Dir) {
+                if wanted.contains(e.path.as_slice()) {
+                    restore_dir_mtime(&mut chain, e);
                 }
             }
         }
@@ -105,6 +97,46 @@ pub fn collect(rx: Receiver<Vec<Done>>, counters: &Counters) -> Collected {
         }
     }
     all
+}
+
+fn restore_dir_mtime(chain: &mut crate::dirs::DirChain, e: &EntryInput) {
+    use rustix::fs::{Mode, OFlags, Timespec, Timestamps, UTIME_OMIT};
+    let fd = if e.path.is_empty() {
+        rustix::fs::openat(
+            chain.root(),
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    } else {
+        let Ok((parent, name)) = chain.parent_of(&e.path) else {
+            return;
+        };
+        rustix::fs::openat(
+            parent,
+            name.as_c_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let Ok(fd) = fd else { return };
+    let Ok(now) = rustix::fs::fstat(&fd) else {
+        return;
+    };
+    if now.st_dev != e.dev || now.st_ino != e.ino {
+        return;
+    }
+    let t = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: e.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: e.mtime_ns.rem_euclid(1_000_000_000),
+        },
+    };
+    let _ = rustix::fs::futimens(&fd, &t);
 }
 
 /// Sorts entries into manifest order (component-wise by path).

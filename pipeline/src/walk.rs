@@ -461,12 +461,15 @@ impl<'a, 'b> Visitor<'a, 'b> {
         let prev = self.prev_entry(job.prev).filter(|e| e.is_dir());
         Counters::add(&c.dirs, 1);
         match prev {
-            Some(e) if same_meta(&e, Kind::Dir, &st, 0) => self.push_done(Done::Same(e.index())),
+            Some(e) if same_meta(&e, Kind::Dir, &st, st.size) => {
+                self.push_done(Done::Same(e.index()))
+            }
             _ => self.push_done(Done::Entry(EntryInput {
                 path: job.rel.as_bytes().to_vec(),
                 kind: Kind::Dir,
                 mode: st.mode & 0o7777,
-                size: 0,
+                // What `stat`, `du` and `tar tv` show for it: recorded, so views show it too.
+                size: st.size,
                 mtime_ns: st.mtime_ns,
                 hash: [0; 32],
                 target: Vec::new(),

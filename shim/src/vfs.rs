@@ -300,6 +300,8 @@ pub fn dtype_of(e: &Entry<'_>) -> u8 {
 /// Size as `stat` reports it (4096 for directories, like ext4).
 pub fn size_of(e: &Entry<'_>) -> u64 {
     match e.kind() {
+        // The size recorded at ingest (manifests before it was recorded say 0).
+        Kind::Dir if e.size() > 0 => e.size(),
         Kind::Dir => 4096,
         Kind::Symlink => e.target().len() as u64,
         _ => e.size(),
