@@ -41,14 +41,39 @@ const KEEP: &[&str] = &[
     "keynote.txt",
     "pem/readme.txt",
     "aws/credentials.md",
+    // Key-named, but public: a CA bundle, a public key, a config without a token.
+    "certs/ca-bundle.pem",
+    "keys/id_ed25519.pub",
+    "web/.npmrc",
 ];
+
+/// What a file at `rel` holds: key-named files are secret by content (a private key block, a
+/// registry token), so the secrets carry one and the public look-alikes do not.
+fn content(rel: &str, i: usize, secret: bool) -> Vec<u8> {
+    let name = rel.rsplit('/').next().unwrap();
+    let key_named = name.ends_with(".pem") || name.ends_with(".key") || name.starts_with("id_");
+    match (key_named, name == ".npmrc", secret) {
+        (true, _, true) => format!(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn{i}\n-----END OPENSSH PRIVATE KEY-----\n"
+        )
+        .into_bytes(),
+        (true, _, false) => {
+            format!("-----BEGIN CERTIFICATE-----\nMIIB{i}\n-----END CERTIFICATE-----\n")
+                .into_bytes()
+        }
+        (_, true, true) => format!("//registry.npmjs.org/:_authToken=npm_{i}\n").into_bytes(),
+        (_, true, false) => b"registry=https://registry.npmjs.org/\n".to_vec(),
+        _ if secret => format!("SECRET-{i}\n").into_bytes(),
+        _ => format!("keep-{i}\n").into_bytes(),
+    }
+}
 
 fn build(root: &Path) {
     for (i, s) in SECRETS.iter().enumerate() {
-        write_file(&root.join(s), format!("SECRET-{i}\n").as_bytes(), 0o600);
+        write_file(&root.join(s), &content(s, i, true), 0o600);
     }
     for (i, k) in KEEP.iter().enumerate() {
-        write_file(&root.join(k), format!("keep-{i}\n").as_bytes(), 0o644);
+        write_file(&root.join(k), &content(k, i, false), 0o644);
     }
     write_file(
         &root.join("pkg/.gitignore"),
@@ -114,10 +139,10 @@ fn secrets_and_vcs_are_excluded_by_default_and_listed_on_request() {
         "exactly the non-secret, non-VCS files are restored"
     );
     // No secret content reached the store.
-    for (i, _) in SECRETS.iter().enumerate() {
-        let c = format!("SECRET-{i}\n");
+    for (i, s) in SECRETS.iter().enumerate() {
+        let c = content(s, i, true);
         assert!(
-            !blob_path_of(&store, c.as_bytes()).exists(),
+            !blob_path_of(&store, &c).exists(),
             "secret #{i} is in the store"
         );
     }
