@@ -296,6 +296,65 @@ print(len(ctx.get_ca_certs()) > 100)\n\
     assert_eq!(virt, native);
 }
 
+/// `pip install` into a deleted venv, then the new console script (a real file written during
+/// the run whose `#!` names the venv's virtual python), `ls -l` of it (xattrs of a file
+/// written during the run), then `pip uninstall` of a package the manifest holds; the same
+/// script natively on an identical venv prints the same.
+#[test]
+fn pip_install_console_script_and_uninstall_in_a_deleted_venv() {
+    let Some(wheels) = wheels() else {
+        need(
+            false,
+            "the pinned wheels (.ci/run downloads them into $VRIFT_WHEELS)",
+        );
+        return;
+    };
+    let env = Env::new();
+    let mk = |name: &str| {
+        let v = env.path(name);
+        ok_stdout(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&v)
+                .output()
+                .unwrap(),
+            "python3 -m venv",
+        );
+        ok_stdout(
+            Command::new(v.join("bin/pip"))
+                .args(["install", "-q", "--no-index", "--find-links"])
+                .arg(&wheels)
+                .arg("idna")
+                .output()
+                .unwrap(),
+            "pip install idna",
+        );
+    };
+    mk("venv");
+    let script = "set -e\n\
+venv/bin/pip install -q --no-index --find-links \"$W\" sqlparse\n\
+ls -l venv/bin/sqlformat | cut -c1-10\n\
+echo 'select a from t' | venv/bin/sqlformat -k upper -\n\
+venv/bin/pip uninstall -q -y idna\n\
+venv/bin/python -c 'import idna' 2>/dev/null && echo still-there || echo idna-gone\n\
+venv/bin/python -c 'import sqlparse; print(sqlparse.__version__)'\n";
+    let o = env
+        .vrift()
+        .args(["ingest", "venv", "-o", "venv.vrm", "--mode", "phantom"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = env.path("venv");
+    make_writable(&d);
+    std::fs::remove_dir_all(&d).unwrap();
+    let virt = vrun(&env, &[&env.path("venv.vrm")], script, &[("W", &wheels)]);
+    // Natively, on a fresh venv at the same path (scripts name their venv's absolute path).
+    mk("venv");
+    let native = ok_stdout(sh(&env.root(), script, &[("W", &wheels)]), "native pip");
+    assert!(native.contains("SELECT a FROM t"), "{native}");
+    assert_eq!(virt, native);
+}
+
 /// A venv round-trips exactly: ingest (default filter), checkout, `diff -r`.
 #[test]
 fn a_venv_round_trips_exactly() {

@@ -322,6 +322,61 @@ fn exec_file(st: &State, blob: &PBuf) -> Option<PBuf> {
     Some(dst)
 }
 
+/// Starts a script the way the kernel would — `interp [arg] path args...` — but through
+/// `prepare` again, so an interpreter that is itself in the view is served.
+#[allow(clippy::too_many_arguments)]
+unsafe fn by_interpreter(
+    st: &State,
+    interp: &[u8],
+    arg: Option<&[u8]>,
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    ar: &mut Arena,
+    depth: u32,
+) -> Result<Prepared, c_int> {
+    if depth > 4 {
+        return Err(libc::ELOOP);
+    }
+    let old = ptrs_of(argv);
+    let mut v: Vec<*const c_char> = Vec::with_capacity(old.len() + 3);
+    let ip = ar.cstr(&[interp]).ok_or(libc::E2BIG)?;
+    v.push(ip);
+    if let Some(x) = arg {
+        v.push(ar.cstr(&[x]).ok_or(libc::E2BIG)?);
+    }
+    v.push(path);
+    v.extend(old.iter().skip(1));
+    let nargv = ar.ptrs(&v).ok_or(libc::E2BIG)?;
+    prepare(st, ip, nargv, envp, ar, depth + 1)
+}
+
+/// A real script (on disk, or written during the run into the upper layer — `pip install`'s
+/// console scripts) whose `#!` names an interpreter in the view (`#!/proj/venv/bin/python`
+/// of an offloaded venv): the kernel cannot open that interpreter, so the script is started
+/// through it here. `None` when the file is no script or its interpreter is on disk.
+unsafe fn virtual_interpreter(
+    st: &State,
+    file: &PBuf,
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    ar: &mut Arena,
+    depth: u32,
+) -> Option<Result<Prepared, c_int>> {
+    let mut head = [0u8; 512];
+    let n = read_head(file, &mut head);
+    let (interp, arg) = shebang(&head[..n])?;
+    let mut a = abs_of(st, libc::AT_FDCWD, interp)?;
+    let r = vfs::resolve(st, &mut a.p, true);
+    // A venv's `bin/python` is a virtual symlink to a real interpreter: reachable for us,
+    // not for the kernel, which sees no `bin/` at all.
+    if matches!(r.node, Node::Real) && !r.moved {
+        return None;
+    }
+    Some(by_interpreter(st, interp, arg, path, argv, envp, ar, depth))
+}
+
 unsafe fn prepare(
     st: &State,
     path: *const c_char,
@@ -346,20 +401,7 @@ unsafe fn prepare(
             let mut head = [0u8; 512];
             let n = read_head(&blob, &mut head);
             if let Some((interp, arg)) = shebang(&head[..n]) {
-                if depth > 4 {
-                    return Err(libc::ELOOP);
-                }
-                let old = ptrs_of(argv);
-                let mut v: Vec<*const c_char> = Vec::with_capacity(old.len() + 3);
-                let ip = ar.cstr(&[interp]).ok_or(libc::E2BIG)?;
-                v.push(ip);
-                if let Some(x) = arg {
-                    v.push(ar.cstr(&[x]).ok_or(libc::E2BIG)?);
-                }
-                v.push(path);
-                v.extend(old.iter().skip(1));
-                let nargv = ar.ptrs(&v).ok_or(libc::E2BIG)?;
-                return prepare(st, ip, nargv, envp, ar, depth + 1);
+                return by_interpreter(st, interp, arg, path, argv, envp, ar, depth);
             }
             let file = exec_file(st, &blob).ok_or(libc::EACCES)?;
             let p = ar.cstr(&[file.as_bytes()]).ok_or(libc::E2BIG)?;
@@ -377,6 +419,9 @@ unsafe fn prepare(
                 .as_ref()
                 .and_then(|u| u.mirror_of(r.path.as_bytes()))
                 .ok_or(libc::ENOENT)?;
+            if let Some(p) = virtual_interpreter(st, &mp, path, argv, envp, ar, depth) {
+                return p;
+            }
             let p = ar.cstr(&[mp.as_bytes()]).ok_or(libc::E2BIG)?;
             let envp = fix_env(st, envp, None, ar).ok_or(libc::E2BIG)?;
             Ok(Prepared {
@@ -386,6 +431,9 @@ unsafe fn prepare(
             })
         }
         Node::Real => {
+            if let Some(p) = virtual_interpreter(st, &r.path, path, argv, envp, ar, depth) {
+                return p;
+            }
             let p = if !r.moved && a.orig_ok {
                 path
             } else {

@@ -429,7 +429,14 @@ pub unsafe extern "C" fn readlinkat(
 
 // ---- xattrs: virtual entries have none ----------------------------------------------------
 
-fn xattr_impl(p: *const c_char, follow: bool, list: bool) -> Option<ssize_t> {
+/// Virtual entries have no xattrs; a file written during the run (upper layer) or reached
+/// through a virtual symlink has its real file's, asked with `op` on that file's path.
+fn xattr_impl(
+    p: *const c_char,
+    follow: bool,
+    list: bool,
+    op: &dyn Fn(&PBuf) -> ssize_t,
+) -> Option<ssize_t> {
     guarded(|st| {
         // SAFETY: caller's C string.
         let raw = unsafe { cbytes(p) };
@@ -439,7 +446,9 @@ fn xattr_impl(p: *const c_char, follow: bool, list: bool) -> Option<ssize_t> {
             Node::V { .. } if list => Some(0),
             Node::V { .. } => fail(libc::ENODATA),
             Node::Gone(e) => fail(e),
-            _ => None,
+            Node::Upper => Some(op(&st.upper.as_ref()?.mirror_of(r.path.as_bytes())?)),
+            Node::Real if !r.moved && a.orig_ok => None,
+            Node::Real => Some(op(r.path)),
         }
     })
 }
@@ -452,7 +461,8 @@ pub unsafe extern "C" fn getxattr(
     s: size_t,
 ) -> ssize_t {
     trace("getxattr", p);
-    xattr_impl(p, true, false).unwrap_or_else(|| real::getxattr(p, name, v, s))
+    xattr_impl(p, true, false, &|q| real::getxattr(q.as_ptr(), name, v, s))
+        .unwrap_or_else(|| real::getxattr(p, name, v, s))
 }
 #[no_mangle]
 pub unsafe extern "C" fn lgetxattr(
@@ -462,7 +472,10 @@ pub unsafe extern "C" fn lgetxattr(
     s: size_t,
 ) -> ssize_t {
     trace("lgetxattr", p);
-    xattr_impl(p, false, false).unwrap_or_else(|| real::lgetxattr(p, name, v, s))
+    xattr_impl(p, false, false, &|q| {
+        real::lgetxattr(q.as_ptr(), name, v, s)
+    })
+    .unwrap_or_else(|| real::lgetxattr(p, name, v, s))
 }
 #[no_mangle]
 pub unsafe extern "C" fn fgetxattr(
@@ -480,12 +493,14 @@ pub unsafe extern "C" fn fgetxattr(
 #[no_mangle]
 pub unsafe extern "C" fn listxattr(p: *const c_char, l: *mut c_char, s: size_t) -> ssize_t {
     trace("listxattr", p);
-    xattr_impl(p, true, true).unwrap_or_else(|| real::listxattr(p, l, s))
+    xattr_impl(p, true, true, &|q| real::listxattr(q.as_ptr(), l, s))
+        .unwrap_or_else(|| real::listxattr(p, l, s))
 }
 #[no_mangle]
 pub unsafe extern "C" fn llistxattr(p: *const c_char, l: *mut c_char, s: size_t) -> ssize_t {
     trace("llistxattr", p);
-    xattr_impl(p, false, true).unwrap_or_else(|| real::llistxattr(p, l, s))
+    xattr_impl(p, false, true, &|q| real::llistxattr(q.as_ptr(), l, s))
+        .unwrap_or_else(|| real::llistxattr(p, l, s))
 }
 #[no_mangle]
 pub unsafe extern "C" fn flistxattr(fd: c_int, l: *mut c_char, s: size_t) -> ssize_t {
