@@ -431,7 +431,7 @@ unsafe fn prepare(
             })
         }
         Node::Real => {
-            if let Some(p) = virtual_interpreter(st, &r.path, path, argv, envp, ar, depth) {
+            if let Some(p) = virtual_interpreter(st, r.path, path, argv, envp, ar, depth) {
                 return p;
             }
             let p = if !r.moved && a.orig_ok {
