@@ -431,3 +431,72 @@ fn git_commit_and_stash_in_a_virtual_repository() {
     // The nested root shows up in its parent's listing (ls, find, du, tar see `.git`).
     assert_eq!(out, "second\nfirst\none\ntwo\nthree\n0\n1\n./.git/HEAD\n");
 }
+
+// -----------------------------------------------------------------------------------------
+// The dynamic loader: libraries of the view found through RUNPATH, LD_LIBRARY_PATH, ctypes
+// by bare name, and `ldd` (the loader opens these files itself; no preload sees it)
+// -----------------------------------------------------------------------------------------
+
+#[test]
+fn the_loader_finds_libraries_of_a_deleted_tree() {
+    let Some(()) = need(have("gcc"), "gcc") else {
+        return;
+    };
+    let Some(()) = need(have("ldd"), "ldd") else {
+        return;
+    };
+    let env = Env::new();
+    let p = env.path("proj");
+    for d in ["lib", "bin", "src"] {
+        std::fs::create_dir_all(p.join(d)).unwrap();
+    }
+    std::fs::write(p.join("src/foo.c"), "int foo(int x) { return x * 7; }\n").unwrap();
+    std::fs::write(
+        p.join("src/main.c"),
+        "#include <stdio.h>\nint foo(int);\nint main(void) { printf(\"foo(6)=%d\\n\", foo(6)); return 0; }\n",
+    )
+    .unwrap();
+    let cc = |args: &[&str]| {
+        ok_stdout(
+            Command::new("gcc")
+                .args(args)
+                .current_dir(&p)
+                .output()
+                .unwrap(),
+            &format!("gcc {args:?}"),
+        )
+    };
+    cc(&["-shared", "-fPIC", "-o", "lib/libfoo.so", "src/foo.c"]);
+    // One program finds libfoo through RUNPATH $ORIGIN/../lib, one only through
+    // LD_LIBRARY_PATH.
+    cc(&[
+        "-o",
+        "bin/rp",
+        "src/main.c",
+        "-Llib",
+        "-lfoo",
+        "-Wl,-rpath,$ORIGIN/../lib",
+    ]);
+    cc(&["-o", "bin/ll", "src/main.c", "-Llib", "-lfoo"]);
+    let script = "set -e\n\
+proj/bin/rp\n\
+LD_LIBRARY_PATH=\"$PWD/proj/lib\" proj/bin/ll\n\
+LD_LIBRARY_PATH=proj/lib python3 -c 'import ctypes; print(ctypes.CDLL(\"libfoo.so\").foo(3))'\n\
+ldd proj/bin/rp | grep -o 'libfoo.so => [^ ]*' | sed 's/=> .*libfoo.so$/=> found/'\n\
+LD_LIBRARY_PATH=proj/lib ldd proj/bin/ll | grep -o 'libfoo.so => [^ ]*' | sed 's/=> .*libfoo.so$/=> found/'\n";
+    let native = ok_stdout(sh(&env.root(), script, &[]), "native");
+    assert_eq!(
+        native,
+        "foo(6)=42\nfoo(6)=42\n21\nlibfoo.so => found\nlibfoo.so => found\n"
+    );
+    let o = env
+        .vrift()
+        .args(["ingest", "proj", "-o", "proj.vrm", "--mode", "phantom"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    make_writable(&p);
+    std::fs::remove_dir_all(&p).unwrap();
+    let virt = vrun(&env, &[&env.path("proj.vrm")], script, &[]);
+    assert_eq!(virt, native);
+}

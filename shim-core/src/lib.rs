@@ -414,3 +414,104 @@ pub mod elf {
         }
     }
 }
+
+/// Running the dynamic loader by hand (`ld-linux-x86-64.so.2 [options] PROGRAM args`, as
+/// `ldd` does): the loader opens PROGRAM itself, so a PROGRAM in the view must be handed to
+/// it as a real file.
+pub mod loader {
+    /// Whether `path` names a dynamic loader (`/lib64/ld-linux-x86-64.so.2`, `ld.so`).
+    pub fn is_loader(path: &[u8]) -> bool {
+        let name = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => &path[i + 1..],
+            None => path,
+        };
+        name == b"ld.so" || (name.starts_with(b"ld-") && name.windows(3).any(|w| w == b".so"))
+    }
+
+    /// Options of glibc's loader that take a value as the next argument.
+    const WITH_VALUE: &[&[u8]] = &[
+        b"--library-path",
+        b"--inhibit-rpath",
+        b"--audit",
+        b"--preload",
+        b"--argv0",
+        b"--glibc-hwcaps-prepend",
+        b"--glibc-hwcaps-mask",
+    ];
+
+    /// What an argument of the loader's command line is.
+    #[derive(Debug, PartialEq, Eq, Clone, Copy)]
+    pub enum Arg {
+        /// `argv[0]`, an option, or an argument of the program.
+        Other,
+        /// The value of `--library-path` (a colon-separated list of directories).
+        LibraryPath,
+        /// The program the loader is to load.
+        Program,
+    }
+
+    /// Classifies `args[i]` (the loader's whole argv, `args[0]` included).
+    pub fn classify(args: &[&[u8]], i: usize) -> Arg {
+        let mut j = 1;
+        while j < args.len() {
+            let a = args[j];
+            if a == b"--" {
+                return if i == j + 1 { Arg::Program } else { Arg::Other };
+            }
+            if !a.starts_with(b"--") {
+                return if i == j { Arg::Program } else { Arg::Other };
+            }
+            if WITH_VALUE.contains(&a) {
+                if i == j + 1 {
+                    return if a == b"--library-path" {
+                        Arg::LibraryPath
+                    } else {
+                        Arg::Other
+                    };
+                }
+                j += 2;
+            } else {
+                j += 1;
+            }
+        }
+        Arg::Other
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn loaders_are_recognised_by_name() {
+            assert!(is_loader(b"/lib64/ld-linux-x86-64.so.2"));
+            assert!(is_loader(b"/lib/ld-linux-aarch64.so.1"));
+            assert!(is_loader(b"ld.so"));
+            assert!(!is_loader(b"/usr/bin/ld"));
+            assert!(!is_loader(b"/usr/lib/libld-foo.so"));
+            assert!(!is_loader(b"/usr/bin/ldd"));
+        }
+
+        #[test]
+        fn the_program_is_the_first_non_option() {
+            let a: &[&[u8]] = &[b"ld.so", b"--verify", b"/p/bin/x", b"arg"];
+            assert_eq!(classify(a, 2), Arg::Program);
+            assert_eq!(classify(a, 3), Arg::Other);
+            assert_eq!(classify(a, 1), Arg::Other);
+            let a: &[&[u8]] = &[
+                b"ld.so",
+                b"--library-path",
+                b"/p/lib",
+                b"--argv0",
+                b"n",
+                b"x",
+            ];
+            assert_eq!(classify(a, 2), Arg::LibraryPath);
+            assert_eq!(classify(a, 4), Arg::Other);
+            assert_eq!(classify(a, 5), Arg::Program);
+            let a: &[&[u8]] = &[b"ld.so", b"--", b"--weird-name"];
+            assert_eq!(classify(a, 2), Arg::Program);
+            let a: &[&[u8]] = &[b"ld.so", b"--list"];
+            assert_eq!(classify(a, 1), Arg::Other);
+        }
+    }
+}

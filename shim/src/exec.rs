@@ -154,10 +154,14 @@ unsafe fn fix_env(
     let mut ok = exe.is_none();
     let mut have_preload = shim.is_empty();
     let mut have = 0usize;
+    let mut libpath: Option<*const c_char> = None;
     for &p in &ptrs {
         let kv = cbytes(p);
         let k = key_of(kv);
-        if k == b"LD_PRELOAD" {
+        if k == b"LD_LIBRARY_PATH" {
+            libpath = library_path(st, &kv[16..], ar, b"LD_LIBRARY_PATH=");
+            ok &= libpath.is_none();
+        } else if k == b"LD_PRELOAD" {
             have_preload = have_preload
                 || kv[11..]
                     .split(|&b| b == b':' || b == b' ')
@@ -187,7 +191,10 @@ unsafe fn fix_env(
         if k == ENV_EXE.as_bytes() || st.env_pass.iter().any(|e| key_of(e) == k) {
             continue;
         }
-        out.push(p);
+        match libpath {
+            Some(l) if k == b"LD_LIBRARY_PATH" => out.push(l),
+            _ => out.push(p),
+        }
     }
     if !shim.is_empty() {
         let has = old_preload
@@ -213,6 +220,92 @@ unsafe fn fix_env(
         out.push(ar.cstr(&[ENV_EXE.as_bytes(), b"=", x])?);
     }
     ar.ptrs(&out)
+}
+
+/// `<prefix><value>` (`LD_LIBRARY_PATH=…`) for a child when an entry of `value` is in the view: the
+/// loader, which opens libraries itself, gets the real directory mirroring it
+/// ([`crate::misc::library_dir`]). `None` when no entry is in the view.
+unsafe fn library_path(
+    st: &State,
+    value: &[u8],
+    ar: &mut Arena,
+    prefix: &[u8],
+) -> Option<*const c_char> {
+    let mapped: Vec<(&[u8], Option<PBuf>)> = value
+        .split(|&b| b == b':')
+        .map(|e| (e, crate::misc::library_dir(st, e)))
+        .collect();
+    if mapped.iter().all(|(_, d)| d.is_none()) {
+        return None;
+    }
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(mapped.len() * 2 + 1);
+    parts.push(prefix);
+    for (i, (entry, dir)) in mapped.iter().enumerate() {
+        if i > 0 {
+            parts.push(b":");
+        }
+        parts.push(dir.as_ref().map_or(*entry, |d| d.as_bytes()));
+    }
+    ar.cstr(&parts)
+}
+
+/// The argv of the dynamic loader run by hand (`ldd`: `ld-linux… --verify PROGRAM`) with a
+/// PROGRAM in the view replaced by a real file holding it, and `--library-path` entries in
+/// the view by their mirrors. `None` when nothing is in the view.
+unsafe fn loader_argv(
+    st: &State,
+    argv: *const *const c_char,
+    ar: &mut Arena,
+) -> Option<*const *const c_char> {
+    use vrift_shim_core::loader::{classify, Arg};
+    let args = vec_of(argv);
+    let mut out = ptrs_of(argv);
+    let mut changed = false;
+    for i in 1..args.len() {
+        match classify(&args, i) {
+            Arg::Program => {
+                let Some(f) = real_file_of(st, args[i]) else {
+                    continue;
+                };
+                out[i] = ar.cstr(&[f.as_bytes()])?;
+                changed = true;
+            }
+            Arg::LibraryPath => {
+                let Some(v) = library_path(st, args[i], ar, b"") else {
+                    continue;
+                };
+                out[i] = v;
+                changed = true;
+            }
+            Arg::Other => {}
+        }
+    }
+    if changed {
+        ar.ptrs(&out)
+    } else {
+        None
+    }
+}
+
+/// A real file with the content of the view file `raw` (for programs that open it with no
+/// preload in between: the loader), placed so its `$ORIGIN` dependencies resolve.
+fn real_file_of(st: &State, raw: &[u8]) -> Option<PBuf> {
+    let mut a = abs_of(st, libc::AT_FDCWD, raw)?;
+    let r = vfs::resolve(st, &mut a.p, true);
+    match r.node {
+        Node::V { layer, idx } => {
+            let e = vfs::entry(st, layer, idx)?;
+            if e.is_dir() {
+                return None;
+            }
+            let blob = vfs::blob_path(st, &e)?;
+            let file = exec_file(st, &blob)?;
+            Some(crate::misc::exec_mirror(st, r.path.as_bytes(), &blob, &file).unwrap_or(file))
+        }
+        Node::Upper => st.upper.as_ref()?.mirror_of(r.path.as_bytes()),
+        Node::Real if r.moved => PBuf::from(r.path.as_bytes()),
+        _ => None,
+    }
 }
 
 /// Space for rewriting one exec: environment and arguments plus slack.
@@ -388,6 +481,11 @@ unsafe fn prepare(
     let raw = cbytes(path);
     let Some(mut a) = abs_of(st, libc::AT_FDCWD, raw) else {
         let envp = fix_env(st, envp, None, ar).ok_or(libc::E2BIG)?;
+        let argv = if vrift_shim_core::loader::is_loader(raw) {
+            loader_argv(st, argv, ar).unwrap_or(argv)
+        } else {
+            argv
+        };
         return Ok(Prepared { path, argv, envp });
     };
     let r = vfs::resolve(st, &mut a.p, true);
@@ -404,6 +502,8 @@ unsafe fn prepare(
                 return by_interpreter(st, interp, arg, path, argv, envp, ar, depth);
             }
             let file = exec_file(st, &blob).ok_or(libc::EACCES)?;
+            let file =
+                crate::misc::exec_mirror(st, r.path.as_bytes(), &blob, &file).unwrap_or(file);
             let p = ar.cstr(&[file.as_bytes()]).ok_or(libc::E2BIG)?;
             let envp = fix_env(st, envp, Some(r.path.as_bytes()), ar).ok_or(libc::E2BIG)?;
             Ok(Prepared {
@@ -434,6 +534,11 @@ unsafe fn prepare(
             if let Some(p) = virtual_interpreter(st, r.path, path, argv, envp, ar, depth) {
                 return p;
             }
+            let argv = if vrift_shim_core::loader::is_loader(r.path.as_bytes()) {
+                loader_argv(st, argv, ar).unwrap_or(argv)
+            } else {
+                argv
+            };
             let p = if !r.moved && a.orig_ok {
                 path
             } else {

@@ -243,13 +243,21 @@ fn dlopen_impl(p: *const c_char, flags: c_int) -> Option<*mut c_void> {
 
 /// Symlinks in `dl`'s directory for `virt` and its sibling shared objects.
 fn materialize_dir(st: &State, virt: &PBuf, dl: &PBuf) {
-    upper::mkdir_p(path::parent(dl.as_bytes()));
-    let vdir = path::parent(virt.as_bytes());
-    let ddir = path::parent(dl.as_bytes());
-    let me = path::file_name(virt.as_bytes());
+    link_shared_objects(
+        st,
+        path::parent(virt.as_bytes()),
+        path::parent(dl.as_bytes()),
+        path::file_name(virt.as_bytes()),
+    );
+}
+
+/// Symlinks in the real directory `ddir` to the blobs of the shared objects (`*.so*`,
+/// `*.node`) of the virtual directory `vdir`, and of the entry named `also`.
+fn link_shared_objects(st: &State, vdir: &[u8], ddir: &[u8], also: &[u8]) {
+    upper::mkdir_p(ddir);
     for d in vfs::list_virtual(st, vdir, 0).iter().skip(2) {
         let is_so = d.name.windows(3).any(|w| w == b".so") || d.name.ends_with(b".node");
-        if *d.name != *me && !is_so {
+        if *d.name != *also && !is_so {
             continue;
         }
         let (Some(mut v), Some(mut l)) = (PBuf::from(vdir), PBuf::from(ddir)) else {
@@ -276,6 +284,116 @@ fn materialize_dir(st: &State, virt: &PBuf, dl: &PBuf) {
             unsafe { real::symlink(blob.as_ptr(), l.as_ptr()) };
         }
     }
+}
+
+/// For `exec` of the virtual dynamic executable `virt` (content in the real file `file`): the
+/// loader resolves the program's `$ORIGIN` from `/proc/self/exe`, which no preload can
+/// change, so a program whose `RUNPATH`/`RPATH` reaches into the view (`$ORIGIN/../lib`) is
+/// started from `<upper>/dl/<virt>` — a hard link to (or copy of) `file` — beside the
+/// mirrored libraries it needs. `None`: nothing of its search path is in the view, or no
+/// upper layer; the caller runs `file` as it is.
+pub(crate) fn exec_mirror(st: &State, virt: &[u8], blob: &PBuf, file: &PBuf) -> Option<PBuf> {
+    let up = st.upper.as_ref()?;
+    let d = read_dynamic(blob)?;
+    let search = d.search.as_deref()?;
+    let origin = path::parent(virt);
+    let reaches_view = search.split(|&b| b == b':').any(|entry| {
+        let mut buf = [0u8; path::MAX];
+        vrift_shim_core::elf::expand_origin(entry, origin, &mut buf)
+            .filter(|_| buf.first() == Some(&b'/'))
+            .and_then(|n| path::normalize_abs(&buf[..n]))
+            .is_some_and(|dir| st.in_view(dir.as_bytes()))
+    });
+    if !reaches_view {
+        return None;
+    }
+    let mut dl = up.sub(b"dl")?;
+    dl.push(virt)?;
+    // SAFETY: valid buffers; our own fds, closed before returning.
+    unsafe {
+        let mut s: libc::stat = std::mem::zeroed();
+        if real::lstat(dl.as_ptr(), &mut s) != 0 {
+            upper::mkdir_p(path::parent(dl.as_bytes()));
+            if real::link(file.as_ptr(), dl.as_ptr()) != 0 && !copy_file(file, &dl) {
+                return None;
+            }
+        }
+    }
+    mirror_needed(st, up, virt, 0);
+    Some(dl)
+}
+
+/// Copies `from` to a new executable file `to` (written under a temporary name, then
+/// renamed: a concurrent exec never sees half a binary).
+fn copy_file(from: &PBuf, to: &PBuf) -> bool {
+    let Some(mut tmp) = PBuf::from(to.as_bytes()) else {
+        return false;
+    };
+    // SAFETY: valid buffers; our own fds, closed before returning.
+    unsafe {
+        if tmp.push(b".tmp").is_none() || tmp.push(libc::getpid().to_string().as_bytes()).is_none()
+        {
+            return false;
+        }
+        let inp = real::open(from.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC, 0);
+        if inp < 0 {
+            return false;
+        }
+        let out = real::open(
+            tmp.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o755,
+        );
+        if out < 0 {
+            real::close(inp);
+            return false;
+        }
+        let mut ok = true;
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = real::read(inp, buf.as_mut_ptr().cast(), buf.len());
+            if n < 0 {
+                ok = false;
+            }
+            if n <= 0 {
+                break;
+            }
+            if real::write(out, buf.as_ptr().cast(), n as usize) != n {
+                ok = false;
+                break;
+            }
+        }
+        real::close(inp);
+        ok &= real::close(out) == 0;
+        ok && real::rename(tmp.as_ptr(), to.as_ptr()) == 0
+    }
+}
+
+/// The real directory to put in a child's `LD_LIBRARY_PATH` for the entry `entry` of the
+/// caller's: an entry in the view becomes `<upper>/dl/<entry>`, holding symlinks to the blobs
+/// of that directory's shared objects (the loader opens them itself and sees no view);
+/// `None` keeps the entry as it is.
+pub(crate) fn library_dir(st: &State, entry: &[u8]) -> Option<PBuf> {
+    if entry.is_empty() {
+        return None;
+    }
+    let up = st.upper.as_ref()?;
+    let mut a = abs_of(st, libc::AT_FDCWD, entry)?;
+    if !st.in_view(a.p.as_bytes()) {
+        return None;
+    }
+    let r = vfs::resolve(st, &mut a.p, true);
+    if !matches!(r.node, Node::V { .. }) {
+        return None;
+    }
+    let mut dl = up.sub(b"dl")?;
+    dl.push(r.path.as_bytes())?;
+    // SAFETY: valid buffer.
+    let mut s: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { real::lstat(dl.as_ptr(), &mut s) } != 0 {
+        link_shared_objects(st, r.path.as_bytes(), dl.as_bytes(), b"");
+    }
+    Some(dl)
 }
 
 /// Mirrors, under `<upper>/dl/`, the libraries the loader will look for on behalf of the view
