@@ -53,3 +53,31 @@ fn gcc_compiles_with_a_virtual_include_dir() {
     );
     assert!(env.path("out/main.o").is_file());
 }
+
+/// A program that execs a child with a bare `LD_PRELOAD` entry (no `=`) in its environment:
+/// the child keeps the shim and reads the view (it once lost it to a slice panic).
+#[test]
+fn a_child_started_with_a_bare_ld_preload_entry_keeps_the_view() {
+    let env = Env::new();
+    write(&env.path("v/data.txt"), "virtual content\n");
+    let m = env.ingest_and_remove("v", "v.vrm");
+    write(
+        &env.path("src/spawn.c"),
+        "#include <unistd.h>\n\
+         int main(int c, char **v) {\n\
+           char *argv[] = {\"cat\", v[1], 0};\n\
+           char *envp[] = {\"LD_PRELOAD\", \"PATH=/usr/bin:/bin\", 0};\n\
+           execve(\"/bin/cat\", argv, envp);\n\
+           return 127;\n\
+         }\n",
+    );
+    let o = std::process::Command::new("gcc")
+        .arg("-o")
+        .arg(env.path("spawn"))
+        .arg(env.path("src/spawn.c"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = env.run_ok(&[&m], &["./spawn", "v/data.txt"]);
+    assert_eq!(out, "virtual content\n");
+}

@@ -141,6 +141,15 @@ fn key_of(kv: &[u8]) -> &[u8] {
     }
 }
 
+/// The value of an environment entry: empty for a bare `NAME` without `=` (programs do pass
+/// such entries; slicing past the key would panic and lose the shim for the child).
+fn value_of(kv: &[u8]) -> &[u8] {
+    match kv.iter().position(|&b| b == b'=') {
+        Some(i) => &kv[i + 1..],
+        None => &[],
+    }
+}
+
 /// `envp` with our variables guaranteed (and `VRIFT_EXE` set to `exe` or removed).
 /// Returns the original pointer when nothing needs to change.
 unsafe fn fix_env(
@@ -159,11 +168,11 @@ unsafe fn fix_env(
         let kv = cbytes(p);
         let k = key_of(kv);
         if k == b"LD_LIBRARY_PATH" {
-            libpath = library_path(st, &kv[16..], ar, b"LD_LIBRARY_PATH=");
+            libpath = library_path(st, value_of(kv), ar, b"LD_LIBRARY_PATH=");
             ok &= libpath.is_none();
         } else if k == b"LD_PRELOAD" {
             have_preload = have_preload
-                || kv[11..]
+                || value_of(kv)
                     .split(|&b| b == b':' || b == b' ')
                     .any(|x| x == shim);
         } else if k == ENV_EXE.as_bytes() {
@@ -185,7 +194,7 @@ unsafe fn fix_env(
         let kv = cbytes(p);
         let k = key_of(kv);
         if k == b"LD_PRELOAD" {
-            old_preload = &kv[11..];
+            old_preload = value_of(kv);
             continue;
         }
         if k == ENV_EXE.as_bytes() || st.env_pass.iter().any(|e| key_of(e) == k) {
