@@ -262,3 +262,41 @@ fn the_view_refuses_a_damaged_blob() {
         "{err}"
     );
 }
+
+/// The upper layer's state on a full tmpfs (`/dev/shm` is 64 MiB in Docker): `vrift run`
+/// says so in one line naming the directory; the user's program is never killed by SIGBUS at
+/// its first write. Runs inside a user+mount namespace holding a 1 MiB tmpfs.
+#[test]
+fn a_full_tmpfs_for_the_upper_layer_is_an_error_not_a_sigbus() {
+    let env = Env::new();
+    write(&env.path("v/a.txt"), "a\n");
+    let m = env.ingest_and_remove("v", "v.vrm");
+    let tiny = env.path("tiny");
+    std::fs::create_dir_all(&tiny).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs '{t}' || exit 99\n\
+         head -c 2M /dev/zero > '{t}/fill' 2>/dev/null\n\
+         VRIFT_UPPER='{t}/up' '{bin}' run --manifest '{m}' -- sh -c 'echo hi > v/new.txt; cat v/new.txt'\n",
+        t = tiny.display(),
+        bin = vrift_bin().display(),
+        m = m.display(),
+    );
+    let o = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .current_dir(env.root())
+        .env("VR_THE_SOURCE", env.store())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(
+        o.status.code(),
+        Some(99),
+        "cannot mount a tmpfs in a user namespace here: {err}"
+    );
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no room for the upper layer") && err.contains("tiny/up"),
+        "{err}"
+    );
+    assert!(!err.contains("Bus error"), "{err}");
+}

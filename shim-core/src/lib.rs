@@ -515,3 +515,18 @@ pub mod loader {
         }
     }
 }
+
+/// The upper layer's `state` file: a fixed-size hash set of the paths written during a run,
+/// mapped `MAP_SHARED` by every process of the run. Its blocks are allocated when the file is
+/// made (`posix_fallocate`, by the launcher): a sparse file on a full tmpfs (`/dev/shm` is
+/// 64 MiB in Docker) would kill the user's program with SIGBUS at its first write.
+pub mod upper_state {
+    /// File name inside the upper directory.
+    pub const FILE: &str = "state";
+    /// Slots of the open-addressing table (a power of two).
+    pub const SLOTS: usize = 1 << 18;
+    /// Words before the table.
+    pub const HEADER_WORDS: usize = 8;
+    /// Size of the file.
+    pub const BYTES: usize = (HEADER_WORDS + SLOTS) * 8;
+}

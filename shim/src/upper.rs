@@ -21,10 +21,9 @@ use crate::real;
 /// Symlink target that marks a deleted virtual path.
 pub const WHITEOUT: &[u8] = b"\x01vrift-whiteout";
 
-const TABLE_SLOTS: usize = 1 << 18;
-const HEADER_WORDS: usize = 8;
+use vrift_shim_core::upper_state::{HEADER_WORDS, SLOTS as TABLE_SLOTS};
 /// Size of the `state` file.
-pub const TABLE_BYTES: usize = (HEADER_WORDS + TABLE_SLOTS) * 8;
+pub const TABLE_BYTES: usize = vrift_shim_core::upper_state::BYTES;
 
 pub struct Upper {
     /// `<upper>` without trailing slash.
@@ -80,9 +79,15 @@ impl Upper {
             if fd < 0 {
                 return None;
             }
+            // Blocks allocated, never a sparse file (see `upper_state`); no room → no upper
+            // layer (writes to the view fail with an error, the program is not killed).
             let mut s: libc::stat = std::mem::zeroed();
-            if real::fstat(fd, &mut s) == 0 && (s.st_size as usize) < TABLE_BYTES {
-                libc::ftruncate(fd, TABLE_BYTES as libc::off_t);
+            if real::fstat(fd, &mut s) != 0
+                || ((s.st_size as usize) < TABLE_BYTES
+                    && libc::posix_fallocate(fd, 0, TABLE_BYTES as libc::off_t) != 0)
+            {
+                real::close(fd);
+                return None;
             }
             let p = libc::mmap(
                 std::ptr::null_mut(),

@@ -13,7 +13,9 @@
 //!   forwards SIGTERM, SIGHUP, SIGUSR1/2, SIGWINCH and user-sent SIGINT/SIGQUIT to it.
 
 use std::ffi::{CString, OsString};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -162,6 +164,38 @@ fn temp_dir_in(base: &Path, what: &str) -> Result<PathBuf> {
     bail!("cannot create a temporary directory in {}", base.display())
 }
 
+/// Makes the upper layer's `state` file with its blocks allocated (see
+/// `vrift_shim_core::upper_state`): on a full tmpfs this fails here, and another place is
+/// tried, instead of SIGBUS in the user's program at its first write.
+fn upper_state(dir: &Path) -> std::io::Result<()> {
+    use vrift_shim_core::upper_state::{BYTES, FILE};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join(FILE))?;
+    if f.metadata()?.len() >= BYTES as u64 {
+        return Ok(());
+    }
+    // SAFETY: a valid fd we own.
+    match unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, BYTES as libc::off_t) } {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// A fresh upper directory in `base`, state file allocated; removed again if there is no room.
+fn upper_in(base: &Path) -> Result<PathBuf> {
+    let d = temp_dir_in(base, "upper")?;
+    if let Err(e) = upper_state(&d) {
+        let _ = std::fs::remove_dir_all(&d);
+        return Err(e).with_context(|| format!("no room for an upper layer in {}", base.display()));
+    }
+    Ok(d)
+}
+
 fn temp_dir(what: &str) -> Result<PathBuf> {
     temp_dir_in(&std::env::temp_dir(), what)
 }
@@ -236,7 +270,7 @@ fn temp_upper(roots: &[PathBuf], store: &Path) -> Result<PathBuf> {
         }
         for c in candidates {
             if device_of(&c) == Some(dev) && c.is_dir() {
-                if let Ok(d) = temp_dir_in(&c, "upper") {
+                if let Ok(d) = upper_in(&c) {
                     return Ok(d);
                 }
             }
@@ -244,11 +278,11 @@ fn temp_upper(roots: &[PathBuf], store: &Path) -> Result<PathBuf> {
     }
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
-        if let Ok(d) = temp_dir_in(shm, "upper") {
+        if let Ok(d) = upper_in(shm) {
             return Ok(d);
         }
     }
-    temp_dir("upper")
+    upper_in(&std::env::temp_dir())
 }
 
 /// The manifests to project, bottom first, plus what must be cleaned up afterwards.
@@ -386,6 +420,9 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
             let u = PathBuf::from(u);
             std::fs::create_dir_all(&u)
                 .with_context(|| format!("cannot create {ENV_UPPER} {}", u.display()))?;
+            upper_state(&u).with_context(|| {
+                format!("no room for the upper layer's state in {}", u.display())
+            })?;
             absolute(&u)?
         }
         None => {
