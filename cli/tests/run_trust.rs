@@ -300,3 +300,29 @@ fn a_full_tmpfs_for_the_upper_layer_is_an_error_not_a_sigbus() {
     );
     assert!(!err.contains("Bus error"), "{err}");
 }
+
+/// A manifest rewritten in place while a run uses it (`cp new.vrm m.vrm` truncates the file
+/// it maps): the run goes on with the tree it started with, in processes already running and
+/// in those started afterwards; nothing dies of SIGBUS.
+#[test]
+fn a_manifest_truncated_during_a_run_kills_nothing() {
+    let env = Env::new();
+    for i in 0..200 {
+        write(
+            &env.path(&format!("v/d{}/f{i}.txt", i % 10)),
+            &format!("{i}\n"),
+        );
+    }
+    let m = env.ingest_and_remove("v", "v.vrm");
+    let script = format!(
+        "import os, subprocess\n\
+         print(open('v/d3/f3.txt').read().strip())\n\
+         open('{m}', 'w').close()\n\
+         print(sum(len(os.listdir('v/d' + str(i))) for i in range(10)))\n\
+         print(open('v/d7/f197.txt').read().strip())\n\
+         print(subprocess.run(['cat', 'v/d5/f25.txt'], capture_output=True, text=True).stdout.strip())\n",
+        m = m.display()
+    );
+    let out = env.run_ok(&[&m], &["python3", "-c", &script]);
+    assert_eq!(out, "3\n200\n197\n25\n");
+}

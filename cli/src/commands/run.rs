@@ -164,6 +164,32 @@ fn temp_dir_in(base: &Path, what: &str) -> Result<PathBuf> {
     bail!("cannot create a temporary directory in {}", base.display())
 }
 
+/// A sealed in-memory copy of the manifest at `p` (no one can shrink, grow or write it).
+fn sealed_copy(p: &Path) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut src = std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+    // SAFETY: a NUL-terminated name; the returned fd is ours.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"vrift-manifest".as_ptr(),
+            libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("memfd_create");
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut dst = std::fs::File::from(fd.try_clone()?);
+    std::io::copy(&mut src, &mut dst).with_context(|| format!("cannot copy {}", p.display()))?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on our own fd.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("sealing a manifest copy");
+    }
+    Ok(fd)
+}
+
 /// Makes the upper layer's `state` file with its blocks allocated (see
 /// `vrift_shim_core::upper_state`): on a full tmpfs this fails here, and another place is
 /// tried, instead of SIGBUS in the user's program at its first write.
@@ -437,13 +463,22 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
         }
     };
 
-    let joined: Vec<OsString> = list.iter().map(|p| p.clone().into_os_string()).collect();
+    // The shim maps sealed in-memory copies, reached as /proc/<this pid>/fd/N by every process
+    // of the run: a manifest rewritten in place meanwhile (`cp new.vrm m.vrm` truncates the
+    // file) would otherwise kill them with SIGBUS.
+    let mut sealed = Vec::with_capacity(list.len());
     let mut manifests_var = OsString::new();
-    for (i, p) in joined.iter().enumerate() {
+    for (i, p) in list.iter().enumerate() {
         if i > 0 {
             manifests_var.push(":");
         }
-        manifests_var.push(p);
+        let fd = sealed_copy(p)?;
+        manifests_var.push(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            fd.as_raw_fd()
+        ));
+        sealed.push(fd);
     }
     let mut preload = shim.clone().into_os_string();
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
