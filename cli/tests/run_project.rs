@@ -291,3 +291,62 @@ fn directory_times_and_sizes_survive_ingest_view_and_checkout() {
     assert_eq!(mtime(&back.join("dups")), old);
     assert_eq!(mtime(&back.join("big")), old);
 }
+
+/// errno after calls that succeed is what it would be without the shim: the hooks' own probes
+/// (upper layer, lookups) never leak an errno into a program that reads it after a success —
+/// a `readdir` loop ends at errno 0, not ENOENT.
+#[test]
+fn errno_after_successful_calls_is_left_alone() {
+    let env = Env::new();
+    let p = project(&env);
+    write(
+        &p.join("errno.c"),
+        "#include <dirent.h>\n#include <errno.h>\n#include <fcntl.h>\n#include <stdio.h>\n\
+         #include <sys/stat.h>\n#include <unistd.h>\n\
+         #define SHOW(what, ok) printf(\"%s %d errno %d\\n\", what, ok, errno); errno = 0\n\
+         int main(void) {\n\
+           struct stat s; errno = 0;\n\
+           SHOW(\"stat\", stat(\"src/lib.txt\", &s) == 0);\n\
+           DIR *d = opendir(\"src\"); int n = 0;\n\
+           while (readdir(d)) n++;\n\
+           SHOW(\"readdir\", n);\n\
+           closedir(d); errno = 0;\n\
+           FILE *f = fopen(\"src/new.txt\", \"w\");\n\
+           SHOW(\"fopen-w\", f != 0);\n\
+           fclose(f); errno = 0;\n\
+           int fd = open(\"src/lib.txt\", O_RDWR);\n\
+           SHOW(\"open-rw\", fd >= 0);\n\
+           close(fd); errno = 0;\n\
+           SHOW(\"mkdir\", mkdir(\"src/d\", 0755) == 0);\n\
+           SHOW(\"rename\", rename(\"src/new.txt\", \"src/d/n.txt\") == 0);\n\
+           SHOW(\"unlink\", unlink(\"src/d/n.txt\") == 0);\n\
+           SHOW(\"access\", access(\"src/lib.txt\", R_OK) == 0);\n\
+           SHOW(\"chdir\", chdir(\"src\") == 0);\n\
+           SHOW(\"lstat\", lstat(\"lib.txt\", &s) == 0);\n\
+           return 0;\n\
+         }\n",
+    );
+    let o = std::process::Command::new("gcc")
+        .arg("-o")
+        .arg(env.path("errno"))
+        .arg(p.join("errno.c"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let prog = env.path("errno");
+    let native = std::process::Command::new(&prog)
+        .current_dir(&p)
+        .output()
+        .unwrap();
+    let native = String::from_utf8(native.stdout).unwrap();
+    assert_eq!(
+        native,
+        "stat 1 errno 0\nreaddir 3 errno 0\nfopen-w 1 errno 0\nopen-rw 1 errno 0\n\
+         mkdir 1 errno 0\nrename 1 errno 0\nunlink 1 errno 0\naccess 1 errno 0\n\
+         chdir 1 errno 0\nlstat 1 errno 0\n"
+    );
+    // Undo the native run's changes (the directory it made), then the same through the view.
+    std::fs::remove_dir(p.join("src/d")).unwrap();
+    let virt = run_in(&env, &p, &["--", prog.to_str().unwrap()]);
+    assert_eq!(virt, native);
+}

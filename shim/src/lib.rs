@@ -57,7 +57,7 @@ impl Drop for Guard {
 /// `None` (inactive, re-entered, the body declined, or the body panicked) means: call the
 /// real function with the caller's arguments.
 #[inline]
-pub(crate) fn guarded<R>(f: impl FnOnce(&'static State) -> Option<R>) -> Option<R> {
+pub(crate) fn guarded<R: Ret>(f: impl FnOnce(&'static State) -> Option<R>) -> Option<R> {
     let st = state::get()?;
     let entered = BUSY
         .try_with(|b| {
@@ -73,9 +73,55 @@ pub(crate) fn guarded<R>(f: impl FnOnce(&'static State) -> Option<R>) -> Option<
         return None;
     }
     let _g = Guard;
-    std::panic::catch_unwind(AssertUnwindSafe(|| f(st)))
+    // A body that declines has made calls of its own (probes of the upper layer, lookups):
+    // the real function then runs with the caller's errno, as it would without the shim.
+    let saved = real::errno();
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| f(st)))
         .ok()
-        .flatten()
+        .flatten();
+    // A call that succeeded leaves errno as the caller had it, whatever the body's own steps
+    // (`mkdir -p` of a mirror directory: EEXIST; probes: ENOENT) set; a failure keeps its errno.
+    if r.as_ref().is_none_or(|v| !v.failed()) {
+        real::set_errno(saved);
+    }
+    r
+}
+
+/// What a hook returns, as far as errno is concerned: whether it reports a failure (errno is
+/// then the answer) or a success (errno is then the caller's).
+pub(crate) trait Ret {
+    fn failed(&self) -> bool;
+}
+impl Ret for libc::c_int {
+    fn failed(&self) -> bool {
+        *self < 0
+    }
+}
+impl Ret for libc::c_long {
+    fn failed(&self) -> bool {
+        *self < 0
+    }
+}
+impl Ret for isize {
+    fn failed(&self) -> bool {
+        *self < 0
+    }
+}
+/// Hooks that prepare work for a later real call (exec, opendir): `Err` is their failure.
+impl<T, E> Ret for Result<T, E> {
+    fn failed(&self) -> bool {
+        self.is_err()
+    }
+}
+impl<T> Ret for *mut T {
+    fn failed(&self) -> bool {
+        self.is_null()
+    }
+}
+impl<T> Ret for *const T {
+    fn failed(&self) -> bool {
+        self.is_null()
+    }
 }
 
 /// Sets errno and returns `Some(fail)`: the hook's answer is an error.
