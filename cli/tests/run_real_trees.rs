@@ -500,3 +500,88 @@ LD_LIBRARY_PATH=proj/lib ldd proj/bin/ll | grep -o 'libfoo.so => [^ ]*' | sed 's
     let virt = vrun(&env, &[&env.path("proj.vrm")], script, &[]);
     assert_eq!(virt, native);
 }
+
+// -----------------------------------------------------------------------------------------
+// Programs the shim cannot serve (static binaries), and VRIFT_REPORT
+// -----------------------------------------------------------------------------------------
+
+/// A statically linked program (busybox-static, like Go's esbuild) never loads the shim: one
+/// that touches the view is refused with one line naming it and `--isolate` (which serves
+/// it), never left to see an empty tree; one that does not touch the view runs. With
+/// `VRIFT_REPORT`, every process says which hooks served it, and static programs are listed.
+#[test]
+fn static_programs_are_refused_in_the_view_and_reported() {
+    let bb = std::path::Path::new("/bin/busybox");
+    let Some(()) = need(bb.exists(), "busybox-static (/bin/busybox)") else {
+        return;
+    };
+    let env = Env::new();
+    for (f, c) in [("v/a.txt", "alpha\n"), ("v/sub/b.txt", "beta\n")] {
+        let p = env.path(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, c).unwrap();
+    }
+    let o = env
+        .vrift()
+        .args(["ingest", "v", "-o", "v.vrm", "--mode", "phantom"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    make_writable(&env.path("v"));
+    std::fs::remove_dir_all(env.path("v")).unwrap();
+    let m = env.path("v.vrm");
+    let report = env.path("report.jsonl");
+
+    let o = output_within(
+        env.vrift()
+            .env("VRIFT_REPORT", &report)
+            .args(["run", "--manifest"])
+            .arg(&m)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "cat v/a.txt; /bin/busybox ls v; echo \"ls=$?\"; /bin/busybox echo not-in-view",
+            ]),
+        60,
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(out, "alpha\nls=126\nnot-in-view\n", "{err}");
+    assert!(
+        err.contains("vrift: /bin/busybox is statically linked")
+            && err.contains("v is served from the store")
+            && err.contains("--isolate"),
+        "{err}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let cat = lines
+        .iter()
+        .find(|l| l["exe"].as_str().is_some_and(|e| e.ends_with("/cat")))
+        .unwrap_or_else(|| panic!("no line for cat: {lines:?}"));
+    assert!(cat["hooks"]["open"][1].as_u64() >= Some(1), "{cat}");
+    let statics: Vec<_> = lines.iter().filter(|l| l["static"] == true).collect();
+    assert_eq!(statics.len(), 2, "{lines:?}");
+    assert_eq!(statics[0]["exec"], "/bin/busybox");
+    assert_eq!(statics[0]["refused"], true);
+    assert_eq!(statics[1]["refused"], false);
+
+    // What the message points at works: the kernel serves the tree to the static program.
+    let o = output_within(
+        env.vrift()
+            .args(["run", "--isolate", "--manifest"])
+            .arg(&m)
+            .args(["--", "/bin/busybox", "cat", "v/sub/b.txt"]),
+        120,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "beta\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

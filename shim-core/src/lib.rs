@@ -196,6 +196,32 @@ pub mod elf {
     /// Most a single read may ask for (a string table or a dynamic section is far smaller).
     const MAX_READ: u64 = 4 << 20;
 
+    /// Whether the 64-bit little-endian ELF read through `read` has no program interpreter
+    /// (`PT_INTERP`): statically linked (Go, musl-static, static-pie), so no preload is ever
+    /// loaded into it. `None` for anything else (scripts, 32-bit, malformed).
+    pub fn is_static(mut read: impl FnMut(u64, usize) -> Option<Vec<u8>>) -> Option<bool> {
+        let head = read(0, 64)?;
+        if head.get(..4)? != b"\x7fELF" || *head.get(4)? != 2 || *head.get(5)? != 1 {
+            return None;
+        }
+        // Executables and shared objects only (e_type 2 or 3).
+        if !matches!(u16_at(&head, 0x10)?, 2 | 3) {
+            return None;
+        }
+        let phoff = u64_at(&head, 0x20)?;
+        let phentsize = usize::from(u16_at(&head, 0x36)?);
+        let phnum = usize::from(u16_at(&head, 0x38)?);
+        if phentsize < 56 || phnum == 0 {
+            return None;
+        }
+        let phs = read(phoff, phentsize.checked_mul(phnum)?)?;
+        let mut types = (0..phnum).map(|i| u32_at(&phs, i * phentsize));
+        if types.clone().any(|t| t.is_none()) {
+            return None;
+        }
+        Some(!types.any(|t| t == Some(3)))
+    }
+
     /// Parses a 64-bit little-endian ELF (x86-64, aarch64) through `read(offset, len)`,
     /// which returns the bytes there (fewer at the end of the file). Reads only the header,
     /// the program headers, the dynamic section and its string table — wherever they are
@@ -399,6 +425,29 @@ pub mod elf {
                 let mut m = img.clone();
                 m[i] ^= 0xff;
                 let _ = dynamic(&m);
+            }
+        }
+
+        #[test]
+        fn static_is_no_program_interpreter() {
+            let read = |img: &[u8], off: u64, len: usize| {
+                let o = usize::try_from(off).ok()?;
+                Some(img.get(o..)?.iter().take(len).copied().collect::<Vec<u8>>())
+            };
+            let mut img = image(&[b"libc.so.6"], None, None);
+            assert_eq!(
+                is_static(|o, l| read(&img, o, l)),
+                None,
+                "e_type 0 is no program"
+            );
+            img[0x10] = 2;
+            assert_eq!(is_static(|o, l| read(&img, o, l)), Some(true));
+            // The second program header becomes PT_INTERP.
+            img[64 + 56] = 3;
+            assert_eq!(is_static(|o, l| read(&img, o, l)), Some(false));
+            assert_eq!(is_static(|o, l| read(b"#!/bin/sh\n", o, l)), None);
+            for n in 0..img.len() {
+                let _ = is_static(|o, l| read(&img[..n], o, l));
             }
         }
 

@@ -563,6 +563,98 @@ unsafe fn prepare(
     }
 }
 
+/// [`prepare`], then the check no preload can do later: a statically linked program (Go's
+/// esbuild, busybox-static, musl builds) never loads the shim, so one started inside the view
+/// — its working directory virtual, or a path argument that exists only in the view — would
+/// see nothing there and go wrong silently. It is refused with one line naming it and the
+/// way that works (`--isolate`: the kernel serves the tree). Static programs that do not
+/// touch the view (a helper given real paths) run as usual.
+unsafe fn prepare_checked(
+    st: &State,
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    ar: &mut Arena,
+) -> Result<Prepared, c_int> {
+    let p = prepare(st, path, argv, envp, ar, 0)?;
+    let exe = PBuf::from(cbytes(p.path)).ok_or(libc::ENAMETOOLONG)?;
+    if !is_static_file(&exe) {
+        return Ok(p);
+    }
+    let args = vec_of(p.argv);
+    let touched: Option<&[u8]> = if path::cwd_mirrored() {
+        Some(b".")
+    } else {
+        args.iter().skip(1).copied().find(|a| only_in_view(st, a))
+    };
+    crate::report::exec_static(cbytes(path), touched.is_some());
+    let Some(what) = touched else {
+        return Ok(p);
+    };
+    let mut msg = PBuf::new();
+    for part in [
+        &b"vrift: "[..],
+        cbytes(path),
+        b" is statically linked, so it cannot see the view (",
+        what,
+        b" is served from the store); run it with `vrift run --isolate`\n",
+    ] {
+        if msg.push(part).is_none() {
+            break;
+        }
+    }
+    real::write(2, msg.as_ptr().cast(), msg.len());
+    Err(libc::EPERM)
+}
+
+/// Whether the real file `p` is a statically linked ELF program.
+fn is_static_file(p: &PBuf) -> bool {
+    // SAFETY: our own fd, closed before returning; reads into our own buffers.
+    unsafe {
+        let fd = real::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let r = vrift_shim_core::elf::is_static(|off, len| {
+            let mut buf = vec![0u8; len];
+            let n = libc::pread(fd, buf.as_mut_ptr().cast(), len, i64::try_from(off).ok()?);
+            buf.truncate(usize::try_from(n).ok()?);
+            Some(buf)
+        });
+        real::close(fd);
+        r == Some(true)
+    }
+}
+
+/// Whether the argument `a`, taken as a path (or the value of `--opt=PATH`), names something
+/// the view holds that is not on disk at that path.
+fn only_in_view(st: &State, a: &[u8]) -> bool {
+    let a = match (a.starts_with(b"-"), a.iter().position(|&b| b == b'=')) {
+        (true, Some(i)) => &a[i + 1..],
+        (true, None) => return false,
+        _ => a,
+    };
+    if a.is_empty() {
+        return false;
+    }
+    let Some(mut abs) = abs_of(st, libc::AT_FDCWD, a) else {
+        return false;
+    };
+    if !st.in_view(abs.p.as_bytes()) {
+        return false;
+    }
+    let on_disk = {
+        let mut s: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid buffers.
+        unsafe { real::lstat(abs.p.as_ptr(), &mut s) == 0 }
+    };
+    !on_disk
+        && matches!(
+            vfs::resolve(st, &mut abs.p, true).node,
+            Node::V { .. } | Node::Upper
+        )
+}
+
 fn execve_impl(
     path: *const c_char,
     argv: *const *const c_char,
@@ -572,7 +664,7 @@ fn execve_impl(
         // SAFETY: the caller's arrays.
         unsafe {
             let mut ar = arena_for(argv, envp)?;
-            Some(prepare(st, path, argv, envp, &mut ar, 0).map(|p| (p, ar)))
+            Some(prepare_checked(st, path, argv, envp, &mut ar).map(|p| (p, ar)))
         }
     })?;
     // The re-entry guard is released before the real call: after `vfork` the child shares
@@ -702,7 +794,7 @@ fn spawn_impl(
         // or failed by the time it returns).
         unsafe {
             let mut ar = arena_for(argv, envp)?;
-            match prepare(st, path, argv, envp, &mut ar, 0) {
+            match prepare_checked(st, path, argv, envp, &mut ar) {
                 Ok(p) => Some(real::posix_spawn(pid, p.path, fa, at, p.argv, p.envp)),
                 Err(e) => Some(e),
             }

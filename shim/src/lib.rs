@@ -28,6 +28,7 @@ mod misc;
 mod open;
 mod path;
 mod real;
+mod report;
 mod stat;
 mod state;
 mod upper;
@@ -84,6 +85,9 @@ pub(crate) fn guarded<R: Ret>(f: impl FnOnce(&'static State) -> Option<R>) -> Op
     if r.as_ref().is_none_or(|v| !v.failed()) {
         real::set_errno(saved);
     }
+    if r.is_some() {
+        report::served();
+    }
     r
 }
 
@@ -133,7 +137,8 @@ pub(crate) fn fail<T: real::FailVal>(e: c_int) -> Option<T> {
 
 /// Logs a hook call when `VRIFT_TRACE` is set (the measurement build is this one).
 #[inline]
-pub(crate) fn trace(name: &str, p: *const libc::c_char) {
+pub(crate) fn trace(name: &'static str, p: *const libc::c_char) {
+    report::enter(name);
     if !state::TRACE.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }

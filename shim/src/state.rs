@@ -17,7 +17,8 @@ pub const ENV_EXE: &str = "VRIFT_EXE";
 pub const ENV_SEALED: &str = "VRIFT_SEALED";
 /// Set by `vrift run` for a project run: roots whose writes land in the real tree.
 pub const ENV_THROUGH: &str = "VRIFT_THROUGH";
-const PASS_ON: [&str; 6] = [
+const PASS_ON: [&str; 7] = [
+    crate::report::ENV_REPORT,
     ENV_MANIFESTS,
     ENV_STORE,
     ENV_UPPER,
@@ -101,6 +102,7 @@ pub fn init() {
     let st = std::panic::catch_unwind(load).ok().flatten();
     match st {
         Some(st) => {
+            crate::report::init(env(crate::report::ENV_REPORT));
             STATE.store(Box::into_raw(Box::new(st)), Ordering::Release);
             PHASE.store(READY, Ordering::Release);
             // Learn whether we start inside a mirror directory (a virtual cwd inherited

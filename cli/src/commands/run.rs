@@ -73,6 +73,7 @@ pub enum NetworkArg {
 const ENV_MANIFESTS: &str = "VRIFT_MANIFESTS";
 const ENV_STORE: &str = "VRIFT_STORE";
 const ENV_UPPER: &str = "VRIFT_UPPER";
+const ENV_REPORT: &str = "VRIFT_REPORT";
 const ENV_SEALED: &str = "VRIFT_SEALED";
 const ENV_THROUGH: &str = "VRIFT_THROUGH";
 const ENV_SHIM: &str = "VRIFT_SHIM";
@@ -484,6 +485,14 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
         preload.push(":");
         preload.push(old);
+    }
+    // VRIFT_REPORT=FILE: every process of the run appends its line (see the shim's report
+    // module); the file starts empty and is named absolutely (children change directory).
+    if let Some(r) = std::env::var_os(ENV_REPORT).filter(|v| !v.is_empty()) {
+        let r = std::path::absolute(Path::new(&r))?;
+        std::fs::write(&r, b"")
+            .with_context(|| format!("cannot write {ENV_REPORT} {}", r.display()))?;
+        std::env::set_var(ENV_REPORT, &r);
     }
     // The shim's constructor (at dlopen below) and the child read these.
     std::env::set_var(ENV_MANIFESTS, &manifests_var);
