@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # shim-bench.sh — what the LD_PRELOAD shim costs (issue 5's performance bar).
 #
-#   1. start-up: `vrift run --manifest M -- true` with a 64k-entry manifest vs plain `true`
+#   1. start-up: `vrift run --manifest M -- true` with a 100k-entry manifest vs plain `true`
 #      (bar: < 5 ms added);
 #   2. a require-heavy node workload (200 modules of a corpus) on the virtual tree vs the
 #      real tree (bar: < 1.3x);
 #   3. stat-heavy loops (python os.stat and node fs.statSync over every file, `find -type f`)
-#      on the virtual tree vs the real tree (bar: < 1.3x).
+#      on the virtual tree vs the real tree (bar: < 1.3x);
+#   4. what users run, on a deleted tree: native vs shim vs `--isolate` (warm farm),
+#      interleaved (native, shim, isolate, native, ...), medians: require-heavy node start,
+#      `tsc -p`, `make -j2` of 61 C units, `cargo build --offline` of a crate with 5 registry
+#      dependencies (virtual CARGO_HOME), `python -c "import numpy, pandas, django"` (a venv
+#      from $VRIFT_WHEELS, skipped without it) (bars: shim <= 1.05x, isolate <= 1.10x).
 #
 # usage: bench/shim-bench.sh [--corpus DIR] [--runs N]
 #   --corpus DIR  a directory holding node_modules (default: an installed xsmall corpus:
@@ -34,7 +39,9 @@ done
 [ -x "$VRIFT" ] || { echo "shim-bench: $VRIFT not built (cargo build --release)" >&2; exit 1; }
 [ -f "$(dirname "$VRIFT")/libvrift_shim.so" ] || [ -n "${VRIFT_SHIM:-}" ] || { echo "shim-bench: libvrift_shim.so missing beside $VRIFT" >&2; exit 1; }
 
-WORK=${WORK:-$(mktemp -d /tmp/vrift-shim-bench.XXXXXX)}
+# Not under /tmp: `--isolate` gives the sandbox a private /tmp, hiding the scripts.
+mkdir -p "$repo/target"
+WORK=${WORK:-$(mktemp -d "$repo/target/shim-bench.XXXXXX")}
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 trap 'chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
@@ -81,22 +88,22 @@ EOF
 
 echo "== vrift shim benchmark ($(nproc) cores, runs=$RUNS, $(date -u +%FT%TZ))"
 
-# ---- 1. start-up with a 64k-entry manifest ---------------------------------------------
-python3 - "$WORK/tree64k" <<'EOF'
+# ---- 1. start-up with a 100k-entry manifest ---------------------------------------------
+python3 - "$WORK/tree100k" <<'EOF'
 import os, sys
 root = sys.argv[1]
-for d in range(256):
+for d in range(400):
     p = os.path.join(root, f"pkg{d:03}", "lib")
     os.makedirs(p, exist_ok=True)
-    for f in range(254):
+    for f in range(249):
         with open(os.path.join(p, f"m{f:03}.js"), "w") as fh:
             fh.write(f"module.exports = {d * 1000 + f};\n")
 EOF
-"$VRIFT" --no-progress ingest "$WORK/tree64k" -o "$WORK/m64k.vrm" >/dev/null
-entries=$(find "$WORK/tree64k" | wc -l)
+"$VRIFT" --no-progress ingest "$WORK/tree100k" -o "$WORK/m100k.vrm" >/dev/null
+entries=$(find "$WORK/tree100k" | wc -l)
 t_true=$(best_ms true)
-t_run=$(best_ms "$VRIFT" run --manifest "$WORK/m64k.vrm" -- true)
-t_pre=$(best_ms env LD_PRELOAD="$(dirname "$VRIFT")/libvrift_shim.so" VRIFT_MANIFESTS="$WORK/m64k.vrm" VRIFT_STORE="$STORE" true)
+t_run=$(best_ms "$VRIFT" run --manifest "$WORK/m100k.vrm" -- true)
+t_pre=$(best_ms env LD_PRELOAD="$(dirname "$VRIFT")/libvrift_shim.so" VRIFT_MANIFESTS="$WORK/m100k.vrm" VRIFT_STORE="$STORE" true)
 python3 - "$entries" "$t_true" "$t_run" "$t_pre" <<'EOF'
 import sys
 n = sys.argv[1]
@@ -190,3 +197,151 @@ report "node fs.statSync + existsSync(miss) of every file x3" "$js_real" "$js_vi
 find_real=$(best_ms find "$REAL/node_modules" -type f)
 find_virt=$(best_ms "$VRIFT" run --manifest "$WORK/nm.vrm" -- find "$VIRT/node_modules" -type f)
 report "find -type f (whole process, vrift run start-up included)" "$find_real" "$find_virt"
+
+# ---- 4. what users run: native vs shim vs --isolate, interleaved medians -------------------
+W_RUNS=${W_RUNS:-5}
+# inter LABEL NATIVE_CMD SHIM_CMD ISOLATE_CMD: one warm-up each, then W_RUNS rounds of
+# native, shim, isolate (interleaved: drift hits all three alike); medians and ratios.
+inter() {
+    python3 - "$W_RUNS" "$@" <<'EOF'
+import statistics, subprocess, sys, time
+n = int(sys.argv[1]); label = sys.argv[2]; cmds = sys.argv[3:6]
+def once(c):
+    t = time.perf_counter()
+    r = subprocess.run(["bash", "-c", c], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        sys.exit(f"{label}: `{c}` failed: {r.stderr.decode()[-2000:]}")
+    return (time.perf_counter() - t) * 1000
+for c in cmds:
+    once(c)
+t = [[], [], []]
+for _ in range(n):
+    for i, c in enumerate(cmds):
+        t[i].append(once(c))
+m = [statistics.median(x) for x in t]
+print(f"{label}: median of {n} interleaved: native {m[0]:.0f} ms | shim {m[1]:.0f} ms (x{m[1]/m[0]:.3f}, bar 1.05) | isolate {m[2]:.0f} ms (x{m[2]/m[0]:.3f}, bar 1.10)")
+EOF
+}
+echo "== workloads on a deleted tree (native tree at the same shape elsewhere)"
+run_v() { printf '%q ' "$VRIFT" run "$@"; }
+
+# require-heavy node start
+inter "node require of $loaded modules" \
+    "node $WORK/require.js $REAL" \
+    "$(run_v --manifest "$WORK/nm.vrm") -- node $WORK/require.js $VIRT" \
+    "$(run_v --isolate --manifest "$WORK/nm.vrm") -- node $WORK/require.js $VIRT"
+
+# tsc -p: 200 TypeScript modules type-checked and emitted, typescript from node_modules
+mk_ts() {
+    mkdir -p "$1/src"
+    cp -r "$CORPUS/node_modules" "$1/node_modules"
+    python3 - "$1" <<'EOF'
+import os, sys
+root = sys.argv[1]
+for i in range(200):
+    dep = f'import {{ f{i-1} }} from "./m{i-1}";\n' if i else ""
+    body = f"f{i-1}(n) + 1" if i else "n * 2"
+    with open(os.path.join(root, "src", f"m{i}.ts"), "w") as fh:
+        fh.write(f"{dep}export interface R{i} {{ v: number; s: string }}\n"
+                 f"export function f{i}(n: number): number {{ return {body}; }}\n"
+                 f"export const r{i}: R{i} = {{ v: f{i}(1), s: 'm{i}' }};\n")
+with open(os.path.join(root, "tsconfig.json"), "w") as fh:
+    fh.write('{"compilerOptions": {"strict": true, "target": "es2020", "module": "commonjs"}, "include": ["src"]}\n')
+EOF
+}
+if [ -f "$CORPUS/node_modules/typescript/bin/tsc" ]; then
+    mk_ts "$WORK/ts-real"
+    mk_ts "$WORK/ts-virt"
+    "$VRIFT" --no-progress ingest "$WORK/ts-virt" -o "$WORK/ts.vrm" --mode phantom >/dev/null
+    chmod -R u+w "$WORK/ts-virt"; rm -rf "$WORK/ts-virt"
+    mkdir -p "$WORK/ts-out"
+    tsc_cmd() { echo "rm -rf $WORK/ts-out/$2 && node $1/node_modules/typescript/bin/tsc -p $1 --outDir $WORK/ts-out/$2"; }
+    inter "tsc -p (200 modules)" \
+        "$(tsc_cmd "$WORK/ts-real" n)" \
+        "$(run_v --manifest "$WORK/ts.vrm") -- bash -c '$(tsc_cmd "$WORK/ts-virt" s)'" \
+        "$(run_v --isolate --manifest "$WORK/ts.vrm") -- bash -c '$(tsc_cmd "$WORK/ts-virt" i)'"
+else
+    echo "tsc: typescript not in the corpus, skipped"
+fi
+
+# make -j2 of 61 C units: sources, headers and Makefile in the deleted tree, objects written
+# to a real directory
+mk_c() {
+    mkdir -p "$1/src" "$1/include"
+    python3 - "$1" <<'EOF'
+import os, sys
+root = sys.argv[1]
+for i in range(61):
+    with open(os.path.join(root, "include", f"u{i}.h"), "w") as fh:
+        fh.write(f"#pragma once\n#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\nint u{i}(int);\n")
+    with open(os.path.join(root, "src", f"u{i}.c"), "w") as fh:
+        fh.write(f'#include "u{i}.h"\n' + "".join(
+            f"static int g{i}_{k}(int x) {{ char b[64]; snprintf(b, sizeof b, \"%d\", x + {k}); return (int)strlen(b) + atoi(b); }}\n"
+            for k in range(40)) + f"int u{i}(int x) {{ return " + " + ".join(f"g{i}_{k}(x)" for k in range(40)) + "; }\n")
+with open(os.path.join(root, "Makefile"), "w") as fh:
+    fh.write("SRC := $(wildcard src/*.c)\nOBJ := $(patsubst src/%.c,$(OUT)/%.o,$(SRC))\n"
+             "all: $(OBJ)\n$(OUT)/%.o: src/%.c\n\tcc -O2 -Iinclude -c $< -o $@\n")
+EOF
+}
+mk_c "$WORK/c-real"
+mk_c "$WORK/c-virt"
+"$VRIFT" --no-progress ingest "$WORK/c-virt" -o "$WORK/c.vrm" --mode phantom >/dev/null
+chmod -R u+w "$WORK/c-virt"; rm -rf "$WORK/c-virt"
+make_cmd() { echo "rm -rf $WORK/c-out/$2 && mkdir -p $WORK/c-out/$2 && make -s -j2 -C $1 OUT=$WORK/c-out/$2"; }
+inter "make -j2 (61 C units)" \
+    "$(make_cmd "$WORK/c-real" n)" \
+    "$(run_v --manifest "$WORK/c.vrm") -- bash -c '$(make_cmd "$WORK/c-virt" s)'" \
+    "$(run_v --isolate --manifest "$WORK/c.vrm") -- bash -c '$(make_cmd "$WORK/c-virt" i)'"
+
+# cargo build --offline of a crate with 5 registry dependencies, CARGO_HOME deleted (virtual)
+mk_cargo_home() {
+    local home=${CARGO_HOME:-$HOME/.cargo} idx="" d
+    for d in "$home"/registry/index/*/; do [ -d "$d/.cache" ] && idx=$(basename "$d") && break; done
+    [ -n "$idx" ] || return 1
+    local out=$1/registry
+    mkdir -p "$out/cache/$idx" "$out/src/$idx" "$out/index/$idx"
+    for c in itoa-1.0.19 memchr-2.8.3 cfg-if-1.0.5 smallvec-1.16.6 either-1.19.0; do
+        cp "$home/registry/cache/$idx/$c.crate" "$out/cache/$idx/" || return 1
+        cp -a "$home/registry/src/$idx/$c" "$out/src/$idx/" || return 1
+        local name=${c%-*} f
+        f=$(find "$home/registry/index/$idx/.cache" -type f -name "$name" | head -1)
+        [ -n "$f" ] || return 1
+        mkdir -p "$out/index/$idx/$(dirname "${f#"$home/registry/index/$idx/"}")"
+        cp "$f" "$out/index/$idx/${f#"$home/registry/index/$idx/"}"
+    done
+    [ -f "$home/registry/index/$idx/config.json" ] && cp "$home/registry/index/$idx/config.json" "$out/index/$idx/"
+    return 0
+}
+if command -v cargo >/dev/null && mk_cargo_home "$WORK/cargo-real" && mk_cargo_home "$WORK/cargo-virt"; then
+    app=$WORK/app
+    mkdir -p "$app/src"
+    printf '[package]\nname = "app"\nversion = "0.1.0"\nedition = "2021"\n\n[dependencies]\nitoa = "=1.0.19"\nmemchr = "=2.8.3"\ncfg-if = "=1.0.5"\nsmallvec = "=1.16.6"\neither = "=1.19.0"\n' > "$app/Cargo.toml"
+    printf 'fn main() {\n    let mut b = itoa::Buffer::new();\n    let v: smallvec::SmallVec<[u8; 4]> = smallvec::smallvec![1, 2, 3];\n    let e: either::Either<u8, u8> = either::Either::Left(7);\n    cfg_if::cfg_if! { if #[cfg(unix)] { let os = "unix"; } else { let os = "other"; } }\n    println!("{} {:?} {} {} {:?}", b.format(42), v, e, os, memchr::memchr(b%sc%s, b"abc"));\n}\n' "'" "'" > "$app/src/main.rs"
+    "$VRIFT" --no-progress ingest "$WORK/cargo-virt" -o "$WORK/cargo.vrm" --mode phantom >/dev/null
+    chmod -R u+w "$WORK/cargo-virt"; rm -rf "$WORK/cargo-virt"
+    cargo_cmd() { echo "cd $app && rm -rf $WORK/cargo-target/$2 && CARGO_HOME=$1 CARGO_TARGET_DIR=$WORK/cargo-target/$2 cargo build --offline -q"; }
+    W_RUNS=${W_RUNS_CARGO:-3} inter "cargo build --offline (5 registry deps)" \
+        "$(cargo_cmd "$WORK/cargo-real" n)" \
+        "$(run_v --manifest "$WORK/cargo.vrm") -- bash -c '$(cargo_cmd "$WORK/cargo-virt" s)'" \
+        "$(run_v --isolate --manifest "$WORK/cargo.vrm") -- bash -c '$(cargo_cmd "$WORK/cargo-virt" i)'"
+else
+    echo "cargo: cargo or the five crates in the local registry missing, skipped"
+fi
+
+# python: import numpy, pandas, django from a deleted venv
+WHEELS=${VRIFT_WHEELS:-/opt/vrift-ci/wheels}
+if ls "$WHEELS"/numpy-*.whl >/dev/null 2>&1; then
+    for v in py-real py-virt; do
+        python3 -m venv "$WORK/$v"
+        "$WORK/$v/bin/pip" install -q --no-index --find-links "$WHEELS" -r "$repo/cli/tests/support/requirements.txt"
+    done
+    "$VRIFT" --no-progress ingest "$WORK/py-virt" -o "$WORK/py.vrm" --mode phantom >/dev/null
+    chmod -R u+w "$WORK/py-virt"; rm -rf "$WORK/py-virt"
+    imp="-c 'import numpy, pandas, django'"
+    inter "python import numpy, pandas, django" \
+        "$WORK/py-real/bin/python $imp" \
+        "$(run_v --manifest "$WORK/py.vrm") -- $WORK/py-virt/bin/python $imp" \
+        "$(run_v --isolate --manifest "$WORK/py.vrm") -- $WORK/py-virt/bin/python $imp"
+else
+    echo "python: no wheels in $WHEELS (.ci/run downloads them), skipped"
+fi

@@ -326,3 +326,35 @@ fn a_manifest_truncated_during_a_run_kills_nothing() {
     let out = env.run_ok(&[&m], &["python3", "-c", &script]);
     assert_eq!(out, "3\n200\n197\n25\n");
 }
+
+/// The copy the shim maps lives in `<store>/shim/`, one per manifest file: reused while the
+/// manifest is unchanged, replaced when it changes (the view shows the new tree).
+#[test]
+fn the_view_copy_of_a_manifest_follows_its_file() {
+    let env = Env::new();
+    write(&env.path("v/a.txt"), "one\n");
+    let m = env.ingest_and_remove("v", "v.vrm");
+    let copies = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(env.store().join("shim"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "vrm"))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(env.run_ok(&[&m], &["cat", "v/a.txt"]), "one\n");
+    let first = copies();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(env.run_ok(&[&m], &["cat", "v/a.txt"]), "one\n");
+    assert_eq!(copies(), first, "an unchanged manifest is not copied again");
+    // A new version of the tree, ingested to the same manifest file.
+    write(&env.path("v/a.txt"), "two\n");
+    let m2 = env.ingest_and_remove("v", "v.vrm");
+    assert_eq!(m2, m);
+    assert_eq!(env.run_ok(&[&m], &["cat", "v/a.txt"]), "two\n");
+    let second = copies();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second, first);
+}

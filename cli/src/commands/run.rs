@@ -165,7 +165,9 @@ fn temp_dir_in(base: &Path, what: &str) -> Result<PathBuf> {
     bail!("cannot create a temporary directory in {}", base.display())
 }
 
-/// A sealed in-memory copy of the manifest at `p` (no one can shrink, grow or write it).
+/// A sealed in-memory copy of the manifest at `p` (no one can shrink, grow or write it),
+/// reached by the run's processes as `/proc/<launcher>/fd/N`: for a store that cannot hold
+/// the copy of [`view_copy`].
 fn sealed_copy(p: &Path) -> Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let mut src = std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
@@ -332,10 +334,133 @@ fn manifests(g: &Globals, a: &RunArgs, cleanup: &mut Vec<TempDir>) -> Result<Vec
         if abs.as_os_str().as_bytes().contains(&b':') {
             bail!("{}: manifest paths must not contain ':'", abs.display());
         }
-        Manifest::open(&abs).with_context(|| format!("cannot use manifest {}", p.display()))?;
         out.push(abs);
     }
+    // Each is validated where it is used: by the link farm (`--isolate`), or as the sealed
+    // copy the shim maps (`sealed_manifests`) — once, on the bytes that are then used.
     Ok(out)
+}
+
+/// What the shim maps for each of `list`: a validated private copy (see [`view_copy`]), with
+/// the names joined for `VRIFT_MANIFESTS` and the roots they project. Sealed in-memory copies
+/// (kept open in `fds`) where the store cannot hold one.
+fn view_manifests(
+    store: &Path,
+    list: &[PathBuf],
+) -> Result<(Vec<std::os::fd::OwnedFd>, OsString, Vec<PathBuf>)> {
+    let mut fds = Vec::new();
+    let mut var = OsString::new();
+    let mut roots = Vec::with_capacity(list.len());
+    for (i, p) in list.iter().enumerate() {
+        let (name, root) = match view_copy(store, p) {
+            Ok(c) => c,
+            Err(CopyError::Invalid(e)) => return Err(e),
+            Err(CopyError::Store) => {
+                let fd = sealed_copy(p)?;
+                let name = PathBuf::from(format!(
+                    "/proc/{}/fd/{}",
+                    std::process::id(),
+                    fd.as_raw_fd()
+                ));
+                fds.push(fd);
+                let m = Manifest::open(&name)
+                    .with_context(|| format!("cannot use manifest {}", p.display()))?;
+                let root = PathBuf::from(std::ffi::OsStr::from_bytes(m.root()));
+                (name, root)
+            }
+        };
+        if i > 0 {
+            var.push(":");
+        }
+        var.push(&name);
+        roots.push(root);
+    }
+    Ok((fds, var, roots))
+}
+
+enum CopyError {
+    /// The manifest itself is unusable (unreadable, invalid): the run stops.
+    Invalid(anyhow::Error),
+    /// The store cannot hold the copy (read-only, full): another way is taken.
+    Store,
+}
+
+/// Directory of the shim's manifest copies in the store.
+const VIEW_COPIES: &str = "shim";
+
+/// The shim maps manifests for the whole run, in every process: one rewritten in place
+/// meanwhile (`cp new.vrm m.vrm` truncates the file) would kill them with SIGBUS, and one
+/// changed after validation would be used unvalidated. So it maps a private copy in
+/// `<store>/shim/`, made from the descriptor that was `fstat`ed, validated once, read-only,
+/// renamed into place, and named by the file's identity (path, device, inode, size, mtime,
+/// ctime): the next run of an unchanged manifest reuses it without copying or validating
+/// again (start-up stays flat with the manifest's size), and an edited one gets a new copy
+/// (the previous copy of that path is removed). Returns the copy and the root it projects.
+fn view_copy(store: &Path, p: &Path) -> std::result::Result<(PathBuf, PathBuf), CopyError> {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let invalid = |e: anyhow::Error| CopyError::Invalid(e);
+    let mut f = std::fs::File::open(p)
+        .with_context(|| format!("cannot open manifest {}", p.display()))
+        .map_err(invalid)?;
+    let md = f.metadata().context("fstat").map_err(invalid)?;
+    let tag = blake3::hash(p.as_os_str().as_bytes()).to_hex();
+    let tag = &tag[..16];
+    let name = format!(
+        "{tag}-{:x}-{:x}-{}-{}.{}-{}.{}",
+        md.dev(),
+        md.ino(),
+        md.len(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec()
+    );
+    let dir = store.join(VIEW_COPIES);
+    let copy = dir.join(format!("{name}.vrm"));
+    let root_file = dir.join(format!("{name}.root"));
+    if let (true, Ok(root)) = (copy.is_file(), std::fs::read(&root_file)) {
+        return Ok((copy, PathBuf::from(OsString::from_vec(root))));
+    }
+    let store_err = |_: std::io::Error| CopyError::Store;
+    std::fs::create_dir_all(&dir).map_err(store_err)?;
+    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    let made = (|| {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&tmp)
+            .map_err(store_err)?;
+        std::io::copy(&mut f, &mut out).map_err(store_err)?;
+        out.flush().map_err(store_err)?;
+        let m = Manifest::open(&tmp)
+            .with_context(|| format!("cannot use manifest {}", p.display()))
+            .map_err(invalid)?;
+        let root = m.root().to_vec();
+        drop(m);
+        std::fs::write(&root_file, &root).map_err(store_err)?;
+        std::fs::rename(&tmp, &copy).map_err(store_err)?;
+        Ok(PathBuf::from(OsString::from_vec(root)))
+    })();
+    let root = match made {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    // Earlier copies of this path (an older version of the manifest) go.
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with(tag) && !n.starts_with(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok((copy, root))
 }
 
 /// Re-ingests the current directory into its `vrift.manifest` (copy mode: the tree is left as
@@ -442,6 +567,7 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
     std::fs::create_dir_all(&g.store)
         .with_context(|| format!("cannot create store {}", g.store.display()))?;
     let store = absolute(&g.store)?;
+    let (_sealed, manifests_var, roots) = view_manifests(&store, &list)?;
     let upper = match std::env::var_os(ENV_UPPER).filter(|u| !u.is_empty()) {
         Some(u) => {
             let u = PathBuf::from(u);
@@ -453,34 +579,12 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
             absolute(&u)?
         }
         None => {
-            let roots: Vec<PathBuf> = list
-                .iter()
-                .filter_map(|p| Manifest::open(p).ok())
-                .map(|m| PathBuf::from(std::ffi::OsStr::from_bytes(m.root())))
-                .collect();
             let d = temp_upper(&roots, &store)?;
             cleanup.push(TempDir(Some(d.clone())));
             d
         }
     };
 
-    // The shim maps sealed in-memory copies, reached as /proc/<this pid>/fd/N by every process
-    // of the run: a manifest rewritten in place meanwhile (`cp new.vrm m.vrm` truncates the
-    // file) would otherwise kill them with SIGBUS.
-    let mut sealed = Vec::with_capacity(list.len());
-    let mut manifests_var = OsString::new();
-    for (i, p) in list.iter().enumerate() {
-        if i > 0 {
-            manifests_var.push(":");
-        }
-        let fd = sealed_copy(p)?;
-        manifests_var.push(format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            fd.as_raw_fd()
-        ));
-        sealed.push(fd);
-    }
     let mut preload = shim.clone().into_os_string();
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
         preload.push(":");
