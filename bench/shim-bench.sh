@@ -246,7 +246,7 @@ for i in range(200):
                  f"export function f{i}(n: number): number {{ return {body}; }}\n"
                  f"export const r{i}: R{i} = {{ v: f{i}(1), s: 'm{i}' }};\n")
 with open(os.path.join(root, "tsconfig.json"), "w") as fh:
-    fh.write('{"compilerOptions": {"strict": true, "target": "es2020", "module": "commonjs"}, "include": ["src"]}\n')
+    fh.write('{"compilerOptions": {"strict": true, "target": "es2020", "module": "commonjs", "types": [], "skipLibCheck": true}, "include": ["src"]}\n')
 EOF
 }
 if [ -f "$CORPUS/node_modules/typescript/bin/tsc" ]; then
@@ -315,7 +315,7 @@ mk_cargo_home() {
 if command -v cargo >/dev/null && mk_cargo_home "$WORK/cargo-real" && mk_cargo_home "$WORK/cargo-virt"; then
     app=$WORK/app
     mkdir -p "$app/src"
-    printf '[package]\nname = "app"\nversion = "0.1.0"\nedition = "2021"\n\n[dependencies]\nitoa = "=1.0.19"\nmemchr = "=2.8.3"\ncfg-if = "=1.0.5"\nsmallvec = "=1.16.6"\neither = "=1.19.0"\n' > "$app/Cargo.toml"
+    printf '[package]\nname = "app"\nversion = "0.1.0"\nedition = "2021"\n\n[workspace]\n\n[dependencies]\nitoa = "=1.0.19"\nmemchr = "=2.8.3"\ncfg-if = "=1.0.5"\nsmallvec = "=1.16.6"\neither = "=1.19.0"\n' > "$app/Cargo.toml"
     printf 'fn main() {\n    let mut b = itoa::Buffer::new();\n    let v: smallvec::SmallVec<[u8; 4]> = smallvec::smallvec![1, 2, 3];\n    let e: either::Either<u8, u8> = either::Either::Left(7);\n    cfg_if::cfg_if! { if #[cfg(unix)] { let os = "unix"; } else { let os = "other"; } }\n    println!("{} {:?} {} {} {:?}", b.format(42), v, e, os, memchr::memchr(b%sc%s, b"abc"));\n}\n' "'" "'" > "$app/src/main.rs"
     "$VRIFT" --no-progress ingest "$WORK/cargo-virt" -o "$WORK/cargo.vrm" --mode phantom >/dev/null
     chmod -R u+w "$WORK/cargo-virt"; rm -rf "$WORK/cargo-virt"

@@ -407,7 +407,7 @@ fn exec_file(st: &State, blob: &PBuf) -> Option<PBuf> {
             real::close(inp);
             return None;
         }
-        let mut buf = [0u8; 65536];
+        let mut buf = [0u8; 8192]; // small: a hook runs on the program's (maybe small) stack
         loop {
             let n = real::read(inp, buf.as_mut_ptr().cast(), buf.len());
             if n <= 0 {

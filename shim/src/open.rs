@@ -117,7 +117,9 @@ unsafe fn copy_fd(inp: c_int, out: c_int) -> bool {
     {
         return false;
     }
-    let mut buf = [0u8; 65536];
+    // Small: hooks run on the program's threads, whose stacks may be small (musl-sized, Go-
+    // or JVM-created threads).
+    let mut buf = [0u8; 8192];
     loop {
         let n = real::read(inp, buf.as_mut_ptr().cast(), buf.len());
         if n == 0 {
