@@ -71,13 +71,7 @@ fn a_child_started_with_a_bare_ld_preload_entry_keeps_the_view() {
            return 127;\n\
          }\n",
     );
-    let o = std::process::Command::new("gcc")
-        .arg("-o")
-        .arg(env.path("spawn"))
-        .arg(env.path("src/spawn.c"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    compile_c(&env.path("src/spawn.c"), &env.path("spawn"));
     let out = env.run_ok(&[&m], &["./spawn", "v/data.txt"]);
     assert_eq!(out, "virtual content\n");
 }

@@ -326,13 +326,7 @@ fn errno_after_successful_calls_is_left_alone() {
            return 0;\n\
          }\n",
     );
-    let o = std::process::Command::new("gcc")
-        .arg("-o")
-        .arg(env.path("errno"))
-        .arg(p.join("errno.c"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    compile_c(&p.join("errno.c"), &env.path("errno"));
     let prog = env.path("errno");
     let native = std::process::Command::new(&prog)
         .current_dir(&p)

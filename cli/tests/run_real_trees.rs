@@ -231,13 +231,13 @@ fn wheels() -> Option<PathBuf> {
         .then_some(w)
 }
 
-fn venv(env: &Env, wheels: &Path) -> PathBuf {
-    let v = env.path("venv");
-    let req = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/requirements.txt");
+/// A venv at `v` with `what` (pip arguments: packages, or `-r FILE`) installed offline from
+/// the pinned wheels.
+fn make_venv(v: &Path, wheels: &Path, what: &[&std::ffi::OsStr]) {
     ok_stdout(
         Command::new("/usr/bin/python3")
             .args(["-m", "venv"])
-            .arg(&v)
+            .arg(v)
             .output()
             .unwrap(),
         "python3 -m venv",
@@ -246,12 +246,17 @@ fn venv(env: &Env, wheels: &Path) -> PathBuf {
         Command::new(v.join("bin/pip"))
             .args(["install", "-q", "--no-index", "--find-links"])
             .arg(wheels)
-            .arg("-r")
-            .arg(&req)
+            .args(what)
             .output()
             .unwrap(),
         "pip install (offline, pinned)",
     );
+}
+
+fn venv(env: &Env, wheels: &Path) -> PathBuf {
+    let v = env.path("venv");
+    let req = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/requirements.txt");
+    make_venv(&v, wheels, &["-r".as_ref(), req.as_os_str()]);
     v
 }
 
@@ -310,26 +315,7 @@ fn pip_install_console_script_and_uninstall_in_a_deleted_venv() {
         return;
     };
     let env = Env::new();
-    let mk = |name: &str| {
-        let v = env.path(name);
-        ok_stdout(
-            Command::new("/usr/bin/python3")
-                .args(["-m", "venv"])
-                .arg(&v)
-                .output()
-                .unwrap(),
-            "python3 -m venv",
-        );
-        ok_stdout(
-            Command::new(v.join("bin/pip"))
-                .args(["install", "-q", "--no-index", "--find-links"])
-                .arg(&wheels)
-                .arg("idna")
-                .output()
-                .unwrap(),
-            "pip install idna",
-        );
-    };
+    let mk = |name: &str| make_venv(&env.path(name), &wheels, &["idna".as_ref()]);
     mk("venv");
     let script = "set -e\n\
 venv/bin/pip install -q --no-index --find-links \"$W\" sqlparse\n\
@@ -338,16 +324,8 @@ echo 'select a from t' | venv/bin/sqlformat -k upper -\n\
 venv/bin/pip uninstall -q -y idna\n\
 venv/bin/python -c 'import idna' 2>/dev/null && echo still-there || echo idna-gone\n\
 venv/bin/python -c 'import sqlparse; print(sqlparse.__version__)'\n";
-    let o = env
-        .vrift()
-        .args(["ingest", "venv", "-o", "venv.vrm", "--mode", "phantom"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let d = env.path("venv");
-    make_writable(&d);
-    std::fs::remove_dir_all(&d).unwrap();
-    let virt = vrun(&env, &[&env.path("venv.vrm")], script, &[("W", &wheels)]);
+    let m = env.ingest_and_remove("venv", "venv.vrm");
+    let virt = vrun(&env, &[&m], script, &[("W", &wheels)]);
     // Natively, on a fresh venv at the same path (scripts name their venv's absolute path).
     mk("venv");
     let native = ok_stdout(sh(&env.root(), script, &[("W", &wheels)]), "native pip");
@@ -489,15 +467,8 @@ LD_LIBRARY_PATH=proj/lib ldd proj/bin/ll | grep -o 'libfoo.so => [^ ]*' | sed 's
         native,
         "foo(6)=42\nfoo(6)=42\n21\nlibfoo.so => found\nlibfoo.so => found\n"
     );
-    let o = env
-        .vrift()
-        .args(["ingest", "proj", "-o", "proj.vrm", "--mode", "phantom"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    make_writable(&p);
-    std::fs::remove_dir_all(&p).unwrap();
-    let virt = vrun(&env, &[&env.path("proj.vrm")], script, &[]);
+    let m = env.ingest_and_remove("proj", "proj.vrm");
+    let virt = vrun(&env, &[&m], script, &[]);
     assert_eq!(virt, native);
 }
 
@@ -521,15 +492,7 @@ fn static_programs_are_refused_in_the_view_and_reported() {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, c).unwrap();
     }
-    let o = env
-        .vrift()
-        .args(["ingest", "v", "-o", "v.vrm", "--mode", "phantom"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    make_writable(&env.path("v"));
-    std::fs::remove_dir_all(env.path("v")).unwrap();
-    let m = env.path("v.vrm");
+    let m = env.ingest_and_remove("v", "v.vrm");
     let report = env.path("report.jsonl");
 
     let o = output_within(

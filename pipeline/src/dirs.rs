@@ -87,6 +87,22 @@ impl DirChain {
         })
     }
 
+    /// A readable descriptor of the directory `rel` itself (the root for `""`), never
+    /// through a symlink: for `fchmod`/`futimens`/`fstat` on what is really there.
+    pub fn open_readable(&mut self, rel: &[u8]) -> io::Result<OwnedFd> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        if rel.is_empty() {
+            return Ok(rustix::fs::openat(self.root(), c".", flags, Mode::empty())?);
+        }
+        let (parent, name) = self.parent_of(rel)?;
+        Ok(rustix::fs::openat(
+            parent,
+            name.as_c_str(),
+            flags,
+            Mode::empty(),
+        )?)
+    }
+
     /// The parent directory of `rel` and `rel`'s last component, ready for a `*at` call.
     pub fn parent_of(&mut self, rel: &[u8]) -> io::Result<(BorrowedFd<'_>, CString)> {
         let (parent, name) = split(rel);

@@ -100,25 +100,8 @@ pub fn collect(rx: Receiver<Vec<Done>>, counters: &Counters) -> Collected {
 }
 
 fn restore_dir_mtime(chain: &mut crate::dirs::DirChain, e: &EntryInput) {
-    use rustix::fs::{Mode, OFlags, Timespec, Timestamps, UTIME_OMIT};
-    let fd = if e.path.is_empty() {
-        rustix::fs::openat(
-            chain.root(),
-            c".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-    } else {
-        let Ok((parent, name)) = chain.parent_of(&e.path) else {
-            return;
-        };
-        rustix::fs::openat(
-            parent,
-            name.as_c_str(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-    };
+    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
+    let fd = chain.open_readable(&e.path);
     let Ok(fd) = fd else { return };
     let Ok(now) = rustix::fs::fstat(&fd) else {
         return;

@@ -273,22 +273,7 @@ fn make_dir(chain: &mut DirChain, rel: &[u8]) -> io::Result<()> {
 }
 
 fn finish_dir(chain: &mut DirChain, rel: &[u8], mode: u32, mtime_ns: i64) -> io::Result<()> {
-    let fd = if rel.is_empty() {
-        rustix::fs::openat(
-            chain.root(),
-            c".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?
-    } else {
-        let (parent, name) = chain.parent_of(rel)?;
-        rustix::fs::openat(
-            parent,
-            name.as_c_str(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?
-    };
+    let fd = chain.open_readable(rel)?;
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
     if mtime_ns != 0 {
         set_mtime(fd.as_fd(), mtime_ns)?;

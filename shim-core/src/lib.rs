@@ -200,12 +200,30 @@ pub mod elf {
     /// (`PT_INTERP`): statically linked (Go, musl-static, static-pie), so no preload is ever
     /// loaded into it. `None` for anything else (scripts, 32-bit, malformed).
     pub fn is_static(mut read: impl FnMut(u64, usize) -> Option<Vec<u8>>) -> Option<bool> {
-        let head = read(0, 64)?;
-        if head.get(..4)? != b"\x7fELF" || *head.get(4)? != 2 || *head.get(5)? != 1 {
+        let h = headers(&mut read)?;
+        // Executables and shared objects only (e_type 2 or 3).
+        if !matches!(u16_at(&h.head, 0x10)?, 2 | 3) {
             return None;
         }
-        // Executables and shared objects only (e_type 2 or 3).
-        if !matches!(u16_at(&head, 0x10)?, 2 | 3) {
+        let mut interp = false;
+        for i in 0..h.phnum {
+            interp |= u32_at(&h.phs, i * h.phentsize)? == 3;
+        }
+        Some(!interp)
+    }
+
+    /// The ELF header and program header table, read and bounds-checked.
+    struct Headers {
+        head: Vec<u8>,
+        phs: Vec<u8>,
+        phentsize: usize,
+        phnum: usize,
+    }
+
+    /// [`Headers`] of a 64-bit little-endian ELF; `None` for anything else.
+    fn headers(read: &mut impl FnMut(u64, usize) -> Option<Vec<u8>>) -> Option<Headers> {
+        let head = read(0, 64)?;
+        if head.get(..4)? != b"\x7fELF" || *head.get(4)? != 2 || *head.get(5)? != 1 {
             return None;
         }
         let phoff = u64_at(&head, 0x20)?;
@@ -215,11 +233,12 @@ pub mod elf {
             return None;
         }
         let phs = read(phoff, phentsize.checked_mul(phnum)?)?;
-        let mut types = (0..phnum).map(|i| u32_at(&phs, i * phentsize));
-        if types.clone().any(|t| t.is_none()) {
-            return None;
-        }
-        Some(!types.any(|t| t == Some(3)))
+        Some(Headers {
+            head,
+            phs,
+            phentsize,
+            phnum,
+        })
     }
 
     /// Parses a 64-bit little-endian ELF (x86-64, aarch64) through `read(offset, len)`,
@@ -228,17 +247,12 @@ pub mod elf {
     /// (patchelf and auditwheel move them to the end of big libraries). `None` for anything
     /// else or anything malformed; every offset is bounds-checked.
     pub fn dynamic_from(mut read: impl FnMut(u64, usize) -> Option<Vec<u8>>) -> Option<Dynamic> {
-        let head = read(0, 64)?;
-        if head.get(..4)? != b"\x7fELF" || *head.get(4)? != 2 || *head.get(5)? != 1 {
-            return None;
-        }
-        let phoff = u64_at(&head, 0x20)?;
-        let phentsize = usize::from(u16_at(&head, 0x36)?);
-        let phnum = usize::from(u16_at(&head, 0x38)?);
-        if phentsize < 56 || phnum == 0 {
-            return None;
-        }
-        let phs = read(phoff, phentsize.checked_mul(phnum)?)?;
+        let Headers {
+            phs,
+            phentsize,
+            phnum,
+            ..
+        } = headers(&mut read)?;
         let ph = |i: usize| -> Option<(u32, u64, u64, u64)> {
             let o = i.checked_mul(phentsize)?;
             // (type, offset, vaddr, filesz)

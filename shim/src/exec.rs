@@ -258,10 +258,22 @@ unsafe fn library_path(
     ar.cstr(&parts)
 }
 
-/// The argv of the dynamic loader run by hand (`ldd`: `ld-linux… --verify PROGRAM`) with a
-/// PROGRAM in the view replaced by a real file holding it, and `--library-path` entries in
-/// the view by their mirrors. `None` when nothing is in the view.
+/// `argv` for exec of `exe`; when `exe` is the dynamic loader run by hand (`ldd`:
+/// `ld-linux… --verify PROGRAM`), with a PROGRAM in the view replaced by a real file holding
+/// it and `--library-path` entries in the view by their mirrors.
 unsafe fn loader_argv(
+    st: &State,
+    exe: &[u8],
+    argv: *const *const c_char,
+    ar: &mut Arena,
+) -> *const *const c_char {
+    if !vrift_shim_core::loader::is_loader(exe) {
+        return argv;
+    }
+    loader_argv_rewritten(st, argv, ar).unwrap_or(argv)
+}
+
+unsafe fn loader_argv_rewritten(
     st: &State,
     argv: *const *const c_char,
     ar: &mut Arena,
@@ -386,42 +398,11 @@ fn exec_file(st: &State, blob: &PBuf) -> Option<PBuf> {
     crate::upper::mkdir_p(dst.as_bytes());
     dst.push(b"/")?;
     dst.push(path::file_name(blob.as_bytes()))?;
-    // SAFETY: valid buffers, own fds closed.
-    unsafe {
-        if real::access(dst.as_ptr(), libc::X_OK) == 0 {
-            return Some(dst);
-        }
-        let mut tmp = PBuf::from(dst.as_bytes())?;
-        tmp.push(b".tmp")?;
-        tmp.push(libc::getpid().to_string().as_bytes())?;
-        let inp = real::open(blob.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC, 0);
-        if inp < 0 {
-            return None;
-        }
-        let out = real::open(
-            tmp.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-            0o755,
-        );
-        if out < 0 {
-            real::close(inp);
-            return None;
-        }
-        let mut buf = [0u8; 8192]; // small: a hook runs on the program's (maybe small) stack
-        loop {
-            let n = real::read(inp, buf.as_mut_ptr().cast(), buf.len());
-            if n <= 0 {
-                break;
-            }
-            if real::write(out, buf.as_ptr().cast(), n as usize) != n {
-                break;
-            }
-        }
-        real::close(inp);
-        real::close(out);
-        real::rename(tmp.as_ptr(), dst.as_ptr());
+    // SAFETY: a valid buffer.
+    if unsafe { real::access(dst.as_ptr(), libc::X_OK) } == 0 {
+        return Some(dst);
     }
-    Some(dst)
+    crate::misc::copy_file(blob, &dst).then_some(dst)
 }
 
 /// Starts a script the way the kernel would — `interp [arg] path args...` — but through
@@ -490,11 +471,7 @@ unsafe fn prepare(
     let raw = cbytes(path);
     let Some(mut a) = abs_of(st, libc::AT_FDCWD, raw) else {
         let envp = fix_env(st, envp, None, ar).ok_or(libc::E2BIG)?;
-        let argv = if vrift_shim_core::loader::is_loader(raw) {
-            loader_argv(st, argv, ar).unwrap_or(argv)
-        } else {
-            argv
-        };
+        let argv = loader_argv(st, raw, argv, ar);
         return Ok(Prepared { path, argv, envp });
     };
     let r = vfs::resolve(st, &mut a.p, true);
@@ -543,11 +520,7 @@ unsafe fn prepare(
             if let Some(p) = virtual_interpreter(st, r.path, path, argv, envp, ar, depth) {
                 return p;
             }
-            let argv = if vrift_shim_core::loader::is_loader(r.path.as_bytes()) {
-                loader_argv(st, argv, ar).unwrap_or(argv)
-            } else {
-                argv
-            };
+            let argv = loader_argv(st, r.path.as_bytes(), argv, ar);
             let p = if !r.moved && a.orig_ok {
                 path
             } else {
@@ -609,21 +582,7 @@ unsafe fn prepare_checked(
 
 /// Whether the real file `p` is a statically linked ELF program.
 fn is_static_file(p: &PBuf) -> bool {
-    // SAFETY: our own fd, closed before returning; reads into our own buffers.
-    unsafe {
-        let fd = real::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC, 0);
-        if fd < 0 {
-            return false;
-        }
-        let r = vrift_shim_core::elf::is_static(|off, len| {
-            let mut buf = vec![0u8; len];
-            let n = libc::pread(fd, buf.as_mut_ptr().cast(), len, i64::try_from(off).ok()?);
-            buf.truncate(usize::try_from(n).ok()?);
-            Some(buf)
-        });
-        real::close(fd);
-        r == Some(true)
-    }
+    crate::misc::with_reader(p, |read| vrift_shim_core::elf::is_static(read)) == Some(true)
 }
 
 /// Whether the argument `a`, taken as a path (or the value of `--opt=PATH`), names something

@@ -325,7 +325,7 @@ pub(crate) fn exec_mirror(st: &State, virt: &[u8], blob: &PBuf, file: &PBuf) -> 
 
 /// Copies `from` to a new executable file `to` (written under a temporary name, then
 /// renamed: a concurrent exec never sees half a binary).
-fn copy_file(from: &PBuf, to: &PBuf) -> bool {
+pub(crate) fn copy_file(from: &PBuf, to: &PBuf) -> bool {
     let Some(mut tmp) = PBuf::from(to.as_bytes()) else {
         return false;
     };
@@ -475,16 +475,24 @@ fn mirror_needed(st: &State, up: &crate::upper::Upper, virt: &[u8], depth: u32) 
     }
 }
 
-/// The dynamic section of the ELF file at `p`, read (not mapped: a blob truncated meanwhile
-/// must never raise SIGBUS in the program) piece by piece where it lies.
+/// The dynamic section of the ELF file at `p`.
 fn read_dynamic(p: &PBuf) -> Option<vrift_shim_core::elf::Dynamic> {
+    with_reader(p, |read| vrift_shim_core::elf::dynamic_from(read))
+}
+
+/// Runs `parse` over the file at `p` read piece by piece where asked (`pread`; not mapped: a
+/// blob truncated meanwhile must never raise SIGBUS in the program).
+pub(crate) fn with_reader<T>(
+    p: &PBuf,
+    parse: impl FnOnce(&mut dyn FnMut(u64, usize) -> Option<Vec<u8>>) -> Option<T>,
+) -> Option<T> {
     // SAFETY: our own fd, closed before returning; reads into our own buffers.
     unsafe {
         let fd = real::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC, 0);
         if fd < 0 {
             return None;
         }
-        let d = vrift_shim_core::elf::dynamic_from(|off, len| {
+        let r = parse(&mut |off, len| {
             let mut buf = vec![0u8; len];
             let mut got = 0;
             while got < len {
@@ -503,7 +511,7 @@ fn read_dynamic(p: &PBuf) -> Option<vrift_shim_core::elf::Dynamic> {
             Some(buf)
         });
         real::close(fd);
-        d
+        r
     }
 }
 

@@ -165,3 +165,19 @@ pub fn blobs(store: &Path) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// Compiles the C file `src` into the program `out` with the system's gcc (natively, no view).
+pub fn compile_c(src: &Path, out: &Path) {
+    let o = Command::new("gcc")
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "gcc {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
