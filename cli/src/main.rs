@@ -42,6 +42,14 @@ fn default_store() -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    // Not a user command: the shim's way to run a static program on the view.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == isolate::static_exec::SUBCOMMAND)
+    {
+        isolate::static_exec::main(&args[2..]);
+    }
     let cli = Cli::parse();
     let g = Globals {
         store: cli.the_source_root.clone().unwrap_or_else(default_store),

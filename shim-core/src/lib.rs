@@ -592,4 +592,119 @@ pub mod upper_state {
     pub const HEADER_WORDS: usize = 8;
     /// Size of the file.
     pub const BYTES: usize = (HEADER_WORDS + SLOTS) * 8;
+    /// Target of the symlink in the mirror (`<upper>/fs/<path>`) that marks a deleted path.
+    pub const WHITEOUT: &[u8] = b"\x01vrift-whiteout";
+
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    /// The key of a virtual path in the table (never 0: 0 marks a free slot).
+    pub fn key(path: &[u8]) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &c in path {
+            h ^= u64::from(c);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        if h == 0 {
+            1
+        } else {
+            h
+        }
+    }
+
+    /// The whole mapped file as words: header (count, overflowed) then the slots.
+    pub type Table = [AtomicU64];
+
+    /// True if the mirror may hold something for `path` (no false negatives).
+    pub fn flagged(t: &Table, path: &[u8]) -> bool {
+        if t[0].load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        if t[1].load(Ordering::Relaxed) != 0 {
+            return true; // overflowed: check the mirror for everything
+        }
+        let h = key(path);
+        let mut i = (h as usize) & (SLOTS - 1);
+        for _ in 0..SLOTS {
+            let v = t[HEADER_WORDS + i].load(Ordering::Acquire);
+            if v == h {
+                return true;
+            }
+            if v == 0 {
+                return false;
+            }
+            i = (i + 1) & (SLOTS - 1);
+        }
+        true
+    }
+
+    /// Records that the mirror holds something for `path`. Past half full the table says
+    /// "maybe" for everything (lookups then check the mirror), never a false "no".
+    pub fn flag(t: &Table, path: &[u8]) {
+        let h = key(path);
+        let mut i = (h as usize) & (SLOTS - 1);
+        for _ in 0..SLOTS / 2 {
+            match t[HEADER_WORDS + i].compare_exchange(0, h, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    let n = t[0].fetch_add(1, Ordering::AcqRel) + 1;
+                    if n as usize > SLOTS / 2 {
+                        t[1].store(1, Ordering::Release);
+                    }
+                    return;
+                }
+                Err(v) if v == h => return,
+                Err(_) => i = (i + 1) & (SLOTS - 1),
+            }
+        }
+        t[1].store(1, Ordering::Release);
+        t[0].fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// [`flag`] for `path` and every ancestor up to `/`.
+    pub fn flag_with_ancestors(t: &Table, path: &[u8]) {
+        let mut p = path;
+        loop {
+            flag(t, p);
+            match p.iter().rposition(|&b| b == b'/') {
+                None => break,
+                Some(0) if p == b"/" => break,
+                Some(0) => p = b"/",
+                Some(i) => p = &p[..i],
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        extern crate std;
+        use std::vec::Vec;
+
+        fn table() -> Vec<AtomicU64> {
+            (0..HEADER_WORDS + SLOTS)
+                .map(|_| AtomicU64::new(0))
+                .collect()
+        }
+
+        #[test]
+        fn flags_paths_and_ancestors() {
+            let t = table();
+            assert!(!flagged(&t, b"/a"));
+            flag_with_ancestors(&t, b"/a/b/c");
+            for p in [&b"/a/b/c"[..], b"/a/b", b"/a", b"/"] {
+                assert!(flagged(&t, p), "{p:?}");
+            }
+            assert!(!flagged(&t, b"/a/x"));
+            assert_eq!(t[0].load(Ordering::Relaxed), 4);
+            flag(&t, b"/a");
+            assert_eq!(t[0].load(Ordering::Relaxed), 4, "no duplicates");
+        }
+
+        #[test]
+        fn overflow_says_maybe() {
+            let t = table();
+            t[1].store(1, Ordering::Relaxed);
+            t[0].store(1, Ordering::Relaxed);
+            assert!(flagged(&t, b"/anything"));
+        }
+    }
 }

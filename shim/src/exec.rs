@@ -536,12 +536,14 @@ unsafe fn prepare(
     }
 }
 
-/// [`prepare`], then the check no preload can do later: a statically linked program (Go's
-/// esbuild, busybox-static, musl builds) never loads the shim, so one started inside the view
-/// — its working directory virtual, or a path argument that exists only in the view — would
-/// see nothing there and go wrong silently. It is refused with one line naming it and the
-/// way that works (`--isolate`: the kernel serves the tree). Static programs that do not
-/// touch the view (a helper given real paths) run as usual.
+/// [`prepare`], then what no preload can do later: a statically linked program (Go's
+/// esbuild, busybox-static, musl builds) never loads the shim, so one started where the view
+/// matters — its working directory in a manifest root, the program or a path argument only
+/// in the view — would see nothing there and go wrong silently. It runs instead through
+/// `vrift __exec-static`, which gives it the same layers in a mount namespace and brings what
+/// it writes back into the run's upper layer (cli/src/isolate/static_exec.rs). Without the
+/// `vrift` binary (`VRIFT_BIN`) it is refused with one line naming it and `--isolate`.
+/// Static programs that do not touch the view (a helper given real paths) run as usual.
 unsafe fn prepare_checked(
     st: &State,
     path: *const c_char,
@@ -554,16 +556,27 @@ unsafe fn prepare_checked(
     if !is_static_file(&exe) {
         return Ok(p);
     }
+    let mut vcwd = PBuf::new();
+    let _ = path::cwd_into(&mut vcwd);
     let args = vec_of(p.argv);
-    let touched: Option<&[u8]> = if path::cwd_mirrored() {
+    let touched: Option<&[u8]> = if path::cwd_mirrored() || st.in_view(vcwd.as_bytes()) {
         Some(b".")
+    } else if only_in_view(st, cbytes(path)) {
+        Some(cbytes(path))
     } else {
-        args.iter().skip(1).copied().find(|a| only_in_view(st, a))
+        args.iter().skip(1).find_map(|a| mentions_view(st, a))
     };
-    crate::report::exec_static(cbytes(path), touched.is_some());
     let Some(what) = touched else {
+        crate::report::exec_static(cbytes(path), false, false);
         return Ok(p);
     };
+    if let Some(bin) = &st.vrift_bin {
+        if let Some(h) = through_vrift(st, bin, &vcwd, &p, &args, ar) {
+            crate::report::exec_static(cbytes(path), true, false);
+            return Ok(h);
+        }
+    }
+    crate::report::exec_static(cbytes(path), true, true);
     let mut msg = PBuf::new();
     for part in [
         &b"vrift: "[..],
@@ -580,19 +593,81 @@ unsafe fn prepare_checked(
     Err(libc::EPERM)
 }
 
+/// The exec of `vrift __exec-static VCWD EXE ARGV...` in place of the static program `p`,
+/// with the shim taken out of `LD_PRELOAD` (`vrift` itself must not run on the view).
+unsafe fn through_vrift(
+    st: &State,
+    bin: &[u8],
+    vcwd: &PBuf,
+    p: &Prepared,
+    args: &[&[u8]],
+    ar: &mut Arena,
+) -> Option<Prepared> {
+    let bin = bin.strip_suffix(b"\0").unwrap_or(bin);
+    let mut argv: Vec<*const c_char> = Vec::with_capacity(args.len() + 4);
+    argv.push(ar.cstr(&[bin])?);
+    argv.push(ar.cstr(&[b"__exec-static"])?);
+    argv.push(ar.cstr(&[vcwd.as_bytes()])?);
+    argv.push(p.path);
+    argv.extend(ptrs_of(p.argv));
+    let mut envp: Vec<*const c_char> = Vec::new();
+    for e in ptrs_of(p.envp) {
+        let kv = cbytes(e);
+        if key_of(kv) != b"LD_PRELOAD" {
+            envp.push(e);
+            continue;
+        }
+        let rest: Vec<&[u8]> = value_of(kv)
+            .split(|&b| b == b':' || b == b' ')
+            .filter(|x| !x.is_empty() && *x != &*st.shim_path)
+            .collect();
+        if rest.is_empty() {
+            continue;
+        }
+        let mut parts: Vec<&[u8]> = vec![b"LD_PRELOAD="];
+        for (i, r) in rest.iter().enumerate() {
+            if i > 0 {
+                parts.push(b":");
+            }
+            parts.push(r);
+        }
+        envp.push(ar.cstr(&parts)?);
+    }
+    Some(Prepared {
+        path: ar.cstr(&[bin])?,
+        argv: ar.ptrs(&argv)?,
+        envp: ar.ptrs(&envp)?,
+    })
+}
+
 /// Whether the real file `p` is a statically linked ELF program.
 fn is_static_file(p: &PBuf) -> bool {
     crate::misc::with_reader(p, |read| vrift_shim_core::elf::is_static(read)) == Some(true)
 }
 
-/// Whether the argument `a`, taken as a path (or the value of `--opt=PATH`), names something
-/// the view holds that is not on disk at that path.
+/// The first word of the argument `a` that names, or lies below, something only the view
+/// holds. Arguments are split at blanks, shell punctuation, `=` and `:`, so a path given as
+/// `--opt=PATH`, inside a `sh -c` script or in a `PATH`-like list counts; a word's parents
+/// count too, so `v/new.txt` touches the view when `v` exists only there.
+fn mentions_view<'a>(st: &State, a: &'a [u8]) -> Option<&'a [u8]> {
+    a.split(|b| b" \t\n;|&<>()'\"`=:,".contains(b))
+        .filter(|w| !w.is_empty() && !w.starts_with(b"-") && w.len() < 4096)
+        .find(|w| {
+            let mut p: &[u8] = w;
+            loop {
+                if only_in_view(st, p) {
+                    return true;
+                }
+                match p.iter().rposition(|&b| b == b'/') {
+                    Some(i) if i > 0 => p = &p[..i],
+                    _ => return false,
+                }
+            }
+        })
+}
+
+/// Whether the path `a` names something the view holds that is not on disk at that path.
 fn only_in_view(st: &State, a: &[u8]) -> bool {
-    let a = match (a.starts_with(b"-"), a.iter().position(|&b| b == b'=')) {
-        (true, Some(i)) => &a[i + 1..],
-        (true, None) => return false,
-        _ => a,
-    };
     if a.is_empty() {
         return false;
     }

@@ -93,15 +93,21 @@ pub fn served() {
     }
 }
 
-/// A statically linked program was started (`refused` if it touched the view).
-pub fn exec_static(path: &[u8], touches: bool) {
+/// A statically linked program was started: `touches` the view, and then run in a namespace
+/// or `refused`.
+pub fn exec_static(path: &[u8], touches: bool, refused: bool) {
     if !on() {
         return;
     }
     // SAFETY: getpid never fails.
     let pid = unsafe { libc::getpid() };
+    let how = match (touches, refused) {
+        (false, _) => "direct",
+        (true, false) => "namespace",
+        (true, true) => "refused",
+    };
     let line = format!(
-        "{{\"pid\":{pid},\"exec\":{},\"static\":true,\"touches_view\":{touches},\"refused\":{touches}}}\n",
+        "{{\"pid\":{pid},\"exec\":{},\"static\":true,\"touches_view\":{touches},\"refused\":{refused},\"ran\":\"{how}\"}}\n",
         json_str(path)
     );
     emit(line.as_bytes());

@@ -17,7 +17,9 @@ pub const ENV_EXE: &str = "VRIFT_EXE";
 pub const ENV_SEALED: &str = "VRIFT_SEALED";
 /// Set by `vrift run` for a project run: roots whose writes land in the real tree.
 pub const ENV_THROUGH: &str = "VRIFT_THROUGH";
-const PASS_ON: [&str; 7] = [
+/// Set by `vrift run`: the `vrift` binary, which runs static programs on the view.
+pub const ENV_BIN: &str = "VRIFT_BIN";
+const PASS_ON: [&str; 8] = [
     crate::report::ENV_REPORT,
     ENV_MANIFESTS,
     ENV_STORE,
@@ -25,6 +27,7 @@ const PASS_ON: [&str; 7] = [
     ENV_TRACE,
     ENV_SEALED,
     ENV_THROUGH,
+    ENV_BIN,
 ];
 
 pub struct Layer {
@@ -55,6 +58,8 @@ pub struct State {
     pub gid: u32,
     /// Virtual path of this process's executable, if it was started from a virtual file.
     pub exe: Option<Box<[u8]>>,
+    /// [`ENV_BIN`], NUL-terminated.
+    pub vrift_bin: Option<Box<[u8]>>,
 }
 
 const UNINIT: u8 = 0;
@@ -228,6 +233,10 @@ fn load() -> Option<State> {
         uid: unsafe { libc::getuid() },
         gid: unsafe { libc::getgid() },
         exe: None,
+        vrift_bin: env(ENV_BIN).filter(|v| v.starts_with(b"/")).map(|mut v| {
+            v.push(0);
+            v.into_boxed_slice()
+        }),
     };
     st.exe = env(ENV_EXE).filter(|v| exe_matches(&st, v)).map(Into::into);
     Some(st)

@@ -13,17 +13,17 @@
 //! * `dl/<absolute virtual path>`: symlinks to blobs for `dlopen` (see the crate docs).
 //! * `exec/`: executable copies of blobs that lack the execute bit.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use crate::path::PBuf;
 use crate::real;
 
 /// Symlink target that marks a deleted virtual path.
-pub const WHITEOUT: &[u8] = b"\x01vrift-whiteout";
+pub const WHITEOUT: &[u8] = upper_state::WHITEOUT;
 
-use vrift_shim_core::upper_state::{HEADER_WORDS, SLOTS as TABLE_SLOTS};
+use vrift_shim_core::upper_state;
 /// Size of the `state` file.
-pub const TABLE_BYTES: usize = vrift_shim_core::upper_state::BYTES;
+pub const TABLE_BYTES: usize = upper_state::BYTES;
 
 pub struct Upper {
     /// `<upper>` without trailing slash.
@@ -42,19 +42,6 @@ pub struct Upper {
 // only accessed through atomics.
 unsafe impl Send for Upper {}
 unsafe impl Sync for Upper {}
-
-fn fnv(b: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &c in b {
-        h ^= u64::from(c);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    if h == 0 {
-        1
-    } else {
-        h
-    }
-}
 
 impl Upper {
     /// Opens (creating if needed) the upper dir's state table and empty dir.
@@ -111,9 +98,11 @@ impl Upper {
         })
     }
 
-    fn word(&self, i: usize) -> &AtomicU64 {
-        // SAFETY: the mapping holds HEADER_WORDS + TABLE_SLOTS words; callers stay in range.
-        unsafe { &*self.table.add(i) }
+    fn table(&self) -> &upper_state::Table {
+        // SAFETY: the mapping holds HEADER_WORDS + SLOTS words for the process's lifetime.
+        unsafe {
+            std::slice::from_raw_parts(self.table, upper_state::HEADER_WORDS + upper_state::SLOTS)
+        }
     }
 
     /// Whether `virt` lies in a write-through root (see [`Upper::through`]).
@@ -129,63 +118,12 @@ impl Upper {
     /// are what the (freshly refreshed) manifest says, and are served from it.
     #[inline]
     pub fn flagged(&self, virt: &[u8]) -> bool {
-        let count = self.word(0).load(Ordering::Acquire);
-        if count == 0 {
-            return false;
-        }
-        if self.word(1).load(Ordering::Relaxed) != 0 {
-            return true; // overflowed: check the mirror for everything
-        }
-        let h = fnv(virt);
-        let mut i = (h as usize) & (TABLE_SLOTS - 1);
-        for _ in 0..TABLE_SLOTS {
-            let v = self.word(HEADER_WORDS + i).load(Ordering::Acquire);
-            if v == h {
-                return true;
-            }
-            if v == 0 {
-                return false;
-            }
-            i = (i + 1) & (TABLE_SLOTS - 1);
-        }
-        true
-    }
-
-    /// Records that the mirror holds something for `virt`.
-    pub fn flag(&self, virt: &[u8]) {
-        let h = fnv(virt);
-        let mut i = (h as usize) & (TABLE_SLOTS - 1);
-        for _ in 0..TABLE_SLOTS / 2 {
-            let w = self.word(HEADER_WORDS + i);
-            match w.compare_exchange(0, h, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    let n = self.word(0).fetch_add(1, Ordering::AcqRel) + 1;
-                    if n as usize > TABLE_SLOTS / 2 {
-                        self.word(1).store(1, Ordering::Release);
-                    }
-                    return;
-                }
-                Err(v) if v == h => {
-                    // Already there; make sure the count is non-zero (it is).
-                    return;
-                }
-                Err(_) => i = (i + 1) & (TABLE_SLOTS - 1),
-            }
-        }
-        self.word(1).store(1, Ordering::Release);
-        self.word(0).fetch_add(1, Ordering::AcqRel);
+        upper_state::flagged(self.table(), virt)
     }
 
     /// Flags `virt` and every ancestor up to `/`.
     pub fn flag_with_ancestors(&self, virt: &[u8]) {
-        let mut p = virt;
-        loop {
-            self.flag(p);
-            if p == b"/" || p.is_empty() {
-                break;
-            }
-            p = crate::path::parent(p);
-        }
+        upper_state::flag_with_ancestors(self.table(), virt)
     }
 
     /// The mirror path of a virtual path: where what is written to it goes (the path itself

@@ -70,13 +70,21 @@ pub enum NetworkArg {
 }
 
 /// Environment variables shared with the shim (see shim/src/state.rs).
-const ENV_MANIFESTS: &str = "VRIFT_MANIFESTS";
-const ENV_STORE: &str = "VRIFT_STORE";
-const ENV_UPPER: &str = "VRIFT_UPPER";
-const ENV_REPORT: &str = "VRIFT_REPORT";
-const ENV_SEALED: &str = "VRIFT_SEALED";
-const ENV_THROUGH: &str = "VRIFT_THROUGH";
-const ENV_SHIM: &str = "VRIFT_SHIM";
+pub mod env_names {
+    pub const MANIFESTS: &str = "VRIFT_MANIFESTS";
+    pub const STORE: &str = "VRIFT_STORE";
+    pub const UPPER: &str = "VRIFT_UPPER";
+    pub const REPORT: &str = "VRIFT_REPORT";
+    pub const SEALED: &str = "VRIFT_SEALED";
+    pub const THROUGH: &str = "VRIFT_THROUGH";
+    pub const SHIM: &str = "VRIFT_SHIM";
+    /// This `vrift` binary: the shim runs static programs through it (`__exec-static`).
+    pub const BIN: &str = "VRIFT_BIN";
+}
+use env_names::{
+    MANIFESTS as ENV_MANIFESTS, REPORT as ENV_REPORT, SEALED as ENV_SEALED, SHIM as ENV_SHIM,
+    STORE as ENV_STORE, THROUGH as ENV_THROUGH, UPPER as ENV_UPPER,
+};
 const SHIM_FILE: &str = "libvrift_shim.so";
 
 /// Where the shim library is: `VRIFT_SHIM`, else beside the running `vrift`.
@@ -621,6 +629,11 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
             "note: the store {} predates blob seals: the view cannot tell a damaged blob from an old one; run `vrift verify` once",
             store.display()
         );
+    }
+    // Static programs that touch the view are run through this binary in a namespace.
+    match std::env::current_exe() {
+        Ok(exe) => std::env::set_var(env_names::BIN, exe),
+        Err(_) => std::env::remove_var(env_names::BIN),
     }
     std::env::set_var("LD_PRELOAD", &preload);
     // The command dies with us, even by kill -9 (see the shim's constructor).

@@ -17,6 +17,7 @@ pub mod farm;
 pub mod gc;
 pub mod ns;
 pub mod rundir;
+pub mod static_exec;
 mod sys;
 
 use std::ffi::OsString;
@@ -65,6 +66,18 @@ fn is_under(p: &[u8], anc: &[u8]) -> bool {
     p == anc || (p.starts_with(anc) && p.get(anc.len()) == Some(&b'/'))
 }
 
+/// The layers' roots that lie in no other one, sorted: one overlay each (a root inside
+/// another one is part of the outer one's farm subtree).
+fn top_roots(layers: &[Layer<'_>]) -> Vec<Vec<u8>> {
+    let mut ats: Vec<Vec<u8>> = layers.iter().map(|l| l.at.clone()).collect();
+    ats.sort();
+    ats.dedup();
+    ats.iter()
+        .filter(|a| !ats.iter().any(|b| b != *a && is_under(a, b)))
+        .cloned()
+        .collect()
+}
+
 /// Runs `cmd` isolated; see the module docs. `bases` and `manifests` are bottom first.
 /// Returns CMD's exit code (128+N if signal N killed it).
 pub fn run_isolated(
@@ -111,14 +124,7 @@ pub fn run_isolated(
     if base_mode {
         tops.push(b"/".to_vec());
     } else {
-        let mut ats: Vec<Vec<u8>> = layers.iter().map(|l| l.at.clone()).collect();
-        ats.sort();
-        ats.dedup();
-        for a in &ats {
-            if !ats.iter().any(|b| b != a && is_under(a, b)) {
-                tops.push(a.clone());
-            }
-        }
+        tops = top_roots(&layers);
     }
     let mut rd = rundir::RunDir::create(cas.root(), tops.len(), keep)?;
     let mut overlays = Vec::with_capacity(tops.len());
@@ -147,7 +153,7 @@ pub fn run_isolated(
         }
         overlays.push(ns::Overlay {
             at,
-            lower,
+            lowers: vec![lower],
             upper: rd.upper(i),
             work: rd.work(i),
         });

@@ -33,11 +33,11 @@ use anyhow::{anyhow, Result};
 use super::sys::{self, cstr};
 use crate::signals::{exit_code, set_forwarding, set_target, wait_for};
 
-/// One overlay to mount: the farm directory `lower` appears at `at` (absolute, inside the new
-/// root), writes go to `upper`.
+/// One overlay to mount: the directories `lowers` (topmost first; for a sandbox, the farm
+/// directory) appear merged at `at` (absolute, inside the new root), writes go to `upper`.
 pub struct Overlay {
     pub at: PathBuf,
-    pub lower: PathBuf,
+    pub lowers: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
 }
@@ -104,13 +104,13 @@ fn userns_error(what: &str, e: &io::Error) -> anyhow::Error {
 }
 
 /// A failed setup step inside the child.
-struct Fail {
-    errno: i32,
-    what: String,
+pub(super) struct Fail {
+    pub(super) errno: i32,
+    pub(super) what: String,
 }
 
 impl Fail {
-    fn new(what: impl Into<String>, e: io::Error) -> Fail {
+    pub(super) fn new(what: impl Into<String>, e: io::Error) -> Fail {
         Fail {
             errno: e.raw_os_error().unwrap_or(0),
             what: format!("{}: {e}", what.into()),
@@ -323,7 +323,7 @@ fn exec_cmd(argv: &[CString], argp: &[*const libc::c_char]) -> ! {
 }
 
 /// A directory, not a symlink to one.
-fn is_real_dir(p: &Path) -> bool {
+pub(super) fn is_real_dir(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
 }
 
@@ -358,7 +358,31 @@ fn esc(p: &Path) -> String {
 /// Makes `target` (under the read-only new root `root`) exist: an overlay over its nearest
 /// existing ancestor, whose throwaway upper layer (in `scratch`) holds the missing
 /// directories. The ancestor keeps its content; only mounts below it are not carried over.
-fn make_mount_point(root: &Path, target: &Path, scratch: &Path, n: usize) -> Result<(), Fail> {
+pub(super) fn make_mount_point(
+    root: &Path,
+    target: &Path,
+    scratch: &Path,
+    n: usize,
+) -> Result<(), Fail> {
+    let upper = scratch.join(format!("{n}/upper"));
+    let work = scratch.join(format!("{n}/work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).map_err(|e| Fail::new(d.display().to_string(), e))?;
+    }
+    make_mount_point_with(root, target, &upper, &work)
+}
+
+/// [`make_mount_point`] on the host's root (`/`), with the throwaway layer in `upper`/`work`.
+pub(super) fn make_mount_point_in(target: &Path, upper: &Path, work: &Path) -> Result<(), Fail> {
+    make_mount_point_with(Path::new("/"), target, upper, work)
+}
+
+fn make_mount_point_with(
+    root: &Path,
+    target: &Path,
+    upper: &Path,
+    work: &Path,
+) -> Result<(), Fail> {
     let mut anc = target.parent();
     while let Some(a) = anc {
         if is_real_dir(a) {
@@ -372,30 +396,25 @@ fn make_mount_point(root: &Path, target: &Path, scratch: &Path, n: usize) -> Res
             what: format!("cannot create mount point {}", target.display()),
         });
     };
-    let upper = scratch.join(format!("{n}/upper"));
-    let work = scratch.join(format!("{n}/work"));
-    for d in [&upper, &work] {
-        std::fs::create_dir_all(d).map_err(|e| Fail::new(d.display().to_string(), e))?;
-    }
     // The merged directory shows the upper directory's mode: give it the ancestor's.
     if let Ok(md) = std::fs::metadata(anc) {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(
-            &upper,
+            upper,
             std::fs::Permissions::from_mode(md.permissions().mode() & 0o7777),
         );
     }
     let o = Overlay {
         at: anc.to_path_buf(),
-        lower: anc.to_path_buf(),
-        upper,
-        work,
+        lowers: vec![anc.to_path_buf()],
+        upper: upper.to_path_buf(),
+        work: work.to_path_buf(),
     };
     mount_overlay(&o, anc)?;
     mount_point_dir(target, 0o755)
 }
 
-fn mount_point_dir(p: &Path, mode: libc::mode_t) -> Result<(), Fail> {
+pub(super) fn mount_point_dir(p: &Path, mode: libc::mode_t) -> Result<(), Fail> {
     let cp = c(p)?;
     match sys::file_type(&cp) {
         Ok(t) if t == libc::S_IFDIR => Ok(()),
@@ -420,10 +439,11 @@ fn mount_point_dir(p: &Path, mode: libc::mode_t) -> Result<(), Fail> {
 /// `volatile`: the upper layer is thrown away, so overlayfs need not sync it — without it,
 /// unmounting (the namespace's teardown) syncs the whole upper file system, which costs tens
 /// to hundreds of milliseconds on a busy disk.
-fn mount_overlay(o: &Overlay, target: &Path) -> Result<(), Fail> {
+pub(super) fn mount_overlay(o: &Overlay, target: &Path) -> Result<(), Fail> {
+    let lowers: Vec<String> = o.lowers.iter().map(|l| esc(l)).collect();
     let data = format!(
         "lowerdir={},upperdir={},workdir={},userxattr,volatile",
-        esc(&o.lower),
+        lowers.join(":"),
         esc(&o.upper),
         esc(&o.work)
     );
@@ -441,7 +461,7 @@ fn mount_overlay(o: &Overlay, target: &Path) -> Result<(), Fail> {
     .step(|| {
         format!(
             "cannot mount the overlay of {} at {}",
-            o.lower.display(),
+            o.lowers[0].display(),
             o.at.display()
         )
     })
