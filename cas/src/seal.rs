@@ -8,6 +8,12 @@
 //! push). Instead the store *seals* each blob when it enters: its mtime's nanoseconds are set
 //! to [`SEAL_NSEC`], keeping the seconds (so tools that compare whole-second mtimes, such as
 //! Python's `.pyc` check, see no change, and a file only ever moves forward within its second).
+//! The value is a whole microsecond short of the next second, not one nanosecond: Python reads
+//! `st_mtime` as a double, where `.999999999` rounds up to the next second (every `.pyc` of a
+//! `--isolate` view looked stale: imports 3.9× slower), while `.999999` stays below it up to
+//! the year 2106 (a double's step there is under 0.5 µs); file systems with microsecond
+//! timestamps can store it too. Blobs sealed by earlier versions ([`LEGACY_SEAL_NSEC`]) count
+//! as sealed and are moved to the new value when next checked.
 //! Any write through any link sets the mtime to the current time, whose nanoseconds are
 //! practically never exactly `SEAL_NSEC`; a truncation or append also changes the size, which
 //! the name records. So `size == name's size && mtime_nsec == SEAL_NSEC`, read from a `stat`
@@ -23,7 +29,11 @@ use std::io;
 use std::os::fd::BorrowedFd;
 
 /// The nanoseconds field of every sealed blob's mtime.
-pub const SEAL_NSEC: i64 = 999_999_999;
+pub const SEAL_NSEC: i64 = 999_999_000;
+
+/// The seal of vrift 0.x stores made before [`SEAL_NSEC`] changed: as strong a proof, but
+/// Python rounds it into the next second.
+pub const LEGACY_SEAL_NSEC: i64 = 999_999_999;
 
 /// The mtime (ns since the epoch) a file with mtime `mtime_ns` has once sealed: same second,
 /// nanoseconds [`SEAL_NSEC`].
@@ -36,7 +46,12 @@ pub fn sealed_mtime_ns(mtime_ns: i64) -> i64 {
 pub fn is_sealed(st: &libc::stat, size: u64) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFREG
         && st.st_size as u64 == size
-        && st.st_mtime_nsec == SEAL_NSEC
+        && (st.st_mtime_nsec == SEAL_NSEC || st.st_mtime_nsec == LEGACY_SEAL_NSEC)
+}
+
+/// Whether a sealed blob carries the old seal and should be sealed again (see the module).
+pub fn is_legacy(st: &libc::stat) -> bool {
+    st.st_mtime_nsec == LEGACY_SEAL_NSEC
 }
 
 /// Seals the open file `fd` whose current mtime is `mtime_ns` (atime untouched). Needs the
@@ -97,9 +112,21 @@ mod tests {
 
     #[test]
     fn sealed_times() {
-        assert_eq!(sealed_mtime_ns(1_500_000_000), 1_999_999_999);
-        assert_eq!(sealed_mtime_ns(2_000_000_000), 2_999_999_999);
-        assert_eq!(sealed_mtime_ns(-1), -1);
-        assert_eq!(sealed_mtime_ns(-1_000_000_001), -1_000_000_001);
+        assert_eq!(sealed_mtime_ns(1_500_000_000), 1_999_999_000);
+        assert_eq!(sealed_mtime_ns(2_000_000_000), 2_999_999_000);
+        assert_eq!(sealed_mtime_ns(-1), -1_000);
+        assert_eq!(sealed_mtime_ns(-1_000_000_001), -1_000_001_000);
+    }
+
+    /// What Python's `.pyc` check computes, `int(st_mtime)` with `st_mtime` a double, keeps
+    /// the sealed second for every time a 32-bit `.pyc` field can hold (the old seal did not).
+    #[test]
+    fn a_double_keeps_the_sealed_second() {
+        for sec in [0i64, 1, 1_796_520_359, (1 << 31) - 1, (1 << 32) - 1] {
+            let as_double = sec as f64 + SEAL_NSEC as f64 / 1e9;
+            assert_eq!(as_double as i64, sec, "{sec}");
+        }
+        let old = 1_796_520_359f64 + LEGACY_SEAL_NSEC as f64 / 1e9;
+        assert_eq!(old as i64, 1_796_520_360, "why the seal changed");
     }
 }

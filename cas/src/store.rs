@@ -443,9 +443,30 @@ impl Cas {
             Err(e) => return Err(e),
         };
         if seal::is_sealed(&st, size) {
+            if seal::is_legacy(&st) {
+                return Ok(BlobCheck::Sound(self.reseal(hash, size, st)));
+            }
             return Ok(BlobCheck::Sound(st));
         }
         self.rehash_blob(hash, size)
+    }
+
+    /// Moves a blob with the old seal to the new one (see `seal`); best effort: a blob
+    /// another user owns keeps the old seal, which is as strong. Its `stat` after.
+    fn reseal(&self, hash: &Hash, size: u64, st: libc::stat) -> libc::stat {
+        let Ok(f) = self.open_blob(hash, size) else {
+            return st;
+        };
+        // The name may have been replaced since the caller's `stat`: reseal only that inode.
+        match sys::fstat(f.as_fd()) {
+            Ok(now)
+                if now.st_ino == st.st_ino && now.st_dev == st.st_dev && seal::is_legacy(&now) => {}
+            _ => return st,
+        }
+        match seal::seal_fd(f.as_fd(), sys::mtime_ns(&st)) {
+            Ok(()) => sys::fstat(f.as_fd()).unwrap_or(st),
+            Err(_) => st,
+        }
     }
 
     /// The slow half of [`check_blob`](Self::check_blob): reads the whole blob.

@@ -29,7 +29,7 @@ fn check_and_seal(cas: &Cas, b: &BlobInfo, buf: &mut Vec<u8>, seal: bool) -> std
     if good && seal {
         let f = cas.open_blob(&b.hash, b.size)?;
         let st = crate::sys::fstat(std::os::fd::AsFd::as_fd(&f))?;
-        if !crate::seal::is_sealed(&st, b.size) {
+        if !crate::seal::is_sealed(&st, b.size) || crate::seal::is_legacy(&st) {
             crate::seal::seal_fd(std::os::fd::AsFd::as_fd(&f), crate::sys::mtime_ns(&st))?;
         }
     }

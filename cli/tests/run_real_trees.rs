@@ -283,6 +283,8 @@ ctx = ssl.create_default_context(cafile=requests.certs.where())\n\
 print(len(ctx.get_ca_certs()) > 100)\n\
 '";
     let native = ok_stdout(sh(&env.root(), script, &[]), "native python");
+    let native_pyc = ok_stdout(sh(&env.root(), PYC_CHECK, &[]), "native pyc check");
+    assert_eq!(native_pyc, "True 0\n");
     // The default secret filter keeps every file of the venv: certifi's bundle, pip's copy.
     let o = env
         .vrift()
@@ -299,7 +301,41 @@ print(len(ctx.get_ca_certs()) > 100)\n\
     std::fs::remove_dir_all(&d).unwrap();
     let virt = vrun(&env, &[&env.path("venv.vrm")], script, &[]);
     assert_eq!(virt, native);
+    // Every `.pyc` pip wrote stays valid in the view — Python's own check: the source's
+    // `int(st_mtime)` (a double) and size against the `.pyc` header — so imports load
+    // bytecode instead of compiling every module again on each run (shim and `--isolate`).
+    let m = env.path("venv.vrm");
+    let shim = vrun(&env, &[&m], PYC_CHECK, &[]);
+    assert_eq!(shim, native_pyc, "shim");
+    let mut c = env.vrift();
+    c.args(["run", "--isolate", "--manifest"])
+        .arg(&m)
+        .args(["--", "sh", "-c", PYC_CHECK]);
+    let isolated = ok_stdout(output_within(&mut c, 300), "vrift run --isolate");
+    assert_eq!(isolated, native_pyc, "--isolate");
 }
+
+/// Counts the venv's timestamp-based `.pyc` files and those Python would find stale.
+const PYC_CHECK: &str = r#"/usr/bin/python3 -c '
+import importlib.util, os, struct
+n = stale = 0
+for d, _, fs in os.walk("venv/lib"):
+    for f in fs:
+        if not f.endswith(".py"):
+            continue
+        p = os.path.join(d, f)
+        try:
+            h = open(importlib.util.cache_from_source(p), "rb").read(16)
+        except OSError:
+            continue
+        flags, mtime, size = struct.unpack("<III", h[4:16])
+        if flags:
+            continue
+        st = os.stat(p)
+        n += 1
+        stale += (mtime, size) != (int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF)
+print(n > 1000, stale)
+'"#;
 
 /// `pip install` into a deleted venv, then the new console script (a real file written during
 /// the run whose `#!` names the venv's virtual python), `ls -l` of it (xattrs of a file

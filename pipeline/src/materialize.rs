@@ -71,6 +71,13 @@ pub struct Options {
     /// Bits added to every directory's mode (a link farm adds `u+rwx` so it can always be
     /// deleted; it is only ever mounted read-only).
     pub dir_mode_add: u32,
+    /// Link a file only when its blob shows the entry's mtime to the second, else copy it
+    /// with the entry's mtime. A link shares the blob's inode, so a file shows the mtime of
+    /// whichever identical file was stored first: pip stamps each file with its install time,
+    /// so the same empty `__init__.py` in two packages differs, and Python, comparing whole
+    /// seconds, finds that module's `.pyc` stale on every run of a link farm. npm and cargo
+    /// extract with fixed or archived times, so their trees copy nothing.
+    pub mtime_second_exact: bool,
 }
 
 impl Default for Options {
@@ -80,6 +87,7 @@ impl Default for Options {
             keep_setid: false,
             threads: 1,
             dir_mode_add: 0,
+            mtime_second_exact: false,
         }
     }
 }
@@ -335,7 +343,9 @@ fn place_leaf(
     r.files += 1;
     let keep = 0o7777 & !WRITE_BITS;
     let link_ok = matches!(opts.link_mode, LinkMode::Auto | LinkMode::Hardlink)
-        && blob.st_mode & keep == mode & keep;
+        && blob.st_mode & keep == mode & keep
+        && (!opts.mtime_second_exact
+            || blob.st_mtime == e.mtime_ns().div_euclid(1_000_000_000) as libc::time_t);
     if link_ok {
         let rel_blob = Cas::blob_rel_c(hash, size);
         match rustix::fs::linkat(

@@ -98,7 +98,16 @@ pub fn fmt_proc_fd(fd: i32, out: &mut [u8; 32]) -> usize {
 /// The nanoseconds field of a sealed blob's mtime (`vrift_cas::seal::SEAL_NSEC`: the shim
 /// cannot depend on the store crate, so the value is repeated here and checked by a test of
 /// the store crate).
-pub const SEAL_NSEC: i64 = 999_999_999;
+pub const SEAL_NSEC: i64 = 999_999_000;
+
+/// The seal of stores made before [`SEAL_NSEC`] changed (`vrift_cas::seal::LEGACY_SEAL_NSEC`).
+pub const LEGACY_SEAL_NSEC: i64 = 999_999_999;
+
+/// Whether a blob's mtime nanoseconds are a seal (either value).
+#[inline]
+pub fn is_seal_nsec(nsec: i64) -> bool {
+    nsec == SEAL_NSEC || nsec == LEGACY_SEAL_NSEC
+}
 
 #[cfg(test)]
 mod tests {

@@ -36,7 +36,7 @@ fn is_blob(state: &State, st: &libc::stat, fd: c_int) -> bool {
     if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_dev != state.store_dev {
         return false;
     }
-    if st.st_mtime_nsec == vrift_shim_core::SEAL_NSEC {
+    if vrift_shim_core::is_seal_nsec(st.st_mtime_nsec) {
         return true;
     }
     // Unsealed: ask where the fd points.
@@ -205,7 +205,7 @@ pub fn check_served(
     let Some(s) = fstat(fd) else {
         return Ok(());
     };
-    let sealed = s.st_mtime_nsec == vrift_shim_core::SEAL_NSEC;
+    let sealed = vrift_shim_core::is_seal_nsec(s.st_mtime_nsec);
     if s.st_size as u64 == e.size() && (sealed || !st.all_sealed) {
         return Ok(());
     }

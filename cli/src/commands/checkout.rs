@@ -34,7 +34,7 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
         link_mode: a.link_mode.into(),
         keep_setid: a.keep_setid,
         threads,
-        dir_mode_add: 0,
+        ..Default::default()
     };
     let report = vrift_pipeline::checkout(&cas, &manifest, &a.dir, &opts, &counters)?;
     super::print_issues(&counters.take_issues(), 20);

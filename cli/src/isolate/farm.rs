@@ -71,15 +71,19 @@ fn join(base: &[u8], rel: &[u8]) -> Vec<u8> {
     }
 }
 
+/// What a farm is, in both cache keys: bumped whenever the same layers would build a
+/// different farm (v2: files whose blob shows another mtime second are copies).
+const FARM_FORMAT: &[u8] = b"vrift-farm-v2\0";
+
 /// The cache key of a layer list: BLAKE3 over every layer's mount point and, per entry, what
-/// the farm is made of (path, kind, mode, size, content hash, symlink target, a directory's
-/// mtime). Not the raw manifest bytes: those also hold the ingest time and the re-ingest
+/// the farm is made of (path, kind, mode, size, content hash, symlink target, the mtime: a
+/// directory's, a file's second, which decides between link and copy). Not the raw manifest bytes: those also hold the ingest time and the re-ingest
 /// cache (device, inode), so the same tree ingested twice (a transient ingest of an unchanged
 /// directory) would otherwise never hit the cache.
 pub fn key(layers: &[Layer<'_>]) -> String {
     let mut h = blake3::Hasher::new();
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
-    buf.extend_from_slice(b"vrift-farm-v1\0");
+    buf.extend_from_slice(FARM_FORMAT);
     for l in layers {
         buf.extend_from_slice(b"L");
         buf.extend_from_slice(&(l.at.len() as u64).to_le_bytes());
@@ -96,6 +100,8 @@ pub fn key(layers: &[Layer<'_>]) -> String {
             buf.extend_from_slice(&e.size().to_le_bytes());
             if kind == Kind::Dir {
                 buf.extend_from_slice(&e.mtime_ns().to_le_bytes());
+            } else if kind.has_content() {
+                buf.extend_from_slice(&e.mtime_ns().div_euclid(1_000_000_000).to_le_bytes());
             }
             if kind.has_content() {
                 buf.extend_from_slice(e.hash());
@@ -354,7 +360,8 @@ const INDEX_DIR: &str = ".index";
 /// entries (re-ingested) get distinct quick keys but share a farm through the index.
 fn quick_key(layers: &[Layer<'_>]) -> String {
     let mut h = blake3::Hasher::new();
-    h.update(b"vrift-farm-quick-v1\0");
+    h.update(FARM_FORMAT);
+    h.update(b"quick\0");
     for l in layers {
         h.update(&(l.at.len() as u64).to_le_bytes());
         h.update(&l.at);
@@ -490,6 +497,7 @@ fn build(cas: &Cas, layers: &[Layer<'_>], dest: &Path) -> Result<BuildStats> {
     let opts = Options {
         threads,
         dir_mode_add: 0o700,
+        mtime_second_exact: true,
         ..Options::default()
     };
     let counters = vrift_pipeline::Counters::default();
