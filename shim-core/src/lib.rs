@@ -717,3 +717,62 @@ pub mod upper_state {
         }
     }
 }
+
+/// A fixed-size, lock-free set of path keys ([`upper_state::key`]) for work a process does
+/// once: mirroring a directory's shared objects or a library's dependencies for the loader.
+/// Hooks call it from any thread, after `fork`, inside `dlopen`: no allocation, no lock.
+pub mod seen {
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    pub struct Seen<const N: usize> {
+        slots: [AtomicU64; N],
+    }
+
+    impl<const N: usize> Default for Seen<N> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl<const N: usize> Seen<N> {
+        pub const fn new() -> Self {
+            Seen {
+                slots: [const { AtomicU64::new(0) }; N],
+            }
+        }
+
+        /// Records `key` (never 0); true if it was not recorded before, so the caller does
+        /// the work. A full set answers true: the work is redone, never skipped wrongly.
+        pub fn first(&self, key: u64) -> bool {
+            let mut i = (key as usize) % N;
+            for _ in 0..N {
+                match self.slots[i].compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return true,
+                    Err(v) if v == key => return false,
+                    Err(_) => i = (i + 1) % N,
+                }
+            }
+            true
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn once_per_key_and_full_means_redo() {
+            let s: Seen<4> = Seen::new();
+            assert!(s.first(7));
+            assert!(!s.first(7));
+            assert!(s.first(11));
+            for k in [1, 2] {
+                assert!(s.first(k));
+            }
+            assert!(!s.first(11));
+            assert!(s.first(99), "full: do the work");
+            assert!(s.first(99), "still full: do it again");
+            assert!(!s.first(2));
+        }
+    }
+}
