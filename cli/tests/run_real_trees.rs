@@ -61,6 +61,21 @@ fn vrun(env: &Env, manifests: &[&Path], script: &str, envs: &[(&str, &Path)]) ->
     ok_stdout(o, &format!("vrift run {script}"))
 }
 
+/// The same through `vrift run --isolate` (namespaces over the link farm).
+fn visolate(env: &Env, manifests: &[&Path], script: &str, envs: &[(&str, &Path)]) -> String {
+    let mut c = env.vrift();
+    c.args(["run", "--isolate"]);
+    for m in manifests {
+        c.arg("--manifest").arg(m);
+    }
+    c.args(["--", "sh", "-c", script]);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let o = output_within(&mut c, 300);
+    ok_stdout(o, &format!("vrift run --isolate {script}"))
+}
+
 fn output_within(cmd: &mut Command, secs: u64) -> std::process::Output {
     use std::io::Read;
     let mut child = cmd
@@ -216,6 +231,8 @@ fn cargo_builds_a_virtual_project_against_a_virtual_registry() {
     let m_home = env.ingest_and_remove("home", "home.vrm");
     let virt = vrun(&env, &[&m_app, &m_home], script, &envs);
     assert_eq!(virt, native);
+    let isolated = visolate(&env, &[&m_app, &m_home], script, &envs);
+    assert_eq!(isolated, native, "--isolate");
 }
 
 // -----------------------------------------------------------------------------------------
@@ -301,17 +318,15 @@ print(len(ctx.get_ca_certs()) > 100)\n\
     std::fs::remove_dir_all(&d).unwrap();
     let virt = vrun(&env, &[&env.path("venv.vrm")], script, &[]);
     assert_eq!(virt, native);
+    let isolated = visolate(&env, &[&env.path("venv.vrm")], script, &[]);
+    assert_eq!(isolated, native, "--isolate");
     // Every `.pyc` pip wrote stays valid in the view — Python's own check: the source's
     // `int(st_mtime)` (a double) and size against the `.pyc` header — so imports load
     // bytecode instead of compiling every module again on each run (shim and `--isolate`).
     let m = env.path("venv.vrm");
     let shim = vrun(&env, &[&m], PYC_CHECK, &[]);
     assert_eq!(shim, native_pyc, "shim");
-    let mut c = env.vrift();
-    c.args(["run", "--isolate", "--manifest"])
-        .arg(&m)
-        .args(["--", "sh", "-c", PYC_CHECK]);
-    let isolated = ok_stdout(output_within(&mut c, 300), "vrift run --isolate");
+    let isolated = visolate(&env, &[&m], PYC_CHECK, &[]);
     assert_eq!(isolated, native_pyc, "--isolate");
 }
 
@@ -362,11 +377,13 @@ venv/bin/python -c 'import idna' 2>/dev/null && echo still-there || echo idna-go
 venv/bin/python -c 'import sqlparse; print(sqlparse.__version__)'\n";
     let m = env.ingest_and_remove("venv", "venv.vrm");
     let virt = vrun(&env, &[&m], script, &[("W", &wheels)]);
+    let isolated = visolate(&env, &[&m], script, &[("W", &wheels)]);
     // Natively, on a fresh venv at the same path (scripts name their venv's absolute path).
     mk("venv");
     let native = ok_stdout(sh(&env.root(), script, &[("W", &wheels)]), "native pip");
     assert!(native.contains("SELECT a FROM t"), "{native}");
     assert_eq!(virt, native);
+    assert_eq!(isolated, native, "--isolate");
 }
 
 /// A venv round-trips exactly: ingest (default filter), checkout, `diff -r`.
@@ -431,19 +448,17 @@ fn git_commit_and_stash_in_a_virtual_repository() {
     // nested inside the work tree's root.
     let git = env.ingest_and_remove("repo/.git", "git.vrm");
     let m = env.ingest_and_remove("repo", "repo.vrm");
-    let out = vrun(
-        &env,
-        &[&m, &git],
-        &format!(
-            "cd repo && echo two >> a.txt && {g} commit -qam second && echo three > b.txt && \
-             {g} add b.txt && {g} stash -q && {g} stash pop -q && {g} log --format=%s && \
-             cat a.txt b.txt && {g} fsck --no-progress 2>&1 | grep -c error; \
-             ls -a | grep -cx .git; find . -name HEAD -path './.git/*' | head -1; true"
-        ),
-        &[],
+    let script = format!(
+        "cd repo && echo two >> a.txt && {g} commit -qam second && echo three > b.txt && \
+         {g} add b.txt && {g} stash -q && {g} stash pop -q && {g} log --format=%s && \
+         cat a.txt b.txt && {g} fsck --no-progress 2>&1 | grep -c error; \
+         ls -a | grep -cx .git; find . -name HEAD -path './.git/*' | sort | head -1; true"
     );
+    let out = vrun(&env, &[&m, &git], &script, &[]);
     // The nested root shows up in its parent's listing (ls, find, du, tar see `.git`).
-    assert_eq!(out, "second\nfirst\none\ntwo\nthree\n0\n1\n./.git/HEAD\n");
+    let want = "second\nfirst\none\ntwo\nthree\n0\n1\n./.git/HEAD\n";
+    assert_eq!(out, want);
+    assert_eq!(visolate(&env, &[&m, &git], &script, &[]), want, "--isolate");
 }
 
 // -----------------------------------------------------------------------------------------
@@ -506,6 +521,7 @@ LD_LIBRARY_PATH=proj/lib ldd proj/bin/ll | grep -o 'libfoo.so => [^ ]*' | sed 's
     let m = env.ingest_and_remove("proj", "proj.vrm");
     let virt = vrun(&env, &[&m], script, &[]);
     assert_eq!(virt, native);
+    assert_eq!(visolate(&env, &[&m], script, &[]), native, "--isolate");
 }
 
 // -----------------------------------------------------------------------------------------
@@ -721,5 +737,6 @@ fn esbuild_bundles_a_deleted_tree() {
     let m = env.ingest_and_remove("proj", "proj.vrm");
     let virt = vrun(&env, &[&m], &script, &[]);
     assert_eq!(virt, native);
+    assert_eq!(visolate(&env, &[&m], &script, &[]), native, "--isolate");
     assert!(!env.path("proj").exists());
 }
