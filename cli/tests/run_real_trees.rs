@@ -740,3 +740,32 @@ fn esbuild_bundles_a_deleted_tree() {
     assert_eq!(visolate(&env, &[&m], &script, &[]), native, "--isolate");
     assert!(!env.path("proj").exists());
 }
+
+/// Identical files of a tree are separate files in the view, as they were on disk: `cp -a`
+/// and `tar` inside the view make no hard links between them, and an edit of one copy leaves
+/// the other alone (shim: an inode number per entry; `--isolate`: one inode per farm file).
+#[test]
+fn identical_files_stay_separate_in_copies_and_archives() {
+    let env = Env::new();
+    for (f, c) in [
+        ("v/src/a.txt", "same\n"),
+        ("v/src/b.txt", "same\n"),
+        ("v/src/sub/c.txt", "same\n"),
+        ("v/src/e1", ""),
+        ("v/src/e2", ""),
+    ] {
+        let p = env.path(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, c).unwrap();
+    }
+    let script = "set -e; cp -a v/src v/copy; echo edited >> v/copy/a.txt; \
+        cat v/copy/b.txt v/copy/sub/c.txt; \
+        stat -c %i v/copy/a.txt v/copy/b.txt v/copy/sub/c.txt v/copy/e1 v/copy/e2 | sort -u | wc -l; \
+        tar cf - -C v src | tar tvf - | grep -c '^h' || true";
+    let native = ok_stdout(sh(&env.root(), script, &[]), "native");
+    assert_eq!(native, "same\nsame\n5\n0\n");
+    std::fs::remove_dir_all(env.path("v/copy")).unwrap();
+    let m = env.ingest_and_remove("v", "v.vrm");
+    assert_eq!(vrun(&env, &[&m], script, &[]), native, "shim");
+    assert_eq!(visolate(&env, &[&m], script, &[]), native, "--isolate");
+}

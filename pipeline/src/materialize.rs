@@ -78,6 +78,13 @@ pub struct Options {
     /// seconds, finds that module's `.pyc` stale on every run of a link farm. npm and cargo
     /// extract with fixed or archived times, so their trees copy nothing.
     pub mtime_second_exact: bool,
+    /// Give every file of the tree an inode of its own: the first file with some content is
+    /// linked to the blob, every other file with that content is a copy. Identical files
+    /// sharing one inode look like hard links of each other, so `cp -a`, `tar` and
+    /// `rsync -H` inside a link farm would link unrelated files of the copy together (an
+    /// edit of one then changes the other). A node_modules of 16,971 files has 3,018 such
+    /// duplicates, 3.5 MB.
+    pub distinct_inodes: bool,
 }
 
 impl Default for Options {
@@ -88,6 +95,7 @@ impl Default for Options {
             threads: 1,
             dir_mode_add: 0,
             mtime_second_exact: false,
+            distinct_inodes: false,
         }
     }
 }
@@ -200,6 +208,19 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
         .filter(|(_, (_, n))| matches!(n, Node::Leaf(_)))
         .map(|(i, _)| i)
         .collect();
+    // Which leaves repeat content seen earlier in the tree (see `Options::distinct_inodes`).
+    let mut repeat = vec![false; nodes.len()];
+    if opts.distinct_inodes {
+        let mut seen: std::collections::HashSet<(&[u8], u64)> = Default::default();
+        for &i in &leaves {
+            if let (_, Node::Leaf(e)) = &nodes[i] {
+                if e.kind() != Kind::Symlink && !seen.insert((&e.hash()[..], e.size())) {
+                    repeat[i] = true;
+                }
+            }
+        }
+    }
+    let repeat = &repeat;
     let threads = opts.threads.max(1);
     let chunk = leaves.len().div_ceil(threads).max(1);
     let parts: Vec<Report> = std::thread::scope(|s| {
@@ -223,7 +244,9 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
                             continue;
                         };
                         let rel = p.as_ref();
-                        if let Err(msg) = place_leaf(cas, &mut chain, rel, e, opts, &mut r) {
+                        if let Err(msg) =
+                            place_leaf(cas, &mut chain, rel, e, repeat[i], opts, &mut r)
+                        {
                             counters.error(at(rel), msg);
                             r.errors += 1;
                         }
@@ -309,6 +332,7 @@ fn place_leaf(
     chain: &mut DirChain,
     rel: &[u8],
     e: &Entry<'_>,
+    repeat: bool,
     opts: &Options,
     r: &mut Report,
 ) -> Result<(), String> {
@@ -342,7 +366,8 @@ fn place_leaf(
     };
     r.files += 1;
     let keep = 0o7777 & !WRITE_BITS;
-    let link_ok = matches!(opts.link_mode, LinkMode::Auto | LinkMode::Hardlink)
+    let link_ok = !repeat
+        && matches!(opts.link_mode, LinkMode::Auto | LinkMode::Hardlink)
         && blob.st_mode & keep == mode & keep
         && (!opts.mtime_second_exact
             || blob.st_mtime == e.mtime_ns().div_euclid(1_000_000_000) as libc::time_t);

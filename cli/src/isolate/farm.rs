@@ -72,8 +72,9 @@ fn join(base: &[u8], rel: &[u8]) -> Vec<u8> {
 }
 
 /// What a farm is, in both cache keys: bumped whenever the same layers would build a
-/// different farm (v2: files whose blob shows another mtime second are copies).
-const FARM_FORMAT: &[u8] = b"vrift-farm-v2\0";
+/// different farm (v2: files whose blob shows another mtime second are copies; v3: so are
+/// repeats of content, one inode per file).
+const FARM_FORMAT: &[u8] = b"vrift-farm-v3\0";
 
 /// The cache key of a layer list: BLAKE3 over every layer's mount point and, per entry, what
 /// the farm is made of (path, kind, mode, size, content hash, symlink target, the mtime: a
@@ -498,6 +499,7 @@ fn build(cas: &Cas, layers: &[Layer<'_>], dest: &Path) -> Result<BuildStats> {
         threads,
         dir_mode_add: 0o700,
         mtime_second_exact: true,
+        distinct_inodes: true,
         ..Options::default()
     };
     let counters = vrift_pipeline::Counters::default();
