@@ -769,3 +769,72 @@ fn identical_files_stay_separate_in_copies_and_archives() {
     assert_eq!(vrun(&env, &[&m], script, &[]), native, "shim");
     assert_eq!(visolate(&env, &[&m], script, &[]), native, "--isolate");
 }
+
+/// The `fs.watch` machinery as users meet it: `webpack --watch` (webpack 5 from npm) on a
+/// project whose `node_modules` and sources were ingested and deleted builds once at start
+/// (no spurious second build from times the view shows differently), once more after an
+/// edit through the view, and the bundle has the edit — as natively, under the shim and
+/// under `--isolate`.
+#[test]
+fn webpack_watch_builds_once_then_once_per_edit() {
+    let Some(()) = need(have("npm") && have("node"), "npm and node") else {
+        return;
+    };
+    let env = Env::new();
+    let app = env.path("app");
+    write(
+        &app.join("package.json"),
+        r#"{"name":"watch-me","version":"1.0.0","private":true}"#,
+    );
+    write(
+        &app.join("src/index.js"),
+        "import { x } from './b.js';\nconsole.log(x);\n",
+    );
+    write(&app.join("src/b.js"), "export const x = 42;\n");
+    write(
+        &app.join("webpack.config.js"),
+        "let n = 0;\nmodule.exports = { plugins: [{ apply(c) { c.hooks.done.tap('count', () => \
+         { n++; require('fs').appendFileSync(process.env.COUNT_FILE, 'build ' + n + '\\n'); }); } }] };\n",
+    );
+    let o = Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            "webpack@5.97.1",
+            "webpack-cli@5.1.4",
+        ])
+        .current_dir(&app)
+        .output()
+        .unwrap();
+    let Some(()) = need(
+        o.status.success(),
+        "npm install of webpack from the registry",
+    ) else {
+        return;
+    };
+    // Waits (up to 60 s) for each build; the 2 s after each is the window in which a
+    // spurious rebuild would show.
+    let script = "cd app || exit 1; export COUNT_FILE=$PWD/count.txt; \
+        node node_modules/webpack-cli/bin/cli.js --watch --mode development --entry ./src/index.js \
+          -o dist --stats=none >/dev/null 2>&1 & pid=$!; \
+        wait_for() { i=0; until grep -qx \"$1\" count.txt 2>/dev/null; do \
+          sleep 0.2; i=$((i+1)); [ $i -gt 300 ] && break; done; sleep 2; }; \
+        wait_for 'build 1'; echo 'export const x = 43;' > src/b.js; wait_for 'build 2'; \
+        kill $pid; wait $pid 2>/dev/null; cat count.txt; node dist/main.js";
+    let native_copy = env.path("native");
+    std::fs::create_dir_all(&native_copy).unwrap();
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(&app)
+        .arg(&native_copy)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let native = ok_stdout(sh(&native_copy, script, &[]), "native webpack --watch");
+    assert_eq!(native, "build 1\nbuild 2\n43\n");
+    let m = env.ingest_and_remove("app", "app.vrm");
+    assert_eq!(vrun(&env, &[&m], script, &[]), native, "shim");
+    assert_eq!(visolate(&env, &[&m], script, &[]), native, "--isolate");
+}
