@@ -838,3 +838,60 @@ fn webpack_watch_builds_once_then_once_per_edit() {
     assert_eq!(vrun(&env, &[&m], script, &[]), native, "shim");
     assert_eq!(visolate(&env, &[&m], script, &[]), native, "--isolate");
 }
+
+/// A store the user cannot write (a shared, root-owned store): the shim cannot keep its
+/// validated manifest copy in `<store>/shim/`, so each process maps a sealed in-memory copy
+/// (memfd) instead, and the view is served all the same.
+#[test]
+fn a_read_only_store_serves_the_view_from_memory_copies() {
+    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let Some(()) = need(
+        root && Command::new("runuser")
+            .args(["-u", "nobody", "--", "true"])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "root and runuser (to run as nobody)",
+    ) else {
+        return;
+    };
+    let env = Env::new();
+    write(&env.path("v/a.txt"), "alpha\n");
+    let m = env.ingest_and_remove("v", "v.vrm");
+    let bin = env.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for f in ["vrift", "libvrift_shim.so"] {
+        std::fs::copy(vrift_bin().with_file_name(f), bin.join(f)).unwrap();
+    }
+    let o = Command::new("chmod")
+        .args(["-R", "a+rX,go-w"])
+        .arg(env.root())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let mut c = Command::new("runuser");
+    c.args(["-u", "nobody", "--"])
+        .arg(bin.join("vrift"))
+        .arg("--the-source-root")
+        .arg(env.store())
+        .args(["--no-progress", "run", "--manifest"])
+        .arg(&m)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "cat v/a.txt; grep -c memfd /proc/self/maps",
+        ])
+        .current_dir(env.root())
+        .env_remove("VRIFT_SHIM")
+        .env_remove("VRIFT_UPPER")
+        .env("TMPDIR", "/tmp");
+    let o = output_within(&mut c, 120);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "alpha\n1\n", "{err}");
+    assert!(o.status.success(), "{err}");
+    let shim_dir = env.store().join("shim");
+    assert!(
+        !shim_dir.exists() || std::fs::read_dir(&shim_dir).unwrap().next().is_none(),
+        "nobody wrote into the store"
+    );
+}
