@@ -76,6 +76,42 @@ fn visolate(env: &Env, manifests: &[&Path], script: &str, envs: &[(&str, &Path)]
     ok_stdout(o, &format!("vrift run --isolate {script}"))
 }
 
+/// Whether this test can run programs as `nobody` (it runs as root, `runuser` works).
+fn can_run_as_nobody() -> Option<()> {
+    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    need(
+        root && Command::new("runuser")
+            .args(["-u", "nobody", "--", "true"])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "root and runuser (to run as nobody)",
+    )
+}
+
+/// `vrift --the-source-root <store> --no-progress run --manifest m -- sh -c script` as
+/// `nobody`, in the env's root, with copies of vrift and its shim in `<env>/bin` (where
+/// nobody can run them).
+fn vrun_as_nobody(env: &Env, m: &Path, script: &str, tmpdir: &Path) -> Command {
+    let bin = env.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for f in ["vrift", "libvrift_shim.so"] {
+        std::fs::copy(vrift_bin().with_file_name(f), bin.join(f)).unwrap();
+    }
+    let mut c = Command::new("runuser");
+    c.args(["-u", "nobody", "--"])
+        .arg(bin.join("vrift"))
+        .arg("--the-source-root")
+        .arg(env.store())
+        .args(["--no-progress", "run", "--manifest"])
+        .arg(m)
+        .args(["--", "sh", "-c", script])
+        .current_dir(env.root())
+        .env_remove("VRIFT_SHIM")
+        .env_remove("VRIFT_UPPER")
+        .env("TMPDIR", tmpdir);
+    c
+}
+
 fn output_within(cmd: &mut Command, secs: u64) -> std::process::Output {
     use std::io::Read;
     let mut child = cmd
@@ -626,24 +662,13 @@ fn static_programs_run_rootless_in_a_user_namespace() {
     let Some(()) = need(bb.exists(), "busybox-static (/bin/busybox)") else {
         return;
     };
-    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-    let Some(()) = need(
-        root && Command::new("runuser")
-            .args(["-u", "nobody", "--", "true"])
-            .status()
-            .is_ok_and(|s| s.success()),
-        "root and runuser (to run as nobody)",
-    ) else {
+    let Some(()) = can_run_as_nobody() else {
         return;
     };
     let env = Env::new();
     let m = static_tree(&env);
-    // vrift and its shim where nobody can run them; the whole test tree nobody's.
-    let bin = env.path("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for f in ["vrift", "libvrift_shim.so"] {
-        std::fs::copy(vrift_bin().with_file_name(f), bin.join(f)).unwrap();
-    }
+    let mut c = vrun_as_nobody(&env, &m, STATIC_SCRIPT, &env.root());
+    // The whole test tree nobody's.
     let o = Command::new("chown")
         .args(["-R", "nobody:nogroup"])
         .arg(env.root())
@@ -656,18 +681,6 @@ fn static_programs_run_rootless_in_a_user_namespace() {
         .output()
         .unwrap();
     assert!(o.status.success());
-    let mut c = Command::new("runuser");
-    c.args(["-u", "nobody", "--"])
-        .arg(bin.join("vrift"))
-        .arg("--the-source-root")
-        .arg(env.store())
-        .args(["--no-progress", "run", "--manifest"])
-        .arg(&m)
-        .args(["--", "sh", "-c", STATIC_SCRIPT])
-        .current_dir(env.root())
-        .env_remove("VRIFT_SHIM")
-        .env_remove("VRIFT_UPPER")
-        .env("TMPDIR", env.root());
     let o = output_within(&mut c, 120);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(String::from_utf8_lossy(&o.stdout), STATIC_EXPECTED, "{err}");
@@ -844,47 +857,20 @@ fn webpack_watch_builds_once_then_once_per_edit() {
 /// (memfd) instead, and the view is served all the same.
 #[test]
 fn a_read_only_store_serves_the_view_from_memory_copies() {
-    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-    let Some(()) = need(
-        root && Command::new("runuser")
-            .args(["-u", "nobody", "--", "true"])
-            .status()
-            .is_ok_and(|s| s.success()),
-        "root and runuser (to run as nobody)",
-    ) else {
+    let Some(()) = can_run_as_nobody() else {
         return;
     };
     let env = Env::new();
     write(&env.path("v/a.txt"), "alpha\n");
     let m = env.ingest_and_remove("v", "v.vrm");
-    let bin = env.path("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for f in ["vrift", "libvrift_shim.so"] {
-        std::fs::copy(vrift_bin().with_file_name(f), bin.join(f)).unwrap();
-    }
+    let script = "cat v/a.txt; grep -c memfd /proc/self/maps";
+    let mut c = vrun_as_nobody(&env, &m, script, Path::new("/tmp"));
     let o = Command::new("chmod")
         .args(["-R", "a+rX,go-w"])
         .arg(env.root())
         .output()
         .unwrap();
     assert!(o.status.success());
-    let mut c = Command::new("runuser");
-    c.args(["-u", "nobody", "--"])
-        .arg(bin.join("vrift"))
-        .arg("--the-source-root")
-        .arg(env.store())
-        .args(["--no-progress", "run", "--manifest"])
-        .arg(&m)
-        .args([
-            "--",
-            "sh",
-            "-c",
-            "cat v/a.txt; grep -c memfd /proc/self/maps",
-        ])
-        .current_dir(env.root())
-        .env_remove("VRIFT_SHIM")
-        .env_remove("VRIFT_UPPER")
-        .env("TMPDIR", "/tmp");
     let o = output_within(&mut c, 120);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "alpha\n1\n", "{err}");

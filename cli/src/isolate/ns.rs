@@ -96,6 +96,26 @@ pub fn userns_hint() -> String {
     )
 }
 
+/// Maps the user and group of the process that made the user namespace of `pid` to
+/// themselves inside it (one line each, which an unprivileged process may write, after
+/// denying `setgroups`). The file that could not be written, and why.
+pub(super) fn write_id_maps(
+    pid: libc::pid_t,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+) -> Result<(), (String, io::Error)> {
+    let maps = [
+        ("setgroups", "deny".to_string()),
+        ("uid_map", format!("{uid} {uid} 1\n")),
+        ("gid_map", format!("{gid} {gid} 1\n")),
+    ];
+    for (file, content) in &maps {
+        let p = format!("/proc/{pid}/{file}");
+        std::fs::write(&p, content).map_err(|e| (p, e))?;
+    }
+    Ok(())
+}
+
 fn userns_error(what: &str, e: &io::Error) -> anyhow::Error {
     anyhow!(
         "--isolate: cannot set up a user namespace ({what}: {e}): {}",
@@ -166,21 +186,13 @@ pub fn run(plan: &Plan) -> Result<i32> {
     }
     sys::close(ready_r);
     sys::close(err_w);
-    let maps = [
-        ("setgroups", "deny".to_string()),
-        ("uid_map", format!("{uid} {uid} 1\n")),
-        ("gid_map", format!("{gid} {gid} 1\n")),
-    ];
-    for (file, content) in &maps {
-        let p = format!("/proc/{pid}/{file}");
-        if let Err(e) = std::fs::write(&p, content) {
-            // SAFETY: killing and reaping our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            sys::close(ready_w);
-            sys::close(err_r);
-            wait_for(pid);
-            return Err(userns_error(&format!("writing {p}"), &e));
-        }
+    if let Err((p, e)) = write_id_maps(pid, uid, gid) {
+        // SAFETY: killing and reaping our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        sys::close(ready_w);
+        sys::close(err_r);
+        wait_for(pid);
+        return Err(userns_error(&format!("writing {p}"), &e));
     }
     sys::write_all_fd(ready_w, b"1");
     sys::close(ready_w);

@@ -493,21 +493,13 @@ fn spawn(plan: &ChildPlan) -> Result<libc::c_int> {
     sys::close(ready_r);
     sys::close(err_w);
     if userns {
-        let maps = [
-            ("setgroups", "deny".to_string()),
-            ("uid_map", format!("{uid} {uid} 1\n")),
-            ("gid_map", format!("{gid} {gid} 1\n")),
-        ];
-        for (file, content) in &maps {
-            let p = format!("/proc/{pid}/{file}");
-            if let Err(e) = std::fs::write(&p, content) {
-                // SAFETY: killing and reaping our own child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                sys::close(ready_w);
-                sys::close(err_r);
-                wait_for(pid);
-                return Err(anyhow!("writing {p}: {e}; {}", ns::userns_hint()));
-            }
+        if let Err((p, e)) = ns::write_id_maps(pid, uid, gid) {
+            // SAFETY: killing and reaping our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            sys::close(ready_w);
+            sys::close(err_r);
+            wait_for(pid);
+            return Err(anyhow!("writing {p}: {e}; {}", ns::userns_hint()));
         }
     }
     sys::write_all_fd(ready_w, b"1");
