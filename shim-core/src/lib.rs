@@ -776,3 +776,280 @@ pub mod seen {
         }
     }
 }
+
+/// Paths without allocation: a fixed NUL-terminated buffer and lexical normalization, what
+/// every hook does to an argument before it asks the view anything.
+pub mod path {
+    use core::ffi::c_char;
+    use core::mem::MaybeUninit;
+
+    /// Longest path the shim handles itself (longer ones pass through untouched).
+    pub const MAX: usize = 4096;
+
+    /// A NUL-terminated path in a fixed buffer. Only `buf[..=len]` is ever initialized or
+    /// read (no 4 KiB memset per hook); hooks pass these by reference, never by value.
+    pub struct PBuf {
+        buf: [MaybeUninit<u8>; MAX + 1],
+        len: usize,
+    }
+
+    impl Default for PBuf {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl PBuf {
+        #[inline]
+        pub fn new() -> PBuf {
+            let mut p = PBuf {
+                buf: [MaybeUninit::uninit(); MAX + 1],
+                len: 0,
+            };
+            p.buf[0] = MaybeUninit::new(0);
+            p
+        }
+
+        pub fn from(bytes: &[u8]) -> Option<PBuf> {
+            let mut p = PBuf::new();
+            p.push(bytes)?;
+            Some(p)
+        }
+
+        #[inline]
+        pub fn as_bytes(&self) -> &[u8] {
+            // SAFETY: bytes 0..=len are always initialized (every writer keeps that invariant).
+            unsafe { core::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.len) }
+        }
+
+        /// Pointer to the NUL-terminated path.
+        #[inline]
+        pub fn as_ptr(&self) -> *const c_char {
+            self.buf.as_ptr().cast()
+        }
+
+        /// Mutable pointer to the NUL-terminated path (for functions that fill in a template).
+        pub fn as_mut_ptr(&mut self) -> *mut c_char {
+            self.buf.as_mut_ptr().cast()
+        }
+
+        pub fn clear(&mut self) {
+            self.len = 0;
+            self.buf[0] = MaybeUninit::new(0);
+        }
+
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+
+        pub fn truncate(&mut self, n: usize) {
+            if n <= self.len {
+                self.len = n;
+                self.buf[n] = MaybeUninit::new(0);
+            }
+        }
+
+        /// Appends raw bytes; `None` if the result would be too long.
+        #[inline]
+        pub fn push(&mut self, b: &[u8]) -> Option<()> {
+            let end = self.len.checked_add(b.len())?;
+            if end > MAX {
+                return None;
+            }
+            for (d, &c) in self.buf[self.len..end].iter_mut().zip(b) {
+                *d = MaybeUninit::new(c);
+            }
+            self.len = end;
+            self.buf[end] = MaybeUninit::new(0);
+            Some(())
+        }
+
+        /// Appends one path component lexically: `.` and empty do nothing, `..` pops.
+        fn push_component(&mut self, c: &[u8]) -> Option<()> {
+            match c {
+                b"" | b"." => Some(()),
+                b".." => {
+                    let cut = self
+                        .as_bytes()
+                        .iter()
+                        .rposition(|&b| b == b'/')
+                        .unwrap_or(0);
+                    self.truncate(cut);
+                    Some(())
+                }
+                _ => {
+                    self.push(b"/")?;
+                    self.push(c)
+                }
+            }
+        }
+
+        /// Appends `rel`'s components (lexically normalized). The buffer holds an absolute
+        /// path without trailing slash, or is empty (meaning `/`).
+        pub fn join_normalized(&mut self, rel: &[u8]) -> Option<()> {
+            for c in rel.split(|&b| b == b'/') {
+                self.push_component(c)?;
+            }
+            Some(())
+        }
+
+        /// Turns the empty buffer into `/` (the normal form keeps `/` as empty while joining).
+        pub fn finish(&mut self) {
+            if self.len == 0 {
+                self.buf[0] = MaybeUninit::new(b'/');
+                self.len = 1;
+                self.buf[1] = MaybeUninit::new(0);
+            }
+        }
+    }
+
+    /// Normalizes an absolute path lexically (`//`, `.`, `..`), as the kernel would if no
+    /// component were a symlink.
+    pub fn normalize_abs(abs: &[u8]) -> Option<PBuf> {
+        let mut p = PBuf::new();
+        p.join_normalized(abs)?;
+        p.finish();
+        Some(p)
+    }
+
+    /// `base` (absolute) joined with `rel`, normalized.
+    pub fn join(base: &[u8], rel: &[u8]) -> Option<PBuf> {
+        let mut p = PBuf::new();
+        if !rel.starts_with(b"/") {
+            p.join_normalized(base)?;
+        }
+        p.join_normalized(rel)?;
+        p.finish();
+        Some(p)
+    }
+
+    /// Parent of a normalized absolute path (`/` for `/`).
+    #[inline]
+    pub fn parent(abs: &[u8]) -> &[u8] {
+        match abs.iter().rposition(|&b| b == b'/') {
+            Some(0) | None => b"/",
+            Some(i) => &abs[..i],
+        }
+    }
+
+    /// Last component of a normalized absolute path.
+    #[inline]
+    pub fn file_name(abs: &[u8]) -> &[u8] {
+        match abs.iter().rposition(|&b| b == b'/') {
+            Some(i) => &abs[i + 1..],
+            None => abs,
+        }
+    }
+
+    /// `abs` relative to `root` (root without trailing slash, `""` meaning `/`), if `abs` is
+    /// `root` or below it.
+    #[inline]
+    pub fn under<'p>(root: &[u8], abs: &'p [u8]) -> Option<&'p [u8]> {
+        let rest = abs.strip_prefix(root)?;
+        if rest.is_empty() {
+            return Some(rest);
+        }
+        let rest = rest.strip_prefix(b"/")?;
+        Some(rest)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        extern crate std;
+        use alloc::string::String;
+        use alloc::vec::Vec;
+        use proptest::prelude::*;
+
+        /// An independent normalizer: components in a vector, as a reader would do it.
+        fn oracle(base: &str, rel: &str) -> String {
+            let mut parts: Vec<&str> = Vec::new();
+            let all = if rel.starts_with('/') {
+                rel.split('/').collect::<Vec<_>>()
+            } else {
+                base.split('/').chain(rel.split('/')).collect()
+            };
+            for c in all {
+                match c {
+                    "" | "." => {}
+                    ".." => {
+                        parts.pop();
+                    }
+                    c => parts.push(c),
+                }
+            }
+            let mut out = String::new();
+            for p in &parts {
+                out.push('/');
+                out.push_str(p);
+            }
+            if out.is_empty() {
+                out.push('/');
+            }
+            out
+        }
+
+        #[test]
+        fn normal_forms() {
+            for (i, want) in [
+                ("/", "/"),
+                ("//a//b/", "/a/b"),
+                ("/a/./b/../c", "/a/c"),
+                ("/../..", "/"),
+                ("/a/b/..", "/a"),
+            ] {
+                assert_eq!(
+                    normalize_abs(i.as_bytes()).unwrap().as_bytes(),
+                    want.as_bytes(),
+                    "{i}"
+                );
+            }
+            assert_eq!(join(b"/w/x", b"../y").unwrap().as_bytes(), b"/w/y");
+            assert_eq!(join(b"/w/x", b"/abs/./z").unwrap().as_bytes(), b"/abs/z");
+            assert_eq!(parent(b"/a/b"), b"/a");
+            assert_eq!(parent(b"/a"), b"/");
+            assert_eq!(parent(b"/"), b"/");
+            assert_eq!(file_name(b"/a/b"), b"b");
+            assert_eq!(under(b"/r", b"/r/x/y"), Some(&b"x/y"[..]));
+            assert_eq!(under(b"/r", b"/r"), Some(&b""[..]));
+            assert_eq!(under(b"/r", b"/rx/y"), None);
+            assert_eq!(under(b"", b"/any"), Some(&b"any"[..]));
+        }
+
+        #[test]
+        fn too_long_is_refused_not_truncated() {
+            let long = alloc::vec![b'a'; MAX];
+            let mut p = PBuf::new();
+            assert!(p.push(b"/").is_some());
+            assert!(p.push(&long).is_none());
+            assert_eq!(
+                p.as_bytes(),
+                b"/",
+                "a refused push leaves the buffer as it was"
+            );
+            // SAFETY: the buffer is NUL-terminated at len.
+            assert_eq!(unsafe { *p.as_ptr().add(1) }, 0);
+        }
+
+        proptest! {
+            #[test]
+            fn join_matches_the_oracle(
+                base in proptest::collection::vec("[a-c.]{0,3}", 0..6),
+                rel in proptest::collection::vec("[a-c.]{0,3}", 0..6),
+                abs in any::<bool>(),
+            ) {
+                let base = alloc::format!("/{}", base.join("/"));
+                let rel = if abs { alloc::format!("/{}", rel.join("/")) } else { rel.join("/") };
+                let got = join(base.as_bytes(), rel.as_bytes()).unwrap();
+                prop_assert_eq!(core::str::from_utf8(got.as_bytes()).unwrap(), oracle(&base, &rel));
+                // NUL right after the bytes, for the C side.
+                // SAFETY: the buffer is NUL-terminated at len.
+                prop_assert_eq!(unsafe { *got.as_ptr().add(got.len()) }, 0);
+            }
+        }
+    }
+}
