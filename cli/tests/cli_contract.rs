@@ -36,6 +36,7 @@ fn ingest_json_has_exactly_the_contract_keys() {
         for k in JSON_KEYS {
             match k {
                 "manifest" => assert!(v[k].is_string(), "{k}: {v}"),
+                "excluded_paths" => assert!(v[k].is_array(), "{k}: {v}"),
                 "seconds" | "files_per_sec" => {
                     assert!(v[k].as_f64().is_some_and(|x| x >= 0.0), "{k}: {v}")
                 }
@@ -45,7 +46,7 @@ fn ingest_json_has_exactly_the_contract_keys() {
         if run == 0 {
             // The key set as a snapshot, so a change to the contract is a visible decision.
             // (Inline, so it needs no snapshot file and no `cargo metadata` to be found.)
-            insta::assert_snapshot!(keys.join(" "), @"blobs_new bytes dedup_hits dirs errors excluded files files_per_sec manifest seconds skipped symlinks");
+            insta::assert_snapshot!(keys.join(" "), @"blobs_new bytes dedup_hits dirs errors excluded excluded_paths files files_per_sec manifest seconds skipped symlinks");
             assert_eq!(num(&v, "files"), 4);
             assert_eq!(num(&v, "symlinks"), 1);
             assert_eq!(num(&v, "blobs_new"), 3);

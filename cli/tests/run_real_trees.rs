@@ -459,6 +459,105 @@ fn a_venv_round_trips_exactly() {
     assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stdout));
 }
 
+/// The cargo registry sources this workspace builds from (~14,000 files of real crates)
+/// round-trip exactly: ingest with the default filter, checkout, `diff -r`. The only files
+/// left out are key files (a key-file name holding a private-key block), each listed by
+/// path; source code embedding test keys (ureq's `pool.rs`, aws-lc's `*_test.cc`) stays.
+#[test]
+fn a_cargo_registry_round_trips_except_key_files() {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    let src = home.map(|h| h.join("registry/src"));
+    let Some(src) = src.filter(|s| s.is_dir()) else {
+        need(
+            false,
+            "the cargo registry sources (build the workspace first)",
+        );
+        return;
+    };
+    let env = Env::new();
+    // `--mode copy` leaves the registry exactly as it was.
+    let o = env
+        .vrift()
+        .args(["--json", "ingest"])
+        .arg(&src)
+        .args(["-o", "reg.vrm", "--mode", "copy"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["errors"], 0, "{v}");
+    let excluded: Vec<PathBuf> = v["excluded_paths"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no excluded_paths: {v}"))
+        .iter()
+        .map(|p| PathBuf::from(p.as_str().unwrap()))
+        .collect();
+    assert_eq!(v["excluded"], excluded.len(), "{v}");
+    for p in &excluded {
+        let body = std::fs::read(p).unwrap();
+        assert!(
+            String::from_utf8_lossy(&body).contains("PRIVATE KEY-----"),
+            "{} left out but holds no private key",
+            p.display()
+        );
+    }
+    let back = env.path("back");
+    let o = env
+        .vrift()
+        .arg("checkout")
+        .arg("reg.vrm")
+        .arg(&back)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&src)
+        .arg(&back)
+        .output()
+        .unwrap();
+    let diff = String::from_utf8_lossy(&d.stdout);
+    let mut missing: Vec<PathBuf> = Vec::new();
+    for line in diff.lines() {
+        let rest = line
+            .strip_prefix("Only in ")
+            .unwrap_or_else(|| panic!("checkout differs from the registry: {line}"));
+        let (dir, name) = rest.split_once(": ").unwrap();
+        assert!(
+            dir.starts_with(src.to_str().unwrap()),
+            "extra in the checkout: {line}"
+        );
+        missing.push(Path::new(dir).join(name));
+    }
+    missing.sort();
+    let mut want = excluded.clone();
+    want.sort();
+    assert_eq!(missing, want, "what is missing is exactly what was listed");
+    // Source that embeds a test key is kept (when the registry holds such a crate).
+    let kept = back.join(
+        src.read_dir()
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .file_name(),
+    );
+    for (krate, file) in [
+        ("ureq-", "src/pool.rs"),
+        ("proptest-", "src/regex-contrib/crates_regex.rs"),
+    ] {
+        for e in std::fs::read_dir(&kept).unwrap().flatten() {
+            let n = e.file_name();
+            if n.to_string_lossy().starts_with(krate) && e.path().join(file).is_file() {
+                let body = std::fs::read_to_string(e.path().join(file)).unwrap();
+                assert!(body.contains("PRIVATE KEY"), "{}", e.path().display());
+            }
+        }
+    }
+}
+
 // -----------------------------------------------------------------------------------------
 // git in a virtual repository
 // -----------------------------------------------------------------------------------------

@@ -158,12 +158,15 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
             Some(Err(e)) => Some(serde_json::json!({ "error": e.to_string() }).to_string()),
             None => None,
         };
+        // What the filter left out, by path (the human summary lists them too).
+        text.pop(); // the closing brace of the report object
+        text.push_str(",\"excluded_paths\":");
+        text.push_str(&serde_json::to_string(&report.details.excluded_paths)?);
         if let Some(push) = push {
-            text.pop(); // the closing brace of the report object
             text.push_str(",\"push\":");
             text.push_str(&push);
-            text.push('}');
         }
+        text.push('}');
         println!("{text}");
     } else {
         print_summary(&report);

@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 /// The keys `vrift ingest --json` promises, in order.
-pub const JSON_KEYS: [&str; 12] = [
+pub const JSON_KEYS: [&str; 13] = [
     "files",
     "dirs",
     "symlinks",
@@ -30,6 +30,7 @@ pub const JSON_KEYS: [&str; 12] = [
     "seconds",
     "files_per_sec",
     "manifest",
+    "excluded_paths",
 ];
 
 /// The binary under test: this build's, or `VRIFT_TEST_BIN` (to show that a test fails on an
