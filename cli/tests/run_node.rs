@@ -66,10 +66,7 @@ fn corpus() -> Option<PathBuf> {
 }
 
 fn setup(env: &Env) -> Option<PathBuf> {
-    if !have("node") || !have("npm") {
-        eprintln!("SKIPPED: node or npm is not installed");
-        return None;
-    }
+    need(have("node") && have("npm"), "node and npm")?;
     let c = corpus()
         .expect("no node corpus: set VRIFT_TEST_CORPUS or provide ../shared/bench/make-corpus.sh");
     let nm = env.path("app/node_modules");
@@ -168,14 +165,9 @@ fn node_bin_executables_from_the_virtual_tree() {
 /// virtual file: the watch is set up and fires for what the program writes through the view.
 #[test]
 fn fs_watch_on_the_view_sees_writes() {
-    if !have("node") {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "node is required in CI"
-        );
-        eprintln!("SKIPPED: node missing");
+    let Some(()) = need(have("node"), "node") else {
         return;
-    }
+    };
     let env = Env::new();
     write(&env.path("app/src/a.txt"), "1\n");
     let m = env.ingest_and_remove("app", "app.vrm");

@@ -11,20 +11,6 @@ use std::process::Command;
 
 use run_support::*;
 
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-/// `None` (skip, with a note) when `what` is missing outside CI; a failure in CI.
-fn need(ok: bool, what: &str) -> Option<()> {
-    if ok {
-        return Some(());
-    }
-    assert!(!ci(), "{what} is required in CI");
-    eprintln!("SKIPPED: {what} missing");
-    None
-}
-
 fn sh(dir: &Path, script: &str, envs: &[(&str, &Path)]) -> std::process::Output {
     let mut c = Command::new("sh");
     c.arg("-c").arg(script).current_dir(dir);
