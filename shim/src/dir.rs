@@ -86,7 +86,7 @@ fn ancestor_listing(st: &State, abs: &[u8]) -> Vec<DEnt> {
     }
     for name in st.root_children(abs) {
         if !ents.iter().any(|d| *d.name == *name) {
-            let mut child = PBuf::from(abs).unwrap_or_else(PBuf::new);
+            let mut child = PBuf::from(abs).unwrap_or_default();
             if abs != b"/" {
                 let _ = child.push(b"/");
             } else {
