@@ -193,31 +193,9 @@ fn the_npm_corpus_round_trips_exactly() {
         .expect("no node corpus: set VRIFT_TEST_CORPUS or provide ../shared/bench/make-corpus.sh");
     let env = Env::new();
     let nm = c.join("node_modules");
-    let o = env
-        .vrift()
-        .args(["--json", "ingest"])
-        .arg(&nm)
-        .args(["-o", "nm.vrm", "--mode", "copy"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = ingest_copy_json(&env, &nm, "nm.vrm");
     assert_eq!(v["excluded"], 0, "{v}");
     assert_eq!(v["errors"], 0, "{v}");
-    let back = env.path("back");
-    let o = env
-        .vrift()
-        .arg("checkout")
-        .arg("nm.vrm")
-        .arg(&back)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let d = Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(&nm)
-        .arg(&back)
-        .output()
-        .unwrap();
-    assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stdout));
+    let (diff, _) = checkout_and_diff(&env, "nm.vrm", &nm);
+    assert_eq!(diff, "");
 }

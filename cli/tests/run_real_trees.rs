@@ -420,29 +420,10 @@ fn a_venv_round_trips_exactly() {
     };
     let env = Env::new();
     let v = venv(&env, &wheels);
-    let o = env
-        .vrift()
-        .args(["ingest", "venv", "-o", "venv.vrm", "--mode", "copy"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let back = env.path("back");
-    let o = env
-        .vrift()
-        .arg("checkout")
-        .arg("venv.vrm")
-        .arg(&back)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let d = Command::new("diff")
-        .arg("-r")
-        .arg("--no-dereference")
-        .arg(&v)
-        .arg(&back)
-        .output()
-        .unwrap();
-    assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stdout));
+    let s = ingest_copy_json(&env, &v, "venv.vrm");
+    assert_eq!(s["excluded"], 0, "{s}");
+    let (diff, _) = checkout_and_diff(&env, "venv.vrm", &v);
+    assert_eq!(diff, "");
 }
 
 /// The cargo registry sources this workspace builds from (~14,000 files of real crates)
@@ -464,15 +445,7 @@ fn a_cargo_registry_round_trips_except_key_files() {
     };
     let env = Env::new();
     // `--mode copy` leaves the registry exactly as it was.
-    let o = env
-        .vrift()
-        .args(["--json", "ingest"])
-        .arg(&src)
-        .args(["-o", "reg.vrm", "--mode", "copy"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = ingest_copy_json(&env, &src, "reg.vrm");
     assert_eq!(v["errors"], 0, "{v}");
     let excluded: Vec<PathBuf> = v["excluded_paths"]
         .as_array()
@@ -489,22 +462,7 @@ fn a_cargo_registry_round_trips_except_key_files() {
             p.display()
         );
     }
-    let back = env.path("back");
-    let o = env
-        .vrift()
-        .arg("checkout")
-        .arg("reg.vrm")
-        .arg(&back)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let d = Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(&src)
-        .arg(&back)
-        .output()
-        .unwrap();
-    let diff = String::from_utf8_lossy(&d.stdout);
+    let (diff, back) = checkout_and_diff(&env, "reg.vrm", &src);
     let mut missing: Vec<PathBuf> = Vec::new();
     for line in diff.lines() {
         let rest = line

@@ -40,6 +40,41 @@ pub fn need(ok: bool, what: &str) -> Option<()> {
     None
 }
 
+/// `vrift --json ingest DIR -o OUT --mode copy` in the env's store (the tree is left as it
+/// was); its JSON summary.
+pub fn ingest_copy_json(env: &Env, dir: &Path, out: &str) -> serde_json::Value {
+    let o = env
+        .vrift()
+        .args(["--json", "ingest"])
+        .arg(dir)
+        .args(["-o", out, "--mode", "copy"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Checks `manifest` out into `<env>/back` and returns `diff -r --no-dereference src back`
+/// (empty when the trees are the same) and the checkout's path.
+pub fn checkout_and_diff(env: &Env, manifest: &str, src: &Path) -> (String, PathBuf) {
+    let back = env.path("back");
+    let o = env
+        .vrift()
+        .arg("checkout")
+        .arg(manifest)
+        .arg(&back)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(src)
+        .arg(&back)
+        .output()
+        .unwrap();
+    (String::from_utf8_lossy(&d.stdout).into_owned(), back)
+}
+
 pub fn have(prog: &str) -> bool {
     Command::new("sh")
         .arg("-c")
