@@ -304,6 +304,11 @@ extern "C" fn vrift_shim_ctor() {
 /// The command `vrift run` started (its direct child, whose parent pid `vrift run` put in
 /// `VRIFT_PARENT`) dies when `vrift run` does, `kill -9` included: it would otherwise go on
 /// running on a view whose scratch directory is gone. Other processes are untouched.
+///
+/// Only the direct child keeps the variable: it is removed from this process's environment
+/// here, so its own children never see it. So a process that finds it, but not `vrift run`
+/// as its parent, is that child after the launcher died (between `exec` and this
+/// constructor: a `kill -9` in that window left the command running) and dies too.
 fn die_with_launcher() {
     let Some(v) = std::env::var_os("VRIFT_PARENT") else {
         return;
@@ -311,11 +316,14 @@ fn die_with_launcher() {
     let Some(pp) = v.to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else {
         return;
     };
-    // SAFETY: getppid/prctl/raise on this process; no memory is involved.
+    // SAFETY: getpid/getppid/unsetenv/prctl/raise on this process, in its constructor (before
+    // `main`, so before any thread of the program reads the environment).
     unsafe {
-        if libc::getppid() != pp {
+        // `vrift run` loads this library itself to start the command: not a child.
+        if libc::getpid() == pp {
             return;
         }
+        libc::unsetenv(c"VRIFT_PARENT".as_ptr());
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
@@ -323,7 +331,7 @@ fn die_with_launcher() {
             0,
             0,
         );
-        // The launcher may have died between the check and the prctl.
+        // The launcher died before the prctl (or before this process even started).
         if libc::getppid() != pp {
             libc::raise(libc::SIGKILL);
         }
