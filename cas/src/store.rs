@@ -859,6 +859,38 @@ mod tests {
         assert_eq!(fs::read_dir(cas.root().join(TMP_DIR)).unwrap().count(), 0);
     }
 
+    /// A blob sealed by an earlier version (`.999999999`) is trusted without a re-hash and
+    /// moved to the current seal, keeping its second (so Python's `.pyc` check holds).
+    #[test]
+    fn check_blob_moves_a_legacy_seal_to_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(&dir.path().join("store")).unwrap();
+        let a = dir.path().join("a");
+        fs::write(&a, b"content").unwrap();
+        let h = hash_of(b"content");
+        let fa = File::open(&a).unwrap();
+        cas.copy_in_fd(fa.as_fd(), &a, &h, 7, 0o644).unwrap();
+        let p = cas.blob_path(&h, 7);
+        let legacy = std::time::UNIX_EPOCH
+            + std::time::Duration::new(1_796_520_359, seal::LEGACY_SEAL_NSEC as u32);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(legacy)
+            .unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o444)).unwrap();
+        let before = cas.blob_stat(&h, 7).unwrap();
+        assert!(seal::is_sealed(&before, 7) && seal::is_legacy(&before));
+        let BlobCheck::Sound(after) = cas.check_blob(&h, 7).unwrap() else {
+            panic!("a legacy-sealed blob is sound");
+        };
+        assert_eq!(after.st_mtime, 1_796_520_359, "same second");
+        assert_eq!(after.st_mtime_nsec, seal::SEAL_NSEC);
+        assert_eq!(after.st_ino, before.st_ino, "the same inode, not a copy");
+    }
+
     #[test]
     fn check_blob_trusts_seals_rehashes_the_rest_and_quarantines_damage() {
         let dir = tempfile::tempdir().unwrap();

@@ -107,6 +107,24 @@ pub fn wait_for(pid: libc::pid_t) -> libc::c_int {
 }
 
 /// The shell's convention for a wait status: the exit code, or 128 + the signal.
+/// Ends this process as the child with wait status `status` ended: by the same signal if one
+/// killed it (so a shell sees what killed the command), else with its exit code.
+pub fn exit_like(status: libc::c_int) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: resetting a handler and raising a signal in our own process.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+    }
+    std::process::exit(exit_code(status))
+}
+
 pub fn exit_code(status: libc::c_int) -> i32 {
     if libc::WIFSIGNALED(status) {
         128 + libc::WTERMSIG(status)

@@ -754,23 +754,7 @@ fn esbuild_bundles_a_deleted_tree() {
         &proj.join("src/index.js"),
         "import dayjs from 'dayjs';\nimport { clsx } from 'clsx';\nconsole.log(clsx('a', { b: true }), dayjs('2020-01-02').format('YYYY/MM/DD'));\n",
     );
-    let o = Command::new("npm")
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--ignore-scripts",
-            "esbuild@0.24.0",
-            "dayjs@1.11.13",
-            "clsx@2.1.1",
-        ])
-        .current_dir(&proj)
-        .output()
-        .unwrap();
-    let Some(()) = need(
-        o.status.success(),
-        "npm install of esbuild from the registry",
-    ) else {
+    let Some(()) = npm_install(&proj, &["esbuild@0.24.0", "dayjs@1.11.13", "clsx@2.1.1"]) else {
         return;
     };
     let esbuild = "node_modules/@esbuild/linux-x64/bin/esbuild";
@@ -852,22 +836,7 @@ fn webpack_watch_builds_once_then_once_per_edit() {
         "let n = 0;\nmodule.exports = { plugins: [{ apply(c) { c.hooks.done.tap('count', () => \
          { n++; require('fs').appendFileSync(process.env.COUNT_FILE, 'build ' + n + '\\n'); }); } }] };\n",
     );
-    let o = Command::new("npm")
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--ignore-scripts",
-            "webpack@5.97.1",
-            "webpack-cli@5.1.4",
-        ])
-        .current_dir(&app)
-        .output()
-        .unwrap();
-    let Some(()) = need(
-        o.status.success(),
-        "npm install of webpack from the registry",
-    ) else {
+    let Some(()) = npm_install(&app, &["webpack@5.97.1", "webpack-cli@5.1.4"]) else {
         return;
     };
     // Waits (up to 60 s) for each build; the 2 s after each is the window in which a

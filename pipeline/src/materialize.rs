@@ -209,8 +209,9 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
         .map(|(i, _)| i)
         .collect();
     // Which leaves repeat content seen earlier in the tree (see `Options::distinct_inodes`).
-    let mut repeat = vec![false; nodes.len()];
+    let mut repeat = Vec::new();
     if opts.distinct_inodes {
+        repeat = vec![false; nodes.len()];
         let mut seen: std::collections::HashSet<(&[u8], u64)> = Default::default();
         for &i in &leaves {
             if let (_, Node::Leaf(e)) = &nodes[i] {
@@ -244,9 +245,15 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
                             continue;
                         };
                         let rel = p.as_ref();
-                        if let Err(msg) =
-                            place_leaf(cas, &mut chain, rel, e, repeat[i], opts, &mut r)
-                        {
+                        if let Err(msg) = place_leaf(
+                            cas,
+                            &mut chain,
+                            rel,
+                            e,
+                            repeat.get(i) == Some(&true),
+                            opts,
+                            &mut r,
+                        ) {
                             counters.error(at(rel), msg);
                             r.errors += 1;
                         }

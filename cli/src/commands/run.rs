@@ -685,18 +685,8 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
         }
     }
     if libc::WIFSIGNALED(status) {
-        let sig = libc::WTERMSIG(status);
         // Die the same way, so a shell sees what killed the command.
-        // SAFETY: resetting a handler and raising a signal in our own process.
-        unsafe {
-            libc::signal(sig, libc::SIG_DFL);
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, sig);
-            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-            libc::raise(sig);
-        }
-        std::process::exit(128 + sig);
+        crate::signals::exit_like(status);
     }
     std::process::exit(crate::signals::exit_code(status))
 }

@@ -96,6 +96,32 @@ pub fn userns_hint() -> String {
     )
 }
 
+/// Lets the cloned child `pid` go on (one byte on `ready_w`), forwards our signals to it
+/// while it runs and waits for it: its wait status, and the `(errno, what)` a failed setup
+/// step reported on `err_r` (see [`Fail`]) before its `exec`.
+pub(super) fn release_and_wait(
+    pid: libc::pid_t,
+    ready_w: libc::c_int,
+    err_r: libc::c_int,
+) -> (libc::c_int, Option<(i32, String)>) {
+    sys::write_all_fd(ready_w, b"1");
+    sys::close(ready_w);
+    set_target(pid);
+    set_forwarding(true);
+    let msg = sys::read_to_end(err_r);
+    sys::close(err_r);
+    let status = wait_for(pid);
+    set_target(0);
+    set_forwarding(false);
+    let failed = (msg.len() >= 4).then(|| {
+        (
+            i32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]),
+            String::from_utf8_lossy(&msg[4..]).into_owned(),
+        )
+    });
+    (status, failed)
+}
+
 /// Maps the user and group of the process that made the user namespace of `pid` to
 /// themselves inside it (one line each, which an unprivileged process may write, after
 /// denying `setgroups`). The file that could not be written, and why.
@@ -194,18 +220,8 @@ pub fn run(plan: &Plan) -> Result<i32> {
         wait_for(pid);
         return Err(userns_error(&format!("writing {p}"), &e));
     }
-    sys::write_all_fd(ready_w, b"1");
-    sys::close(ready_w);
-    set_target(pid);
-    set_forwarding(true);
-    let msg = sys::read_to_end(err_r);
-    sys::close(err_r);
-    let status = wait_for(pid);
-    set_target(0);
-    set_forwarding(false);
-    if msg.len() >= 4 {
-        let errno = i32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
-        let text = String::from_utf8_lossy(&msg[4..]).into_owned();
+    let (status, failed) = release_and_wait(pid, ready_w, err_r);
+    if let Some((errno, text)) = failed {
         if matches!(errno, libc::EPERM | libc::EACCES) && text.starts_with("[userns]") {
             return Err(anyhow!(
                 "--isolate: {}: {}",

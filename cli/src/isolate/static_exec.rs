@@ -40,7 +40,7 @@ use super::farm::{self, Layer};
 use super::ns::{self, Fail};
 use super::sys;
 use crate::commands::run::env_names as env;
-use crate::signals::{exit_code, set_forwarding, set_target, wait_for};
+use crate::signals::{exit_like, wait_for};
 
 /// The hidden first argument the shim passes.
 pub const SUBCOMMAND: &str = "__exec-static";
@@ -60,23 +60,6 @@ pub fn main(args: &[OsString]) -> ! {
             std::process::exit(126)
         }
     }
-}
-
-/// Exits with `status` as the program did (the same signal if one killed it).
-fn exit_like(status: libc::c_int) -> ! {
-    if libc::WIFSIGNALED(status) {
-        let sig = libc::WTERMSIG(status);
-        // SAFETY: resetting a handler and raising a signal in our own process.
-        unsafe {
-            libc::signal(sig, libc::SIG_DFL);
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, sig);
-            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-            libc::raise(sig);
-        }
-    }
-    std::process::exit(exit_code(status))
 }
 
 /// One overlay: a top-level manifest root.
@@ -502,17 +485,9 @@ fn spawn(plan: &ChildPlan) -> Result<libc::c_int> {
             return Err(anyhow!("writing {p}: {e}; {}", ns::userns_hint()));
         }
     }
-    sys::write_all_fd(ready_w, b"1");
-    sys::close(ready_w);
-    set_target(pid);
-    set_forwarding(true);
-    let msg = sys::read_to_end(err_r);
-    sys::close(err_r);
-    let status = wait_for(pid);
-    set_target(0);
-    set_forwarding(false);
-    if msg.len() >= 4 {
-        return Err(anyhow!("{}", String::from_utf8_lossy(&msg[4..])));
+    let (status, failed) = ns::release_and_wait(pid, ready_w, err_r);
+    if let Some((_, text)) = failed {
+        return Err(anyhow!("{text}"));
     }
     Ok(status)
 }

@@ -75,6 +75,22 @@ pub fn checkout_and_diff(env: &Env, manifest: &str, src: &Path) -> (String, Path
     (String::from_utf8_lossy(&d.stdout).into_owned(), back)
 }
 
+/// `npm install --ignore-scripts PKG@VERSION...` in `dir` from the registry; `None` (a
+/// failure under `CI=true`) when npm or the registry is not there.
+pub fn npm_install(dir: &Path, packages: &[&str]) -> Option<()> {
+    need(have("npm") && have("node"), "npm and node")?;
+    let o = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--ignore-scripts"])
+        .args(packages)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    need(
+        o.status.success(),
+        &format!("npm install of {packages:?} from the registry"),
+    )
+}
+
 pub fn have(prog: &str) -> bool {
     Command::new("sh")
         .arg("-c")
