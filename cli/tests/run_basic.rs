@@ -83,6 +83,35 @@ fn ls_stat_find_match_the_original_tree() {
     assert!(virt.contains("proj/sub/deep/c.txt f 644 4"), "{virt}");
 }
 
+/// `..` out of a directory that exists only in the manifest: the kernel cannot walk through
+/// it (`ls -la` of a deleted root printed `cannot access 'proj/..'` and exited 1).
+#[test]
+fn dotdot_out_of_a_deleted_tree() {
+    let env = Env::new();
+    make_tree(&env);
+    std::fs::write(env.root().join("outside.txt"), "next to proj\n").unwrap();
+    let probe = "ls -la proj | awk '$NF == \"..\" {print $1, $NF}'; \
+                 stat -c '%n %F' proj/.. proj/sub/../a.txt proj/../outside.txt; \
+                 cat proj/sub/../../outside.txt; \
+                 cd proj/sub/deep && cat ../../../outside.txt && ls ../../.. | grep -c outside; \
+                 python3 -c 'import os; print(os.path.isfile(\"../../../outside.txt\"))'";
+    let real = Command::new("sh")
+        .arg("-c")
+        .arg(probe)
+        .current_dir(env.root())
+        .output()
+        .unwrap();
+    assert!(real.status.success(), "{real:?}");
+    let real = String::from_utf8(real.stdout).unwrap();
+    let m = env.ingest_and_remove("proj", "m.vrm");
+    let virt = env.run_ok(&[&m], &["sh", "-c", &format!("set -e; {probe}")]);
+    assert_eq!(virt, real);
+    assert!(
+        virt.contains("next to proj\nnext to proj\n1\nTrue"),
+        "{virt}"
+    );
+}
+
 #[test]
 fn writes_copy_up_and_never_touch_the_blob() {
     let env = Env::new();

@@ -957,6 +957,39 @@ pub mod path {
         Some(rest)
     }
 
+    /// True if walking `raw` from `base` (absolute, normalized; `raw` may be absolute, then
+    /// `base` is ignored) meets a `..` while at a directory `inside` says yes to. The kernel
+    /// resolves `..` through the directories it walks, so a path like `view/..` fails for it
+    /// when `view` exists only in a manifest: such a path must reach the kernel normalized.
+    pub fn dotdot_from(base: &[u8], raw: &[u8], inside: impl Fn(&[u8]) -> bool) -> bool {
+        if !raw.split(|&b| b == b'/').any(|c| c == b"..") {
+            return false;
+        }
+        let mut cur = PBuf::new();
+        if !raw.starts_with(b"/") && base != b"/" && cur.push(base).is_none() {
+            return false;
+        }
+        for c in raw.split(|&b| b == b'/') {
+            match c {
+                b"" | b"." => {}
+                b".." => {
+                    let here: &[u8] = if cur.is_empty() { b"/" } else { cur.as_bytes() };
+                    if inside(here) {
+                        return true;
+                    }
+                    let p = parent(here).len();
+                    cur.truncate(if p == 1 { 0 } else { p });
+                }
+                _ => {
+                    if cur.push(b"/").is_none() || cur.push(c).is_none() {
+                        return false;
+                    }
+                }
+            }
+        }
+        false
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
@@ -964,6 +997,22 @@ pub mod path {
         use alloc::string::String;
         use alloc::vec::Vec;
         use proptest::prelude::*;
+
+        #[test]
+        fn dotdot_through_a_directory() {
+            let view = |p: &[u8]| p == b"/w/nm" || p.starts_with(b"/w/nm/");
+            assert!(dotdot_from(b"/", b"/w/nm/..", view));
+            assert!(dotdot_from(b"/", b"/w/nm/a/../b", view));
+            assert!(dotdot_from(b"/w", b"nm/../x", view));
+            assert!(dotdot_from(b"/w/nm/a", b"../..", view));
+            assert!(!dotdot_from(b"/", b"/w/nm/a", view), "no `..`");
+            assert!(
+                !dotdot_from(b"/", b"/w/x/../nm/a", view),
+                "`..` outside the view"
+            );
+            assert!(!dotdot_from(b"/w", b"../w/nm", view));
+            assert!(!dotdot_from(b"/", b"/../..", view));
+        }
 
         /// An independent normalizer: components in a vector, as a reader would do it.
         fn oracle(base: &str, rel: &str) -> String {

@@ -242,9 +242,15 @@ pub(crate) fn abs_into(st: &State, dirfd: c_int, raw: &[u8], out: &mut PBuf) -> 
         } else {
             out.join_normalized(raw)?;
             out.finish();
-            if !touches(st, out.as_bytes()) {
+            // `view/..` fails for the kernel when `view` is only in a manifest.
+            let through = path::dotdot_from(b"/", raw, |p| st.in_view(p));
+            if !through && !touches(st, out.as_bytes()) {
                 return None;
             }
+            return Some(AbsInfo {
+                orig_ok: !through,
+                dir_only,
+            });
         }
         return Some(AbsInfo {
             orig_ok: true,
@@ -285,6 +291,9 @@ pub(crate) fn abs_into(st: &State, dirfd: c_int, raw: &[u8], out: &mut PBuf) -> 
         }
     }
     // `out` holds the (normalized, absolute) base; append `raw` in place.
+    if path::dotdot_from(out.as_bytes(), raw, |p| st.in_view(p)) {
+        orig_ok = false;
+    }
     if out.as_bytes() == b"/" {
         out.clear();
     }

@@ -130,9 +130,9 @@ impl Mf {
         self.view.children(dir)
     }
 
-    /// Binary search in component order: `Ok(index)` or `Err(insertion point)`.
-    pub fn search(&self, rel: &[u8]) -> Result<usize, usize> {
-        self.view.search(rel)
+    /// The entries, for the shared layering code (`vrift_manifest::layer`).
+    pub fn view(&self) -> View<'static> {
+        self.view
     }
 }
 

@@ -32,13 +32,16 @@ const PASS_ON: [&str; 8] = [
 
 pub struct Layer {
     pub m: Mf,
-    /// The manifest's root, no trailing slash (`""` for `/`).
-    pub root: Box<[u8]>,
+    /// The manifest's root, no trailing slash (`""` for `/`). Lives as long as the process
+    /// (so [`State::views`] can borrow it).
+    pub root: &'static [u8],
 }
 
 pub struct State {
     /// Bottom first; later layers win.
     pub layers: Vec<Layer>,
+    /// The same layers as the shared layering code takes them (`vrift_manifest::layer`).
+    pub views: Vec<vrift_manifest::layer::Layer<'static>>,
     /// `<store>/blake3`.
     pub blob_dir: Box<[u8]>,
     /// Device of the blob directory (0 if unknown): an fd on another device is no blob.
@@ -134,10 +137,10 @@ fn load() -> Option<State> {
         match Mf::open(p) {
             Ok(m) => {
                 let root = path::normalize_abs(m.root())?;
-                let root: Box<[u8]> = if root.as_bytes() == b"/" {
-                    Box::from(&b""[..])
+                let root: &'static [u8] = if root.as_bytes() == b"/" {
+                    b""
                 } else {
-                    root.as_bytes().into()
+                    Box::leak(root.as_bytes().into())
                 };
                 layers.push(Layer { m, root });
             }
@@ -187,7 +190,7 @@ fn load() -> Option<State> {
     };
     let mut ancestors: Vec<Box<[u8]>> = Vec::new();
     for l in &layers {
-        let mut r: &[u8] = &l.root;
+        let mut r: &[u8] = l.root;
         while !r.is_empty() {
             r = path::parent(r);
             let a: &[u8] = if r == b"/" { b"/" } else { r };
@@ -219,8 +222,13 @@ fn load() -> Option<State> {
             0
         }
     };
+    let views = layers
+        .iter()
+        .map(|l| vrift_manifest::layer::Layer::new(l.root, l.m.view()))
+        .collect();
     let mut st = State {
         layers,
+        views,
         blob_dir: blob_dir.as_bytes().into(),
         store_dev,
         all_sealed: env(ENV_SEALED).is_some_and(|v| v.as_slice() == b"1"),
@@ -289,7 +297,7 @@ impl State {
     pub fn in_view(&self, abs: &[u8]) -> bool {
         self.layers
             .iter()
-            .any(|l| path::under(&l.root, abs).is_some())
+            .any(|l| path::under(l.root, abs).is_some())
     }
 
     /// Index of `abs` in [`State::ancestors`], if it is a proper ancestor of a root.
@@ -305,8 +313,8 @@ impl State {
             if l.root.is_empty() {
                 continue;
             }
-            if path::parent(&l.root) == abs {
-                let n = path::file_name(&l.root);
+            if path::parent(l.root) == abs {
+                let n = path::file_name(l.root);
                 if !out.contains(&n) {
                     out.push(n);
                 }

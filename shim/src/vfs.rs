@@ -3,7 +3,9 @@
 
 use vrift_manifest::Kind;
 
-use crate::mf::{Entry, Mf};
+use vrift_manifest::layer::{self, Hidden, Probe};
+
+use crate::mf::Entry;
 
 use crate::path::{self, PBuf};
 use crate::state::State;
@@ -40,54 +42,17 @@ enum Lk<'a> {
     Absent,
 }
 
-/// The deepest existing ancestor of the missing `rel`, given its insertion point: it is the
-/// longest common component prefix of `rel` and the entry just before the insertion point
-/// (every entry between an ancestor and `rel` lies in that ancestor's subtree).
-fn deepest_ancestor<'a>(m: &'a Mf, rel: &[u8], pos: usize) -> Option<Entry<'a>> {
-    let prev = m.entry(pos.checked_sub(1)?)?.path();
-    let k = prev.iter().zip(rel).take_while(|(a, b)| a == b).count();
-    let full = k == prev.len() && (k == rel.len() || rel.get(k) == Some(&b'/'));
-    let cut = if full {
-        k
-    } else {
-        rel[..k].iter().rposition(|&b| b == b'/').unwrap_or(0)
-    };
-    let cand = &rel[..cut.min(rel.len())];
-    match m.search(cand) {
-        Ok(i) => m.entry(i),
-        Err(_) => m.entry(0),
-    }
-}
-
+/// What the layers say about `abs` (the one layering implementation, shared with the link
+/// farm). A directory that only a nested root's mount point implies is left to the real
+/// filesystem, as the ancestors of every root are.
 fn lookup_layers<'a>(st: &'a State, abs: &[u8]) -> Lk<'a> {
-    for (li, l) in st.layers.iter().enumerate().rev() {
-        let Some(rel) = path::under(&l.root, abs) else {
-            continue;
-        };
-        match l.m.search(rel) {
-            Ok(i) => {
-                let Some(e) = l.m.entry(i) else {
-                    continue;
-                };
-                if e.kind() == Kind::Whiteout {
-                    return Lk::Hidden(libc::ENOENT);
-                }
-                return Lk::Found(li, e);
-            }
-            Err(pos) => {
-                let Some(a) = deepest_ancestor(&l.m, rel, pos) else {
-                    continue;
-                };
-                match a.kind() {
-                    Kind::Dir => continue,
-                    Kind::Symlink => return Lk::ViaSymlink(li, a),
-                    Kind::File | Kind::Executable => return Lk::Hidden(libc::ENOTDIR),
-                    Kind::Whiteout => return Lk::Hidden(libc::ENOENT),
-                }
-            }
-        }
+    match layer::probe(&st.views, abs) {
+        Probe::Found(li, e) => Lk::Found(li, e),
+        Probe::ViaSymlink(li, e) => Lk::ViaSymlink(li, e),
+        Probe::Hidden(Hidden::Deleted) => Lk::Hidden(libc::ENOENT),
+        Probe::Hidden(Hidden::NotDir) => Lk::Hidden(libc::ENOTDIR),
+        Probe::Implicit | Probe::Absent => Lk::Absent,
     }
-    Lk::Absent
 }
 
 /// Absolute path of entry `e` of layer `li`.
@@ -101,7 +66,7 @@ pub fn entry_abs(st: &State, li: usize, e: &Entry<'_>) -> Option<PBuf> {
 pub fn entry_abs_into(st: &State, li: usize, e: &Entry<'_>, p: &mut PBuf) -> Option<()> {
     let l = st.layers.get(li)?;
     p.clear();
-    p.push(&l.root)?;
+    p.push(l.root)?;
     if !e.path().is_empty() {
         p.push(b"/")?;
         p.push(e.path())?;
@@ -397,21 +362,6 @@ pub fn list_virtual(st: &State, abs: &[u8], self_ino: u64) -> Vec<DEnt> {
             dtype: dtype_of(&e),
         });
     }
-    // A manifest whose root lies directly in this directory (nested roots: a repository's
-    // `.git` ingested as a manifest of its own) is a child directory here.
-    for (li, l) in st.layers.iter().enumerate() {
-        if l.root.is_empty() || path::parent(&l.root) != abs {
-            continue;
-        }
-        let name = path::file_name(&l.root);
-        if !out.iter().skip(2).any(|d| *d.name == *name) {
-            out.push(DEnt {
-                name: name.into(),
-                ino: vino(li, 0),
-                dtype: libc::DT_DIR,
-            });
-        }
-    }
     // The upper mirror wins: whiteouts hide, files replace, new names are added. A mirror
     // directory standing for a virtual one keeps the virtual identity.
     if let Some(up) = &st.upper {
@@ -458,42 +408,12 @@ pub fn list_virtual(st: &State, abs: &[u8], self_ino: u64) -> Vec<DEnt> {
     out
 }
 
-/// Children of `abs` over all layers (like `LayeredView::list_dir`, sorted by name).
+/// Children of `abs` over all layers that have an entry (nested roots included: a
+/// repository's `.git` ingested as a manifest of its own is a child directory here).
 fn list_layers<'a>(st: &'a State, abs: &[u8]) -> Vec<(&'a [u8], usize, Entry<'a>)> {
-    // (name, layer, entry, is_whiteout), topmost layer first. Children of one manifest
-    // directory come in name order and are unique; only several layers need merging.
-    let mut merged: Vec<(&'a [u8], usize, Entry<'a>, bool)> = Vec::new();
-    let mut layers_seen = 0;
-    for (li, l) in st.layers.iter().enumerate().rev() {
-        let Some(rel) = path::under(&l.root, abs) else {
-            continue;
-        };
-        match l.m.search(rel) {
-            Ok(i) => {
-                let Some(dir) = l.m.entry(i) else { break };
-                if !dir.is_dir() {
-                    break;
-                }
-                layers_seen += 1;
-                for c in l.m.children(&dir) {
-                    merged.push((c.name(), li, c, c.kind() == Kind::Whiteout));
-                }
-            }
-            Err(pos) => match deepest_ancestor(&l.m, rel, pos).map(|a| a.kind()) {
-                Some(Kind::Dir) | None => {}
-                Some(_) => break,
-            },
-        }
-    }
-    if layers_seen > 1 {
-        // Stable: for equal names the topmost layer's entry stays first.
-        merged.sort_by(|a, b| a.0.cmp(b.0));
-        merged.dedup_by(|later, first| later.0 == first.0);
-    }
-    merged
+    layer::list_dir(&st.views, abs)
         .into_iter()
-        .filter(|m| !m.3)
-        .map(|(n, li, e, _)| (n, li, e))
+        .filter_map(|(name, w)| w.map(|(li, e)| (name, li, e)))
         .collect()
 }
 

@@ -20,7 +20,6 @@
 //! --delete` takes it exclusively (without waiting) and skips farms in use. A farm's mtime is
 //! its last use.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -30,7 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
 use vrift_cas::Cas;
-use vrift_manifest::{Entry, Kind, Manifest};
+use vrift_manifest::layer::{self, Merged};
+use vrift_manifest::{Kind, Manifest};
+use vrift_pipeline::materialize::Node as MNode;
 
 pub const FARMS_DIR: &str = "farms";
 pub const ROOT_DIR: &str = "root";
@@ -43,32 +44,6 @@ const DELETE_PREFIX: &str = ".del-";
 pub struct Layer<'a> {
     pub manifest: &'a Manifest,
     pub at: Vec<u8>,
-}
-
-/// `at` without the leading `/`: the layer's place relative to the farm root (`""` = root).
-fn rel_at(at: &[u8]) -> &[u8] {
-    let mut a = at;
-    while let [b'/', rest @ ..] = a {
-        a = rest;
-    }
-    while let [rest @ .., b'/'] = a {
-        a = rest;
-    }
-    a
-}
-
-fn join(base: &[u8], rel: &[u8]) -> Vec<u8> {
-    match (base.is_empty(), rel.is_empty()) {
-        (true, _) => rel.to_vec(),
-        (false, true) => base.to_vec(),
-        (false, false) => {
-            let mut v = Vec::with_capacity(base.len() + 1 + rel.len());
-            v.extend_from_slice(base);
-            v.push(b'/');
-            v.extend_from_slice(rel);
-            v
-        }
-    }
 }
 
 /// What a farm is, in both cache keys: bumped whenever the same layers would build a
@@ -119,103 +94,34 @@ pub fn key(layers: &[Layer<'_>]) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// One node of the merged tree.
-#[derive(Clone, Copy)]
-enum Node<'a> {
-    Dir { mode: u32, mtime_ns: i64 },
-    Leaf(Entry<'a>),
-}
-
-/// Merged view of all layers: path relative to the farm root (`""` = root) → node. Byte
-/// order keeps a directory before everything below it, and everything below `p` is exactly
-/// the key range `p/` .. `p0` (`'0'` follows `'/'`).
-type Tree<'a> = BTreeMap<Vec<u8>, Node<'a>>;
-
-fn subtree_bounds(p: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let mut lo = p.to_vec();
-    lo.push(b'/');
-    let mut hi = p.to_vec();
-    hi.push(b'/' + 1);
-    (lo, hi)
-}
-
-fn remove_subtree(t: &mut Tree<'_>, p: &[u8]) {
-    if p.is_empty() {
-        return; // nothing hides the root
-    }
-    let (lo, hi) = subtree_bounds(p);
-    if t.range(lo.clone()..hi.clone()).next().is_none() {
-        return;
-    }
-    let doomed: Vec<Vec<u8>> = t.range(lo..hi).map(|(k, _)| k.clone()).collect();
-    for k in doomed {
-        t.remove(&k);
-    }
-}
-
-fn put_dir(t: &mut Tree<'_>, p: Vec<u8>, mode: u32, mtime_ns: i64) {
-    t.insert(p, Node::Dir { mode, mtime_ns });
-}
-
-/// Makes sure every ancestor of `p` (and `p` if `include_self`) is a directory, synthesizing
-/// missing ones (0755) and replacing non-directories.
-fn ensure_dirs(t: &mut Tree<'_>, p: &[u8], include_self: bool) {
-    let mut ends: Vec<usize> = p
+/// The merged tree of `layers` (the one layering implementation, `vrift_manifest::layer`),
+/// relative to the farm root, in component order (a directory's subtree right after it), as
+/// the materializer wants it.
+fn merged<'a>(layers: &'a [Layer<'a>]) -> Vec<(Vec<u8>, MNode<'a>)> {
+    let views: Vec<layer::Layer<'a>> = layers
         .iter()
-        .enumerate()
-        .filter(|&(_, &b)| b == b'/')
-        .map(|(i, _)| i)
+        .map(|l| layer::Layer::new(&l.at, l.manifest.view()))
         .collect();
-    if include_self && !p.is_empty() {
-        ends.push(p.len());
-    }
-    if !matches!(t.get(&b""[..]), Some(Node::Dir { .. })) {
-        put_dir(t, Vec::new(), 0o755, 0);
-    }
-    for end in ends {
-        let a = &p[..end];
-        if !matches!(t.get(a), Some(Node::Dir { .. })) {
-            put_dir(t, a.to_vec(), 0o755, 0);
-        }
-    }
-}
-
-/// Merges the layers bottom-up with the semantics of `vrift_manifest::layer::LayeredView`:
-/// later layers win, a whiteout hides the path and its subtree, a non-directory hides what
-/// was below it, directories merge.
-fn merge<'a>(layers: &[Layer<'a>]) -> Tree<'a> {
-    let mut t: Tree<'a> = BTreeMap::new();
-    put_dir(&mut t, Vec::new(), 0o755, 0);
-    for l in layers {
-        let at = rel_at(&l.at);
-        ensure_dirs(&mut t, at, false);
-        for e in l.manifest.iter() {
-            let p = join(at, e.path());
-            match e.kind() {
-                Kind::Whiteout => {
-                    if !p.is_empty() {
-                        remove_subtree(&mut t, &p);
-                        t.remove(&p);
-                    }
-                }
-                Kind::Dir => {
-                    if !matches!(t.get(&p), Some(Node::Dir { .. })) {
-                        // Replacing a non-directory (or nothing): make sure the parents are
-                        // directories too (a manifest lists its parents before children, but
-                        // a lower layer may have put a file where this layer has a directory).
-                        ensure_dirs(&mut t, &p, false);
-                    }
-                    put_dir(&mut t, p, e.mode(), e.mtime_ns());
-                }
-                Kind::File | Kind::Executable | Kind::Symlink => {
-                    remove_subtree(&mut t, &p);
-                    ensure_dirs(&mut t, &p, false);
-                    t.insert(p, Node::Leaf(e));
-                }
-            }
-        }
-    }
-    t
+    // Already in component order (a directory's subtree right after it), as the
+    // materializer wants.
+    layer::walk(&views, b"/")
+        .into_iter()
+        .map(|(k, n)| {
+            let n = match n {
+                Merged::Dir(Some((_, e))) => MNode::Dir {
+                    mode: e.mode(),
+                    mtime_ns: e.mtime_ns(),
+                },
+                // A mount point's parent no layer has: as `mkdir -p` would make it.
+                Merged::Dir(None) => MNode::Dir {
+                    mode: 0o755,
+                    mtime_ns: 0,
+                },
+                Merged::Leaf(_, e) => MNode::Leaf(e),
+            };
+            (k, n)
+        })
+        .collect()
 }
 
 /// What a build did.
@@ -470,21 +376,9 @@ pub fn abandoned(f: &File, name: &[u8]) -> bool {
 /// materializer that `checkout` uses too (fd-relative, never following a symlink, blobs
 /// checked before they are linked, setuid/setgid dropped).
 fn build(cas: &Cas, layers: &[Layer<'_>], dest: &Path) -> Result<BuildStats> {
-    use vrift_pipeline::materialize::{self, Node as MNode, Options};
+    use vrift_pipeline::materialize::{self, Options};
     let t0 = std::time::Instant::now();
-    let tree = merge(layers);
-    let mut nodes: Vec<(Vec<u8>, MNode<'_>)> = tree
-        .into_iter()
-        .map(|(k, n)| {
-            let n = match n {
-                Node::Dir { mode, mtime_ns } => MNode::Dir { mode, mtime_ns },
-                Node::Leaf(e) => MNode::Leaf(e),
-            };
-            (k, n)
-        })
-        .collect();
-    // The materializer wants component-wise order (a directory's subtree right after it).
-    nodes.sort_by(|a, b| vrift_manifest::order::cmp_paths(&a.0, &b.0));
+    let nodes = merged(layers);
     fs::DirBuilder::new()
         .mode(0o700)
         .create(dest)
@@ -628,12 +522,12 @@ mod tests {
         b.build().unwrap()
     }
 
-    fn paths(t: &Tree<'_>) -> Vec<String> {
+    fn paths(t: &[(Vec<u8>, MNode<'_>)]) -> Vec<String> {
         t.iter()
             .map(|(k, n)| {
                 let kind = match n {
-                    Node::Dir { .. } => "d",
-                    Node::Leaf(e) => match e.kind() {
+                    MNode::Dir { .. } => "d",
+                    MNode::Leaf(e) => match e.kind() {
                         Kind::Symlink => "l",
                         _ => "f",
                     },
@@ -693,7 +587,7 @@ mod tests {
                 at: b"/".to_vec(),
             },
         ];
-        let t = merge(&layers);
+        let t = merged(&layers);
         assert_eq!(
             paths(&t),
             [
@@ -755,9 +649,9 @@ mod tests {
             manifest: m,
             at: b"/p".to_vec(),
         };
-        assert_eq!(paths(&merge(&[l(&l0), l(&l1)])), ["d:", "d:p", "f:p/x"]);
+        assert_eq!(paths(&merged(&[l(&l0), l(&l1)])), ["d:", "d:p", "f:p/x"]);
         assert_eq!(
-            paths(&merge(&[l(&l0), l(&l1), l(&l2)])),
+            paths(&merged(&[l(&l0), l(&l1), l(&l2)])),
             ["d:", "d:p", "d:p/x", "f:p/x/z"]
         );
     }
