@@ -11,8 +11,8 @@
 //!   lacks the x bit) with `VRIFT_EXE` naming its virtual path, which the child's shim
 //!   reports for `readlink("/proc/self/exe")`.
 //!
-//! Memory for the rewritten argv/envp comes from an anonymous `mmap` (no `malloc`): these
-//! hooks run between `fork`/`vfork` and `exec`.
+//! These hooks may run between `vfork` and `exec`: everything they allocate comes from the
+//! thread's exec region, never from `malloc` ([`crate::exec_alloc::exec_scope`]).
 
 use libc::{c_char, c_int, c_void, pid_t};
 
@@ -25,6 +25,9 @@ extern "C" {
     static environ: *const *const c_char;
 }
 
+/// Room for the rewritten argv and environment of one exec, bump-allocated; inside an exec
+/// hook the buffer itself comes from the thread's exec region ([`crate::exec_alloc`]), never
+/// from `malloc`.
 struct Arena {
     base: *mut u8,
     cap: usize,
@@ -34,22 +37,14 @@ struct Arena {
 impl Arena {
     fn new(cap: usize) -> Option<Arena> {
         let cap = cap.next_multiple_of(4096);
-        // SAFETY: anonymous private mapping.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                cap,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
+        let layout = std::alloc::Layout::from_size_align(cap, 8).ok()?;
+        // SAFETY: a non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) };
+        if p.is_null() {
             return None;
         }
         Some(Arena {
-            base: p.cast(),
+            base: p,
             cap,
             used: 0,
         })
@@ -94,8 +89,13 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        // SAFETY: our own mapping.
-        unsafe { libc::munmap(self.base.cast(), self.cap) };
+        // SAFETY: allocated in `new` with this layout.
+        unsafe {
+            std::alloc::dealloc(
+                self.base,
+                std::alloc::Layout::from_size_align_unchecked(self.cap, 8),
+            )
+        };
     }
 }
 
@@ -694,6 +694,14 @@ fn execve_impl(
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> Option<c_int> {
+    crate::exec_alloc::exec_scope(|| execve_scoped(path, argv, envp))
+}
+
+fn execve_scoped(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> Option<c_int> {
     let prepared = guarded(|st| {
         // SAFETY: the caller's arrays.
         unsafe {
@@ -740,6 +748,14 @@ pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) 
 /// PATH search the way glibc's `execvpe` does it, but virtual-aware: each candidate goes
 /// through our `execve`.
 unsafe fn execvpe_impl(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    crate::exec_alloc::exec_scope(|| execvpe_scoped(file, argv, envp))
+}
+
+unsafe fn execvpe_scoped(
     file: *const c_char,
     argv: *const *const c_char,
     envp: *const *const c_char,
@@ -816,6 +832,17 @@ pub unsafe extern "C" fn execvpe(
 }
 
 fn spawn_impl(
+    pid: *mut pid_t,
+    path: *const c_char,
+    fa: *const c_void,
+    at: *const c_void,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> Option<c_int> {
+    crate::exec_alloc::exec_scope(|| spawn_scoped(pid, path, fa, at, argv, envp))
+}
+
+fn spawn_scoped(
     pid: *mut pid_t,
     path: *const c_char,
     fa: *const c_void,

@@ -21,6 +21,7 @@
 
 mod dir;
 mod exec;
+mod exec_alloc;
 mod fdtab;
 mod guard;
 mod mf;
@@ -41,6 +42,10 @@ use libc::c_int;
 
 use crate::path::PBuf;
 use crate::state::State;
+
+/// The system allocator, except between `vfork` and `exec` (see [`exec_alloc`]).
+#[global_allocator]
+static ALLOC: exec_alloc::ShimAlloc = exec_alloc::ShimAlloc;
 
 thread_local! {
     static BUSY: Cell<bool> = const { Cell::new(false) };

@@ -63,7 +63,10 @@ pub fn cwd_into(out: &mut PBuf) -> Option<()> {
     set_cwd_mirrored(mapped.is_some());
     let virt = mapped.unwrap_or(&raw[..n]);
     out.push(virt)?;
-    set_cwd(out.as_bytes());
+    // Not cached from inside an exec hook: what it allocates there does not last.
+    if !crate::exec_alloc::in_exec_scope() {
+        set_cwd(out.as_bytes());
+    }
     Some(())
 }
 
