@@ -1102,3 +1102,384 @@ pub mod path {
         }
     }
 }
+
+/// Resolving an absolute path against the view: the writable upper layer first, then the
+/// manifests' layers (asked through [`resolve::View`]), symlinks followed as the kernel would
+/// (a link in the last component only when asked, at most 40 links), falling through to the
+/// real filesystem outside the view. The layering rules themselves are
+/// `vrift_manifest::layer`'s; this is the loop around them.
+pub mod resolve {
+    use crate::path::{join, parent, PBuf};
+
+    /// `ENOENT`, `ENOTDIR`, `ELOOP` on Linux (the shim checks them against libc).
+    pub const ENOENT: i32 = 2;
+    pub const ENOTDIR: i32 = 20;
+    pub const ELOOP: i32 = 40;
+
+    /// Where a resolved path lives.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub enum Node {
+        /// A manifest entry (never a whiteout): layer index, entry index.
+        V { layer: usize, idx: usize },
+        /// A real file or directory in the upper layer (directories here are in no manifest;
+        /// merged ones resolve to `V`).
+        Upper,
+        /// Does not exist in the view (deleted, or below a non-directory): this errno.
+        Gone(i32),
+        /// Not ours: the real filesystem answers at the resolved path.
+        Real,
+    }
+
+    /// What the manifests' layers say about one path (symlinks in the last component not
+    /// followed). The path buffer lives inline on purpose: hooks do not allocate.
+    #[allow(clippy::large_enum_variant)]
+    pub enum Look<'a> {
+        /// An entry; `link` is a symlink's target.
+        Found {
+            layer: usize,
+            idx: usize,
+            dir: bool,
+            link: Option<&'a [u8]>,
+        },
+        /// Below a symlink at the absolute path `at`, whose target is `target`.
+        ViaLink {
+            at: PBuf,
+            target: &'a [u8],
+        },
+        /// Covered but hidden: this errno.
+        Hidden(i32),
+        Absent,
+    }
+
+    /// What the upper layer holds at a path (the symlink target inline: hooks do not
+    /// allocate).
+    #[allow(clippy::large_enum_variant)]
+    pub enum Mirror {
+        Nothing,
+        Whiteout,
+        /// A directory (merged with a manifest's directory if there is one).
+        Dir,
+        /// A symlink with this target.
+        Symlink(PBuf),
+        /// A file or anything else.
+        Other,
+    }
+
+    /// The facts [`resolve`] needs.
+    pub trait View {
+        /// `abs` is at or below some layer's root.
+        fn in_view(&self, abs: &[u8]) -> bool;
+        /// The upper layer at `abs` ([`Mirror::Nothing`] without one).
+        fn mirror(&self, abs: &[u8]) -> Mirror;
+        /// The manifests' layers at `abs`.
+        fn look(&self, abs: &[u8]) -> Look<'_>;
+    }
+
+    /// Resolves `cur` (absolute, normalized) in place; `follow`: follow a symlink in the last
+    /// component. Returns where it lives and whether any symlink was followed (then `cur` is
+    /// the path after following).
+    pub fn resolve<V: View + ?Sized>(v: &V, cur: &mut PBuf, follow: bool) -> (Node, bool) {
+        let mut moved = false;
+        for _ in 0..40 {
+            if !v.in_view(cur.as_bytes()) {
+                return (Node::Real, moved);
+            }
+            let mut upper_dir = false;
+            match v.mirror(cur.as_bytes()) {
+                Mirror::Nothing => {}
+                Mirror::Whiteout => return (Node::Gone(ENOENT), moved),
+                Mirror::Dir => upper_dir = true,
+                Mirror::Other => return (Node::Upper, moved),
+                Mirror::Symlink(_) if !follow => return (Node::Upper, moved),
+                Mirror::Symlink(t) => match join(parent(cur.as_bytes()), t.as_bytes()) {
+                    Some(n) => {
+                        *cur = n;
+                        moved = true;
+                        continue;
+                    }
+                    None => break,
+                },
+            }
+            match v.look(cur.as_bytes()) {
+                Look::Found { link: Some(t), .. } if follow && !upper_dir => {
+                    match join(parent(cur.as_bytes()), t) {
+                        Some(n) => {
+                            *cur = n;
+                            moved = true;
+                        }
+                        None => break,
+                    }
+                }
+                Look::Found {
+                    layer, idx, dir, ..
+                } => {
+                    // A file or symlink of the manifest under a directory of the upper layer
+                    // that replaced it.
+                    let node = if upper_dir && !dir {
+                        Node::Upper
+                    } else {
+                        Node::V { layer, idx }
+                    };
+                    return (node, moved);
+                }
+                Look::ViaLink { at, target } => {
+                    // Replace the link's prefix of `cur` by its target and go on.
+                    let rest = &cur.as_bytes()[at.len().min(cur.len())..];
+                    let Some(mut n) = join(parent(at.as_bytes()), target) else {
+                        break;
+                    };
+                    if n.as_bytes() == b"/" {
+                        n.clear();
+                    }
+                    if n.push(rest).is_none() {
+                        break;
+                    }
+                    n.finish();
+                    *cur = n;
+                    moved = true;
+                }
+                Look::Hidden(_) if upper_dir => return (Node::Upper, moved),
+                Look::Hidden(ENOTDIR) if replaced_above(v, cur.as_bytes()) => {
+                    // The file above was replaced by a directory during the run: the path is
+                    // simply missing from it.
+                    return (Node::Gone(ENOENT), moved);
+                }
+                Look::Hidden(e) => return (Node::Gone(e), moved),
+                Look::Absent => return (if upper_dir { Node::Upper } else { Node::Real }, moved),
+            }
+        }
+        (Node::Gone(ELOOP), moved)
+    }
+
+    /// Whether some ancestor of `abs` inside the view is a directory of the upper layer.
+    fn replaced_above<V: View + ?Sized>(v: &V, abs: &[u8]) -> bool {
+        let mut p = abs;
+        while p.len() > 1 {
+            p = parent(p);
+            if !v.in_view(p) {
+                return false;
+            }
+            if matches!(v.mirror(p), Mirror::Dir) {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use alloc::collections::BTreeMap;
+        use alloc::string::String;
+        use alloc::vec::Vec;
+
+        /// One layer at `/v`: path → symlink target (`Some`) or directory/file (`None`, a
+        /// trailing `/` in the key marks a directory); the upper layer: path → mirror kind.
+        struct Fake {
+            entries: BTreeMap<&'static str, Option<&'static str>>,
+            upper: BTreeMap<&'static str, &'static str>,
+        }
+
+        fn fake(entries: &[(&'static str, Option<&'static str>)]) -> Fake {
+            Fake {
+                entries: entries.iter().copied().collect(),
+                upper: BTreeMap::new(),
+            }
+        }
+
+        impl Fake {
+            fn key(&self, abs: &[u8]) -> Option<(&'static str, usize)> {
+                let s = core::str::from_utf8(abs).ok()?;
+                self.entries
+                    .keys()
+                    .enumerate()
+                    .find(|(_, k)| k.trim_end_matches('/') == s)
+                    .map(|(i, k)| (*k, i))
+            }
+        }
+
+        impl View for Fake {
+            fn in_view(&self, abs: &[u8]) -> bool {
+                abs == b"/v" || abs.starts_with(b"/v/")
+            }
+            fn mirror(&self, abs: &[u8]) -> Mirror {
+                match core::str::from_utf8(abs)
+                    .ok()
+                    .and_then(|s| self.upper.get(s))
+                {
+                    Some(&"whiteout") => Mirror::Whiteout,
+                    Some(&"dir") => Mirror::Dir,
+                    Some(&"file") => Mirror::Other,
+                    Some(t) => Mirror::Symlink(PBuf::from(t.as_bytes()).unwrap()),
+                    None => Mirror::Nothing,
+                }
+            }
+            fn look(&self, abs: &[u8]) -> Look<'_> {
+                if let Some((k, idx)) = self.key(abs) {
+                    let link = self.entries[k].map(str::as_bytes);
+                    return Look::Found {
+                        layer: 0,
+                        idx,
+                        dir: k.ends_with('/'),
+                        link,
+                    };
+                }
+                // The deepest ancestor decides.
+                let mut p = abs;
+                while let Some(i) = p.iter().rposition(|&b| b == b'/') {
+                    p = &p[..i];
+                    if let Some((k, _)) = self.key(p) {
+                        return match self.entries[k] {
+                            Some(t) => Look::ViaLink {
+                                at: PBuf::from(p).unwrap(),
+                                target: t.as_bytes(),
+                            },
+                            None if k.ends_with('/') => Look::Absent,
+                            None => Look::Hidden(ENOTDIR),
+                        };
+                    }
+                }
+                Look::Absent
+            }
+        }
+
+        fn run(v: &Fake, p: &str, follow: bool) -> (Node, String, bool) {
+            let mut b = PBuf::from(p.as_bytes()).unwrap();
+            let (n, moved) = resolve(v, &mut b, follow);
+            (n, String::from_utf8(b.as_bytes().to_vec()).unwrap(), moved)
+        }
+
+        fn idx(v: &Fake, k: &str) -> Node {
+            let idx = v.entries.keys().position(|x| *x == k).unwrap();
+            Node::V { layer: 0, idx }
+        }
+
+        fn tree() -> Fake {
+            fake(&[
+                ("/v/", None),
+                ("/v/a/", None),
+                ("/v/a/f", None),
+                ("/v/a/up", Some("..")),
+                ("/v/l", Some("a/f")),
+                ("/v/d", Some("a")),
+                ("/v/abs", Some("/v/a")),
+                ("/v/out", Some("/etc")),
+                ("/v/loop1", Some("loop2")),
+                ("/v/loop2", Some("loop1")),
+            ])
+        }
+
+        #[test]
+        fn plain_entries_and_misses() {
+            let v = tree();
+            assert_eq!(
+                run(&v, "/v/a/f", true),
+                (idx(&v, "/v/a/f"), "/v/a/f".into(), false)
+            );
+            assert_eq!(
+                run(&v, "/v/zz", true).0,
+                Node::Real,
+                "absent: the real tree answers"
+            );
+            assert_eq!(run(&v, "/v/a/f/x", true).0, Node::Gone(ENOTDIR));
+            assert_eq!(run(&v, "/elsewhere", true).0, Node::Real);
+        }
+
+        #[test]
+        fn symlinks_last_and_inner() {
+            let v = tree();
+            assert_eq!(
+                run(&v, "/v/l", true),
+                (idx(&v, "/v/a/f"), "/v/a/f".into(), true)
+            );
+            assert_eq!(
+                run(&v, "/v/l", false),
+                (idx(&v, "/v/l"), "/v/l".into(), false)
+            );
+            // An inner symlink is always followed, relative and absolute targets alike.
+            assert_eq!(
+                run(&v, "/v/d/f", false),
+                (idx(&v, "/v/a/f"), "/v/a/f".into(), true)
+            );
+            assert_eq!(run(&v, "/v/abs/f", false).1, "/v/a/f");
+            // `..` in a target is taken from the link's directory.
+            assert_eq!(run(&v, "/v/a/up/l", true).1, "/v/a/f");
+            // A link out of the view lands on the real filesystem, at its target.
+            assert_eq!(
+                run(&v, "/v/out/passwd", true),
+                (Node::Real, "/etc/passwd".into(), true)
+            );
+        }
+
+        #[test]
+        fn loops_end_with_eloop() {
+            let v = tree();
+            assert_eq!(run(&v, "/v/loop1", true).0, Node::Gone(ELOOP));
+            assert_eq!(run(&v, "/v/loop1", false).0, idx(&v, "/v/loop1"));
+            assert_eq!(run(&v, "/v/loop1/x", false).0, Node::Gone(ELOOP));
+        }
+
+        #[test]
+        fn the_upper_layer_wins() {
+            let mut v = tree();
+            v.upper.insert("/v/a/f", "whiteout");
+            v.upper.insert("/v/a", "dir");
+            v.upper.insert("/v/new", "file");
+            v.upper.insert("/v/ul", "/v/a");
+            assert_eq!(
+                run(&v, "/v/a/f", true).0,
+                Node::Gone(ENOENT),
+                "deleted in the run"
+            );
+            assert_eq!(
+                run(&v, "/v/a", true).0,
+                idx(&v, "/v/a/"),
+                "merged directory"
+            );
+            assert_eq!(run(&v, "/v/new", true).0, Node::Upper);
+            assert_eq!(run(&v, "/v/ul", false).0, Node::Upper);
+            assert_eq!(
+                run(&v, "/v/ul", true),
+                (idx(&v, "/v/a/"), "/v/a".into(), true)
+            );
+            // A directory made in the run where the manifest has a file or link.
+            v.upper.insert("/v/l", "dir");
+            assert_eq!(run(&v, "/v/l", true), (Node::Upper, "/v/l".into(), false));
+            v.upper.insert("/v/a/f", "dir");
+            assert_eq!(
+                run(&v, "/v/a/f/x", true).0,
+                Node::Gone(ENOENT),
+                "missing from it"
+            );
+            v.upper.insert("/v/a/f/x", "file");
+            assert_eq!(run(&v, "/v/a/f/x", true).0, Node::Upper, "made in it");
+        }
+
+        #[test]
+        fn long_chains_stop() {
+            let names: Vec<String> = (0..45).map(|i| alloc::format!("/v/c{i}")).collect();
+            let targets: Vec<String> = (1..46).map(|i| alloc::format!("c{i}")).collect();
+            let leaked: Vec<(&'static str, Option<&'static str>)> = names
+                .iter()
+                .zip(&targets)
+                .map(|(n, t)| {
+                    let n: &'static str = alloc::boxed::Box::leak(n.clone().into_boxed_str());
+                    let t: &'static str = alloc::boxed::Box::leak(t.clone().into_boxed_str());
+                    (n, Some(t))
+                })
+                .chain([("/v/", None), ("/v/c45", None)])
+                .collect();
+            let v = fake(&leaked);
+            assert_eq!(
+                run(&v, "/v/c10", true).0,
+                idx(&v, "/v/c45"),
+                "35 links: fine"
+            );
+            assert_eq!(
+                run(&v, "/v/c0", true).0,
+                Node::Gone(ELOOP),
+                "45 links: too many"
+            );
+        }
+    }
+}

@@ -14,7 +14,7 @@ use crate::fdtab::{self, Tag};
 use crate::path::{cbytes, PBuf};
 use crate::state::State;
 use crate::vfs::{self, DEnt, Node};
-use crate::{abs_of, guarded, real, trace};
+use crate::{abs_of, guarded, real};
 
 const MAGIC: u64 = 0x5652_4946_DEAD_BEEF;
 
@@ -195,10 +195,21 @@ fn opendir_impl(p: *const c_char) -> Option<*mut DIR> {
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn opendir(p: *const c_char) -> *mut DIR {
-    trace("opendir", p);
-    opendir_impl(p).unwrap_or_else(|| real::opendir(p))
+hooks! {
+    fn opendir(p: *const c_char) -> *mut DIR, trace p
+        => opendir_impl(p), else real::opendir(p);
+    fn fdopendir(fd: c_int) -> *mut DIR, trace std::ptr::null()
+        => fdopendir_impl(fd), else real::fdopendir(fd);
+    fn scandir(p: *const c_char, l: *mut c_void, f: *mut c_void, c: *mut c_void) -> c_int, trace p
+        => scandir_impl(libc::AT_FDCWD, p, l, f, c), else real::scandir(p, l, f, c);
+    fn scandir64(p: *const c_char, l: *mut c_void, f: *mut c_void, c: *mut c_void) -> c_int, trace p
+        => scandir_impl(libc::AT_FDCWD, p, l, f, c), else real::scandir64(p, l, f, c);
+    fn scandirat(d: c_int, p: *const c_char, l: *mut c_void, f: *mut c_void, c: *mut c_void) -> c_int, trace p
+        => scandir_impl(d, p, l, f, c), else real::scandirat(d, p, l, f, c);
+    fn scandirat64(d: c_int, p: *const c_char, l: *mut c_void, f: *mut c_void, c: *mut c_void) -> c_int, trace p
+        => scandir_impl(d, p, l, f, c), else real::scandirat64(d, p, l, f, c);
+    fn getdents64(fd: c_int, buf: *mut c_void, n: usize) -> isize
+        => getdents_impl(fd, buf, n), else real::getdents64(fd, buf, n);
 }
 
 fn fdopendir_impl(fd: c_int) -> Option<*mut DIR> {
@@ -224,12 +235,6 @@ fn fdopendir_impl(fd: c_int) -> Option<*mut DIR> {
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn fdopendir(fd: c_int) -> *mut DIR {
-    trace("fdopendir", std::ptr::null());
-    fdopendir_impl(fd).unwrap_or_else(|| real::fdopendir(fd))
-}
-
 fn next(v: &mut VDir) -> Option<*mut dirent64> {
     let ent = v.ents.get(v.pos)?;
     fill(ent, v.pos, &mut v.cur);
@@ -237,65 +242,38 @@ fn next(v: &mut VDir) -> Option<*mut dirent64> {
     Some(&mut v.cur)
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn readdir(d: *mut DIR) -> *mut libc::dirent {
-    match ours(d) {
-        Some(v) => next(v).map_or(std::ptr::null_mut(), |p| p.cast()),
-        None => real::readdir(d),
-    }
-}
-#[no_mangle]
-pub unsafe extern "C" fn readdir64(d: *mut DIR) -> *mut dirent64 {
-    match ours(d) {
-        Some(v) => next(v).unwrap_or(std::ptr::null_mut()),
-        None => real::readdir64(d),
-    }
-}
-#[no_mangle]
-pub unsafe extern "C" fn readdir_r(
-    d: *mut DIR,
-    e: *mut libc::dirent,
-    r: *mut *mut libc::dirent,
-) -> c_int {
-    match ours(d) {
-        Some(v) => {
-            match v.ents.get(v.pos) {
-                Some(ent) => {
-                    fill(ent, v.pos, &mut *(e as *mut dirent64));
-                    v.pos += 1;
-                    *r = e;
-                }
-                None => *r = std::ptr::null_mut(),
-            }
-            0
+/// `readdir_r`: the next entry of a virtual directory into the caller's buffer.
+unsafe fn next_r(v: &mut VDir, e: *mut dirent64, r: *mut *mut dirent64) -> c_int {
+    match v.ents.get(v.pos) {
+        Some(ent) => {
+            fill(ent, v.pos, &mut *e);
+            v.pos += 1;
+            *r = e;
         }
-        None => real::readdir_r(d, e, r),
+        None => *r = std::ptr::null_mut(),
     }
+    0
 }
-#[no_mangle]
-pub unsafe extern "C" fn readdir64_r(
-    d: *mut DIR,
-    e: *mut dirent64,
-    r: *mut *mut dirent64,
-) -> c_int {
-    match ours(d) {
-        Some(v) => {
-            match v.ents.get(v.pos) {
-                Some(ent) => {
-                    fill(ent, v.pos, &mut *e);
-                    v.pos += 1;
-                    *r = e;
-                }
-                None => *r = std::ptr::null_mut(),
-            }
-            0
-        }
-        None => real::readdir64_r(d, e, r),
-    }
-}
-#[no_mangle]
-pub unsafe extern "C" fn closedir(d: *mut DIR) -> c_int {
-    do_closedir(d)
+
+hooks! {
+    fn readdir(d: *mut DIR) -> *mut libc::dirent
+        => ours(d).map(|v| next(v).map_or(std::ptr::null_mut(), |p| p.cast())), else real::readdir(d);
+    fn readdir64(d: *mut DIR) -> *mut dirent64
+        => ours(d).map(|v| next(v).unwrap_or(std::ptr::null_mut())), else real::readdir64(d);
+    fn readdir_r(d: *mut DIR, e: *mut libc::dirent, r: *mut *mut libc::dirent) -> c_int
+        => ours(d).map(|v| next_r(v, e.cast(), r.cast())), else real::readdir_r(d, e, r);
+    fn readdir64_r(d: *mut DIR, e: *mut dirent64, r: *mut *mut dirent64) -> c_int
+        => ours(d).map(|v| next_r(v, e, r)), else real::readdir64_r(d, e, r);
+    fn closedir(d: *mut DIR) -> c_int => do_closedir(d);
+    fn dirfd(d: *mut DIR) -> c_int => ours(d).map(|v| v.fd), else real::dirfd(d);
+    fn rewinddir(d: *mut DIR) -> () => ours(d).map(|v| v.pos = 0), else {
+        real::rewinddir(d);
+    };
+    fn telldir(d: *mut DIR) -> c_long => ours(d).map(|v| v.pos as c_long), else real::telldir(d);
+    fn seekdir(d: *mut DIR, pos: c_long) -> ()
+        => ours(d).map(|v| v.pos = usize::try_from(pos).unwrap_or(0)), else {
+            real::seekdir(d, pos);
+        };
 }
 
 unsafe fn do_closedir(d: *mut DIR) -> c_int {
@@ -312,38 +290,6 @@ unsafe fn do_closedir(d: *mut DIR) -> c_int {
                 fdtab::clear(real::dirfd(d));
             }
             real::closedir(d)
-        }
-    }
-}
-#[no_mangle]
-pub unsafe extern "C" fn dirfd(d: *mut DIR) -> c_int {
-    match ours(d) {
-        Some(v) => v.fd,
-        None => real::dirfd(d),
-    }
-}
-#[no_mangle]
-pub unsafe extern "C" fn rewinddir(d: *mut DIR) {
-    match ours(d) {
-        Some(v) => v.pos = 0,
-        None => {
-            real::rewinddir(d);
-        }
-    }
-}
-#[no_mangle]
-pub unsafe extern "C" fn telldir(d: *mut DIR) -> c_long {
-    match ours(d) {
-        Some(v) => v.pos as c_long,
-        None => real::telldir(d),
-    }
-}
-#[no_mangle]
-pub unsafe extern "C" fn seekdir(d: *mut DIR, pos: c_long) {
-    match ours(d) {
-        Some(v) => v.pos = usize::try_from(pos).unwrap_or(0),
-        None => {
-            real::seekdir(d, pos);
         }
     }
 }
@@ -449,49 +395,6 @@ fn scandir_impl(
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn scandir(
-    p: *const c_char,
-    l: *mut c_void,
-    f: *mut c_void,
-    c: *mut c_void,
-) -> c_int {
-    trace("scandir", p);
-    scandir_impl(libc::AT_FDCWD, p, l, f, c).unwrap_or_else(|| real::scandir(p, l, f, c))
-}
-#[no_mangle]
-pub unsafe extern "C" fn scandir64(
-    p: *const c_char,
-    l: *mut c_void,
-    f: *mut c_void,
-    c: *mut c_void,
-) -> c_int {
-    trace("scandir64", p);
-    scandir_impl(libc::AT_FDCWD, p, l, f, c).unwrap_or_else(|| real::scandir64(p, l, f, c))
-}
-#[no_mangle]
-pub unsafe extern "C" fn scandirat(
-    d: c_int,
-    p: *const c_char,
-    l: *mut c_void,
-    f: *mut c_void,
-    c: *mut c_void,
-) -> c_int {
-    trace("scandirat", p);
-    scandir_impl(d, p, l, f, c).unwrap_or_else(|| real::scandirat(d, p, l, f, c))
-}
-#[no_mangle]
-pub unsafe extern "C" fn scandirat64(
-    d: c_int,
-    p: *const c_char,
-    l: *mut c_void,
-    f: *mut c_void,
-    c: *mut c_void,
-) -> c_int {
-    trace("scandirat64", p);
-    scandir_impl(d, p, l, f, c).unwrap_or_else(|| real::scandirat64(d, p, l, f, c))
-}
-
 /// `getdents64` on a virtual directory fd would read the empty placeholder; we answer it
 /// from the listing so programs that read directories with the raw call still work.
 pub(crate) fn getdents_impl(fd: c_int, buf: *mut c_void, n: usize) -> Option<isize> {
@@ -535,9 +438,4 @@ pub(crate) fn getdents_impl(fd: c_int, buf: *mut c_void, n: usize) -> Option<isi
         unsafe { libc::lseek(fd, i as libc::off_t, libc::SEEK_SET) };
         Some(off as isize)
     })
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn getdents64(fd: c_int, buf: *mut c_void, n: usize) -> isize {
-    getdents_impl(fd, buf, n).unwrap_or_else(|| real::getdents64(fd, buf, n))
 }

@@ -722,13 +722,15 @@ fn execve_scoped(
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn execve(
-    path: *const c_char,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-) -> c_int {
-    do_execve(path, argv, envp)
+hooks! {
+    fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int
+        => do_execve(path, argv, envp);
+    fn execv(path: *const c_char, argv: *const *const c_char) -> c_int
+        => do_execve(path, argv, environ);
+    fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int, trace file
+        => execvp_impl(file, argv, environ), else real::execvp(file, argv);
+    fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int, trace file
+        => execvp_impl(file, argv, envp), else real::execvpe(file, argv, envp);
 }
 
 pub(crate) unsafe fn do_execve(
@@ -740,9 +742,14 @@ pub(crate) unsafe fn do_execve(
     execve_impl(path, argv, envp).unwrap_or_else(|| real::execve(path, argv, envp))
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
-    do_execve(path, argv, environ)
+/// `execvp`/`execvpe` when the shim is active (`None`: it is not).
+unsafe fn execvp_impl(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> Option<c_int> {
+    crate::state::get()?;
+    Some(execvpe_impl(file, argv, envp))
 }
 
 /// PATH search the way glibc's `execvpe` does it, but virtual-aware: each candidate goes
@@ -809,28 +816,6 @@ unsafe fn execvpe_scoped(
     -1
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
-    trace("execvp", file);
-    if crate::state::get().is_none() {
-        return real::execvp(file, argv);
-    }
-    execvpe_impl(file, argv, environ)
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn execvpe(
-    file: *const c_char,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-) -> c_int {
-    trace("execvpe", file);
-    if crate::state::get().is_none() {
-        return real::execvpe(file, argv, envp);
-    }
-    execvpe_impl(file, argv, envp)
-}
-
 fn spawn_impl(
     pid: *mut pid_t,
     path: *const c_char,
@@ -863,16 +848,31 @@ fn spawn_scoped(
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn posix_spawn(
-    pid: *mut pid_t,
-    path: *const c_char,
-    fa: *const c_void,
-    at: *const c_void,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-) -> c_int {
-    do_posix_spawn(pid, path, fa, at, argv, envp)
+hooks! {
+    fn posix_spawn(
+        pid: *mut pid_t,
+        path: *const c_char,
+        fa: *const c_void,
+        at: *const c_void,
+        argv: *const *const c_char,
+        envp: *const *const c_char,
+    ) -> c_int => do_posix_spawn(pid, path, fa, at, argv, envp);
+    fn posix_spawnp(
+        pid: *mut pid_t,
+        file: *const c_char,
+        fa: *const c_void,
+        at: *const c_void,
+        argv: *const *const c_char,
+        envp: *const *const c_char,
+    ) -> c_int => do_posix_spawnp(pid, file, fa, at, argv, envp);
+    /// For `vrift run`: the same as `posix_spawnp`, exported under a private name so the CLI
+    /// can start the command through the shim's exec logic after `dlopen`ing it.
+    fn vrift_shim_spawnp(
+        pid: *mut pid_t,
+        file: *const c_char,
+        argv: *const *const c_char,
+        envp: *const *const c_char,
+    ) -> c_int => do_posix_spawnp(pid, file, std::ptr::null(), std::ptr::null(), argv, envp);
 }
 
 // Internal calls go through these private functions, never through our exported symbols:
@@ -889,18 +889,6 @@ unsafe fn do_posix_spawn(
     trace("posix_spawn", path);
     spawn_impl(pid, path, fa, at, argv, envp)
         .unwrap_or_else(|| real::posix_spawn(pid, path, fa, at, argv, envp))
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn posix_spawnp(
-    pid: *mut pid_t,
-    file: *const c_char,
-    fa: *const c_void,
-    at: *const c_void,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-) -> c_int {
-    do_posix_spawnp(pid, file, fa, at, argv, envp)
 }
 
 unsafe fn do_posix_spawnp(
@@ -947,16 +935,4 @@ unsafe fn do_posix_spawnp(
         return do_posix_spawn(pid, cand.as_ptr(), fa, at, argv, envp);
     }
     libc::ENOENT
-}
-
-/// For `vrift run`: the same as `posix_spawnp`, exported under a private name so the CLI can
-/// start the command through the shim's exec logic after `dlopen`ing it.
-#[no_mangle]
-pub unsafe extern "C" fn vrift_shim_spawnp(
-    pid: *mut pid_t,
-    file: *const c_char,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-) -> c_int {
-    do_posix_spawnp(pid, file, std::ptr::null(), std::ptr::null(), argv, envp)
 }

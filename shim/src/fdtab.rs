@@ -98,3 +98,36 @@ pub fn clear_range(first: u32, last: u32) {
         clear(i as libc::c_int);
     }
 }
+
+/// After a call that may have made `to` a duplicate of `from` (`dup*`, `fcntl(F_DUPFD*)`):
+/// `to` inherits `from`'s tag. Returns `to` (the call's result).
+pub fn duped(from: libc::c_int, to: libc::c_int) -> libc::c_int {
+    if to >= 0 && to != from {
+        copy(from, to);
+    }
+    to
+}
+
+/// After `fcntl(fd, cmd, ...)` returned `r`.
+pub fn after_fcntl(fd: libc::c_int, cmd: libc::c_int, r: libc::c_int) -> libc::c_int {
+    if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+        duped(fd, r)
+    } else {
+        r
+    }
+}
+
+/// After `close_range(first, last, flags)` returned `r`.
+pub fn after_close_range(first: u32, last: u32, flags: libc::c_int, r: libc::c_int) -> libc::c_int {
+    if r == 0 && flags & (libc::CLOSE_RANGE_CLOEXEC as libc::c_int) == 0 {
+        clear_range(first, last);
+    }
+    r
+}
+
+/// `fd` is being closed: forget it (before the call, so a racing open of the same number
+/// never inherits a stale tag).
+pub fn closing(fd: libc::c_int) -> libc::c_int {
+    clear(fd);
+    fd
+}

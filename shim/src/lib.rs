@@ -19,6 +19,35 @@
 
 #![allow(clippy::missing_safety_doc)]
 
+/// Defines exported hooks that are one line each: the hook's decision code (`*_impl`, which
+/// answers `None` to decline) or else the real function with the caller's arguments; with
+/// `trace ARG`, the call is counted for `VRIFT_REPORT` and traced under the hook's name. One
+/// invocation per family of hooks (stat, open, directories, ...), beside its decision code.
+/// Without `else`, the expression is the whole hook (fd bookkeeping around the real call).
+macro_rules! hooks {
+    ($(
+        $(#[$m:meta])*
+        fn $name:ident($($a:ident: $t:ty),* $(,)?) -> $r:ty $(, trace $p:expr)?
+            => $imp:expr $(, else $real:expr)?;
+    )*) => {$(
+        $(#[$m])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($a: $t),*) -> $r {
+            $($crate::trace(stringify!($name), $p);)?
+            hook_body!($imp $(, $real)?)
+        }
+    )*};
+}
+
+macro_rules! hook_body {
+    ($imp:expr, $real:expr) => {
+        $imp.unwrap_or_else(|| $real)
+    };
+    ($body:expr) => {
+        $body
+    };
+}
+
 mod dir;
 mod exec;
 mod exec_alloc;

@@ -7,7 +7,7 @@ use crate::path::{self, cbytes, PBuf};
 use crate::state::State;
 use crate::upper;
 use crate::vfs::{self, Node};
-use crate::{abs_of, fail, guarded, real, trace};
+use crate::{abs_of, fail, guarded, real};
 
 // ---- realpath ------------------------------------------------------------------------------
 
@@ -55,16 +55,19 @@ fn realpath_impl(p: *const c_char, resolved: *mut c_char) -> Option<*mut c_char>
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn realpath(p: *const c_char, resolved: *mut c_char) -> *mut c_char {
-    trace("realpath", p);
-    realpath_impl(p, resolved).unwrap_or_else(|| real::realpath(p, resolved))
-}
-#[no_mangle]
-pub unsafe extern "C" fn canonicalize_file_name(p: *const c_char) -> *mut c_char {
-    trace("canonicalize_file_name", p);
-    realpath_impl(p, std::ptr::null_mut())
-        .unwrap_or_else(|| real::realpath(p, std::ptr::null_mut()))
+hooks! {
+    fn realpath(p: *const c_char, resolved: *mut c_char) -> *mut c_char, trace p
+        => realpath_impl(p, resolved), else real::realpath(p, resolved);
+    fn canonicalize_file_name(p: *const c_char) -> *mut c_char, trace p
+        => realpath_impl(p, std::ptr::null_mut()), else real::realpath(p, std::ptr::null_mut());
+    fn chdir(p: *const c_char) -> c_int, trace p
+        => chdir_impl(p), else { let rc = real::chdir(p); if rc == 0 { path::forget_cwd(); path::set_cwd_mirrored(false); } rc };
+    fn getcwd(buf: *mut c_char, size: size_t) -> *mut c_char
+        => getcwd_impl(buf, size), else real::getcwd(buf, size);
+    fn dlopen(p: *const c_char, flags: c_int) -> *mut c_void, trace p
+        => dlopen_impl(p, flags), else real::dlopen(p, flags);
+    fn inotify_add_watch(fd: c_int, p: *const c_char, mask: u32) -> c_int, trace p
+        => watch_impl(fd, p, mask), else real::inotify_add_watch(fd, p, mask);
 }
 
 // ---- the working directory -------------------------------------------------------------------
@@ -124,31 +127,24 @@ fn chdir_impl(p: *const c_char) -> Option<c_int> {
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn chdir(p: *const c_char) -> c_int {
-    trace("chdir", p);
-    chdir_impl(p).unwrap_or_else(|| {
-        let rc = real::chdir(p);
-        if rc == 0 {
-            path::forget_cwd();
-            path::set_cwd_mirrored(false);
-        }
-        rc
+hooks! {
+    fn fchdir(fd: c_int) -> c_int => fchdir_impl(fd), else fchdir_real(fd);
+}
+
+/// `fchdir` to a virtual directory fd: the directory's virtual path.
+fn fchdir_impl(fd: c_int) -> Option<c_int> {
+    let Some(Tag::Dir { layer, idx }) = fdtab::get(fd) else {
+        return None;
+    };
+    guarded(|st| {
+        let e = vfs::entry(st, layer, idx)?;
+        let p = vfs::entry_abs(st, layer, &e)?;
+        chdir_virtual(st, &p)
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn fchdir(fd: c_int) -> c_int {
-    if let Some(Tag::Dir { layer, idx }) = fdtab::get(fd) {
-        let r = guarded(|st| {
-            let e = vfs::entry(st, layer, idx)?;
-            let p = vfs::entry_abs(st, layer, &e)?;
-            chdir_virtual(st, &p)
-        });
-        if let Some(rc) = r {
-            return rc;
-        }
-    }
+/// The real `fchdir`; the cached cwd is stale after it.
+unsafe fn fchdir_real(fd: c_int) -> c_int {
     let rc = real::fchdir(fd);
     if rc == 0 {
         path::forget_cwd();
@@ -186,11 +182,6 @@ fn getcwd_impl(buf: *mut c_char, size: size_t) -> Option<*mut c_char> {
             Some(out)
         }
     })
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn getcwd(buf: *mut c_char, size: size_t) -> *mut c_char {
-    getcwd_impl(buf, size).unwrap_or_else(|| real::getcwd(buf, size))
 }
 
 // ---- dlopen ----------------------------------------------------------------------------------
@@ -531,12 +522,6 @@ pub(crate) fn with_reader<T>(
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn dlopen(p: *const c_char, flags: c_int) -> *mut c_void {
-    trace("dlopen", p);
-    dlopen_impl(p, flags).unwrap_or_else(|| real::dlopen(p, flags))
-}
-
 // ---- inotify ------------------------------------------------------------------------------
 
 /// `inotify_add_watch` on a view path (Node's `fs.watch`, so `tsc -w`, webpack and vite in
@@ -581,27 +566,26 @@ fn watch_impl(fd: c_int, p: *const c_char, mask: u32) -> Option<c_int> {
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn inotify_add_watch(fd: c_int, p: *const c_char, mask: u32) -> c_int {
-    trace("inotify_add_watch", p);
-    watch_impl(fd, p, mask).unwrap_or_else(|| real::inotify_add_watch(fd, p, mask))
-}
-
 // ---- syscall() -------------------------------------------------------------------------------
 
-/// `syscall(2)`: runtimes such as libuv (Node.js) call `statx` and friends through it.
-#[no_mangle]
-pub unsafe extern "C" fn syscall(
+hooks! {
+    /// `syscall(2)`: runtimes such as libuv (Node.js) call `statx` and friends through it.
+    fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_long, a5: c_long, a6: c_long) -> c_long
+        => syscall_impl(n, a1, a2, a3, a4, a5), else real::syscall(n, a1, a2, a3, a4, a5, a6);
+}
+
+/// The system calls `syscall(2)` serves, each by the decision code (or hook) of its libc
+/// function; `None` for every other number (the real `syscall` runs it).
+unsafe fn syscall_impl(
     n: c_long,
     a1: c_long,
     a2: c_long,
     a3: c_long,
     a4: c_long,
     a5: c_long,
-    a6: c_long,
-) -> c_long {
+) -> Option<c_long> {
     let ptr = |v: c_long| v as usize as *const c_char;
-    let r: Option<c_long> = match n {
+    match n {
         libc::SYS_statx => crate::stat::statx_impl(
             a1 as c_int,
             ptr(a2),
@@ -748,9 +732,5 @@ pub unsafe extern "C" fn syscall(
             a3 as usize as *const *const c_char,
         ))),
         _ => None,
-    };
-    match r {
-        Some(v) => v,
-        None => real::syscall(n, a1, a2, a3, a4, a5, a6),
     }
 }

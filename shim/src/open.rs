@@ -12,7 +12,7 @@ use crate::path::{self, cbytes, PBuf};
 use crate::state::State;
 use crate::upper::{self, Mirror};
 use crate::vfs::{self, Node};
-use crate::{abs_into, abs_of, fail, guarded, real, trace};
+use crate::{abs_into, abs_of, fail, guarded, real};
 
 /// The fd `raw` names if it is a `/proc/self/fd/N`-style path (see `vrift_shim_core`).
 pub(crate) fn proc_fd_of(raw: &[u8]) -> Option<c_int> {
@@ -349,58 +349,107 @@ fn create_new(st: &State, virt: &PBuf, flags: c_int, mode: c_uint) -> Option<c_i
     Some(fd)
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn open(p: *const c_char, flags: c_int, mode: c_uint) -> c_int {
-    trace("open", p);
-    open_impl(libc::AT_FDCWD, p, flags, mode).unwrap_or_else(|| real::open(p, flags, mode))
+hooks! {
+    fn open(p: *const c_char, flags: c_int, mode: c_uint) -> c_int, trace p
+        => open_impl(libc::AT_FDCWD, p, flags, mode), else real::open(p, flags, mode);
+    fn open64(p: *const c_char, flags: c_int, mode: c_uint) -> c_int, trace p
+        => open_impl(libc::AT_FDCWD, p, flags, mode), else real::open64(p, flags, mode);
+    fn __open_2(p: *const c_char, flags: c_int) -> c_int, trace p
+        => open_impl(libc::AT_FDCWD, p, flags, 0), else real::open(p, flags, 0);
+    fn __open64_2(p: *const c_char, flags: c_int) -> c_int, trace p
+        => open_impl(libc::AT_FDCWD, p, flags, 0), else real::open64(p, flags, 0);
+    fn openat(d: c_int, p: *const c_char, flags: c_int, mode: c_uint) -> c_int, trace p
+        => open_impl(d, p, flags, mode), else real::openat(d, p, flags, mode);
+    fn openat64(d: c_int, p: *const c_char, flags: c_int, mode: c_uint) -> c_int, trace p
+        => open_impl(d, p, flags, mode), else real::openat64(d, p, flags, mode);
+    fn __openat_2(d: c_int, p: *const c_char, flags: c_int) -> c_int, trace p
+        => open_impl(d, p, flags, 0), else real::openat(d, p, flags, 0);
+    fn __openat64_2(d: c_int, p: *const c_char, flags: c_int) -> c_int, trace p
+        => open_impl(d, p, flags, 0), else real::openat64(d, p, flags, 0);
+    fn creat(p: *const c_char, mode: mode_t) -> c_int, trace p
+        => open_impl(libc::AT_FDCWD, p, CREAT, mode), else real::open(p, CREAT, mode);
+    fn creat64(p: *const c_char, mode: mode_t) -> c_int, trace p
+        => open_impl(libc::AT_FDCWD, p, CREAT, mode), else real::open64(p, CREAT, mode);
+    fn fopen(p: *const c_char, mode: *const c_char) -> *mut FILE, trace p
+        => fopen_impl(p, mode), else real::fopen(p, mode);
+    fn fopen64(p: *const c_char, mode: *const c_char) -> *mut FILE, trace p
+        => fopen_impl(p, mode), else real::fopen64(p, mode);
+    fn unlink(p: *const c_char) -> c_int, trace p
+        => remove_impl(libc::AT_FDCWD, p, false), else real::unlink(p);
+    fn unlinkat(d: c_int, p: *const c_char, flags: c_int) -> c_int, trace p
+        => remove_impl(d, p, flags & libc::AT_REMOVEDIR != 0), else real::unlinkat(d, p, flags);
+    fn rmdir(p: *const c_char) -> c_int, trace p
+        => remove_impl(libc::AT_FDCWD, p, true), else real::rmdir(p);
+    fn mkdir(p: *const c_char, mode: mode_t) -> c_int, trace p
+        => create_impl(libc::AT_FDCWD, p, &|q| real::mkdir(q.as_ptr(), mode)), else real::mkdir(p, mode);
+    fn mkdirat(d: c_int, p: *const c_char, mode: mode_t) -> c_int, trace p
+        => create_impl(d, p, &|q| real::mkdir(q.as_ptr(), mode)), else real::mkdirat(d, p, mode);
+    fn symlink(t: *const c_char, p: *const c_char) -> c_int, trace p
+        => create_impl(libc::AT_FDCWD, p, &|q| real::symlink(t, q.as_ptr())), else real::symlink(t, p);
+    fn symlinkat(t: *const c_char, d: c_int, p: *const c_char) -> c_int, trace p
+        => create_impl(d, p, &|q| real::symlink(t, q.as_ptr())), else real::symlinkat(t, d, p);
+    fn truncate(p: *const c_char, len: off_t) -> c_int, trace p
+        => modify_impl(libc::AT_FDCWD, p, true, &|q| { real::truncate(q.as_ptr(), len) }), else real::truncate(p, len);
+    fn truncate64(p: *const c_char, len: off_t) -> c_int, trace p
+        => modify_impl(libc::AT_FDCWD, p, true, &|q| { real::truncate(q.as_ptr(), len) }), else real::truncate(p, len);
+    fn chmod(p: *const c_char, mode: mode_t) -> c_int, trace p
+        => modify_impl(libc::AT_FDCWD, p, true, &|q| real::chmod(q.as_ptr(), mode)), else real::chmod(p, mode);
+    fn fchmodat(d: c_int, p: *const c_char, mode: mode_t, flags: c_int) -> c_int, trace p
+        => meta_at_impl(d, p, flags, false, &|f| real::fchmod(f, mode), &|q| real::fchmodat(libc::AT_FDCWD, q.as_ptr(), mode, flags)), else real::fchmodat(d, p, mode, flags);
+    fn utimensat(d: c_int, p: *const c_char, t: *const libc::timespec, flags: c_int) -> c_int, trace p
+        => meta_at_impl(d, p, flags, true, &|f| real::futimens(f, t), &|q| real::utimensat(libc::AT_FDCWD, q.as_ptr(), t, flags)), else real::utimensat(d, p, t, flags);
+    fn fchmod(fd: c_int, mode: mode_t) -> c_int
+        => crate::guard::meta_fd(fd, &|f| real::fchmod(f, mode)), else real::fchmod(fd, mode);
+    fn fchown(fd: c_int, u: libc::uid_t, g: libc::gid_t) -> c_int
+        => crate::guard::meta_fd(fd, &|f| real::fchown(f, u, g)), else real::fchown(fd, u, g);
+    fn futimens(fd: c_int, t: *const libc::timespec) -> c_int
+        => crate::guard::meta_fd(fd, &|f| real::futimens(f, t)), else real::futimens(fd, t);
+    fn futimes(fd: c_int, t: *const libc::timeval) -> c_int
+        => crate::guard::meta_fd(fd, &|f| real::futimes(f, t)), else real::futimes(fd, t);
+    fn fsetxattr(fd: c_int, n: *const c_char, v: *const libc::c_void, size: libc::size_t, flags: c_int) -> c_int
+        => crate::guard::meta_fd(fd, &|f| real::fsetxattr(f, n, v, size, flags)), else real::fsetxattr(fd, n, v, size, flags);
+    fn fremovexattr(fd: c_int, n: *const c_char) -> c_int
+        => crate::guard::meta_fd(fd, &|f| real::fremovexattr(f, n)), else real::fremovexattr(fd, n);
+    fn fchownat(d: c_int, p: *const c_char, u: libc::uid_t, g: libc::gid_t, flags: c_int) -> c_int, trace p
+        => meta_at_impl(d, p, flags, false, &|f| real::fchown(f, u, g), &|q| real::fchownat(libc::AT_FDCWD, q.as_ptr(), u, g, flags)), else real::fchownat(d, p, u, g, flags);
+    fn chown(p: *const c_char, u: libc::uid_t, g: libc::gid_t) -> c_int, trace p
+        => modify_impl(libc::AT_FDCWD, p, true, &|q| real::chown(q.as_ptr(), u, g)), else real::chown(p, u, g);
+    fn lchown(p: *const c_char, u: libc::uid_t, g: libc::gid_t) -> c_int, trace p
+        => modify_impl(libc::AT_FDCWD, p, false, &|q| { real::lchown(q.as_ptr(), u, g) }), else real::lchown(p, u, g);
+    fn setxattr(p: *const c_char, n: *const c_char, v: *const libc::c_void, size: libc::size_t, flags: c_int) -> c_int, trace p
+        => modify_impl(libc::AT_FDCWD, p, true, &|q| { real::setxattr(q.as_ptr(), n, v, size, flags) }), else real::setxattr(p, n, v, size, flags);
+    fn lsetxattr(p: *const c_char, n: *const c_char, v: *const libc::c_void, size: libc::size_t, flags: c_int) -> c_int, trace p
+        => modify_impl(libc::AT_FDCWD, p, false, &|q| { real::lsetxattr(q.as_ptr(), n, v, size, flags) }), else real::lsetxattr(p, n, v, size, flags);
+    fn removexattr(p: *const c_char, n: *const c_char) -> c_int, trace p
+        => modify_impl(libc::AT_FDCWD, p, true, &|q| { real::removexattr(q.as_ptr(), n) }), else real::removexattr(p, n);
+    fn lremovexattr(p: *const c_char, n: *const c_char) -> c_int, trace p
+        => modify_impl(libc::AT_FDCWD, p, false, &|q| { real::lremovexattr(q.as_ptr(), n) }), else real::lremovexattr(p, n);
+    fn link(a: *const c_char, b: *const c_char) -> c_int, trace a
+        => link_impl(libc::AT_FDCWD, a, libc::AT_FDCWD, b, 0), else real::link(a, b);
+    fn linkat(fa: c_int, a: *const c_char, fb: c_int, b: *const c_char, flags: c_int) -> c_int, trace a
+        => link_impl(fa, a, fb, b, flags), else real::linkat(fa, a, fb, b, flags);
+    fn rename(a: *const c_char, b: *const c_char) -> c_int, trace a
+        => rename_impl(libc::AT_FDCWD, a, libc::AT_FDCWD, b, 0), else real::rename(a, b);
+    fn renameat(fa: c_int, a: *const c_char, fb: c_int, b: *const c_char) -> c_int, trace a
+        => rename_impl(fa, a, fb, b, 0), else real::renameat(fa, a, fb, b);
+    fn renameat2(fa: c_int, a: *const c_char, fb: c_int, b: *const c_char, flags: c_uint) -> c_int, trace a
+        => rename_impl(fa, a, fb, b, flags), else real::renameat2(fa, a, fb, b, flags);
+    fn mkstemp(t: *mut c_char) -> c_int, trace t
+        => mktemp_impl(t, 0, 0, false), else real::mkostemps(t, 0, 0);
+    fn mkstemp64(t: *mut c_char) -> c_int, trace t
+        => mktemp_impl(t, 0, 0, false), else real::mkostemps(t, 0, 0);
+    fn mkostemp(t: *mut c_char, f: c_int) -> c_int, trace t
+        => mktemp_impl(t, 0, f, false), else real::mkostemps(t, 0, f);
+    fn mkostemp64(t: *mut c_char, f: c_int) -> c_int, trace t
+        => mktemp_impl(t, 0, f, false), else real::mkostemps(t, 0, f);
+    fn mkstemps(t: *mut c_char, s: c_int) -> c_int, trace t
+        => mktemp_impl(t, s, 0, false), else real::mkostemps(t, s, 0);
+    fn mkostemps(t: *mut c_char, s: c_int, f: c_int) -> c_int, trace t
+        => mktemp_impl(t, s, f, false), else real::mkostemps(t, s, f);
 }
-#[no_mangle]
-pub unsafe extern "C" fn open64(p: *const c_char, flags: c_int, mode: c_uint) -> c_int {
-    trace("open64", p);
-    open_impl(libc::AT_FDCWD, p, flags, mode).unwrap_or_else(|| real::open64(p, flags, mode))
-}
-#[no_mangle]
-pub unsafe extern "C" fn __open_2(p: *const c_char, flags: c_int) -> c_int {
-    trace("__open_2", p);
-    open_impl(libc::AT_FDCWD, p, flags, 0).unwrap_or_else(|| real::open(p, flags, 0))
-}
-#[no_mangle]
-pub unsafe extern "C" fn __open64_2(p: *const c_char, flags: c_int) -> c_int {
-    trace("__open64_2", p);
-    open_impl(libc::AT_FDCWD, p, flags, 0).unwrap_or_else(|| real::open64(p, flags, 0))
-}
-#[no_mangle]
-pub unsafe extern "C" fn openat(d: c_int, p: *const c_char, flags: c_int, mode: c_uint) -> c_int {
-    trace("openat", p);
-    open_impl(d, p, flags, mode).unwrap_or_else(|| real::openat(d, p, flags, mode))
-}
-#[no_mangle]
-pub unsafe extern "C" fn openat64(d: c_int, p: *const c_char, flags: c_int, mode: c_uint) -> c_int {
-    trace("openat64", p);
-    open_impl(d, p, flags, mode).unwrap_or_else(|| real::openat64(d, p, flags, mode))
-}
-#[no_mangle]
-pub unsafe extern "C" fn __openat_2(d: c_int, p: *const c_char, flags: c_int) -> c_int {
-    trace("__openat_2", p);
-    open_impl(d, p, flags, 0).unwrap_or_else(|| real::openat(d, p, flags, 0))
-}
-#[no_mangle]
-pub unsafe extern "C" fn __openat64_2(d: c_int, p: *const c_char, flags: c_int) -> c_int {
-    trace("__openat64_2", p);
-    open_impl(d, p, flags, 0).unwrap_or_else(|| real::openat64(d, p, flags, 0))
-}
-#[no_mangle]
-pub unsafe extern "C" fn creat(p: *const c_char, mode: mode_t) -> c_int {
-    trace("creat", p);
-    let f = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
-    open_impl(libc::AT_FDCWD, p, f, mode).unwrap_or_else(|| real::open(p, f, mode))
-}
-#[no_mangle]
-pub unsafe extern "C" fn creat64(p: *const c_char, mode: mode_t) -> c_int {
-    trace("creat64", p);
-    let f = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
-    open_impl(libc::AT_FDCWD, p, f, mode).unwrap_or_else(|| real::open64(p, f, mode))
-}
+
+/// The flags `creat` stands for.
+const CREAT: c_int = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
 
 /// `fopen` mode string → `open` flags.
 fn fopen_flags(mode: &[u8]) -> c_int {
@@ -437,78 +486,25 @@ unsafe fn fopen_impl(p: *const c_char, mode: *const c_char) -> Option<*mut FILE>
     Some(f)
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn fopen(p: *const c_char, mode: *const c_char) -> *mut FILE {
-    trace("fopen", p);
-    fopen_impl(p, mode).unwrap_or_else(|| real::fopen(p, mode))
-}
-#[no_mangle]
-pub unsafe extern "C" fn fopen64(p: *const c_char, mode: *const c_char) -> *mut FILE {
-    trace("fopen64", p);
-    fopen_impl(p, mode).unwrap_or_else(|| real::fopen64(p, mode))
-}
-
 // ---- fd bookkeeping ------------------------------------------------------------------------
 
-#[no_mangle]
-pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    fdtab::clear(fd);
-    real::close(fd)
-}
-#[no_mangle]
-pub unsafe extern "C" fn fclose(f: *mut FILE) -> c_int {
-    if !f.is_null() {
-        fdtab::clear(libc::fileno(f));
-    }
-    real::fclose(f)
-}
-#[no_mangle]
-pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
-    let r = real::dup(fd);
-    if r >= 0 {
-        fdtab::copy(fd, r);
-    }
-    r
-}
-#[no_mangle]
-pub unsafe extern "C" fn dup2(a: c_int, b: c_int) -> c_int {
-    let r = real::dup2(a, b);
-    if r >= 0 && a != b {
-        fdtab::copy(a, r);
-    }
-    r
-}
-#[no_mangle]
-pub unsafe extern "C" fn dup3(a: c_int, b: c_int, flags: c_int) -> c_int {
-    let r = real::dup3(a, b, flags);
-    if r >= 0 {
-        fdtab::copy(a, r);
-    }
-    r
-}
-#[no_mangle]
-pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
-    let r = real::fcntl(fd, cmd, arg);
-    if r >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
-        fdtab::copy(fd, r);
-    }
-    r
-}
-#[no_mangle]
-pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
-    let r = real::fcntl64(fd, cmd, arg);
-    if r >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
-        fdtab::copy(fd, r);
-    }
-    r
-}
-#[no_mangle]
-pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
-    let r = real::close_range(first, last, flags);
-    if r == 0 && flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) == 0 {
-        fdtab::clear_range(first, last);
-    }
-    r
+hooks! {
+    fn close(fd: c_int) -> c_int => real::close(fdtab::closing(fd));
+    fn fclose(f: *mut FILE) -> c_int => {
+        if !f.is_null() {
+            fdtab::closing(libc::fileno(f));
+        }
+        real::fclose(f)
+    };
+    fn dup(fd: c_int) -> c_int => fdtab::duped(fd, real::dup(fd));
+    fn dup2(a: c_int, b: c_int) -> c_int => fdtab::duped(a, real::dup2(a, b));
+    fn dup3(a: c_int, b: c_int, flags: c_int) -> c_int => fdtab::duped(a, real::dup3(a, b, flags));
+    fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int
+        => fdtab::after_fcntl(fd, cmd, real::fcntl(fd, cmd, arg));
+    fn fcntl64(fd: c_int, cmd: c_int, arg: c_long) -> c_int
+        => fdtab::after_fcntl(fd, cmd, real::fcntl64(fd, cmd, arg));
+    fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int
+        => fdtab::after_close_range(first, last, flags, real::close_range(first, last, flags));
 }
 
 // ---- other writers -------------------------------------------------------------------------
@@ -585,23 +581,6 @@ fn remove_impl(dirfd: c_int, p: *const c_char, dir: bool) -> Option<c_int> {
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn unlink(p: *const c_char) -> c_int {
-    trace("unlink", p);
-    remove_impl(libc::AT_FDCWD, p, false).unwrap_or_else(|| real::unlink(p))
-}
-#[no_mangle]
-pub unsafe extern "C" fn unlinkat(d: c_int, p: *const c_char, flags: c_int) -> c_int {
-    trace("unlinkat", p);
-    remove_impl(d, p, flags & libc::AT_REMOVEDIR != 0)
-        .unwrap_or_else(|| real::unlinkat(d, p, flags))
-}
-#[no_mangle]
-pub unsafe extern "C" fn rmdir(p: *const c_char) -> c_int {
-    trace("rmdir", p);
-    remove_impl(libc::AT_FDCWD, p, true).unwrap_or_else(|| real::rmdir(p))
-}
-
 /// Shared by `mkdir` and `symlink`: create something new at a path of the view.
 fn create_impl(dirfd: c_int, p: *const c_char, what: &dyn Fn(&PBuf) -> c_int) -> Option<c_int> {
     guarded(|st| {
@@ -642,28 +621,23 @@ fn create_impl(dirfd: c_int, p: *const c_char, what: &dyn Fn(&PBuf) -> c_int) ->
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn mkdir(p: *const c_char, mode: mode_t) -> c_int {
-    trace("mkdir", p);
-    create_impl(libc::AT_FDCWD, p, &|q| real::mkdir(q.as_ptr(), mode))
-        .unwrap_or_else(|| real::mkdir(p, mode))
-}
-#[no_mangle]
-pub unsafe extern "C" fn mkdirat(d: c_int, p: *const c_char, mode: mode_t) -> c_int {
-    trace("mkdirat", p);
-    create_impl(d, p, &|q| real::mkdir(q.as_ptr(), mode))
-        .unwrap_or_else(|| real::mkdirat(d, p, mode))
-}
-#[no_mangle]
-pub unsafe extern "C" fn symlink(t: *const c_char, p: *const c_char) -> c_int {
-    trace("symlink", p);
-    create_impl(libc::AT_FDCWD, p, &|q| real::symlink(t, q.as_ptr()))
-        .unwrap_or_else(|| real::symlink(t, p))
-}
-#[no_mangle]
-pub unsafe extern "C" fn symlinkat(t: *const c_char, d: c_int, p: *const c_char) -> c_int {
-    trace("symlinkat", p);
-    create_impl(d, p, &|q| real::symlink(t, q.as_ptr())).unwrap_or_else(|| real::symlinkat(t, d, p))
+/// The `*at` metadata calls (`fchmodat`, `fchownat`, `utimensat`): the fd form (an empty
+/// path with `AT_EMPTY_PATH`, or utimensat's NULL path, as `futimens` uses it) goes through
+/// the fd guard — never onto a blob, whose mtime carries the store's seal — and the path form
+/// through [`modify_impl`], following a last symlink unless `AT_SYMLINK_NOFOLLOW`.
+unsafe fn meta_at_impl(
+    d: c_int,
+    p: *const c_char,
+    flags: c_int,
+    null_is_fd: bool,
+    on_fd: &dyn Fn(c_int) -> c_int,
+    on_path: &dyn Fn(&PBuf) -> c_int,
+) -> Option<c_int> {
+    let empty = !p.is_null() && *p == 0 && flags & libc::AT_EMPTY_PATH != 0;
+    if empty || (null_is_fd && p.is_null()) {
+        return crate::guard::meta_fd(d, on_fd);
+    }
+    modify_impl(d, p, flags & libc::AT_SYMLINK_NOFOLLOW == 0, on_path)
 }
 
 /// Shared by `truncate`, `chmod`, `utimensat`: modify an existing entry (copy-up first).
@@ -709,172 +683,7 @@ fn modify_impl(
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn truncate(p: *const c_char, len: off_t) -> c_int {
-    trace("truncate", p);
-    modify_impl(libc::AT_FDCWD, p, true, &|q| {
-        real::truncate(q.as_ptr(), len)
-    })
-    .unwrap_or_else(|| real::truncate(p, len))
-}
-#[no_mangle]
-pub unsafe extern "C" fn truncate64(p: *const c_char, len: off_t) -> c_int {
-    trace("truncate64", p);
-    modify_impl(libc::AT_FDCWD, p, true, &|q| {
-        real::truncate(q.as_ptr(), len)
-    })
-    .unwrap_or_else(|| real::truncate(p, len))
-}
-#[no_mangle]
-pub unsafe extern "C" fn chmod(p: *const c_char, mode: mode_t) -> c_int {
-    trace("chmod", p);
-    modify_impl(libc::AT_FDCWD, p, true, &|q| real::chmod(q.as_ptr(), mode))
-        .unwrap_or_else(|| real::chmod(p, mode))
-}
-#[no_mangle]
-pub unsafe extern "C" fn fchmodat(d: c_int, p: *const c_char, mode: mode_t, flags: c_int) -> c_int {
-    if flags & libc::AT_EMPTY_PATH != 0 && !p.is_null() && *p == 0 {
-        return crate::guard::meta_fd(d, &|f| real::fchmod(f, mode))
-            .unwrap_or_else(|| real::fchmodat(d, p, mode, flags));
-    }
-    trace("fchmodat", p);
-    let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
-    modify_impl(d, p, follow, &|q| {
-        real::fchmodat(libc::AT_FDCWD, q.as_ptr(), mode, flags)
-    })
-    .unwrap_or_else(|| real::fchmodat(d, p, mode, flags))
-}
-#[no_mangle]
-pub unsafe extern "C" fn utimensat(
-    d: c_int,
-    p: *const c_char,
-    t: *const libc::timespec,
-    flags: c_int,
-) -> c_int {
-    if p.is_null() || (flags & libc::AT_EMPTY_PATH != 0 && *p == 0) {
-        // The fd form (futimens): never on a blob, whose mtime carries the store's seal.
-        return crate::guard::meta_fd(d, &|f| real::futimens(f, t))
-            .unwrap_or_else(|| real::utimensat(d, p, t, flags));
-    }
-    trace("utimensat", p);
-    let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
-    modify_impl(d, p, follow, &|q| {
-        real::utimensat(libc::AT_FDCWD, q.as_ptr(), t, flags)
-    })
-    .unwrap_or_else(|| real::utimensat(d, p, t, flags))
-}
-
 // ---- metadata through an fd: copy-up first, never the blob (see guard.rs) ----------------
-
-#[no_mangle]
-pub unsafe extern "C" fn fchmod(fd: c_int, mode: mode_t) -> c_int {
-    crate::guard::meta_fd(fd, &|f| real::fchmod(f, mode)).unwrap_or_else(|| real::fchmod(fd, mode))
-}
-#[no_mangle]
-pub unsafe extern "C" fn fchown(fd: c_int, u: libc::uid_t, g: libc::gid_t) -> c_int {
-    crate::guard::meta_fd(fd, &|f| real::fchown(f, u, g)).unwrap_or_else(|| real::fchown(fd, u, g))
-}
-#[no_mangle]
-pub unsafe extern "C" fn futimens(fd: c_int, t: *const libc::timespec) -> c_int {
-    crate::guard::meta_fd(fd, &|f| real::futimens(f, t)).unwrap_or_else(|| real::futimens(fd, t))
-}
-#[no_mangle]
-pub unsafe extern "C" fn futimes(fd: c_int, t: *const libc::timeval) -> c_int {
-    crate::guard::meta_fd(fd, &|f| real::futimes(f, t)).unwrap_or_else(|| real::futimes(fd, t))
-}
-#[no_mangle]
-pub unsafe extern "C" fn fsetxattr(
-    fd: c_int,
-    n: *const c_char,
-    v: *const libc::c_void,
-    size: libc::size_t,
-    flags: c_int,
-) -> c_int {
-    crate::guard::meta_fd(fd, &|f| real::fsetxattr(f, n, v, size, flags))
-        .unwrap_or_else(|| real::fsetxattr(fd, n, v, size, flags))
-}
-#[no_mangle]
-pub unsafe extern "C" fn fremovexattr(fd: c_int, n: *const c_char) -> c_int {
-    crate::guard::meta_fd(fd, &|f| real::fremovexattr(f, n))
-        .unwrap_or_else(|| real::fremovexattr(fd, n))
-}
-#[no_mangle]
-pub unsafe extern "C" fn fchownat(
-    d: c_int,
-    p: *const c_char,
-    u: libc::uid_t,
-    g: libc::gid_t,
-    flags: c_int,
-) -> c_int {
-    if flags & libc::AT_EMPTY_PATH != 0 && !p.is_null() && *p == 0 {
-        return crate::guard::meta_fd(d, &|f| real::fchown(f, u, g))
-            .unwrap_or_else(|| real::fchownat(d, p, u, g, flags));
-    }
-    trace("fchownat", p);
-    let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
-    modify_impl(d, p, follow, &|q| {
-        real::fchownat(libc::AT_FDCWD, q.as_ptr(), u, g, flags)
-    })
-    .unwrap_or_else(|| real::fchownat(d, p, u, g, flags))
-}
-#[no_mangle]
-pub unsafe extern "C" fn chown(p: *const c_char, u: libc::uid_t, g: libc::gid_t) -> c_int {
-    trace("chown", p);
-    modify_impl(libc::AT_FDCWD, p, true, &|q| real::chown(q.as_ptr(), u, g))
-        .unwrap_or_else(|| real::chown(p, u, g))
-}
-#[no_mangle]
-pub unsafe extern "C" fn lchown(p: *const c_char, u: libc::uid_t, g: libc::gid_t) -> c_int {
-    trace("lchown", p);
-    modify_impl(libc::AT_FDCWD, p, false, &|q| {
-        real::lchown(q.as_ptr(), u, g)
-    })
-    .unwrap_or_else(|| real::lchown(p, u, g))
-}
-#[no_mangle]
-pub unsafe extern "C" fn setxattr(
-    p: *const c_char,
-    n: *const c_char,
-    v: *const libc::c_void,
-    size: libc::size_t,
-    flags: c_int,
-) -> c_int {
-    trace("setxattr", p);
-    modify_impl(libc::AT_FDCWD, p, true, &|q| {
-        real::setxattr(q.as_ptr(), n, v, size, flags)
-    })
-    .unwrap_or_else(|| real::setxattr(p, n, v, size, flags))
-}
-#[no_mangle]
-pub unsafe extern "C" fn lsetxattr(
-    p: *const c_char,
-    n: *const c_char,
-    v: *const libc::c_void,
-    size: libc::size_t,
-    flags: c_int,
-) -> c_int {
-    trace("lsetxattr", p);
-    modify_impl(libc::AT_FDCWD, p, false, &|q| {
-        real::lsetxattr(q.as_ptr(), n, v, size, flags)
-    })
-    .unwrap_or_else(|| real::lsetxattr(p, n, v, size, flags))
-}
-#[no_mangle]
-pub unsafe extern "C" fn removexattr(p: *const c_char, n: *const c_char) -> c_int {
-    trace("removexattr", p);
-    modify_impl(libc::AT_FDCWD, p, true, &|q| {
-        real::removexattr(q.as_ptr(), n)
-    })
-    .unwrap_or_else(|| real::removexattr(p, n))
-}
-#[no_mangle]
-pub unsafe extern "C" fn lremovexattr(p: *const c_char, n: *const c_char) -> c_int {
-    trace("lremovexattr", p);
-    modify_impl(libc::AT_FDCWD, p, false, &|q| {
-        real::lremovexattr(q.as_ptr(), n)
-    })
-    .unwrap_or_else(|| real::lremovexattr(p, n))
-}
 
 // ---- link: a new name in the view, or EXDEV; never a new name for a blob -----------------
 
@@ -1032,23 +841,6 @@ fn link_impl(
         };
         link_to(&src, false)
     })
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn link(a: *const c_char, b: *const c_char) -> c_int {
-    trace("link", a);
-    link_impl(libc::AT_FDCWD, a, libc::AT_FDCWD, b, 0).unwrap_or_else(|| real::link(a, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn linkat(
-    fa: c_int,
-    a: *const c_char,
-    fb: c_int,
-    b: *const c_char,
-    flags: c_int,
-) -> c_int {
-    trace("linkat", a);
-    link_impl(fa, a, fb, b, flags).unwrap_or_else(|| real::linkat(fa, a, fb, b, flags))
 }
 
 fn rename_impl(
@@ -1253,33 +1045,6 @@ fn cross_rename(src: &PBuf, dst: &PBuf, flags: c_uint) -> Result<(), c_int> {
     Ok(())
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn rename(a: *const c_char, b: *const c_char) -> c_int {
-    trace("rename", a);
-    rename_impl(libc::AT_FDCWD, a, libc::AT_FDCWD, b, 0).unwrap_or_else(|| real::rename(a, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn renameat(
-    fa: c_int,
-    a: *const c_char,
-    fb: c_int,
-    b: *const c_char,
-) -> c_int {
-    trace("renameat", a);
-    rename_impl(fa, a, fb, b, 0).unwrap_or_else(|| real::renameat(fa, a, fb, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn renameat2(
-    fa: c_int,
-    a: *const c_char,
-    fb: c_int,
-    b: *const c_char,
-    flags: c_uint,
-) -> c_int {
-    trace("renameat2", a);
-    rename_impl(fa, a, fb, b, flags).unwrap_or_else(|| real::renameat2(fa, a, fb, b, flags))
-}
-
 // ---- temporary files (glibc creates them with its internal `open`) ------------------------
 
 /// `mkostemps`/`mkdtemp` with a template inside a virtual directory: the file is created in
@@ -1337,42 +1102,8 @@ fn mktemp_impl(tmpl: *mut c_char, suffixlen: c_int, flags: c_int, dir: bool) -> 
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn mkstemp(t: *mut c_char) -> c_int {
-    trace("mkstemp", t);
-    mktemp_impl(t, 0, 0, false).unwrap_or_else(|| real::mkostemps(t, 0, 0))
-}
-#[no_mangle]
-pub unsafe extern "C" fn mkstemp64(t: *mut c_char) -> c_int {
-    trace("mkstemp64", t);
-    mktemp_impl(t, 0, 0, false).unwrap_or_else(|| real::mkostemps(t, 0, 0))
-}
-#[no_mangle]
-pub unsafe extern "C" fn mkostemp(t: *mut c_char, f: c_int) -> c_int {
-    trace("mkostemp", t);
-    mktemp_impl(t, 0, f, false).unwrap_or_else(|| real::mkostemps(t, 0, f))
-}
-#[no_mangle]
-pub unsafe extern "C" fn mkostemp64(t: *mut c_char, f: c_int) -> c_int {
-    trace("mkostemp64", t);
-    mktemp_impl(t, 0, f, false).unwrap_or_else(|| real::mkostemps(t, 0, f))
-}
-#[no_mangle]
-pub unsafe extern "C" fn mkstemps(t: *mut c_char, s: c_int) -> c_int {
-    trace("mkstemps", t);
-    mktemp_impl(t, s, 0, false).unwrap_or_else(|| real::mkostemps(t, s, 0))
-}
-#[no_mangle]
-pub unsafe extern "C" fn mkostemps(t: *mut c_char, s: c_int, f: c_int) -> c_int {
-    trace("mkostemps", t);
-    mktemp_impl(t, s, f, false).unwrap_or_else(|| real::mkostemps(t, s, f))
-}
-#[no_mangle]
-pub unsafe extern "C" fn mkdtemp(t: *mut c_char) -> *mut c_char {
-    trace("mkdtemp", t);
-    match mktemp_impl(t, 0, 0, true) {
-        Some(0) => t,
-        Some(_) => std::ptr::null_mut(),
-        None => real::mkdtemp(t),
-    }
+hooks! {
+    fn mkdtemp(t: *mut c_char) -> *mut c_char, trace t
+        => mktemp_impl(t, 0, 0, true).map(|r| if r == 0 { t } else { std::ptr::null_mut() }),
+        else real::mkdtemp(t);
 }

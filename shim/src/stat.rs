@@ -6,7 +6,7 @@ use crate::fdtab::{self, Tag};
 use crate::path::{self, cbytes, PBuf};
 use crate::state::State;
 use crate::vfs::{self, Node};
-use crate::{abs_into, abs_of, fail, guarded, real, trace};
+use crate::{abs_into, abs_of, fail, guarded, real};
 
 /// Synthesized `stat` of a tagged fd.
 fn stat_fd(st: &State, fd: c_int, out: *mut libc::stat) -> Option<c_int> {
@@ -143,118 +143,61 @@ pub(crate) fn fstat_impl(fd: c_int, out: *mut libc::stat) -> Option<c_int> {
 
 // ---- the exported stat family ------------------------------------------------------------
 
-#[no_mangle]
-pub unsafe extern "C" fn stat(p: *const c_char, b: *mut libc::stat) -> c_int {
-    trace("stat", p);
-    fstatat_impl(libc::AT_FDCWD, p, b, 0).unwrap_or_else(|| real::stat(p, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn stat64(p: *const c_char, b: *mut libc::stat) -> c_int {
-    trace("stat64", p);
-    fstatat_impl(libc::AT_FDCWD, p, b, 0).unwrap_or_else(|| real::stat(p, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn lstat(p: *const c_char, b: *mut libc::stat) -> c_int {
-    trace("lstat", p);
-    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW)
-        .unwrap_or_else(|| real::lstat(p, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn lstat64(p: *const c_char, b: *mut libc::stat) -> c_int {
-    trace("lstat64", p);
-    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW)
-        .unwrap_or_else(|| real::lstat(p, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn fstat(fd: c_int, b: *mut libc::stat) -> c_int {
-    fstat_impl(fd, b).unwrap_or_else(|| real::fstat(fd, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn fstat64(fd: c_int, b: *mut libc::stat) -> c_int {
-    fstat_impl(fd, b).unwrap_or_else(|| real::fstat(fd, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn fstatat(
-    d: c_int,
-    p: *const c_char,
-    b: *mut libc::stat,
-    f: c_int,
-) -> c_int {
-    trace("fstatat", p);
-    fstatat_impl(d, p, b, f).unwrap_or_else(|| real::fstatat(d, p, b, f))
-}
-#[no_mangle]
-pub unsafe extern "C" fn fstatat64(
-    d: c_int,
-    p: *const c_char,
-    b: *mut libc::stat,
-    f: c_int,
-) -> c_int {
-    trace("fstatat64", p);
-    fstatat_impl(d, p, b, f).unwrap_or_else(|| real::fstatat(d, p, b, f))
-}
-#[no_mangle]
-pub unsafe extern "C" fn __xstat(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int {
-    trace("__xstat", p);
-    fstatat_impl(libc::AT_FDCWD, p, b, 0).unwrap_or_else(|| real::stat(p, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn __xstat64(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int {
-    trace("__xstat64", p);
-    fstatat_impl(libc::AT_FDCWD, p, b, 0).unwrap_or_else(|| real::stat(p, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn __lxstat(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int {
-    trace("__lxstat", p);
-    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW)
-        .unwrap_or_else(|| real::lstat(p, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn __lxstat64(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int {
-    trace("__lxstat64", p);
-    fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW)
-        .unwrap_or_else(|| real::lstat(p, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn __fxstat(_v: c_int, fd: c_int, b: *mut libc::stat) -> c_int {
-    fstat_impl(fd, b).unwrap_or_else(|| real::fstat(fd, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn __fxstat64(_v: c_int, fd: c_int, b: *mut libc::stat) -> c_int {
-    fstat_impl(fd, b).unwrap_or_else(|| real::fstat(fd, b))
-}
-#[no_mangle]
-pub unsafe extern "C" fn __fxstatat(
-    _v: c_int,
-    d: c_int,
-    p: *const c_char,
-    b: *mut libc::stat,
-    f: c_int,
-) -> c_int {
-    trace("__fxstatat", p);
-    fstatat_impl(d, p, b, f).unwrap_or_else(|| real::fstatat(d, p, b, f))
-}
-#[no_mangle]
-pub unsafe extern "C" fn __fxstatat64(
-    _v: c_int,
-    d: c_int,
-    p: *const c_char,
-    b: *mut libc::stat,
-    f: c_int,
-) -> c_int {
-    trace("__fxstatat64", p);
-    fstatat_impl(d, p, b, f).unwrap_or_else(|| real::fstatat(d, p, b, f))
-}
-#[no_mangle]
-pub unsafe extern "C" fn statx(
-    d: c_int,
-    p: *const c_char,
-    f: c_int,
-    m: c_uint,
-    b: *mut libc::statx,
-) -> c_int {
-    trace("statx", p);
-    statx_impl(d, p, f, m, b).unwrap_or_else(|| real::statx(d, p, f, m, b))
+hooks! {
+    fn stat(p: *const c_char, b: *mut libc::stat) -> c_int, trace p
+        => fstatat_impl(libc::AT_FDCWD, p, b, 0), else real::stat(p, b);
+    fn stat64(p: *const c_char, b: *mut libc::stat) -> c_int, trace p
+        => fstatat_impl(libc::AT_FDCWD, p, b, 0), else real::stat(p, b);
+    fn lstat(p: *const c_char, b: *mut libc::stat) -> c_int, trace p
+        => fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW), else real::lstat(p, b);
+    fn lstat64(p: *const c_char, b: *mut libc::stat) -> c_int, trace p
+        => fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW), else real::lstat(p, b);
+    fn fstat(fd: c_int, b: *mut libc::stat) -> c_int
+        => fstat_impl(fd, b), else real::fstat(fd, b);
+    fn fstat64(fd: c_int, b: *mut libc::stat) -> c_int
+        => fstat_impl(fd, b), else real::fstat(fd, b);
+    fn fstatat(d: c_int, p: *const c_char, b: *mut libc::stat, f: c_int) -> c_int, trace p
+        => fstatat_impl(d, p, b, f), else real::fstatat(d, p, b, f);
+    fn fstatat64(d: c_int, p: *const c_char, b: *mut libc::stat, f: c_int) -> c_int, trace p
+        => fstatat_impl(d, p, b, f), else real::fstatat(d, p, b, f);
+    fn __xstat(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int, trace p
+        => fstatat_impl(libc::AT_FDCWD, p, b, 0), else real::stat(p, b);
+    fn __xstat64(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int, trace p
+        => fstatat_impl(libc::AT_FDCWD, p, b, 0), else real::stat(p, b);
+    fn __lxstat(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int, trace p
+        => fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW), else real::lstat(p, b);
+    fn __lxstat64(_v: c_int, p: *const c_char, b: *mut libc::stat) -> c_int, trace p
+        => fstatat_impl(libc::AT_FDCWD, p, b, libc::AT_SYMLINK_NOFOLLOW), else real::lstat(p, b);
+    fn __fxstat(_v: c_int, fd: c_int, b: *mut libc::stat) -> c_int
+        => fstat_impl(fd, b), else real::fstat(fd, b);
+    fn __fxstat64(_v: c_int, fd: c_int, b: *mut libc::stat) -> c_int
+        => fstat_impl(fd, b), else real::fstat(fd, b);
+    fn __fxstatat(_v: c_int, d: c_int, p: *const c_char, b: *mut libc::stat, f: c_int) -> c_int, trace p
+        => fstatat_impl(d, p, b, f), else real::fstatat(d, p, b, f);
+    fn __fxstatat64(_v: c_int, d: c_int, p: *const c_char, b: *mut libc::stat, f: c_int) -> c_int, trace p
+        => fstatat_impl(d, p, b, f), else real::fstatat(d, p, b, f);
+    fn statx(d: c_int, p: *const c_char, f: c_int, m: c_uint, b: *mut libc::statx) -> c_int, trace p
+        => statx_impl(d, p, f, m, b), else real::statx(d, p, f, m, b);
+    fn access(p: *const c_char, mode: c_int) -> c_int, trace p
+        => access_impl(libc::AT_FDCWD, p, mode, 0), else real::access(p, mode);
+    fn faccessat(d: c_int, p: *const c_char, mode: c_int, f: c_int) -> c_int, trace p
+        => access_impl(d, p, mode, f), else real::faccessat(d, p, mode, f);
+    fn euidaccess(p: *const c_char, mode: c_int) -> c_int, trace p
+        => access_impl(libc::AT_FDCWD, p, mode, libc::AT_EACCESS), else real::euidaccess(p, mode);
+    fn eaccess(p: *const c_char, mode: c_int) -> c_int, trace p
+        => access_impl(libc::AT_FDCWD, p, mode, libc::AT_EACCESS), else real::euidaccess(p, mode);
+    fn readlink(p: *const c_char, buf: *mut c_char, n: size_t) -> ssize_t, trace p
+        => readlinkat_impl(libc::AT_FDCWD, p, buf, n), else real::readlink(p, buf, n);
+    fn readlinkat(d: c_int, p: *const c_char, buf: *mut c_char, n: size_t) -> ssize_t, trace p
+        => readlinkat_impl(d, p, buf, n), else real::readlinkat(d, p, buf, n);
+    fn getxattr(p: *const c_char, name: *const c_char, v: *mut c_void, s: size_t) -> ssize_t, trace p
+        => xattr_impl(p, true, false, &|q| real::getxattr(q.as_ptr(), name, v, s)), else real::getxattr(p, name, v, s);
+    fn lgetxattr(p: *const c_char, name: *const c_char, v: *mut c_void, s: size_t) -> ssize_t, trace p
+        => xattr_impl(p, false, false, &|q| { real::lgetxattr(q.as_ptr(), name, v, s) }), else real::lgetxattr(p, name, v, s);
+    fn listxattr(p: *const c_char, l: *mut c_char, s: size_t) -> ssize_t, trace p
+        => xattr_impl(p, true, true, &|q| real::listxattr(q.as_ptr(), l, s)), else real::listxattr(p, l, s);
+    fn llistxattr(p: *const c_char, l: *mut c_char, s: size_t) -> ssize_t, trace p
+        => xattr_impl(p, false, true, &|q| real::llistxattr(q.as_ptr(), l, s)), else real::llistxattr(p, l, s);
 }
 
 // ---- access ------------------------------------------------------------------------------
@@ -307,29 +250,6 @@ pub(crate) fn access_impl(
             }
         }
     })
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn access(p: *const c_char, mode: c_int) -> c_int {
-    trace("access", p);
-    access_impl(libc::AT_FDCWD, p, mode, 0).unwrap_or_else(|| real::access(p, mode))
-}
-#[no_mangle]
-pub unsafe extern "C" fn faccessat(d: c_int, p: *const c_char, mode: c_int, f: c_int) -> c_int {
-    trace("faccessat", p);
-    access_impl(d, p, mode, f).unwrap_or_else(|| real::faccessat(d, p, mode, f))
-}
-#[no_mangle]
-pub unsafe extern "C" fn euidaccess(p: *const c_char, mode: c_int) -> c_int {
-    trace("euidaccess", p);
-    access_impl(libc::AT_FDCWD, p, mode, libc::AT_EACCESS)
-        .unwrap_or_else(|| real::euidaccess(p, mode))
-}
-#[no_mangle]
-pub unsafe extern "C" fn eaccess(p: *const c_char, mode: c_int) -> c_int {
-    trace("eaccess", p);
-    access_impl(libc::AT_FDCWD, p, mode, libc::AT_EACCESS)
-        .unwrap_or_else(|| real::euidaccess(p, mode))
 }
 
 // ---- readlink ------------------------------------------------------------------------------
@@ -411,22 +331,6 @@ pub(crate) fn readlinkat_impl(
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn readlink(p: *const c_char, buf: *mut c_char, n: size_t) -> ssize_t {
-    trace("readlink", p);
-    readlinkat_impl(libc::AT_FDCWD, p, buf, n).unwrap_or_else(|| real::readlink(p, buf, n))
-}
-#[no_mangle]
-pub unsafe extern "C" fn readlinkat(
-    d: c_int,
-    p: *const c_char,
-    buf: *mut c_char,
-    n: size_t,
-) -> ssize_t {
-    trace("readlinkat", p);
-    readlinkat_impl(d, p, buf, n).unwrap_or_else(|| real::readlinkat(d, p, buf, n))
-}
-
 // ---- xattrs: virtual entries have none ----------------------------------------------------
 
 /// Virtual entries have no xattrs; a file written during the run (upper layer) or reached
@@ -453,59 +357,14 @@ fn xattr_impl(
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn getxattr(
-    p: *const c_char,
-    name: *const c_char,
-    v: *mut c_void,
-    s: size_t,
-) -> ssize_t {
-    trace("getxattr", p);
-    xattr_impl(p, true, false, &|q| real::getxattr(q.as_ptr(), name, v, s))
-        .unwrap_or_else(|| real::getxattr(p, name, v, s))
+/// A view fd (file or directory) has no extended attributes.
+fn view_fd(fd: c_int) -> bool {
+    matches!(fdtab::get(fd), Some(Tag::File { .. } | Tag::Dir { .. }))
 }
-#[no_mangle]
-pub unsafe extern "C" fn lgetxattr(
-    p: *const c_char,
-    name: *const c_char,
-    v: *mut c_void,
-    s: size_t,
-) -> ssize_t {
-    trace("lgetxattr", p);
-    xattr_impl(p, false, false, &|q| {
-        real::lgetxattr(q.as_ptr(), name, v, s)
-    })
-    .unwrap_or_else(|| real::lgetxattr(p, name, v, s))
-}
-#[no_mangle]
-pub unsafe extern "C" fn fgetxattr(
-    fd: c_int,
-    name: *const c_char,
-    v: *mut c_void,
-    s: size_t,
-) -> ssize_t {
-    if matches!(fdtab::get(fd), Some(Tag::File { .. } | Tag::Dir { .. })) {
-        real::set_errno(libc::ENODATA);
-        return -1;
-    }
-    real::fgetxattr(fd, name, v, s)
-}
-#[no_mangle]
-pub unsafe extern "C" fn listxattr(p: *const c_char, l: *mut c_char, s: size_t) -> ssize_t {
-    trace("listxattr", p);
-    xattr_impl(p, true, true, &|q| real::listxattr(q.as_ptr(), l, s))
-        .unwrap_or_else(|| real::listxattr(p, l, s))
-}
-#[no_mangle]
-pub unsafe extern "C" fn llistxattr(p: *const c_char, l: *mut c_char, s: size_t) -> ssize_t {
-    trace("llistxattr", p);
-    xattr_impl(p, false, true, &|q| real::llistxattr(q.as_ptr(), l, s))
-        .unwrap_or_else(|| real::llistxattr(p, l, s))
-}
-#[no_mangle]
-pub unsafe extern "C" fn flistxattr(fd: c_int, l: *mut c_char, s: size_t) -> ssize_t {
-    if matches!(fdtab::get(fd), Some(Tag::File { .. } | Tag::Dir { .. })) {
-        return 0;
-    }
-    real::flistxattr(fd, l, s)
+
+hooks! {
+    fn fgetxattr(fd: c_int, name: *const c_char, v: *mut c_void, s: size_t) -> ssize_t
+        => if view_fd(fd) { fail(libc::ENODATA) } else { None }, else real::fgetxattr(fd, name, v, s);
+    fn flistxattr(fd: c_int, l: *mut c_char, s: size_t) -> ssize_t
+        => view_fd(fd).then_some(0), else real::flistxattr(fd, l, s);
 }

@@ -178,19 +178,9 @@ fn real_dir_exists(p: &[u8]) -> bool {
     }
 }
 
-/// What the mirror says about a path.
-// The symlink target lives inline on purpose: hooks do not allocate.
-#[allow(clippy::large_enum_variant)]
-pub enum Mirror {
-    Nothing,
-    Whiteout,
-    /// A directory (merged with the manifest's directory if there is one).
-    Dir,
-    /// A symlink with this target.
-    Symlink(PBuf),
-    /// A regular file (or anything else): the real upper path serves it.
-    Other,
-}
+/// What the mirror says about a path (the symlink target lives inline on purpose: hooks do
+/// not allocate).
+pub use vrift_shim_core::resolve::Mirror;
 
 /// Inspects `<mirror>/virt` with one `lstat` (plus a `readlink` for symlinks). Below a
 /// write-through root, the whiteout location first, then the real path.

@@ -10,20 +10,9 @@ use crate::mf::Entry;
 use crate::path::{self, PBuf};
 use crate::state::State;
 use crate::upper::{self, Mirror};
+use vrift_shim_core::resolve;
 
-/// Where a resolved path lives.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Node {
-    /// A manifest entry (never a whiteout): `layer` into `State::layers`, entry index.
-    V { layer: usize, idx: usize },
-    /// A real file or directory in the upper mirror (directories here are not in any
-    /// manifest; merged ones resolve to `V`).
-    Upper,
-    /// Does not exist in the view (deleted, or below a non-directory): this errno.
-    Gone(i32),
-    /// Not ours: the real filesystem answers, at [`Resolved::path`].
-    Real,
-}
+pub use vrift_shim_core::resolve::Node;
 
 pub struct Resolved<'p> {
     pub node: Node,
@@ -75,124 +64,55 @@ pub fn entry_abs_into(st: &State, li: usize, e: &Entry<'_>, p: &mut PBuf) -> Opt
     Some(())
 }
 
-/// Resolves `abs` (absolute, normalized). `follow`: follow a symlink in the last component.
-pub fn resolve<'p>(st: &State, cur: &'p mut PBuf, follow: bool) -> Resolved<'p> {
-    let mut moved = false;
-    for _ in 0..40 {
-        if !st.in_view(cur.as_bytes()) {
-            return Resolved {
-                node: Node::Real,
-                path: cur,
-                moved,
-            };
-        }
-        let mut upper_dir = false;
-        if let Some(up) = &st.upper {
-            if up.flagged(cur.as_bytes()) {
-                match upper::probe(up, cur.as_bytes()) {
-                    Mirror::Nothing => {}
-                    Mirror::Whiteout => {
-                        return Resolved {
-                            node: Node::Gone(libc::ENOENT),
-                            path: cur,
-                            moved,
-                        }
-                    }
-                    Mirror::Dir => upper_dir = true,
-                    Mirror::Other => {
-                        return Resolved {
-                            node: Node::Upper,
-                            path: cur,
-                            moved,
-                        }
-                    }
-                    Mirror::Symlink(t) => {
-                        if !follow {
-                            return Resolved {
-                                node: Node::Upper,
-                                path: cur,
-                                moved,
-                            };
-                        }
-                        match path::join(path::parent(cur.as_bytes()), t.as_bytes()) {
-                            Some(n) => {
-                                *cur = n;
-                                moved = true;
-                                continue;
-                            }
-                            None => break,
-                        }
-                    }
-                }
-            }
-        }
-        match lookup_layers(st, cur.as_bytes()) {
-            Lk::Found(li, e) if e.kind() == Kind::Symlink && follow && !upper_dir => {
-                match path::join(path::parent(cur.as_bytes()), e.target()) {
-                    Some(n) => {
-                        *cur = n;
-                        moved = true;
-                    }
-                    None => break,
-                }
-                let _ = li;
-            }
-            Lk::Found(li, e) => {
-                let node = if upper_dir && !e.is_dir() {
-                    Node::Upper
-                } else {
-                    Node::V {
-                        layer: li,
-                        idx: e.index(),
-                    }
-                };
-                return Resolved {
-                    node,
-                    path: cur,
-                    moved,
-                };
-            }
-            Lk::ViaSymlink(li, a) => {
-                // Replace the symlink's prefix of `cur` by its target and go on.
-                let Some(link_abs) = entry_abs(st, li, &a) else {
-                    break;
-                };
-                let rest = &cur.as_bytes()[link_abs.len().min(cur.len())..];
-                let Some(mut n) = path::join(path::parent(link_abs.as_bytes()), a.target()) else {
-                    break;
-                };
-                if n.as_bytes() == b"/" {
-                    n.clear();
-                }
-                if n.push(rest).is_none() {
-                    break;
-                }
-                n.finish();
-                *cur = n;
-                moved = true;
-            }
-            Lk::Hidden(e) => {
-                return Resolved {
-                    node: if upper_dir {
-                        Node::Upper
-                    } else {
-                        Node::Gone(e)
-                    },
-                    path: cur,
-                    moved,
-                }
-            }
-            Lk::Absent => {
-                return Resolved {
-                    node: if upper_dir { Node::Upper } else { Node::Real },
-                    path: cur,
-                    moved,
-                }
-            }
+/// The facts the resolution loop (`vrift_shim_core::resolve`, unit-tested there) needs, from
+/// the upper layer and the manifests.
+struct Facts<'s>(&'s State);
+
+impl resolve::View for Facts<'_> {
+    fn in_view(&self, abs: &[u8]) -> bool {
+        self.0.in_view(abs)
+    }
+
+    fn mirror(&self, abs: &[u8]) -> Mirror {
+        match &self.0.upper {
+            Some(up) if up.flagged(abs) => upper::probe(up, abs),
+            _ => Mirror::Nothing,
         }
     }
+
+    fn look(&self, abs: &[u8]) -> resolve::Look<'_> {
+        match lookup_layers(self.0, abs) {
+            Lk::Found(li, e) => resolve::Look::Found {
+                layer: li,
+                idx: e.index(),
+                dir: e.is_dir(),
+                link: (e.kind() == Kind::Symlink).then(|| e.target()),
+            },
+            Lk::ViaSymlink(li, a) => match entry_abs(self.0, li, &a) {
+                Some(at) => resolve::Look::ViaLink {
+                    at,
+                    target: a.target(),
+                },
+                None => resolve::Look::Hidden(libc::ENAMETOOLONG),
+            },
+            Lk::Hidden(e) => resolve::Look::Hidden(e),
+            Lk::Absent => resolve::Look::Absent,
+        }
+    }
+}
+
+const _: () = assert!(
+    resolve::ENOENT == libc::ENOENT
+        && resolve::ENOTDIR == libc::ENOTDIR
+        && resolve::ELOOP == libc::ELOOP
+);
+
+/// Resolves `cur` (absolute, normalized) in place. `follow`: follow a symlink in the last
+/// component.
+pub fn resolve<'p>(st: &State, cur: &'p mut PBuf, follow: bool) -> Resolved<'p> {
+    let (node, moved) = resolve::resolve(&Facts(st), cur, follow);
     Resolved {
-        node: Node::Gone(libc::ELOOP),
+        node,
         path: cur,
         moved,
     }
