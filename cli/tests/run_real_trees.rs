@@ -697,6 +697,91 @@ fn static_programs_see_the_view_and_their_writes_stay_in_the_run() {
     );
 }
 
+/// A filter like Docker's default seccomp profile: `unshare` and a `clone` that asks for a
+/// new namespace fail with `EPERM` (`clone3` with `ENOSYS`, so libc falls back to `clone`),
+/// then the rest of the arguments are executed.
+const NO_NAMESPACES_C: &str = r#"#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#define NS (CLONE_NEWNS | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
+int main(int argc, char **argv) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_unshare, 5, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 6, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 4),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, NS, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+    };
+    struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+    if (argc < 2 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+        perror("seccomp");
+        return 125;
+    }
+    execvp(argv[1], argv + 1);
+    perror(argv[1]);
+    return 127;
+}
+"#;
+
+/// Where namespaces are forbidden (a container's seccomp profile), a static program that
+/// touches the view is not run blind: the command stops with one line naming the program and
+/// `--isolate` (exit 126), while the dynamic programs of the same run are served as usual.
+#[test]
+fn static_programs_without_namespaces_stop_with_one_line() {
+    let bb = std::path::Path::new("/bin/busybox");
+    let Some(()) = need(bb.exists() && have("gcc"), "busybox-static and gcc") else {
+        return;
+    };
+    let env = Env::new();
+    let m = static_tree(&env);
+    std::fs::write(env.path("nons.c"), NO_NAMESPACES_C).unwrap();
+    compile_c(&env.path("nons.c"), &env.path("nons"));
+    // The filter works: no namespace can be made under it.
+    let o = Command::new(env.path("nons"))
+        .args(["unshare", "--mount", "true"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "unshare worked under the filter");
+    let o = output_within(
+        Command::new(env.path("nons"))
+            .arg(vrift_bin())
+            .arg("--the-source-root")
+            .arg(env.store())
+            .args(["run", "--manifest"])
+            .arg(&m)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "cat v/a.txt; exec /bin/busybox cat v/sub/b.txt",
+            ])
+            .env_remove("VRIFT_MANIFESTS")
+            .current_dir(env.root()),
+        120,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "alpha\n", "{err}");
+    assert_eq!(o.status.code(), Some(126), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("busybox")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("statically linked") && lines[0].contains("vrift run --isolate"),
+        "{err}"
+    );
+}
+
 /// The same as an ordinary user (`nobody`): the program runs in a user namespace of its own
 /// (mapped to the user's own uid), and its writes still land in the run.
 #[test]
