@@ -3,10 +3,8 @@
 mod args;
 mod commands;
 mod format;
-mod isolate;
 mod metrics_export;
 mod progress;
-mod signals;
 mod store_stats;
 
 use std::path::PathBuf;
@@ -46,9 +44,9 @@ fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args
         .get(1)
-        .is_some_and(|a| a == isolate::static_exec::SUBCOMMAND)
+        .is_some_and(|a| a == vrift_run::isolate::static_exec::SUBCOMMAND)
     {
-        isolate::static_exec::main(&args[2..]);
+        commands::run::exec_static(&args[2..]);
     }
     let cli = Cli::parse();
     let g = Globals {
@@ -63,7 +61,7 @@ fn main() -> ExitCode {
         Command::Init(a) => commands::init::run(&g, a),
         Command::Checkout(a) => commands::checkout::run(&g, a),
         Command::Status(a) => commands::status::run(&g, a),
-        Command::Gc(a) if a.farms => isolate::gc::run(&g, a),
+        Command::Gc(a) if a.farms => commands::gc_farms::run(&g, a),
         Command::Gc(a) => commands::gc::run(&g, a),
         Command::Forget(a) => commands::gc::forget(&g, a),
         Command::Doctor(a) => commands::doctor::run(&g, a),

@@ -6,6 +6,38 @@
 
 extern crate alloc;
 
+/// The environment contract between `vrift run` (the `vrift-run` crate, which sets these) and
+/// the shim (which reads them in every process and keeps them in children): one definition
+/// of every name.
+pub mod env {
+    /// `:`-separated manifest files to project, bottom first.
+    pub const MANIFESTS: &str = "VRIFT_MANIFESTS";
+    /// The store whose blobs serve the files.
+    pub const STORE: &str = "VRIFT_STORE";
+    /// The run's upper layer (writes, whiteouts, the shared state table).
+    pub const UPPER: &str = "VRIFT_UPPER";
+    /// `:`-separated roots whose writes land in the real tree (a project run).
+    pub const THROUGH: &str = "VRIFT_THROUGH";
+    /// `1` when every blob of the store is sealed: an unsealed one is damaged.
+    pub const SEALED: &str = "VRIFT_SEALED";
+    /// The `vrift` binary, which runs static programs on the view (`__exec-static`).
+    pub const BIN: &str = "VRIFT_BIN";
+    /// A file every process of the run appends its report line to.
+    pub const REPORT: &str = "VRIFT_REPORT";
+    /// Trace every hook call on stderr.
+    pub const TRACE: &str = "VRIFT_TRACE";
+    /// The virtual path of a program executed from its blob (`/proc/self/exe` answers it).
+    pub const EXE: &str = "VRIFT_EXE";
+    /// The pid of `vrift run`: only its direct child keeps it, and dies without it.
+    pub const PARENT: &str = "VRIFT_PARENT";
+    /// Where `vrift run` finds the shim library, instead of beside its binary.
+    pub const SHIM: &str = "VRIFT_SHIM";
+    /// The store for the shim when `VRIFT_STORE` is unset (the usage guide's name).
+    pub const THE_SOURCE: &str = "VR_THE_SOURCE";
+    /// What children inherit: every variable the shim needs in the next process.
+    pub const PASS_ON: [&str; 8] = [REPORT, MANIFESTS, STORE, UPPER, TRACE, SEALED, THROUGH, BIN];
+}
+
 /// The fd a `/proc/self/fd/N`, `/proc/thread-self/fd/N`, `/proc/<our pid>/fd/N` or
 /// `/dev/fd/N` path names (opening it reopens fd `N`'s file), else `None`.
 pub fn proc_fd(raw: &[u8], pid: u32) -> Option<i32> {

@@ -17,9 +17,10 @@
 use libc::{c_char, c_int, c_void, pid_t};
 
 use crate::path::{self, cbytes, PBuf};
-use crate::state::{State, ENV_EXE};
+use crate::state::State;
 use crate::vfs::{self, Node};
 use crate::{abs_of, guarded, real, trace};
+use vrift_shim_core::env::EXE as ENV_EXE;
 
 extern "C" {
     static environ: *const *const c_char;

@@ -353,7 +353,7 @@ extern "C" fn vrift_shim_ctor() {
 /// as its parent, is that child after the launcher died (between `exec` and this
 /// constructor: a `kill -9` in that window left the command running) and dies too.
 fn die_with_launcher() {
-    let Some(v) = std::env::var_os("VRIFT_PARENT") else {
+    let Some(v) = std::env::var_os(vrift_shim_core::env::PARENT) else {
         return;
     };
     let Some(pp) = v.to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else {

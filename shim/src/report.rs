@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::real;
 
-pub const ENV_REPORT: &str = "VRIFT_REPORT";
+pub use vrift_shim_core::env::REPORT as ENV_REPORT;
 
 static FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -144,7 +144,7 @@ extern "C" fn at_exit() {
 
 /// The program's path as the user knows it: the virtual path of a program run from the view.
 fn exe() -> Vec<u8> {
-    if let Some(v) = std::env::var_os(crate::state::ENV_EXE) {
+    if let Some(v) = std::env::var_os(vrift_shim_core::env::EXE) {
         return std::os::unix::ffi::OsStringExt::into_vec(v);
     }
     let mut buf = [0u8; 4096];

@@ -7,28 +7,12 @@ use crate::mf::Mf;
 use crate::path::{self, PBuf};
 use crate::upper::Upper;
 
-/// Environment variables `vrift run` sets (and the shim keeps in children).
-pub const ENV_MANIFESTS: &str = "VRIFT_MANIFESTS";
-pub const ENV_STORE: &str = "VRIFT_STORE";
-pub const ENV_UPPER: &str = "VRIFT_UPPER";
-pub const ENV_TRACE: &str = "VRIFT_TRACE";
-pub const ENV_EXE: &str = "VRIFT_EXE";
-/// Set by `vrift run` when every blob of the store is sealed: an unsealed one is damaged.
-pub const ENV_SEALED: &str = "VRIFT_SEALED";
-/// Set by `vrift run` for a project run: roots whose writes land in the real tree.
-pub const ENV_THROUGH: &str = "VRIFT_THROUGH";
-/// Set by `vrift run`: the `vrift` binary, which runs static programs on the view.
-pub const ENV_BIN: &str = "VRIFT_BIN";
-const PASS_ON: [&str; 8] = [
-    crate::report::ENV_REPORT,
-    ENV_MANIFESTS,
-    ENV_STORE,
-    ENV_UPPER,
-    ENV_TRACE,
-    ENV_SEALED,
-    ENV_THROUGH,
-    ENV_BIN,
-];
+/// Environment variables `vrift run` sets (and the shim keeps in children): the one
+/// definition is `vrift_shim_core::env`.
+use vrift_shim_core::env::{
+    BIN as ENV_BIN, EXE as ENV_EXE, MANIFESTS as ENV_MANIFESTS, PASS_ON, SEALED as ENV_SEALED,
+    STORE as ENV_STORE, THE_SOURCE, THROUGH as ENV_THROUGH, TRACE as ENV_TRACE, UPPER as ENV_UPPER,
+};
 
 pub struct Layer {
     pub m: Mf,
@@ -158,7 +142,7 @@ fn load() -> Option<State> {
         return None;
     }
     let store = env(ENV_STORE).or_else(|| {
-        env("VR_THE_SOURCE").or_else(|| {
+        env(THE_SOURCE).or_else(|| {
             env("HOME").map(|mut h| {
                 h.extend_from_slice(b"/.vrift/the_source");
                 h

@@ -2,6 +2,7 @@ pub mod checkout;
 pub mod clean;
 pub mod doctor;
 pub mod gc;
+pub mod gc_farms;
 pub mod ingest;
 pub mod init;
 pub mod registry;

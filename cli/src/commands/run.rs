@@ -1,5 +1,6 @@
 //! `vrift run [--manifest M]... [--isolate] [--base B]... -- CMD...`: run CMD with the
 //! `LD_PRELOAD` shim (`libvrift_shim.so`, see `shim/README.md`) serving the manifests' trees.
+//! This module chooses the manifests; `vrift_run` runs the command on them.
 //!
 //! * Manifests: `--base` layers first, then `--manifest` layers (later ones win). With
 //!   none: `./vrift.manifest`, else a transient ingest of the current directory (filters
@@ -12,17 +13,16 @@
 //! * `vrift run` exits with CMD's status (or re-raises the signal that killed it) and
 //!   forwards SIGTERM, SIGHUP, SIGUSR1/2, SIGWINCH and user-sent SIGINT/SIGQUIT to it.
 
-use std::ffi::{CString, OsString};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::OpenOptionsExt;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use vrift_manifest::Manifest;
 use vrift_pipeline::{ingest, Counters, IngestOptions};
+use vrift_run::launcher::{absolute, temp_dir, Launch, TempDir};
+use vrift_run::{signals, RunError};
 
 use crate::commands::init::{read_filter, MANIFEST_FILE};
 use crate::{Globals, Outcome};
@@ -69,259 +69,6 @@ pub enum NetworkArg {
     Host,
 }
 
-/// Environment variables shared with the shim (see shim/src/state.rs).
-pub mod env_names {
-    pub const MANIFESTS: &str = "VRIFT_MANIFESTS";
-    pub const STORE: &str = "VRIFT_STORE";
-    pub const UPPER: &str = "VRIFT_UPPER";
-    pub const REPORT: &str = "VRIFT_REPORT";
-    pub const SEALED: &str = "VRIFT_SEALED";
-    pub const THROUGH: &str = "VRIFT_THROUGH";
-    pub const SHIM: &str = "VRIFT_SHIM";
-    /// This `vrift` binary: the shim runs static programs through it (`__exec-static`).
-    pub const BIN: &str = "VRIFT_BIN";
-}
-use env_names::{
-    MANIFESTS as ENV_MANIFESTS, REPORT as ENV_REPORT, SEALED as ENV_SEALED, SHIM as ENV_SHIM,
-    STORE as ENV_STORE, THROUGH as ENV_THROUGH, UPPER as ENV_UPPER,
-};
-const SHIM_FILE: &str = "libvrift_shim.so";
-
-/// Where the shim library is: `VRIFT_SHIM`, else beside the running `vrift`.
-pub fn find_shim() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os(ENV_SHIM).filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            bail!("{ENV_SHIM}={}: no such file", p.display());
-        }
-        return absolute(&p);
-    }
-    let exe = std::env::current_exe().context("cannot locate the vrift binary")?;
-    let dir = exe.parent().unwrap_or(Path::new("."));
-    let p = dir.join(SHIM_FILE);
-    if p.is_file() {
-        return Ok(p);
-    }
-    // `cargo test` runs the binary from target/<profile>/; the library sits there too, but
-    // an installed vrift may keep it in ../lib.
-    let lib = dir.join("../lib").join(SHIM_FILE);
-    if lib.is_file() {
-        return absolute(&lib);
-    }
-    bail!(
-        "shim library {SHIM_FILE} not found next to {} (build the workspace: `cargo build --release`), or set {ENV_SHIM}",
-        exe.display()
-    )
-}
-
-fn absolute(p: &Path) -> Result<PathBuf> {
-    std::fs::canonicalize(p).with_context(|| format!("{}: cannot resolve path", p.display()))
-}
-
-/// Removes its directory on drop.
-struct TempDir(Option<PathBuf>);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = make_writable_and_remove(&p);
-        }
-    }
-}
-
-fn make_writable_and_remove(p: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(p) {
-        Ok(()) => Ok(()),
-        Err(_) => {
-            // Read-only directories inside (a program chmod'ed them): open them up and retry.
-            for e in walk_dirs(p) {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(&e, std::fs::Permissions::from_mode(0o700));
-            }
-            std::fs::remove_dir_all(p)
-        }
-    }
-}
-
-fn walk_dirs(p: &Path) -> Vec<PathBuf> {
-    let mut out = vec![p.to_path_buf()];
-    let mut i = 0;
-    while i < out.len() {
-        if let Ok(rd) = std::fs::read_dir(&out[i]) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    out.push(e.path());
-                }
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-/// A fresh directory under `base` (default: the system temp dir).
-fn temp_dir_in(base: &Path, what: &str) -> Result<PathBuf> {
-    let base = base.to_path_buf();
-    for n in 0..1000u32 {
-        let p = base.join(format!("vrift-{what}-{}-{n}", std::process::id()));
-        match std::fs::create_dir(&p) {
-            Ok(()) => return Ok(p),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot create {}", p.display())),
-        }
-    }
-    bail!("cannot create a temporary directory in {}", base.display())
-}
-
-/// A sealed in-memory copy of the manifest at `p` (no one can shrink, grow or write it),
-/// reached by the run's processes as `/proc/<launcher>/fd/N`: for a store that cannot hold
-/// the copy of [`view_copy`].
-fn sealed_copy(p: &Path) -> Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    let mut src = std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
-    // SAFETY: a NUL-terminated name; the returned fd is ours.
-    let fd = unsafe {
-        libc::memfd_create(
-            c"vrift-manifest".as_ptr(),
-            libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("memfd_create");
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let mut dst = std::fs::File::from(fd.try_clone()?);
-    std::io::copy(&mut src, &mut dst).with_context(|| format!("cannot copy {}", p.display()))?;
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
-    // SAFETY: fcntl on our own fd.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("sealing a manifest copy");
-    }
-    Ok(fd)
-}
-
-/// Makes the upper layer's `state` file with its blocks allocated (see
-/// `vrift_shim_core::upper_state`): on a full tmpfs this fails here, and another place is
-/// tried, instead of SIGBUS in the user's program at its first write.
-fn upper_state(dir: &Path) -> std::io::Result<()> {
-    use vrift_shim_core::upper_state::{BYTES, FILE};
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(dir.join(FILE))?;
-    if f.metadata()?.len() >= BYTES as u64 {
-        return Ok(());
-    }
-    // SAFETY: a valid fd we own.
-    match unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, BYTES as libc::off_t) } {
-        0 => Ok(()),
-        e => Err(std::io::Error::from_raw_os_error(e)),
-    }
-}
-
-/// A fresh upper directory in `base`, state file allocated; removed again if there is no room.
-fn upper_in(base: &Path) -> Result<PathBuf> {
-    let d = temp_dir_in(base, "upper")?;
-    if let Err(e) = upper_state(&d) {
-        let _ = std::fs::remove_dir_all(&d);
-        return Err(e).with_context(|| format!("no room for an upper layer in {}", base.display()));
-    }
-    Ok(d)
-}
-
-fn temp_dir(what: &str) -> Result<PathBuf> {
-    temp_dir_in(&std::env::temp_dir(), what)
-}
-
-/// Removes the throwaway layers of `vrift run`s that were killed (`vrift-upper-<pid>-<n>` whose
-/// pid is gone) from the places `temp_upper` uses.
-fn sweep_dead_uppers(store: &Path) {
-    let mut places: Vec<PathBuf> = ["XDG_RUNTIME_DIR", "TMPDIR"]
-        .iter()
-        .filter_map(|k| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
-        .collect();
-    places.extend(["/tmp", "/var/tmp", "/dev/shm"].map(PathBuf::from));
-    if let Some(parent) = store.parent() {
-        places.push(parent.to_path_buf());
-    }
-    for dir in places {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name();
-            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("vrift-upper-")) else {
-                continue;
-            };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-                continue;
-            };
-            // SAFETY: signal 0 only asks whether the process exists.
-            let alive = unsafe { libc::kill(pid, 0) } == 0
-                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-            if !alive {
-                let _ = make_writable_and_remove(&e.path());
-            }
-        }
-    }
-}
-
-/// The device of `p`, or of its nearest existing ancestor (a phantom tree's root may be gone).
-fn device_of(p: &Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    p.ancestors()
-        .find_map(|a| std::fs::metadata(a).ok().map(|m| m.dev()))
-}
-
-/// The throw-away upper layer. On the file system of the projects' roots when one of the
-/// usual scratch places is there (`$XDG_RUNTIME_DIR`, `$TMPDIR`, `/tmp`, `/var/tmp`, the
-/// store's parent): a temp file written beside the project and renamed over a view file (the
-/// atomic save of editors, npm and pip) is then a plain rename. Else `/dev/shm` (removing it
-/// costs next to nothing, which matters for `vrift run` start-up; the shim copies across), else
-/// the system temp dir.
-fn temp_upper(roots: &[PathBuf], store: &Path) -> Result<PathBuf> {
-    sweep_dead_uppers(store);
-    let mut devs: Vec<u64> = roots.iter().filter_map(|r| device_of(r)).collect();
-    devs.sort_unstable();
-    devs.dedup();
-    if let [dev] = devs[..] {
-        let mut candidates: Vec<PathBuf> = ["XDG_RUNTIME_DIR", "TMPDIR"]
-            .iter()
-            .filter_map(|k| {
-                std::env::var_os(k)
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from)
-            })
-            .collect();
-        candidates.extend([PathBuf::from("/tmp"), PathBuf::from("/var/tmp")]);
-        if let Some(parent) = store.parent() {
-            candidates.push(parent.to_path_buf());
-        }
-        for c in candidates {
-            if device_of(&c) == Some(dev) && c.is_dir() {
-                if let Ok(d) = upper_in(&c) {
-                    return Ok(d);
-                }
-            }
-        }
-    }
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(d) = upper_in(shm) {
-            return Ok(d);
-        }
-    }
-    upper_in(&std::env::temp_dir())
-}
-
 /// The manifests to project, bottom first, plus what must be cleaned up afterwards.
 fn manifests(g: &Globals, a: &RunArgs, cleanup: &mut Vec<TempDir>) -> Result<Vec<PathBuf>> {
     let mut list: Vec<PathBuf> = a.base.iter().chain(a.manifest.iter()).cloned().collect();
@@ -347,128 +94,6 @@ fn manifests(g: &Globals, a: &RunArgs, cleanup: &mut Vec<TempDir>) -> Result<Vec
     // Each is validated where it is used: by the link farm (`--isolate`), or as the sealed
     // copy the shim maps (`sealed_manifests`) — once, on the bytes that are then used.
     Ok(out)
-}
-
-/// What the shim maps for each of `list`: a validated private copy (see [`view_copy`]), with
-/// the names joined for `VRIFT_MANIFESTS` and the roots they project. Sealed in-memory copies
-/// (kept open in `fds`) where the store cannot hold one.
-fn view_manifests(
-    store: &Path,
-    list: &[PathBuf],
-) -> Result<(Vec<std::os::fd::OwnedFd>, OsString, Vec<PathBuf>)> {
-    let mut fds = Vec::new();
-    let mut var = OsString::new();
-    let mut roots = Vec::with_capacity(list.len());
-    for (i, p) in list.iter().enumerate() {
-        let (name, root) = match view_copy(store, p) {
-            Ok(c) => c,
-            Err(CopyError::Invalid(e)) => return Err(e),
-            Err(CopyError::Store) => {
-                let fd = sealed_copy(p)?;
-                let name = PathBuf::from(format!(
-                    "/proc/{}/fd/{}",
-                    std::process::id(),
-                    fd.as_raw_fd()
-                ));
-                fds.push(fd);
-                let m = Manifest::open(&name)
-                    .with_context(|| format!("cannot use manifest {}", p.display()))?;
-                let root = PathBuf::from(std::ffi::OsStr::from_bytes(m.root()));
-                (name, root)
-            }
-        };
-        if i > 0 {
-            var.push(":");
-        }
-        var.push(&name);
-        roots.push(root);
-    }
-    Ok((fds, var, roots))
-}
-
-enum CopyError {
-    /// The manifest itself is unusable (unreadable, invalid): the run stops.
-    Invalid(anyhow::Error),
-    /// The store cannot hold the copy (read-only, full): another way is taken.
-    Store,
-}
-
-/// Directory of the shim's manifest copies in the store.
-const VIEW_COPIES: &str = "shim";
-
-/// The shim maps manifests for the whole run, in every process: one rewritten in place
-/// meanwhile (`cp new.vrm m.vrm` truncates the file) would kill them with SIGBUS, and one
-/// changed after validation would be used unvalidated. So it maps a private copy in
-/// `<store>/shim/`, made from the descriptor that was `fstat`ed, validated once, read-only,
-/// renamed into place, and named by the file's identity (path, device, inode, size, mtime,
-/// ctime): the next run of an unchanged manifest reuses it without copying or validating
-/// again (start-up stays flat with the manifest's size), and an edited one gets a new copy
-/// (the previous copy of that path is removed). Returns the copy and the root it projects.
-fn view_copy(store: &Path, p: &Path) -> std::result::Result<(PathBuf, PathBuf), CopyError> {
-    use std::io::Write;
-    use std::os::unix::fs::MetadataExt;
-    let invalid = |e: anyhow::Error| CopyError::Invalid(e);
-    let mut f = std::fs::File::open(p)
-        .with_context(|| format!("cannot open manifest {}", p.display()))
-        .map_err(invalid)?;
-    let md = f.metadata().context("fstat").map_err(invalid)?;
-    let tag = blake3::hash(p.as_os_str().as_bytes()).to_hex();
-    let tag = &tag[..16];
-    let name = format!(
-        "{tag}-{:x}-{:x}-{}-{}.{}-{}.{}",
-        md.dev(),
-        md.ino(),
-        md.len(),
-        md.mtime(),
-        md.mtime_nsec(),
-        md.ctime(),
-        md.ctime_nsec()
-    );
-    let dir = store.join(VIEW_COPIES);
-    let copy = dir.join(format!("{name}.vrm"));
-    let root_file = dir.join(format!("{name}.root"));
-    if let (true, Ok(root)) = (copy.is_file(), std::fs::read(&root_file)) {
-        return Ok((copy, PathBuf::from(OsString::from_vec(root))));
-    }
-    let store_err = |_: std::io::Error| CopyError::Store;
-    std::fs::create_dir_all(&dir).map_err(store_err)?;
-    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
-    let made = (|| {
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o444)
-            .open(&tmp)
-            .map_err(store_err)?;
-        std::io::copy(&mut f, &mut out).map_err(store_err)?;
-        out.flush().map_err(store_err)?;
-        let m = Manifest::open(&tmp)
-            .with_context(|| format!("cannot use manifest {}", p.display()))
-            .map_err(invalid)?;
-        let root = m.root().to_vec();
-        drop(m);
-        std::fs::write(&root_file, &root).map_err(store_err)?;
-        std::fs::rename(&tmp, &copy).map_err(store_err)?;
-        Ok(PathBuf::from(OsString::from_vec(root)))
-    })();
-    let root = match made {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    // Earlier copies of this path (an older version of the manifest) go.
-    if let Ok(rd) = std::fs::read_dir(&dir) {
-        for e in rd.flatten() {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            if n.starts_with(tag) && !n.starts_with(&name) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-    Ok((copy, root))
 }
 
 /// Re-ingests the current directory into its `vrift.manifest` (copy mode: the tree is left as
@@ -514,40 +139,6 @@ fn transient_ingest(g: &Globals, cleanup: &mut Vec<TempDir>) -> Result<PathBuf> 
     Ok(out)
 }
 
-type SpawnFn = unsafe extern "C" fn(
-    *mut libc::pid_t,
-    *const libc::c_char,
-    *const *const libc::c_char,
-    *const *const libc::c_char,
-) -> libc::c_int;
-
-/// Loads the shim into this process (its constructor reads the VRIFT_* variables set just
-/// before) and returns its spawn entry point.
-fn load_shim(shim: &Path) -> Result<SpawnFn> {
-    let c = CString::new(shim.as_os_str().as_bytes())?;
-    // SAFETY: dlopen/dlsym with valid strings; the handle is kept for the process lifetime.
-    unsafe {
-        let h = libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
-        if h.is_null() {
-            let err = libc::dlerror();
-            let msg = if err.is_null() {
-                String::from("unknown error")
-            } else {
-                std::ffi::CStr::from_ptr(err).to_string_lossy().into_owned()
-            };
-            bail!("cannot load the shim {}: {msg}", shim.display());
-        }
-        let f = libc::dlsym(h, c"vrift_shim_spawnp".as_ptr());
-        if f.is_null() {
-            bail!(
-                "{} is not a vrift shim (no vrift_shim_spawnp)",
-                shim.display()
-            );
-        }
-        Ok(std::mem::transmute::<*mut libc::c_void, SpawnFn>(f))
-    }
-}
-
 pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
     if a.isolate {
         // `--base` alone is a whole root: no implicit manifest of the current directory.
@@ -558,7 +149,7 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
             manifests(g, a, &mut cleanup)?
         };
         let (bases, tops) = list.split_at(a.base.len());
-        let code = crate::isolate::run_isolated(
+        let code = vrift_run::isolate::run_isolated(
             &g.store,
             bases,
             tops,
@@ -569,112 +160,28 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
         drop(cleanup);
         std::process::exit(code?);
     }
-    let shim = find_shim()?;
     let mut cleanup: Vec<TempDir> = Vec::new();
-    let list = manifests(g, a, &mut cleanup)?;
-    std::fs::create_dir_all(&g.store)
-        .with_context(|| format!("cannot create store {}", g.store.display()))?;
-    let store = absolute(&g.store)?;
-    let (_sealed, manifests_var, roots) = view_manifests(&store, &list)?;
-    let upper = match std::env::var_os(ENV_UPPER).filter(|u| !u.is_empty()) {
-        Some(u) => {
-            let u = PathBuf::from(u);
-            std::fs::create_dir_all(&u)
-                .with_context(|| format!("cannot create {ENV_UPPER} {}", u.display()))?;
-            upper_state(&u).with_context(|| {
-                format!("no room for the upper layer's state in {}", u.display())
-            })?;
-            absolute(&u)?
-        }
-        None => {
-            let d = temp_upper(&roots, &store)?;
-            cleanup.push(TempDir(Some(d.clone())));
-            d
-        }
-    };
-
-    let mut preload = shim.clone().into_os_string();
-    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
-        preload.push(":");
-        preload.push(old);
-    }
-    // VRIFT_REPORT=FILE: every process of the run appends its line (see the shim's report
-    // module); the file starts empty and is named absolutely (children change directory).
-    if let Some(r) = std::env::var_os(ENV_REPORT).filter(|v| !v.is_empty()) {
-        let r = std::path::absolute(Path::new(&r))?;
-        std::fs::write(&r, b"")
-            .with_context(|| format!("cannot write {ENV_REPORT} {}", r.display()))?;
-        std::env::set_var(ENV_REPORT, &r);
-    }
-    // The shim's constructor (at dlopen below) and the child read these.
-    std::env::set_var(ENV_MANIFESTS, &manifests_var);
-    std::env::set_var(ENV_STORE, &store);
-    std::env::set_var(ENV_UPPER, &upper);
+    let manifests = manifests(g, a, &mut cleanup)?;
     // A project run writes into the project, not into a layer that vanishes at exit.
     let through = (a.manifest.is_empty() && !a.ephemeral)
         .then(|| std::env::current_dir().ok())
         .flatten()
         .filter(|d| d.is_dir());
-    match &through {
-        Some(d) => std::env::set_var(ENV_THROUGH, d),
-        None => std::env::remove_var(ENV_THROUGH),
-    }
-    // In a store whose every blob is sealed, an unsealed blob is damaged: the shim refuses to
-    // serve it (EIO). An older store gets that once `vrift verify` has sealed it.
-    if store.join(vrift_cas::store::SEALED_MARKER).exists() {
-        std::env::set_var(ENV_SEALED, "1");
-    } else {
-        std::env::remove_var(ENV_SEALED);
-        eprintln!(
-            "note: the store {} predates blob seals: the view cannot tell a damaged blob from an old one; run `vrift verify` once",
-            store.display()
-        );
-    }
-    // Static programs that touch the view are run through this binary in a namespace.
-    match std::env::current_exe() {
-        Ok(exe) => std::env::set_var(env_names::BIN, exe),
-        Err(_) => std::env::remove_var(env_names::BIN),
-    }
-    std::env::set_var("LD_PRELOAD", &preload);
-    // The command dies with us, even by kill -9 (see the shim's constructor).
-    std::env::set_var("VRIFT_PARENT", std::process::id().to_string());
-    // libuv (Node.js) must not bypass libc through io_uring.
-    std::env::set_var("UV_USE_IO_URING", "0");
-
-    let spawn = load_shim(&shim)?;
-    let argv: Vec<CString> = a
-        .cmd
-        .iter()
-        .map(|s| CString::new(s.clone().into_vec()))
-        .collect::<Result<_, _>>()
-        .context("a command argument contains a NUL byte")?;
-    let envv: Vec<CString> = std::env::vars_os()
-        .filter_map(|(k, v)| {
-            let mut kv = k.into_vec();
-            kv.push(b'=');
-            kv.extend(v.into_vec());
-            CString::new(kv).ok()
-        })
-        .collect();
-    let mut argp: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
-    argp.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = envv.iter().map(|c| c.as_ptr()).collect();
-    envp.push(std::ptr::null());
-
-    crate::signals::set_forwarding(true);
-    let mut pid: libc::pid_t = 0;
-    // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
-    let rc = unsafe { spawn(&mut pid, argp[0], argp.as_ptr(), envp.as_ptr()) };
-    if rc != 0 {
-        let err = std::io::Error::from_raw_os_error(rc);
-        eprintln!("error: cannot run {}: {err}", a.cmd[0].to_string_lossy());
-        drop(cleanup);
-        std::process::exit(if rc == libc::ENOENT { 127 } else { 126 });
-    }
-    crate::signals::set_target(pid);
-    let status = crate::signals::wait_for(pid);
-    crate::signals::set_target(0);
-    drop(cleanup);
+    let status = match vrift_run::launcher::launch(Launch {
+        store: &g.store,
+        manifests: &manifests,
+        cmd: &a.cmd,
+        through: through.clone(),
+        cleanup,
+    }) {
+        Ok(s) => s,
+        Err(RunError::Spawn { program, errno }) => {
+            let err = std::io::Error::from_raw_os_error(errno);
+            eprintln!("error: cannot run {}: {err}", program.display());
+            std::process::exit(if errno == libc::ENOENT { 127 } else { 126 });
+        }
+        Err(e) => return Err(e.into()),
+    };
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         match &through {
             Some(d) => eprintln!(
@@ -686,7 +193,25 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
     }
     if libc::WIFSIGNALED(status) {
         // Die the same way, so a shell sees what killed the command.
-        crate::signals::exit_like(status);
+        signals::exit_like(status);
     }
-    std::process::exit(crate::signals::exit_code(status))
+    std::process::exit(signals::exit_code(status))
+}
+
+/// `vrift __exec-static VCWD EXE ARGV...`, the shim's way to run a static program on the
+/// view (see `vrift_run::isolate::static_exec`). Never returns.
+pub fn exec_static(args: &[OsString]) -> ! {
+    let name = args.get(1).map_or_else(
+        || "the program".to_string(),
+        |p| p.to_string_lossy().into_owned(),
+    );
+    match vrift_run::isolate::static_exec::run(args) {
+        Ok(status) => signals::exit_like(status),
+        Err(e) => {
+            eprintln!(
+                "vrift: {name} is statically linked, so it cannot see the view through the shim, and running it in a namespace failed: {e}; run it with `vrift run --isolate`"
+            );
+            std::process::exit(126)
+        }
+    }
 }

@@ -31,7 +31,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{bail, err, Context, Result};
 use vrift_cas::Cas;
 use vrift_manifest::Manifest;
 use vrift_shim_core::upper_state;
@@ -39,28 +39,11 @@ use vrift_shim_core::upper_state;
 use super::farm::{self, Layer};
 use super::ns::{self, Fail};
 use super::sys;
-use crate::commands::run::env_names as env;
-use crate::signals::{exit_like, wait_for};
+use crate::signals::wait_for;
+use vrift_shim_core::env;
 
 /// The hidden first argument the shim passes.
 pub const SUBCOMMAND: &str = "__exec-static";
-
-/// `vrift __exec-static VCWD EXE ARGV0 ARGS...`: see the module docs. Never returns.
-pub fn main(args: &[OsString]) -> ! {
-    let name = args.get(1).map_or_else(
-        || "the program".to_string(),
-        |p| p.to_string_lossy().into_owned(),
-    );
-    match run(args) {
-        Ok(status) => exit_like(status),
-        Err(e) => {
-            eprintln!(
-                "vrift: {name} is statically linked, so it cannot see the view through the shim, and running it in a namespace failed: {e:#}; run it with `vrift run --isolate`"
-            );
-            std::process::exit(126)
-        }
-    }
-}
 
 /// One overlay: a top-level manifest root.
 struct Top {
@@ -167,10 +150,12 @@ impl Drop for StateMap {
 fn var(name: &str) -> Result<OsString> {
     std::env::var_os(name)
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| anyhow!("{name} is not set (not started by `vrift run`)"))
+        .ok_or_else(|| err!("{name} is not set (not started by `vrift run`)"))
 }
 
-fn run(args: &[OsString]) -> Result<libc::c_int> {
+/// `vrift __exec-static VCWD EXE ARGV0 ARGS...` (`args` after the subcommand): runs the
+/// program as the module docs say and returns its wait status.
+pub fn run(args: &[OsString]) -> Result<libc::c_int> {
     let [vcwd, exe, argv @ ..] = args else {
         bail!("usage: vrift {SUBCOMMAND} VCWD EXE ARGV0 [ARGS...]");
     };
@@ -462,7 +447,7 @@ fn spawn(plan: &ChildPlan) -> Result<libc::c_int> {
             for fd in [ready_r, ready_w, err_r, err_w] {
                 sys::close(fd);
             }
-            return Err(anyhow!(
+            return Err(err!(
                 "cannot create a mount namespace: {e}; {}",
                 ns::userns_hint()
             ));
@@ -482,12 +467,12 @@ fn spawn(plan: &ChildPlan) -> Result<libc::c_int> {
             sys::close(ready_w);
             sys::close(err_r);
             wait_for(pid);
-            return Err(anyhow!("writing {p}: {e}; {}", ns::userns_hint()));
+            return Err(err!("writing {p}: {e}; {}", ns::userns_hint()));
         }
     }
     let (status, failed) = ns::release_and_wait(pid, ready_w, err_r);
     if let Some((_, text)) = failed {
-        return Err(anyhow!("{text}"));
+        return Err(err!("{text}"));
     }
     Ok(status)
 }

@@ -14,7 +14,7 @@ use crate::args::GcArgs;
 use crate::format::thousands;
 use crate::{Globals, Outcome};
 
-use super::farm;
+use vrift_run::isolate::farm;
 
 pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
     let cas = crate::commands::open_store(g)?;

@@ -5,7 +5,6 @@
 //! * [`rundir`]: the per-run scratch directory (overlay upper/work, staging root) and its
 //!   removal once the sandbox is gone.
 //! * [`ns`]: the namespaces, mounts, `pivot_root`, CMD's privileges, signals, exit status.
-//! * [`gc`]: `vrift gc --farms`.
 //!
 //! Without `--base` the host stays visible read-only and each manifest's tree appears at
 //! its root path; with `--base` the layers (bases first, then manifests, later ones win)
@@ -14,7 +13,6 @@
 //! reaches a blob or the host.
 
 pub mod farm;
-pub mod gc;
 pub mod ns;
 pub mod rundir;
 pub mod static_exec;
@@ -24,7 +22,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use vrift_cas::Cas;
 use vrift_manifest::Manifest;
 

@@ -28,7 +28,7 @@ use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Result};
+use crate::error::{err, Result};
 
 use super::sys::{self, cstr};
 use crate::signals::{exit_code, set_forwarding, set_target, wait_for};
@@ -142,8 +142,8 @@ pub(super) fn write_id_maps(
     Ok(())
 }
 
-fn userns_error(what: &str, e: &io::Error) -> anyhow::Error {
-    anyhow!(
+fn userns_error(what: &str, e: &io::Error) -> crate::error::RunError {
+    err!(
         "--isolate: cannot set up a user namespace ({what}: {e}): {}",
         userns_hint()
     )
@@ -177,13 +177,13 @@ impl<T> Step<T> for io::Result<T> {
 /// Runs `plan.cmd` in the sandbox and returns its exit code (128+N when killed by signal N).
 /// Returns only once every process of the sandbox is gone.
 pub fn run(plan: &Plan) -> Result<i32> {
-    let (ready_r, ready_w) = sys::pipe().map_err(|e| anyhow!("pipe: {e}"))?;
+    let (ready_r, ready_w) = sys::pipe().map_err(|e| err!("pipe: {e}"))?;
     let (err_r, err_w) = match sys::pipe() {
         Ok(p) => p,
         Err(e) => {
             sys::close(ready_r);
             sys::close(ready_w);
-            return Err(anyhow!("pipe: {e}"));
+            return Err(err!("pipe: {e}"));
         }
     };
     // SAFETY: geteuid/getegid have no preconditions.
@@ -223,13 +223,13 @@ pub fn run(plan: &Plan) -> Result<i32> {
     let (status, failed) = release_and_wait(pid, ready_w, err_r);
     if let Some((errno, text)) = failed {
         if matches!(errno, libc::EPERM | libc::EACCES) && text.starts_with("[userns]") {
-            return Err(anyhow!(
+            return Err(err!(
                 "--isolate: {}: {}",
                 text.trim_start_matches("[userns] "),
                 userns_hint()
             ));
         }
-        return Err(anyhow!("--isolate: {text}"));
+        return Err(err!("--isolate: {text}"));
     }
     Ok(exit_code(status))
 }

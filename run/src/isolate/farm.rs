@@ -27,7 +27,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use vrift_cas::Cas;
 use vrift_manifest::layer::{self, Merged};
 use vrift_manifest::{Kind, Manifest};
