@@ -6,6 +6,60 @@
 
 extern crate alloc;
 
+/// What a new process does about `vrift run`'s pid in `VRIFT_PARENT` (see the shim's
+/// constructor): the command dies with its launcher, `kill -9` included.
+pub mod launcher {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Check {
+        /// Nothing to do: `vrift run` itself, or a descendant of the command while `vrift run`
+        /// lives (shells such as bash keep the variable for their children whatever the
+        /// constructor does to the environment, so its presence alone proves nothing).
+        Ignore,
+        /// The direct child: ask for `SIGKILL` at the launcher's death, then look again.
+        Watch,
+        /// `vrift run` is gone (killed between this process's start and now): die.
+        Die,
+    }
+
+    pub fn check(launcher: i32, pid: i32, ppid: i32, launcher_alive: bool) -> Check {
+        if pid == launcher {
+            Check::Ignore
+        } else if !launcher_alive {
+            Check::Die
+        } else if ppid == launcher {
+            Check::Watch
+        } else {
+            Check::Ignore
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn only_a_dead_launcher_kills() {
+            assert_eq!(check(10, 10, 1, true), Check::Ignore, "the launcher itself");
+            assert_eq!(check(10, 11, 10, true), Check::Watch, "the command");
+            assert_eq!(
+                check(10, 12, 11, true),
+                Check::Ignore,
+                "the command's children"
+            );
+            assert_eq!(
+                check(10, 11, 1, false),
+                Check::Die,
+                "reparented after a kill -9"
+            );
+            assert_eq!(
+                check(10, 12, 11, false),
+                Check::Die,
+                "started after the launcher died"
+            );
+        }
+    }
+}
+
 /// The environment contract between `vrift run` (the `vrift-run` crate, which sets these) and
 /// the shim (which reads them in every process and keeps them in children): one definition
 /// of every name.

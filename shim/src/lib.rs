@@ -344,39 +344,44 @@ extern "C" fn vrift_shim_ctor() {
     state::init();
 }
 
-/// The command `vrift run` started (its direct child, whose parent pid `vrift run` put in
-/// `VRIFT_PARENT`) dies when `vrift run` does, `kill -9` included: it would otherwise go on
-/// running on a view whose scratch directory is gone. Other processes are untouched.
-///
-/// Only the direct child keeps the variable: it is removed from this process's environment
-/// here, so its own children never see it. So a process that finds it, but not `vrift run`
-/// as its parent, is that child after the launcher died (between `exec` and this
-/// constructor: a `kill -9` in that window left the command running) and dies too.
+/// The command `vrift run` started dies when `vrift run` does, `kill -9` included: it would
+/// otherwise go on running on a view whose scratch directory is gone. `VRIFT_PARENT` names
+/// `vrift run`; the direct child asks the kernel for `SIGKILL` at its parent's death, and any
+/// process that starts after `vrift run` is gone (a kill between `exec` and this constructor)
+/// dies at once. The decision is `vrift_shim_core::launcher::check`.
 fn die_with_launcher() {
+    use vrift_shim_core::launcher::{check, Check};
     let Some(v) = std::env::var_os(vrift_shim_core::env::PARENT) else {
         return;
     };
     let Some(pp) = v.to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else {
         return;
     };
-    // SAFETY: getpid/getppid/unsetenv/prctl/raise on this process, in its constructor (before
-    // `main`, so before any thread of the program reads the environment).
+    if pp <= 0 {
+        return;
+    }
+    // SAFETY: getpid/getppid/kill(0)/prctl/raise on this process, in its constructor (before
+    // `main`, so before any thread of the program exists).
     unsafe {
-        // `vrift run` loads this library itself to start the command: not a child.
-        if libc::getpid() == pp {
-            return;
-        }
-        libc::unsetenv(c"VRIFT_PARENT".as_ptr());
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        // The launcher died before the prctl (or before this process even started).
-        if libc::getppid() != pp {
-            libc::raise(libc::SIGKILL);
+        let alive = libc::kill(pp, 0) == 0 || real::errno() == libc::EPERM;
+        match check(pp, libc::getpid(), libc::getppid(), alive) {
+            Check::Ignore => {}
+            Check::Die => {
+                libc::raise(libc::SIGKILL);
+            }
+            Check::Watch => {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                // The launcher died before the prctl.
+                if libc::getppid() != pp {
+                    libc::raise(libc::SIGKILL);
+                }
+            }
         }
     }
 }
