@@ -399,6 +399,26 @@ impl Cas {
         result
     }
 
+    /// Stores `data`, which the caller has just checked against `hash`/`size` (a blob
+    /// decoded from a remote pack), the way [`insert_verified`](Self::insert_verified) does.
+    pub fn insert_bytes(&self, hash: &Hash, size: u64, data: &[u8], mode: u32) -> Result<CopyKind> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = self.temp_path("unpack");
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(data).map(|()| f));
+        let result = match written {
+            Ok(f) => self.link_temp(&f, &tmp, &tmp, hash, size, mode, CopyKind::Copy),
+            Err(e) => Err(CasError::io(&tmp, e)),
+        };
+        let _ = fs::remove_file(&tmp);
+        result
+    }
+
     /// The shared tail of [`copy_in_fd`](Self::copy_in_fd) and
     /// [`insert_verified`](Self::insert_verified): size check, strip write bits, seal, link.
     #[allow(clippy::too_many_arguments)]

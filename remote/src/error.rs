@@ -44,6 +44,8 @@ pub enum RemoteError {
          again before pushing"
     )]
     LocalCorrupt { path: PathBuf },
+    #[error("{key}: damaged pack: {detail}; nothing from it was stored")]
+    BadPack { key: String, detail: String },
     #[error("{key}: not a valid manifest: {detail}")]
     BadManifest { key: String, detail: String },
     #[error("{path}: {source}")]

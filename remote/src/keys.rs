@@ -9,7 +9,13 @@ use vrift_manifest::Hash;
 use crate::error::{RemoteError, Result};
 
 pub const MANIFEST_PREFIX: &str = "manifests";
+/// A manifest object of the first format (raw manifest bytes, blobs one object each).
 pub const MANIFEST_SUFFIX: &str = ".vrm";
+/// A manifest bundle (compressed, with its blobs' locations in packs; see `bundle`).
+pub const BUNDLE_SUFFIX: &str = ".vrmz";
+pub const PACK_PREFIX: &str = "packs";
+pub const PACK_SUFFIX: &str = ".pack";
+pub const INDEX_SUFFIX: &str = ".idx";
 
 /// Key layout under one remote prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +72,32 @@ impl Keys {
         ))
     }
 
+    /// The pack with this id.
+    pub fn pack(&self, id: &Hash) -> String {
+        self.join(&format!(
+            "{PACK_PREFIX}/{}{PACK_SUFFIX}",
+            vrift_manifest::hex(id)
+        ))
+    }
+
+    /// The index of the pack with this id.
+    pub fn pack_index(&self, id: &Hash) -> String {
+        self.join(&format!(
+            "{PACK_PREFIX}/{}{INDEX_SUFFIX}",
+            vrift_manifest::hex(id)
+        ))
+    }
+
+    /// The listing prefix of every pack and index.
+    pub fn packs(&self) -> String {
+        self.join(PACK_PREFIX)
+    }
+
+    /// The listing prefix of every manifest.
+    pub fn manifests(&self) -> String {
+        self.join(MANIFEST_PREFIX)
+    }
+
     /// What `vrift pull ARG` means: 64 hex digits are a manifest's content hash, anything with
     /// a `/` a key relative to the prefix (or already including it), anything else a project name.
     pub fn resolve_manifest(&self, arg: &str) -> Result<String> {
@@ -83,6 +115,23 @@ impl Keys {
         }
         self.manifest_named(arg)
     }
+}
+
+/// The bundle key standing for a manifest key of the first format (`….vrm` → `….vrmz`).
+pub fn bundle_of(manifest_key: &str) -> String {
+    match manifest_key.strip_suffix(MANIFEST_SUFFIX) {
+        Some(base) => format!("{base}{BUNDLE_SUFFIX}"),
+        None => manifest_key.to_string(),
+    }
+}
+
+/// The pack id in a pack or index key (`…/packs/<hex>.idx`).
+pub fn parse_pack_key(key: &str, suffix: &str) -> Option<Hash> {
+    let name = key.rsplit('/').next()?.strip_suffix(suffix)?;
+    if name.len() != 64 {
+        return None;
+    }
+    vrift_manifest::parse_hex(name.as_bytes())
 }
 
 /// Parses a blob key's last segment back into (hash, size).
@@ -136,6 +185,14 @@ mod tests {
             format!("blake3/{}", vrift_cas::blob_rel(&h, 2))
         );
         assert_eq!(k.blob_top(0xab), "ci/cache/blake3/ab/");
+        let id = [0xcd; 32];
+        assert_eq!(
+            k.pack_index(&id),
+            format!("ci/cache/packs/{}.idx", vrift_manifest::hex(&id))
+        );
+        assert_eq!(parse_pack_key(&k.pack_index(&id), INDEX_SUFFIX), Some(id));
+        assert_eq!(parse_pack_key(&k.pack(&id), INDEX_SUFFIX), None);
+        assert_eq!(bundle_of("p/manifests/app.vrm"), "p/manifests/app.vrmz");
     }
 
     #[test]

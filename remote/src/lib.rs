@@ -4,10 +4,14 @@
 //!
 //! * [`config`]: `s3://BUCKET/PREFIX`, `<store>/remote.toml`, AWS environment and profiles.
 //! * [`keys`]: the key layout (blob keys mirror the local store: `blake3/ab/cd/<hex>_<size>.bin`).
-//! * [`Remote::push`]: blobs the remote lacks, then the manifest (last, so a manifest on the
-//!   remote always has all its blobs; a killed push rerun skips what landed).
-//! * [`Remote::pull`]: the manifest, then only the blobs missing locally, each verified
-//!   (size + BLAKE3 against its key) before it enters the store through a temp file and a link.
+//! * [`pack`], [`bundle`], [`packed`]: blobs travel in zstd-compressed packs with an index;
+//!   a manifest travels as a compressed bundle that says where each of its blobs is.
+//! * [`Remote::push`]: blobs the remote lacks, in new packs, then the manifest's bundle (last,
+//!   so a manifest on the remote always has all its blobs; a killed push rerun skips what
+//!   landed).
+//! * [`Remote::pull`]: the bundle, then only the blobs missing locally, fetched with merged
+//!   ranged GETs and each verified (size + BLAKE3 against its name) before it enters the
+//!   store. Manifests of the first format (one object per blob) still pull.
 //! * [`stats`] / [`metrics`]: counters of requests, bytes, retries and errors by op.
 //!
 //! The client is the `object_store` crate (Apache Arrow project) rather than the AWS SDK:
@@ -16,11 +20,14 @@
 //! any S3 implementation with a plain endpoint setting. What it lacks, AWS profile files, is
 //! read here with `rust-ini` (see [`config`]).
 
+pub mod bundle;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod keys;
 pub mod metrics;
+pub mod pack;
+pub mod packed;
 mod pull;
 mod push;
 pub mod stats;

@@ -1,6 +1,8 @@
-//! `vrift pull`: a manifest and only the blobs missing locally, each verified before it lands.
+//! `vrift pull`: a manifest and only the blobs missing locally, each verified before it lands:
+//! from packs (the bundle says where each blob is), or, for a manifest of the first format,
+//! one object per blob.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::ffi::OsStringExt;
@@ -14,7 +16,10 @@ use vrift_cas::registry::{self, Registration};
 use vrift_cas::Cas;
 use vrift_manifest::{Hash, Manifest};
 
+use crate::bundle::Bundle;
 use crate::error::{RemoteError, Result};
+use crate::keys::bundle_of;
+use crate::pack::Loc;
 use crate::stats::RemoteStats;
 use crate::{obj_path, Remote};
 
@@ -41,6 +46,8 @@ pub struct PullReport {
     pub bytes_total: u64,
     pub blobs_downloaded: u64,
     pub bytes_downloaded: u64,
+    /// Bytes that came over the wire (compressed packs, bundle, indexes).
+    pub bytes_received: u64,
     pub blobs_present: u64,
     pub bytes_present: u64,
     pub seconds: f64,
@@ -86,8 +93,32 @@ impl Remote {
     ) -> Result<PullReport> {
         let started = Instant::now();
         sweep_dead_temps(cas);
-        let (key, bytes) = self.fetch_manifest(what)?;
-        let manifest = Manifest::from_bytes(bytes.clone(), Path::new(&key))?;
+        let jobs = if opts.jobs > 0 {
+            opts.jobs
+        } else {
+            self.settings.jobs
+        };
+        let legacy_key = self.keys.resolve_manifest(what)?;
+        let bundle_key = bundle_of(&legacy_key);
+        let bundle = match self.rt.block_on(self.get_bytes(&bundle_key)) {
+            Ok(b) => Some(Bundle::decode(&b).map_err(|e| RemoteError::BadManifest {
+                key: bundle_key.clone(),
+                detail: e.0,
+            })?),
+            // A manifest of the first format (one object per blob) is still served.
+            Err(RemoteError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let (key, bytes) = match &bundle {
+            Some(b) => (bundle_key.clone(), b.manifest.clone()),
+            None => self.fetch_manifest(what)?,
+        };
+        let manifest = Manifest::from_bytes(bytes.clone(), Path::new(&key)).map_err(|e| {
+            RemoteError::BadManifest {
+                key: key.clone(),
+                detail: e.to_string(),
+            }
+        })?;
         let st = &self.stats;
         let mut seen = HashSet::new();
         let mut missing = Vec::new();
@@ -108,18 +139,16 @@ impl Remote {
                 missing.push(b);
             }
         }
-        let jobs = if opts.jobs > 0 {
-            opts.jobs
-        } else {
-            self.settings.jobs
+        let mut failures: Vec<RemoteError> = match &bundle {
+            Some(b) => self.fetch_from_packs(cas, b, &key, &missing, jobs)?,
+            None => self.rt.block_on(async {
+                stream::iter(missing.iter().map(|(h, s)| self.download_blob(cas, h, *s)))
+                    .buffer_unordered(jobs)
+                    .filter_map(|r| async move { r.err() })
+                    .collect()
+                    .await
+            }),
         };
-        let mut failures: Vec<RemoteError> = self.rt.block_on(async {
-            stream::iter(missing.iter().map(|(h, s)| self.download_blob(cas, h, *s)))
-                .buffer_unordered(jobs)
-                .filter_map(|r| async move { r.err() })
-                .collect()
-                .await
-        });
         if !failures.is_empty() {
             let count = failures.len();
             let first = failures.swap_remove(0);
@@ -172,6 +201,7 @@ impl Remote {
             bytes_total: g(&st.bytes_total),
             blobs_downloaded: g(&st.blobs_moved),
             bytes_downloaded: g(&st.bytes_moved),
+            bytes_received: g(&st.bytes_down),
             blobs_present: g(&st.blobs_present),
             bytes_present: g(&st.bytes_present),
             seconds,
@@ -180,6 +210,64 @@ impl Remote {
             requests: RemoteStats::total(&st.requests),
             retries: RemoteStats::total(&st.retries),
         })
+    }
+
+    /// The blobs `missing` from the packs the bundle names; where a pack is gone (repacked
+    /// since), from wherever the packs' indexes now say. Failures, one per range or blob.
+    fn fetch_from_packs(
+        &self,
+        cas: &Cas,
+        b: &Bundle,
+        key: &str,
+        missing: &[(Hash, u64)],
+        jobs: usize,
+    ) -> Result<Vec<RemoteError>> {
+        let locs: HashMap<(Hash, u64), ((Hash, u64), Loc)> = b
+            .locs
+            .iter()
+            .map(|&(h, size, pack, loc)| ((h, size), (b.packs[pack as usize], loc)))
+            .collect();
+        let mut wanted = Vec::with_capacity(missing.len());
+        for &(h, size) in missing {
+            let Some(&(pack, loc)) = locs.get(&(h, size)) else {
+                return Err(RemoteError::BadManifest {
+                    key: key.to_string(),
+                    detail: format!(
+                        "no pack holds blob {}_{size} (the bundle lists no location)",
+                        vrift_manifest::hex(&h)
+                    ),
+                });
+            };
+            wanted.push((h, size, pack, loc));
+        }
+        let (mut errors, gone) = self.rt.block_on(self.fetch_packed(cas, &wanted, jobs));
+        if !gone.is_empty() {
+            let catalog = self.rt.block_on(self.catalog(cas.root(), jobs))?;
+            let mut again = Vec::with_capacity(gone.len());
+            for (h, size) in gone {
+                let found = catalog
+                    .blobs
+                    .get(&(h, size))
+                    .and_then(|&(id, loc)| Some(((id, *catalog.lens.get(&id)?), loc)));
+                match found {
+                    Some((pack, loc)) => again.push((h, size, pack, loc)),
+                    None => errors.push(RemoteError::NotFound {
+                        key: format!(
+                            "blob {}_{size} of {key} (in no pack on the remote)",
+                            vrift_manifest::hex(&h)
+                        ),
+                    }),
+                }
+            }
+            let (more, still) = self.rt.block_on(self.fetch_packed(cas, &again, jobs));
+            errors.extend(more);
+            for (h, size) in still {
+                errors.push(RemoteError::NotFound {
+                    key: format!("blob {}_{size} of {key}", vrift_manifest::hex(&h)),
+                });
+            }
+        }
+        Ok(errors)
     }
 
     /// GET into `<store>/tmp/`, hashing as the bytes arrive; a body longer than the key says

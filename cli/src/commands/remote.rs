@@ -159,9 +159,11 @@ pub fn print_push(manifest: &Path, r: &PushReport) {
         bytes(r.bytes_total)
     );
     println!(
-        "  uploaded    {:>12}  ({})",
+        "  uploaded    {:>12}  ({}; {} sent, zstd, in {} new packs)",
         thousands(r.blobs_uploaded),
-        bytes(r.bytes_uploaded)
+        bytes(r.bytes_uploaded),
+        bytes(r.bytes_sent),
+        thousands(r.packs_uploaded)
     );
     println!(
         "  present     {:>12}  ({}; checked by {} in {:.2} s)",
@@ -242,9 +244,10 @@ fn print_pull(r: &PullReport) {
         bytes(r.bytes_total)
     );
     println!(
-        "  downloaded  {:>12}  ({}; every one verified)",
+        "  downloaded  {:>12}  ({}, {} received; every one verified)",
         thousands(r.blobs_downloaded),
-        bytes(r.bytes_downloaded)
+        bytes(r.bytes_downloaded),
+        bytes(r.bytes_received)
     );
     println!(
         "  present     {:>12}  ({}, already in the local store)",

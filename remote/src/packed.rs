@@ -1,0 +1,535 @@
+//! The packed remote: what is on it ([`Catalog`]), pushing blobs as packs, pulling them with
+//! merged ranged GETs. See [`crate::pack`] for the format and [`crate::bundle`] for manifests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+use vrift_cas::Cas;
+use vrift_manifest::Hash;
+
+use crate::bundle::Bundle;
+use crate::error::{RemoteError, Result};
+use crate::keys::{parse_pack_key, INDEX_SUFFIX, PACK_SUFFIX};
+use crate::pack::{self, IndexEntry, Loc, Pack, PackBuilder};
+use crate::stats::RemoteStats;
+use crate::{obj_path, Remote};
+
+/// Frames of one pack closer than this are fetched with one ranged GET (the bytes between
+/// them are cheaper than another round trip on any link a CI runner has).
+pub const MERGE_GAP: u64 = 2 << 20;
+/// Raw bytes of blobs one pack builder takes at a time (several builders run in parallel).
+const SEGMENT: u64 = 96 << 20;
+/// Directory of the store where pack indexes of remotes are cached (they never change).
+pub const INDEX_CACHE_DIR: &str = "remote-index";
+
+/// A pack on the remote, as a listing shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PackInfo {
+    #[serde(serialize_with = "hex_id")]
+    pub id: Hash,
+    pub size: u64,
+    /// Last modification, seconds since the epoch.
+    pub modified: i64,
+    /// Its index is there too (a pack without one is an unfinished push, or being deleted).
+    pub indexed: bool,
+}
+
+fn hex_id<S: serde::Serializer>(h: &Hash, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&vrift_manifest::hex(h))
+}
+
+/// Every blob in the remote's indexed packs, and where it is.
+#[derive(Default)]
+pub struct Catalog {
+    pub packs: Vec<PackInfo>,
+    pub blobs: HashMap<(Hash, u64), (Hash, Loc)>,
+    /// Length of every indexed pack.
+    pub lens: HashMap<Hash, u64>,
+}
+
+/// One frame to fetch and the blobs wanted from it: (hash, size, offset in the frame).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameWant {
+    pub frame_off: u64,
+    pub frame_len: u64,
+    pub frame_raw: u64,
+    pub blobs: Vec<(Hash, u64, u64)>,
+}
+
+/// A ranged GET: bytes `start..end` of a pack and the frames in it, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub start: u64,
+    pub end: u64,
+    pub frames: Vec<FrameWant>,
+}
+
+/// Merges the frames wanted from one pack into ranges: sorted by offset, a frame joins the
+/// previous range when the gap between them is at most `gap` bytes.
+pub fn plan_ranges(mut frames: Vec<FrameWant>, gap: u64) -> Vec<Range> {
+    frames.sort_by_key(|f| f.frame_off);
+    let mut out: Vec<Range> = Vec::new();
+    for f in frames {
+        let end = f.frame_off + f.frame_len;
+        match out.last_mut() {
+            Some(r) if f.frame_off <= r.end.saturating_add(gap) => {
+                r.end = r.end.max(end);
+                r.frames.push(f);
+            }
+            _ => out.push(Range {
+                start: f.frame_off,
+                end,
+                frames: vec![f],
+            }),
+        }
+    }
+    out
+}
+
+/// A blob to fetch: hash, size, its pack (id, length) and where it is in it.
+pub type Wanted = (Hash, u64, (Hash, u64), Loc);
+
+/// A failed range: the error and, when its pack is gone, the blobs it was to bring.
+type RangeFailure = (RemoteError, Vec<(Hash, u64)>);
+
+/// Groups wanted blobs by pack and frame.
+fn frames_by_pack(wanted: &[Wanted]) -> BTreeMap<(Hash, u64), Vec<FrameWant>> {
+    let mut by: BTreeMap<(Hash, u64), BTreeMap<u64, FrameWant>> = BTreeMap::new();
+    for &(hash, size, pack, l) in wanted {
+        by.entry(pack)
+            .or_default()
+            .entry(l.frame_off)
+            .or_insert_with(|| FrameWant {
+                frame_off: l.frame_off,
+                frame_len: l.frame_len,
+                frame_raw: l.frame_raw,
+                blobs: Vec::new(),
+            })
+            .blobs
+            .push((hash, size, l.off));
+    }
+    by.into_iter()
+        .map(|(p, f)| (p, f.into_values().collect()))
+        .collect()
+}
+
+impl Remote {
+    /// `<store>/remote-index/<tag of this remote>/`.
+    pub fn index_cache(&self, store: &Path) -> PathBuf {
+        let who = format!(
+            "{}|{}",
+            self.url(),
+            self.settings.endpoint.as_deref().unwrap_or("")
+        );
+        let tag = blake3::hash(who.as_bytes()).to_hex();
+        store.join(INDEX_CACHE_DIR).join(&tag[..16])
+    }
+
+    /// Every pack under `packs/`, with whether its index is there.
+    pub(crate) async fn list_packs(&self) -> Result<Vec<PackInfo>> {
+        let prefix = self.keys.packs();
+        let mut listing = self.store.list(Some(&obj_path(&prefix)));
+        let mut packs: BTreeMap<Hash, PackInfo> = BTreeMap::new();
+        let mut indexed: Vec<Hash> = Vec::new();
+        while let Some(item) = listing.next().await {
+            let meta = item.map_err(|e| self.error(&prefix, "list", e))?;
+            let key = meta.location.as_ref();
+            if let Some(id) = parse_pack_key(key, PACK_SUFFIX) {
+                packs.insert(
+                    id,
+                    PackInfo {
+                        id,
+                        size: meta.size,
+                        modified: meta.last_modified.timestamp(),
+                        indexed: false,
+                    },
+                );
+            } else if let Some(id) = parse_pack_key(key, INDEX_SUFFIX) {
+                indexed.push(id);
+            }
+        }
+        for id in indexed {
+            if let Some(p) = packs.get_mut(&id) {
+                p.indexed = true;
+            }
+        }
+        Ok(packs.into_values().collect())
+    }
+
+    /// The index of pack `id`, from the cache in `cache` or the remote (then cached).
+    pub(crate) async fn load_index(&self, id: &Hash, cache: &Path) -> Result<Vec<IndexEntry>> {
+        let cached = cache.join(format!("{}{INDEX_SUFFIX}", vrift_manifest::hex(id)));
+        if let Ok(b) = std::fs::read(&cached) {
+            if let Ok((_, e)) = pack::decode_index(&b) {
+                return Ok(e);
+            }
+        }
+        let key = self.keys.pack_index(id);
+        let b = self.get_bytes(&key).await?;
+        let (_, entries) = pack::decode_index(&b).map_err(|e| RemoteError::BadPack {
+            key: key.clone(),
+            detail: e.0,
+        })?;
+        // Best effort: a cache that cannot be written only costs a GET next time.
+        if std::fs::create_dir_all(cache).is_ok() {
+            let tmp = cache.join(format!(
+                ".tmp-{}-{}",
+                std::process::id(),
+                vrift_manifest::hex(id)
+            ));
+            if std::fs::write(&tmp, &b).is_ok() && std::fs::rename(&tmp, &cached).is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// What the remote's indexed packs hold (indexes read in parallel, cached in the store).
+    pub(crate) async fn catalog(&self, store: &Path, jobs: usize) -> Result<Catalog> {
+        let packs = self.list_packs().await?;
+        let cache = self.index_cache(store);
+        let indexed: Vec<&PackInfo> = packs.iter().filter(|p| p.indexed).collect();
+        let cache_ref = &cache;
+        let loaded: Vec<(Hash, Vec<IndexEntry>)> =
+            stream::iter(indexed.iter().map(|p| async move {
+                Ok::<_, RemoteError>((p.id, self.load_index(&p.id, cache_ref).await?))
+            }))
+            .buffer_unordered(jobs.max(1))
+            .try_collect()
+            .await?;
+        let mut blobs = HashMap::new();
+        let lens = packs.iter().map(|p| (p.id, p.size)).collect();
+        for (id, entries) in loaded {
+            for e in entries {
+                blobs.entry((e.hash, e.size)).or_insert((id, e.loc));
+            }
+        }
+        Ok(Catalog { packs, blobs, lens })
+    }
+
+    pub(crate) async fn get_bytes(&self, key: &str) -> Result<Bytes> {
+        let got = self
+            .store
+            .get(&obj_path(key))
+            .await
+            .map_err(|e| self.error(key, "get", e))?;
+        let b = got.bytes().await.map_err(|e| self.error(key, "get", e))?;
+        RemoteStats::add(&self.stats.bytes_down, b.len() as u64);
+        Ok(b)
+    }
+
+    pub(crate) async fn put_bytes(&self, key: &str, b: Bytes) -> Result<()> {
+        let n = b.len() as u64;
+        self.store
+            .put(&obj_path(key), PutPayload::from(b))
+            .await
+            .map_err(|e| self.error(key, "put", e))?;
+        RemoteStats::add(&self.stats.bytes_up, n);
+        Ok(())
+    }
+
+    /// Packs `blobs` (each read from `cas` and checked against its name) and uploads every
+    /// pack, then its index; returns what each new pack holds. Builders run on all cores;
+    /// uploads `jobs` at a time as packs complete.
+    pub(crate) fn push_packs(
+        &self,
+        cas: &Cas,
+        blobs: &[(Hash, u64)],
+        jobs: usize,
+    ) -> Result<Vec<(Hash, u64, Vec<IndexEntry>)>> {
+        // Segments of consecutive blobs (manifest order keeps a package's files together,
+        // which is what makes small files compress well).
+        let mut segments: Vec<&[(Hash, u64)]> = Vec::new();
+        let (mut start, mut raw) = (0usize, 0u64);
+        for (i, b) in blobs.iter().enumerate() {
+            raw += b.1;
+            if raw >= SEGMENT {
+                segments.push(&blobs[start..=i]);
+                (start, raw) = (i + 1, 0);
+            }
+        }
+        if start < blobs.len() {
+            segments.push(&blobs[start..]);
+        }
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, segments.len().max(1));
+        let next = AtomicUsize::new(0);
+        let failed: Mutex<Option<RemoteError>> = Mutex::new(None);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Pack>(threads);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let tx = tx.clone();
+                let (next, failed, segments) = (&next, &failed, &segments);
+                s.spawn(move || {
+                    let build = || -> Result<()> {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(seg) = segments.get(i) else {
+                                return Ok(());
+                            };
+                            let mut b = PackBuilder::new();
+                            for &(hash, size) in seg.iter() {
+                                let path = cas.blob_path(&hash, size);
+                                let data = crate::push::read_verified(&path, &hash, size)?;
+                                let full =
+                                    b.add(hash, &data).map_err(|e| RemoteError::io(&path, e))?;
+                                RemoteStats::add(&self.stats.blobs_moved, 1);
+                                RemoteStats::add(&self.stats.bytes_moved, size);
+                                if let Some(p) = full {
+                                    if tx.blocking_send(p).is_err() {
+                                        return Ok(()); // the uploader stopped: it has the error
+                                    }
+                                }
+                            }
+                            if let Some(p) =
+                                b.finish().map_err(|e| RemoteError::io(cas.root(), e))?
+                            {
+                                if tx.blocking_send(p).is_err() {
+                                    return Ok(());
+                                }
+                            }
+                            if failed.lock().map(|f| f.is_some()).unwrap_or(true) {
+                                return Ok(());
+                            }
+                        }
+                    };
+                    if let Err(e) = build() {
+                        if let Ok(mut f) = failed.lock() {
+                            f.get_or_insert(e);
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let uploaded: Result<Vec<(Hash, u64, Vec<IndexEntry>)>> = self.rt.block_on(async {
+                let packs = async_stream(&mut rx);
+                packs
+                    .map(|p| async move {
+                        let index = Bytes::from(p.index());
+                        let len = p.bytes.len() as u64;
+                        self.put_bytes(&self.keys.pack(&p.id), Bytes::from(p.bytes))
+                            .await?;
+                        // The index last: it vouches for a complete pack.
+                        self.put_bytes(&self.keys.pack_index(&p.id), index).await?;
+                        Ok::<_, RemoteError>((p.id, len, p.entries))
+                    })
+                    .buffer_unordered(jobs.max(1))
+                    .try_collect()
+                    .await
+            });
+            if uploaded.is_err() {
+                // Stop the builders: they see the closed channel.
+                rx.close();
+                while rx.try_recv().is_ok() {}
+            }
+            let built_err = failed.lock().ok().and_then(|mut f| f.take());
+            match (uploaded, built_err) {
+                (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+                (Ok(v), None) => Ok(v),
+            }
+        })
+    }
+
+    /// Fetches `wanted` blobs (hash, size, pack, location) into `cas`: per pack, merged
+    /// ranged GETs, `jobs` in flight, each frame decoded as its bytes arrive and every blob
+    /// checked against its name before it is stored. Blobs whose pack is gone (repacked by
+    /// `remote gc` since the bundle was read) are returned for a second try.
+    pub(crate) async fn fetch_packed(
+        &self,
+        cas: &Cas,
+        wanted: &[Wanted],
+        jobs: usize,
+    ) -> (Vec<RemoteError>, Vec<(Hash, u64)>) {
+        let mut work: Vec<((Hash, u64), Range)> = Vec::new();
+        for (pack, frames) in frames_by_pack(wanted) {
+            for r in plan_ranges(frames, MERGE_GAP) {
+                work.push((pack, r));
+            }
+        }
+        // Largest ranges first: the long transfers start early.
+        work.sort_by_key(|(_, r)| std::cmp::Reverse(r.end - r.start));
+        let results: Vec<Result<(), RangeFailure>> =
+            stream::iter(work.iter().map(|(pack, r)| self.fetch_range(cas, pack, r)))
+                .buffer_unordered(jobs.max(1))
+                .collect()
+                .await;
+        let mut errors = Vec::new();
+        let mut gone = Vec::new();
+        for r in results {
+            match r {
+                Ok(()) => {}
+                Err((RemoteError::NotFound { .. }, blobs)) => gone.extend(blobs),
+                Err((e, _)) => errors.push(e),
+            }
+        }
+        (errors, gone)
+    }
+
+    /// One ranged GET of a pack. On failure: the first error, and (when the pack is missing)
+    /// the blobs it was to bring.
+    async fn fetch_range(
+        &self,
+        cas: &Cas,
+        &(pack, pack_len): &(Hash, u64),
+        r: &Range,
+    ) -> Result<(), RangeFailure> {
+        let key = self.keys.pack(&pack);
+        let all_blobs = || -> Vec<(Hash, u64)> {
+            r.frames
+                .iter()
+                .flat_map(|f| f.blobs.iter().map(|b| (b.0, b.1)))
+                .collect()
+        };
+        // The whole pack is a plain GET: some servers answer a range that covers the whole
+        // object with the whole object (200, not 206), which a ranged read must refuse.
+        let whole = r.start == 0 && r.end >= pack_len;
+        let opts = GetOptions {
+            range: (!whole).then_some(GetRange::Bounded(r.start..r.end)),
+            ..Default::default()
+        };
+        let got = match self.store.get_opts(&obj_path(&key), opts).await {
+            Ok(g) => g,
+            Err(e) => return Err((self.error(&key, "get", e), all_blobs())),
+        };
+        let mut body = got.into_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_start = r.start;
+        let mut first_err: Option<RemoteError> = None;
+        let truncated = |at: u64| RemoteError::BadPack {
+            key: key.clone(),
+            detail: format!(
+                "the pack ends at byte {at}, its index says a frame runs to {}",
+                r.end
+            ),
+        };
+        for f in &r.frames {
+            let end = f.frame_off + f.frame_len;
+            while buf_start + (buf.len() as u64) < end {
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        RemoteStats::add(&self.stats.bytes_down, chunk.len() as u64);
+                        buf.extend_from_slice(&chunk);
+                    }
+                    Some(Err(e)) => return Err((self.error(&key, "get", e), Vec::new())),
+                    None => {
+                        let e = truncated(buf_start + buf.len() as u64);
+                        return Err((first_err.unwrap_or(e), Vec::new()));
+                    }
+                }
+            }
+            let z = &buf[(f.frame_off - buf_start) as usize..(end - buf_start) as usize];
+            let stored = tokio::task::block_in_place(|| self.store_frame(cas, &key, z, f));
+            if let Err(e) = stored {
+                first_err.get_or_insert(e);
+            }
+            // Keep only what later frames need.
+            let keep_from = (end - buf_start) as usize;
+            buf.drain(..keep_from);
+            buf_start = end;
+        }
+        match first_err {
+            Some(e) => Err((e, Vec::new())),
+            None => Ok(()),
+        }
+    }
+
+    /// Decodes one frame and stores the blobs wanted from it, each checked against its name.
+    fn store_frame(&self, cas: &Cas, key: &str, z: &[u8], f: &FrameWant) -> Result<()> {
+        let raw = pack::decode_frame(z, f.frame_raw).map_err(|e| RemoteError::BadPack {
+            key: key.to_string(),
+            detail: format!("frame at byte {}: {}", f.frame_off, e.0),
+        })?;
+        let mut first_err = None;
+        for &(hash, size, off) in &f.blobs {
+            let data = &raw[off as usize..(off + size) as usize];
+            let got = blake3::hash(data);
+            if got.as_bytes() != &hash {
+                first_err.get_or_insert(RemoteError::Corrupt {
+                    key: format!("{key} (blob {}_{size})", vrift_manifest::hex(&hash)),
+                    got_size: size,
+                    got_hash: got.to_hex().to_string(),
+                });
+                continue;
+            }
+            match cas.insert_bytes(&hash, size, data, 0o444) {
+                Ok(_) => {
+                    RemoteStats::add(&self.stats.blobs_moved, 1);
+                    RemoteStats::add(&self.stats.bytes_moved, size);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e.into());
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The bundle for `manifest` given where every blob is.
+    pub(crate) fn bundle(
+        manifest: Vec<u8>,
+        blobs: &[(Hash, u64)],
+        locate: impl Fn(&(Hash, u64)) -> Option<((Hash, u64), Loc)>,
+    ) -> Option<Bundle> {
+        let mut packs: Vec<(Hash, u64)> = Vec::new();
+        let mut pack_no: HashMap<Hash, u32> = HashMap::new();
+        let mut locs = Vec::with_capacity(blobs.len());
+        for b in blobs {
+            let (pack, loc) = locate(b)?;
+            let n = *pack_no.entry(pack.0).or_insert_with(|| {
+                packs.push(pack);
+                (packs.len() - 1) as u32
+            });
+            locs.push((b.0, b.1, n, loc));
+        }
+        Some(Bundle {
+            manifest,
+            packs,
+            locs,
+        })
+    }
+}
+
+/// The receiver as a stream (tokio's mpsc without the `tokio-stream` crate).
+fn async_stream(
+    rx: &mut tokio::sync::mpsc::Receiver<Pack>,
+) -> impl futures::Stream<Item = Pack> + '_ {
+    stream::unfold(rx, |rx| async move { rx.recv().await.map(|p| (p, rx)) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fw(off: u64, len: u64) -> FrameWant {
+        FrameWant {
+            frame_off: off,
+            frame_len: len,
+            frame_raw: 1,
+            blobs: vec![],
+        }
+    }
+
+    #[test]
+    fn frames_merge_into_ranges_across_small_gaps() {
+        let r = plan_ranges(
+            vec![fw(100, 10), fw(0, 50), fw(50, 50), fw(10_000, 5)],
+            1000,
+        );
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].start, r[0].end, r[0].frames.len()), (0, 110, 3));
+        assert_eq!((r[1].start, r[1].end), (10_000, 10_005));
+        let r = plan_ranges(vec![fw(0, 10), fw(1010, 5)], 1000);
+        assert_eq!(r.len(), 1, "a gap of exactly `gap` bytes merges");
+        assert!(plan_ranges(vec![], 10).is_empty());
+    }
+}
