@@ -69,6 +69,70 @@ pub enum Command {
     Init(crate::commands::init::InitArgs),
     /// Remove a project from the registry (its blobs become orphans unless others use them).
     Forget(ForgetArgs),
+    /// CI cache in one line: restore DIR for the key of its lock files (local store, else the
+    /// remote), else run CMD, ingest DIR and save it under the key. Exit 3: a miss, no CMD.
+    Restore(RestoreArgs),
+    /// The remote tier: list its manifests, collect its garbage.
+    Remote(RemoteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The tree to restore (created or replaced), e.g. node_modules.
+    pub dir: PathBuf,
+    /// Files whose content makes the key (lock files); repeatable, order matters.
+    #[arg(long = "key-from", value_name = "FILE", required = true)]
+    pub key_from: Vec<PathBuf>,
+    /// Readable part of the key (default: DIR's name and the platform).
+    #[arg(long, value_name = "K")]
+    pub key: Option<String>,
+    /// On a miss, restore the newest manifest whose name starts with P (repeatable, first
+    /// prefix with a match wins), like actions/cache restore-keys.
+    #[arg(long = "restore-prefix", value_name = "P")]
+    pub restore_prefix: Vec<String>,
+    /// How files get their content (see `checkout --link-mode`).
+    #[arg(long = "link-mode", value_enum, default_value_t = LinkModeArg::Auto)]
+    pub link_mode: LinkModeArg,
+    /// Requests in flight (default: 32, or `jobs` in remote.toml).
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 0)]
+    pub jobs: usize,
+    /// Run on a miss (e.g. `npm ci`); then DIR is ingested and saved under the key.
+    #[arg(last = true, value_name = "CMD")]
+    pub cmd: Vec<std::ffi::OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct RemoteArgs {
+    #[command(subcommand)]
+    pub command: RemoteCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RemoteCommand {
+    /// The manifests on the remote: name, files, tree size, age.
+    Ls,
+    /// Dry run by default: manifests to drop, packs no kept manifest uses, packs to repack.
+    Gc(RemoteGcArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RemoteGcArgs {
+    /// Keep only the N most recently pushed manifests (by name).
+    #[arg(long = "keep-last", value_name = "N")]
+    pub keep_last: Option<usize>,
+    /// Drop manifests not pushed for longer than DUR (e.g. 14d).
+    #[arg(long = "older-than", value_name = "DUR")]
+    pub older_than: Option<String>,
+    /// Actually delete (default: dry run).
+    #[arg(long)]
+    pub delete: bool,
+    /// A pack no kept manifest uses is deleted only once it has been unindexed for this long,
+    /// so a concurrent push can never lose one it relies on (default 1h).
+    #[arg(long, value_name = "DUR", default_value = "1h")]
+    pub grace: String,
+    /// Requests in flight.
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 0)]
+    pub jobs: usize,
 }
 
 #[derive(Args, Debug)]
@@ -332,8 +396,12 @@ How fresh the numbers are:
 pub struct CheckoutArgs {
     /// Manifest to materialize.
     pub manifest: PathBuf,
-    /// Destination directory (must not exist or be empty).
+    /// Destination directory (must not exist or be empty, unless --replace).
     pub dir: PathBuf,
+    /// Replace what DIR holds: the new tree is built beside it and swapped in atomically, the
+    /// old one deleted after (kept as it was if the checkout has errors).
+    #[arg(long)]
+    pub replace: bool,
     /// Worker threads (default: all cores).
     #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 0)]
     pub jobs: usize,

@@ -31,9 +31,28 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// Seconds as the largest whole unit: "45s", "12m", "3h", "9d".
+pub fn age(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ages() {
+        assert_eq!(
+            [age(-3), age(59), age(60), age(7200), age(86400 * 3)],
+            ["0s", "59s", "1m", "2h", "3d"]
+        );
+    }
 
     #[test]
     fn thousands_groups() {

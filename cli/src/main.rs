@@ -21,6 +21,8 @@ pub enum Outcome {
     Failed,
     /// The request was refused as asked (exit 2, like a usage error).
     Usage,
+    /// `restore`: no tree for the key and no command to make one (exit 3).
+    Miss,
 }
 
 /// Resolved global settings every command needs.
@@ -71,11 +73,14 @@ fn main() -> ExitCode {
         Command::Serve(a) => commands::serve::run(&g, a),
         Command::Push(a) => commands::remote::push(&g, a),
         Command::Pull(a) => commands::remote::pull(&g, a),
+        Command::Restore(a) => commands::remote::restore(&g, a),
+        Command::Remote(a) => commands::remote::remote(&g, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(1),
         Ok(Outcome::Usage) => ExitCode::from(2),
+        Ok(Outcome::Miss) => ExitCode::from(3),
         Err(e) => {
             let msg = error_chain(&e);
             if g.json {

@@ -28,3 +28,92 @@ pub fn checkout(
         cas, dest, dest_fd, &nodes, opts, counters,
     ))
 }
+
+/// [`checkout`] over an existing tree (`checkout --replace`, `restore`): the new tree is built
+/// beside `dest` (same parent, so the same file system), then swapped with it in one
+/// `renameat2(RENAME_EXCHANGE)` — at no moment is `dest` missing or half-written — and the
+/// old tree is deleted after. A checkout with errors leaves `dest` as it was (the new tree
+/// is removed). `dest` may also not exist, or be empty.
+pub fn checkout_replacing(
+    cas: &Cas,
+    manifest: &Manifest,
+    dest: &Path,
+    opts: &Options,
+    counters: &Counters,
+) -> Result<CheckoutReport, PipelineError> {
+    let empty = match std::fs::read_dir(dest) {
+        Ok(mut rd) => rd.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(PipelineError::io(dest, e)),
+    };
+    if empty {
+        return checkout(cas, manifest, dest, opts, counters);
+    }
+    let (parent, name) = match (dest.parent(), dest.file_name()) {
+        (Some(p), Some(n)) => (
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            },
+            n,
+        ),
+        _ => {
+            return Err(PipelineError::io(
+                dest,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "cannot replace this path"),
+            ))
+        }
+    };
+    let side = |what: &str| {
+        let mut n = std::ffi::OsString::from(".");
+        n.push(name);
+        n.push(format!(".vrift-{what}-{}", std::process::id()));
+        parent.join(n)
+    };
+    let new = side("new");
+    let _ = vrift_cas::clean::remove_tree(&new);
+    let report = checkout(cas, manifest, &new, opts, counters)?;
+    if report.errors > 0 {
+        let _ = vrift_cas::clean::remove_tree(&new);
+        return Ok(report);
+    }
+    match exchange(&new, dest) {
+        // `new` now names the old tree.
+        Ok(()) => vrift_cas::clean::remove_tree(&new).map_err(|e| PipelineError::io(&new, e))?,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
+            // No RENAME_EXCHANGE here: two renames (dest is missing for an instant).
+            let old = side("old");
+            std::fs::rename(dest, &old).map_err(|e| PipelineError::io(dest, e))?;
+            std::fs::rename(&new, dest).map_err(|e| PipelineError::io(dest, e))?;
+            vrift_cas::clean::remove_tree(&old).map_err(|e| PipelineError::io(&old, e))?;
+        }
+        Err(e) => {
+            let _ = vrift_cas::clean::remove_tree(&new);
+            return Err(PipelineError::io(dest, e));
+        }
+    }
+    Ok(report)
+}
+
+/// Swaps the names `a` and `b` atomically.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two valid C strings; renameat2 only reads them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -22,7 +22,7 @@ pub mod report;
 pub mod uring;
 pub mod walk;
 
-pub use checkout::{checkout, CheckoutReport};
+pub use checkout::{checkout, checkout_replacing, CheckoutReport};
 pub use error::PipelineError;
 pub use ingest::{ingest, Wait};
 pub use materialize::LinkMode;

@@ -24,12 +24,14 @@ pub mod bundle;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod keys;
 pub mod metrics;
 pub mod pack;
 pub mod packed;
 mod pull;
 mod push;
+pub mod restore;
 pub mod stats;
 
 use std::sync::Arc;

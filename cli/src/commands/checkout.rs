@@ -36,7 +36,11 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
         threads,
         ..Default::default()
     };
-    let report = vrift_pipeline::checkout(&cas, &manifest, &a.dir, &opts, &counters)?;
+    let report = if a.replace {
+        vrift_pipeline::checkout_replacing(&cas, &manifest, &a.dir, &opts, &counters)?
+    } else {
+        vrift_pipeline::checkout(&cas, &manifest, &a.dir, &opts, &counters)?
+    };
     super::print_issues(&counters.take_issues(), 20);
     if g.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -283,3 +283,178 @@ fn print_traffic(
         bytes(bytes_per_sec.round() as u64)
     );
 }
+
+/// `vrift restore`: see `vrift_remote::restore`.
+pub fn restore(g: &Globals, a: &crate::args::RestoreArgs) -> Result<Outcome> {
+    use vrift_remote::restore::{self, Hit, RestoreOptions};
+    let prefix = a
+        .key
+        .clone()
+        .unwrap_or_else(|| restore::default_prefix(&a.dir));
+    let key = match restore::cache_key(&prefix, &a.key_from) {
+        Ok(k) => k,
+        Err(e) => return fail(g, e),
+    };
+    let stats = Arc::new(RemoteStats::default());
+    // A remote is optional (a persistent runner's store alone is a cache); one that is
+    // configured but broken is an error, never a miss.
+    let configured = g.remote.is_some()
+        || std::env::var_os("VR_REMOTE").is_some()
+        || g.store.join("remote.toml").is_file();
+    let remote = if configured {
+        match connect(g, stats.clone()) {
+            Ok(r) => Some(r),
+            Err(e) => return fail(g, e),
+        }
+    } else {
+        None
+    };
+    let cas = Cas::open(&g.store).with_context(|| format!("store {}", g.store.display()))?;
+    let threads = if a.jobs > 0 {
+        a.jobs
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    };
+    let opts = RestoreOptions {
+        dir: a.dir.clone(),
+        key,
+        restore_prefixes: a.restore_prefix.clone(),
+        cmd: (!a.cmd.is_empty()).then(|| a.cmd.clone()),
+        checkout: vrift_pipeline::materialize::Options {
+            link_mode: a.link_mode.into(),
+            threads,
+            ..Default::default()
+        },
+        jobs: a.jobs,
+    };
+    let report = {
+        let _lock = shared_lock(cas.root())?;
+        match restore::restore(&cas, remote.as_ref(), &opts) {
+            Ok(r) => r,
+            Err(e) => return fail(g, e),
+        }
+    };
+    if g.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let what = match report.hit {
+            Hit::Local => "hit in the local store".to_string(),
+            Hit::Remote => "hit on the remote".to_string(),
+            Hit::Partial => format!(
+                "partial: restored {}",
+                report.restored_key.as_deref().unwrap_or("?")
+            ),
+            Hit::Miss => "miss".to_string(),
+        };
+        eprintln!(
+            "vrift restore {}: {what}; {} files in {}{}{} ({} received, {} requests, {:.2} s)",
+            report.key,
+            thousands(report.files),
+            report.dir.display(),
+            if report.saved { "; saved" } else { "" },
+            if report.pushed { " and pushed" } else { "" },
+            bytes(report.bytes_received),
+            thousands(report.requests),
+            report.seconds
+        );
+    }
+    let exact = matches!(report.hit, Hit::Local | Hit::Remote);
+    Ok(if exact || report.saved {
+        Outcome::Ok
+    } else {
+        Outcome::Miss
+    })
+}
+
+/// `vrift remote ls|gc`.
+pub fn remote(g: &Globals, a: &crate::args::RemoteArgs) -> Result<Outcome> {
+    use crate::args::RemoteCommand;
+    let stats = Arc::new(RemoteStats::default());
+    let remote = match connect(g, stats) {
+        Ok(r) => r,
+        Err(e) => return fail(g, e),
+    };
+    match &a.command {
+        RemoteCommand::Ls => {
+            let mut list = match remote.list_manifests() {
+                Ok(l) => l,
+                Err(e) => return fail(g, e),
+            };
+            list.sort_by(|x, y| x.name.cmp(&y.name));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            if g.json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else {
+                println!("{:<60} {:>10} {:>8}", "MANIFEST", "SIZE", "AGE");
+                for m in &list {
+                    println!(
+                        "{:<60} {:>10} {:>8}",
+                        m.name,
+                        bytes(m.size),
+                        crate::format::age(now - m.modified)
+                    );
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        RemoteCommand::Gc(o) => {
+            let parse = |s: &str| vrift_cas::gc::parse_age(s);
+            let older_than = match o.older_than.as_deref().map(parse).transpose() {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: --older-than: {e}");
+                    return Ok(Outcome::Usage);
+                }
+            };
+            let grace = match parse(&o.grace) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: --grace: {e}");
+                    return Ok(Outcome::Usage);
+                }
+            };
+            let r = match remote.remote_gc(
+                &g.store,
+                &vrift_remote::gc::GcOptions {
+                    keep_last: o.keep_last,
+                    older_than,
+                    delete: o.delete,
+                    grace_secs: grace,
+                    jobs: o.jobs,
+                },
+            ) {
+                Ok(r) => r,
+                Err(e) => return fail(g, e),
+            };
+            if g.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                let verb = if r.dry_run { "would" } else { "did" };
+                println!(
+                    "Remote gc of {} ({}): {} manifests, {} dropped; {} packs ({}), {} in use; {verb} unindex {}, delete {} ({}), restore {}, repack {}",
+                    remote.url(),
+                    if r.dry_run { "dry run; --delete to act" } else { "deleting" },
+                    thousands(r.manifests),
+                    thousands(r.manifests_dropped.len() as u64),
+                    thousands(r.packs),
+                    bytes(r.bytes_total),
+                    thousands(r.packs_live),
+                    thousands(r.packs_condemned),
+                    thousands(r.packs_deleted),
+                    bytes(r.bytes_deleted),
+                    thousands(r.packs_restored),
+                    thousands(r.packs_repacked),
+                );
+                for m in &r.manifests_dropped {
+                    println!("  drop {m}");
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+    }
+}
