@@ -305,7 +305,7 @@ pub struct PullArgs {
     #[arg(value_name = "MANIFEST_KEY_OR_NAME")]
     pub what: String,
 
-    /// Where to write the manifest (default: ./NAME.vrm, the key's file name).
+    /// Where to write the manifest (default: <store>/pulled/NAME.vrm).
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
 

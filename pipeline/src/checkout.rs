@@ -29,11 +29,7 @@ pub fn checkout(
     ))
 }
 
-/// [`checkout`] over an existing tree (`checkout --replace`, `restore`): the new tree is built
-/// beside `dest` (same parent, so the same file system), then swapped with it in one
-/// `renameat2(RENAME_EXCHANGE)` — at no moment is `dest` missing or half-written — and the
-/// old tree is deleted after. A checkout with errors leaves `dest` as it was (the new tree
-/// is removed). `dest` may also not exist, or be empty.
+/// [`checkout`] over an existing tree (`checkout --replace`, `restore`); see [`replace_dir`].
 pub fn checkout_replacing(
     cas: &Cas,
     manifest: &Manifest,
@@ -41,28 +37,39 @@ pub fn checkout_replacing(
     opts: &Options,
     counters: &Counters,
 ) -> Result<CheckoutReport, PipelineError> {
+    let mut report = None;
+    replace_dir(dest, |at| {
+        let r = checkout(cas, manifest, at, opts, counters)?;
+        let errors = r.errors;
+        report = Some(r);
+        Ok::<bool, PipelineError>(errors == 0)
+    })?;
+    Ok(report.unwrap_or_default())
+}
+
+/// Puts a tree built by `build` at `dest`, which may exist with content: when it does, the
+/// new tree is built beside it (same parent, so the same file system), then swapped with it
+/// in one `renameat2(RENAME_EXCHANGE)` — at no moment is `dest` missing or half-written — and
+/// the old tree is deleted after. `build` gets an empty directory (or a path that does not
+/// exist) and says whether the tree is complete; an incomplete one leaves `dest` as it was.
+pub fn replace_dir<E: From<PipelineError>>(
+    dest: &Path,
+    build: impl FnOnce(&Path) -> Result<bool, E>,
+) -> Result<(), E> {
     let empty = match std::fs::read_dir(dest) {
         Ok(mut rd) => rd.next().is_none(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-        Err(e) => return Err(PipelineError::io(dest, e)),
+        Err(e) => return Err(PipelineError::io(dest, e).into()),
     };
     if empty {
-        return checkout(cas, manifest, dest, opts, counters);
+        build(dest)?;
+        return Ok(());
     }
     let (parent, name) = match (dest.parent(), dest.file_name()) {
-        (Some(p), Some(n)) => (
-            if p.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                p
-            },
-            n,
-        ),
+        (Some(p), Some(n)) => (if p.as_os_str().is_empty() { Path::new(".") } else { p }, n),
         _ => {
-            return Err(PipelineError::io(
-                dest,
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "cannot replace this path"),
-            ))
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "cannot replace this path");
+            return Err(PipelineError::io(dest, e).into());
         }
     };
     let side = |what: &str| {
@@ -73,27 +80,34 @@ pub fn checkout_replacing(
     };
     let new = side("new");
     let _ = vrift_cas::clean::remove_tree(&new);
-    let report = checkout(cas, manifest, &new, opts, counters)?;
-    if report.errors > 0 {
+    let complete = match build(&new) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = vrift_cas::clean::remove_tree(&new);
+            return Err(e);
+        }
+    };
+    if !complete {
         let _ = vrift_cas::clean::remove_tree(&new);
-        return Ok(report);
+        return Ok(());
     }
+    let io = |p: &Path, e| -> E { PipelineError::io(p, e).into() };
     match exchange(&new, dest) {
         // `new` now names the old tree.
-        Ok(()) => vrift_cas::clean::remove_tree(&new).map_err(|e| PipelineError::io(&new, e))?,
+        Ok(()) => vrift_cas::clean::remove_tree(&new).map_err(|e| io(&new, e))?,
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
             // No RENAME_EXCHANGE here: two renames (dest is missing for an instant).
             let old = side("old");
-            std::fs::rename(dest, &old).map_err(|e| PipelineError::io(dest, e))?;
-            std::fs::rename(&new, dest).map_err(|e| PipelineError::io(dest, e))?;
-            vrift_cas::clean::remove_tree(&old).map_err(|e| PipelineError::io(&old, e))?;
+            std::fs::rename(dest, &old).map_err(|e| io(dest, e))?;
+            std::fs::rename(&new, dest).map_err(|e| io(dest, e))?;
+            vrift_cas::clean::remove_tree(&old).map_err(|e| io(&old, e))?;
         }
         Err(e) => {
             let _ = vrift_cas::clean::remove_tree(&new);
-            return Err(PipelineError::io(dest, e));
+            return Err(io(dest, e));
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Swaps the names `a` and `b` atomically.

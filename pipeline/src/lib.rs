@@ -22,7 +22,7 @@ pub mod report;
 pub mod uring;
 pub mod walk;
 
-pub use checkout::{checkout, checkout_replacing, CheckoutReport};
+pub use checkout::{checkout, checkout_replacing, replace_dir, CheckoutReport};
 pub use error::PipelineError;
 pub use ingest::{ingest, Wait};
 pub use materialize::LinkMode;

@@ -30,6 +30,8 @@ pub enum RemoteError {
     },
     #[error("{key}: not on the remote")]
     NotFound { key: String },
+    #[error("{remote}: the bucket {bucket:?} does not exist (create it, or check the URL and AWS_ENDPOINT_URL)")]
+    NoBucket { remote: String, bucket: String },
     #[error(
         "{key}: downloaded content does not match its name (got {got_size} bytes, BLAKE3 \
          {got_hash}); the remote copy is corrupt or truncated, nothing was stored"
@@ -64,6 +66,8 @@ pub enum RemoteError {
     Cas(#[from] vrift_cas::CasError),
     #[error(transparent)]
     Manifest(#[from] vrift_manifest::ManifestError),
+    #[error(transparent)]
+    Pipeline(#[from] vrift_pipeline::PipelineError),
 }
 
 impl RemoteError {

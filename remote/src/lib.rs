@@ -24,6 +24,7 @@ pub mod bundle;
 pub mod client;
 pub mod config;
 pub mod error;
+mod extract;
 pub mod gc;
 pub mod keys;
 pub mod metrics;
@@ -104,6 +105,14 @@ impl Remote {
         let one_line =
             |s: String| server_reason(&s.split_whitespace().collect::<Vec<_>>().join(" "));
         match e {
+            object_store::Error::NotFound { ref source, .. }
+                if source.to_string().contains("NoSuchBucket") =>
+            {
+                RemoteError::NoBucket {
+                    remote: self.url(),
+                    bucket: self.settings.url.bucket.clone(),
+                }
+            }
             object_store::Error::NotFound { .. } => RemoteError::NotFound {
                 key: key.to_string(),
             },

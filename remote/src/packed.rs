@@ -91,6 +91,22 @@ pub fn plan_ranges(mut frames: Vec<FrameWant>, gap: u64) -> Vec<Range> {
     out
 }
 
+/// Where fetched blobs go, each already checked against its name: the store, or straight
+/// into a tree (`restore` on a fresh runner).
+pub trait BlobSink: Sync {
+    fn put(&self, hash: &Hash, size: u64, data: &[u8]) -> Result<()>;
+}
+
+/// Blobs into the store.
+pub struct StoreSink<'a>(pub &'a Cas);
+
+impl BlobSink for StoreSink<'_> {
+    fn put(&self, hash: &Hash, size: u64, data: &[u8]) -> Result<()> {
+        self.0.insert_bytes(hash, size, data, 0o444)?;
+        Ok(())
+    }
+}
+
 /// A blob to fetch: hash, size, its pack (id, length) and where it is in it.
 pub type Wanted = (Hash, u64, (Hash, u64), Loc);
 
@@ -343,7 +359,7 @@ impl Remote {
     /// `remote gc` since the bundle was read) are returned for a second try.
     pub(crate) async fn fetch_packed(
         &self,
-        cas: &Cas,
+        sink: &dyn BlobSink,
         wanted: &[Wanted],
         jobs: usize,
     ) -> (Vec<RemoteError>, Vec<(Hash, u64)>) {
@@ -356,7 +372,7 @@ impl Remote {
         // Largest ranges first: the long transfers start early.
         work.sort_by_key(|(_, r)| std::cmp::Reverse(r.end - r.start));
         let results: Vec<Result<(), RangeFailure>> =
-            stream::iter(work.iter().map(|(pack, r)| self.fetch_range(cas, pack, r)))
+            stream::iter(work.iter().map(|(pack, r)| self.fetch_range(sink, pack, r)))
                 .buffer_unordered(jobs.max(1))
                 .collect()
                 .await;
@@ -376,7 +392,7 @@ impl Remote {
     /// the blobs it was to bring.
     async fn fetch_range(
         &self,
-        cas: &Cas,
+        sink: &dyn BlobSink,
         &(pack, pack_len): &(Hash, u64),
         r: &Range,
     ) -> Result<(), RangeFailure> {
@@ -425,7 +441,7 @@ impl Remote {
                 }
             }
             let z = &buf[(f.frame_off - buf_start) as usize..(end - buf_start) as usize];
-            let stored = tokio::task::block_in_place(|| self.store_frame(cas, &key, z, f));
+            let stored = tokio::task::block_in_place(|| self.store_frame(sink, &key, z, f));
             if let Err(e) = stored {
                 first_err.get_or_insert(e);
             }
@@ -441,7 +457,7 @@ impl Remote {
     }
 
     /// Decodes one frame and stores the blobs wanted from it, each checked against its name.
-    fn store_frame(&self, cas: &Cas, key: &str, z: &[u8], f: &FrameWant) -> Result<()> {
+    fn store_frame(&self, sink: &dyn BlobSink, key: &str, z: &[u8], f: &FrameWant) -> Result<()> {
         let raw = pack::decode_frame(z, f.frame_raw).map_err(|e| RemoteError::BadPack {
             key: key.to_string(),
             detail: format!("frame at byte {}: {}", f.frame_off, e.0),
@@ -458,13 +474,13 @@ impl Remote {
                 });
                 continue;
             }
-            match cas.insert_bytes(&hash, size, data, 0o444) {
-                Ok(_) => {
+            match sink.put(&hash, size, data) {
+                Ok(()) => {
                     RemoteStats::add(&self.stats.blobs_moved, 1);
                     RemoteStats::add(&self.stats.bytes_moved, size);
                 }
                 Err(e) => {
-                    first_err.get_or_insert(e.into());
+                    first_err.get_or_insert(e);
                 }
             }
         }

@@ -58,6 +58,23 @@ pub struct PullReport {
 }
 
 impl Remote {
+    /// The bundle `what` names (see [`crate::Keys::resolve_manifest`]) and its key; `None`
+    /// when there is none (a manifest of the first format may be).
+    pub fn fetch_bundle(&self, what: &str) -> Result<Option<(String, Bundle)>> {
+        let key = bundle_of(&self.keys.resolve_manifest(what)?);
+        match self.rt.block_on(self.get_bytes(&key)) {
+            Ok(b) => {
+                let bundle = Bundle::decode(&b).map_err(|e| RemoteError::BadManifest {
+                    key: key.clone(),
+                    detail: e.0,
+                })?;
+                Ok(Some((key, bundle)))
+            }
+            Err(RemoteError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The manifest `what` names (see [`crate::Keys::resolve_manifest`]) as its key and
     /// checked bytes.
     pub fn fetch_manifest(&self, what: &str) -> Result<(String, Vec<u8>)> {
@@ -98,17 +115,8 @@ impl Remote {
         } else {
             self.settings.jobs
         };
-        let legacy_key = self.keys.resolve_manifest(what)?;
-        let bundle_key = bundle_of(&legacy_key);
-        let bundle = match self.rt.block_on(self.get_bytes(&bundle_key)) {
-            Ok(b) => Some(Bundle::decode(&b).map_err(|e| RemoteError::BadManifest {
-                key: bundle_key.clone(),
-                detail: e.0,
-            })?),
-            // A manifest of the first format (one object per blob) is still served.
-            Err(RemoteError::NotFound { .. }) => None,
-            Err(e) => return Err(e),
-        };
+        let bundle_key = bundle_of(&self.keys.resolve_manifest(what)?);
+        let bundle = self.fetch_bundle(what)?.map(|(_, b)| b);
         let (key, bytes) = match &bundle {
             Some(b) => (bundle_key.clone(), b.manifest.clone()),
             None => self.fetch_manifest(what)?,
@@ -140,7 +148,9 @@ impl Remote {
             }
         }
         let mut failures: Vec<RemoteError> = match &bundle {
-            Some(b) => self.fetch_from_packs(cas, b, &key, &missing, jobs)?,
+            Some(b) => {
+                self.fetch_from_packs(&crate::packed::StoreSink(cas), cas.root(), b, &key, &missing, jobs)?
+            }
             None => self.rt.block_on(async {
                 stream::iter(missing.iter().map(|(h, s)| self.download_blob(cas, h, *s)))
                     .buffer_unordered(jobs)
@@ -214,9 +224,10 @@ impl Remote {
 
     /// The blobs `missing` from the packs the bundle names; where a pack is gone (repacked
     /// since), from wherever the packs' indexes now say. Failures, one per range or blob.
-    fn fetch_from_packs(
+    pub(crate) fn fetch_from_packs(
         &self,
-        cas: &Cas,
+        sink: &dyn crate::packed::BlobSink,
+        store: &Path,
         b: &Bundle,
         key: &str,
         missing: &[(Hash, u64)],
@@ -240,9 +251,9 @@ impl Remote {
             };
             wanted.push((h, size, pack, loc));
         }
-        let (mut errors, gone) = self.rt.block_on(self.fetch_packed(cas, &wanted, jobs));
+        let (mut errors, gone) = self.rt.block_on(self.fetch_packed(sink, &wanted, jobs));
         if !gone.is_empty() {
-            let catalog = self.rt.block_on(self.catalog(cas.root(), jobs))?;
+            let catalog = self.rt.block_on(self.catalog(store, jobs))?;
             let mut again = Vec::with_capacity(gone.len());
             for (h, size) in gone {
                 let found = catalog
@@ -259,7 +270,7 @@ impl Remote {
                     }),
                 }
             }
-            let (more, still) = self.rt.block_on(self.fetch_packed(cas, &again, jobs));
+            let (more, still) = self.rt.block_on(self.fetch_packed(sink, &again, jobs));
             errors.extend(more);
             for (h, size) in still {
                 errors.push(RemoteError::NotFound {

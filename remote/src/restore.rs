@@ -55,6 +55,9 @@ pub struct RestoreOptions {
     pub checkout: CheckoutOptions,
     /// Requests in flight (0: the remote's default).
     pub jobs: usize,
+    /// On a store with no blobs (a fresh runner), write a tree from the remote straight from
+    /// the packs, without the store (the default; off when a link mode is asked for).
+    pub direct: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,6 +67,9 @@ pub struct RestoreReport {
     /// The key whose tree was restored (the key itself, a fallback's, or none).
     pub restored_key: Option<String>,
     pub dir: PathBuf,
+    /// How the tree was written: `store` (pulled into the store, checked out as links),
+    /// `direct` (a fresh runner: from the packs straight into DIR), `none`.
+    pub via: &'static str,
     /// Files written into DIR.
     pub files: u64,
     /// CMD ran (and succeeded) and DIR was saved under the key.
@@ -125,6 +131,14 @@ pub fn default_prefix(dir: &Path) -> String {
         std::env::consts::OS,
         std::env::consts::ARCH
     )
+}
+
+/// Whether the store holds no blob at all.
+fn store_is_empty(cas: &Cas) -> bool {
+    match std::fs::read_dir(cas.blob_dir()) {
+        Ok(mut rd) => rd.next().is_none(),
+        Err(_) => true,
+    }
 }
 
 fn record_path(cas: &Cas, key: &str) -> PathBuf {
@@ -219,6 +233,7 @@ pub fn restore(cas: &Cas, remote: Option<&Remote>, opts: &RestoreOptions) -> Res
         key: key.clone(),
         restored_key: None,
         dir: opts.dir.clone(),
+        via: "none",
         files: 0,
         saved: false,
         pushed: false,
@@ -248,18 +263,39 @@ pub fn restore(cas: &Cas, remote: Option<&Remote>, opts: &RestoreOptions) -> Res
         Ok(())
     };
 
+    // A store without a single blob (a fresh runner) has nothing to share: trees from the
+    // remote go straight into DIR.
+    let direct = opts.direct && store_is_empty(cas);
+    let extract = |r: &Remote, name: &str| -> Result<u64> {
+        let (bkey, bundle) = r.fetch_bundle(name)?.ok_or_else(|| RemoteError::NotFound {
+            key: crate::keys::bundle_of(&r.keys().manifest_named(name).unwrap_or_default()),
+        })?;
+        let mut files = 0;
+        vrift_pipeline::replace_dir(&opts.dir, |at| {
+            files = r.extract(cas.root(), &bkey, &bundle, at, opts.jobs)?;
+            Ok::<bool, RemoteError>(true)
+        })?;
+        Ok(files)
+    };
     if let Some(p) = local_record(cas, &key) {
         report.hit = Hit::Local;
+        report.via = "store";
         report.files = checkout(cas, &p, opts)?;
         report.restored_key = Some(key.clone());
     } else if let Some(r) = remote {
         // An error here (credentials, endpoint) is the command's error, never a miss.
         if r.has_manifest(&key)? {
-            pull(r, &key)?;
             report.hit = Hit::Remote;
-            report.files = checkout(cas, &record, opts)?;
+            if direct {
+                report.files = extract(r, &key)?;
+                report.via = "direct";
+            } else {
+                pull(r, &key)?;
+                report.files = checkout(cas, &record, opts)?;
+                report.via = "store";
+                register(cas, &key, &opts.dir, &record)?;
+            }
             report.restored_key = Some(key.clone());
-            register(cas, &key, &opts.dir, &record)?;
         }
     }
     if report.hit == Hit::Miss {
@@ -268,9 +304,15 @@ pub fn restore(cas: &Cas, remote: Option<&Remote>, opts: &RestoreOptions) -> Res
             None => None,
         };
         if let (Some(r), Some(name)) = (remote, fallback) {
-            pull(r, &name)?;
             report.hit = Hit::Partial;
-            report.files = checkout(cas, &record_path(cas, &name), opts)?;
+            if direct {
+                report.files = extract(r, &name)?;
+                report.via = "direct";
+            } else {
+                pull(r, &name)?;
+                report.files = checkout(cas, &record_path(cas, &name), opts)?;
+                report.via = "store";
+            }
             report.restored_key = Some(name);
         }
     }

@@ -9,6 +9,7 @@ use crate::progress::Progress;
 use crate::{Globals, Outcome};
 
 pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
+    let command_started = std::time::Instant::now();
     let source = match &a.dir {
         Some(d) => d.clone(),
         None => resume_source(&a.output)?,
@@ -162,6 +163,16 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
         text.pop(); // the closing brace of the report object
         text.push_str(",\"excluded_paths\":");
         text.push_str(&serde_json::to_string(&report.details.excluded_paths)?);
+        // The project it was registered as, the store, and the whole command's time (the
+        // pipeline's is `seconds`; this adds registration and a push).
+        text.push_str(",\"project\":");
+        text.push_str(&serde_json::to_string(&report.details.project)?);
+        text.push_str(",\"store\":");
+        text.push_str(&serde_json::to_string(&report.details.store)?);
+        text.push_str(&format!(
+            ",\"total_seconds\":{}",
+            command_started.elapsed().as_secs_f64()
+        ));
         if let Some(push) = push {
             text.push_str(",\"push\":");
             text.push_str(&push);

@@ -192,9 +192,22 @@ pub fn pull(g: &Globals, a: &PullArgs) -> Result<Outcome> {
         Ok(k) => k,
         Err(e) => return fail(g, e),
     };
-    let out = a.output.clone().unwrap_or_else(|| {
-        PathBuf::from(key.rsplit('/').next().unwrap_or("pulled.vrm").to_string())
-    });
+    // By default the manifest goes into the store, not into the user's working directory.
+    let out = match &a.output {
+        Some(o) => o.clone(),
+        None => {
+            let name = key
+                .rsplit('/')
+                .next()
+                .unwrap_or("pulled.vrm")
+                .trim_end_matches(".vrmz")
+                .trim_end_matches(".vrm");
+            let dir = g.store.join("pulled");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir.join(format!("{name}.vrm"))
+        }
+    };
     let cas = Cas::open(&g.store).with_context(|| format!("store {}", g.store.display()))?;
     let project = a.name.clone().unwrap_or_else(|| a.what.clone());
     let export = RemoteExport::start(&flags(&a.metrics), &project, RemoteCommand::Pull);
@@ -328,6 +341,7 @@ pub fn restore(g: &Globals, a: &crate::args::RestoreArgs) -> Result<Outcome> {
             ..Default::default()
         },
         jobs: a.jobs,
+        direct: a.link_mode == crate::args::LinkModeArg::Auto,
     };
     let report = {
         let _lock = shared_lock(cas.root())?;

@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 /// The keys `vrift ingest --json` promises, in order.
-pub const JSON_KEYS: [&str; 13] = [
+pub const JSON_KEYS: [&str; 16] = [
     "files",
     "dirs",
     "symlinks",
@@ -31,6 +31,9 @@ pub const JSON_KEYS: [&str; 13] = [
     "files_per_sec",
     "manifest",
     "excluded_paths",
+    "project",
+    "store",
+    "total_seconds",
 ];
 
 /// The binary under test: this build's, or `VRIFT_TEST_BIN` (to show that a test fails on an
