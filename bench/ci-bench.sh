@@ -50,7 +50,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END{m = (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2); printf "%d\n", m}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a/b; else print "n/a" }'; }
 json() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
@@ -171,8 +171,10 @@ for c in $corpora; do
                     chmod -R u+w "$work/proj-$x/node_modules"
                 done
                 rm -rf "$work/sc" "$work/dl"; mkdir -p "$work/dl"
+                # (--link-mode hardlink: through the store, as on a runner that keeps one)
                 ( cd "$work/dl" && cp "$work/proj-$prev/package-lock.json" . && "$vrift" --the-source-root "$work/sc" \
-                    --remote "$pre" --no-progress restore node_modules --key-from package-lock.json --key "$prev" >/dev/null 2>&1 )
+                    --remote "$pre" --no-progress restore node_modules --key-from package-lock.json --key "$prev" \
+                    --link-mode hardlink >/dev/null 2>&1 )
                 cp "$work/proj-$c/package-lock.json" "$work/dl/"
                 sync; t0=$(ms)
                 out=$(cd "$work/dl" && "$vrift" --the-source-root "$work/sc" --remote "$pre" \

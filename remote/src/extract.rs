@@ -10,7 +10,8 @@
 //! descriptor, `O_NOFOLLOW`, `O_EXCL`), in an empty directory the caller swaps into place.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -32,9 +33,31 @@ type Files = HashMap<(Hash, u64), Vec<(Vec<u8>, u32, i64)>>;
 struct TreeSink<'a> {
     dest: &'a Path,
     root: DirChain,
-    /// Chains for the worker threads (each caches the directories it opened).
+    /// Chains for the worker threads, to open directories safely (component by component,
+    /// never through a symlink).
     pool: Mutex<Vec<DirChain>>,
+    /// Directories opened so far, shared by all threads: frames of different packs land in
+    /// the same directories, and reopening a path component by component costs more than
+    /// the file it is for. Bounded by `max_dirs` (the descriptor limit).
+    dirs: Mutex<HashMap<Vec<u8>, Arc<OwnedFd>>>,
+    max_dirs: usize,
     files: Files,
+}
+
+impl TreeSink<'_> {
+    /// The directory `rel` (`""`: the root), from the cache or opened safely.
+    fn dir(&self, chain: &mut DirChain, rel: &[u8]) -> std::io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.dirs.lock().ok().and_then(|d| d.get(rel).cloned()) {
+            return Ok(fd);
+        }
+        let fd = Arc::new(chain.open_readable(rel)?);
+        if let Ok(mut d) = self.dirs.lock() {
+            if d.len() < self.max_dirs {
+                d.insert(rel.to_vec(), fd.clone());
+            }
+        }
+        Ok(fd)
+    }
 }
 
 fn ts(ns: i64) -> Timespec {
@@ -60,9 +83,11 @@ impl BlobSink for TreeSink<'_> {
         for (path, mode, mtime) in paths {
             let at = || self.dest.join(std::ffi::OsStr::new(&*String::from_utf8_lossy(path)));
             let mut write = || -> std::io::Result<()> {
-                let (parent, name) = chain.parent_of(path)?;
+                let (parent, name) = vrift_pipeline::dirs::split(path);
+                let name = vrift_pipeline::dirs::c_name(name)?;
+                let parent = self.dir(&mut chain, parent)?;
                 let fd = rustix::fs::openat(
-                    parent,
+                    parent.as_fd(),
                     name.as_c_str(),
                     OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
@@ -92,6 +117,22 @@ impl BlobSink for TreeSink<'_> {
         }
         result
     }
+}
+
+/// How many directories may stay open: the descriptor limit raised to its hard maximum
+/// (up to 65,536), minus room for the connections and files in flight.
+fn dir_cache_size() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if let (Some(cur), max) = (l.current, l.maximum) {
+        let want = max.unwrap_or(65_536).min(65_536);
+        if cur < want {
+            l.current = Some(want);
+            let _ = setrlimit(Resource::Nofile, l);
+        }
+    }
+    let cur = getrlimit(Resource::Nofile).current.unwrap_or(65_536);
+    (cur as usize).saturating_sub(512)
 }
 
 impl Remote {
@@ -152,6 +193,8 @@ impl Remote {
             dest,
             root: DirChain::new(root),
             pool: Mutex::new(Vec::new()),
+            dirs: Mutex::new(HashMap::new()),
+            max_dirs: dir_cache_size(),
             files,
         };
         let st = &self.stats;
@@ -172,6 +215,7 @@ impl Remote {
         }
         // Directories last, deepest first: their modes and times as recorded (writing the
         // files changed the times).
+        drop(sink.dirs);
         let mut chain = sink.root;
         let dirs: Vec<_> = m.iter().filter(|e| e.kind() == Kind::Dir).collect();
         for e in dirs.iter().rev() {
