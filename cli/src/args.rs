@@ -280,7 +280,7 @@ pub struct PushArgs {
     #[arg(value_name = "MANIFEST")]
     pub manifest: PathBuf,
 
-    /// Name on the remote: manifests/NAME.vrm (default: the registry's project name for
+    /// Name on the remote: manifests/NAME.vrmz (default: the registry's project name for
     /// this manifest, else the tree's directory name).
     #[arg(long)]
     pub name: Option<String>,
@@ -300,7 +300,7 @@ pub struct PushArgs {
 
 #[derive(Args, Debug)]
 pub struct PullArgs {
-    /// A project name (manifests/NAME.vrm), a manifest's BLAKE3 (64 hex digits), or a key
+    /// A project name (manifests/NAME.vrmz), a manifest's BLAKE3 (64 hex digits), or a key
     /// under the remote's prefix (manifests/x.vrm).
     #[arg(value_name = "MANIFEST_KEY_OR_NAME")]
     pub what: String,

@@ -66,9 +66,17 @@ pub fn replace_dir<E: From<PipelineError>>(
         return Ok(());
     }
     let (parent, name) = match (dest.parent(), dest.file_name()) {
-        (Some(p), Some(n)) => (if p.as_os_str().is_empty() { Path::new(".") } else { p }, n),
+        (Some(p), Some(n)) => (
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            },
+            n,
+        ),
         _ => {
-            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "cannot replace this path");
+            let e =
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "cannot replace this path");
             return Err(PipelineError::io(dest, e).into());
         }
     };

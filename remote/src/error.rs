@@ -57,7 +57,7 @@ pub enum RemoteError {
          store?)"
     )]
     MissingLocalBlob { path: PathBuf, entry: String },
-    #[error("{count} blobs failed; first: {first}")]
+    #[error("{count} transfers failed; first: {first}")]
     Several {
         count: usize,
         first: Box<RemoteError>,

@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::Mutex;
 
 use rustix::fs::{Mode, OFlags, Timespec, Timestamps};
@@ -81,7 +81,10 @@ impl BlobSink for TreeSink<'_> {
         };
         let mut result = Ok(());
         for (path, mode, mtime) in paths {
-            let at = || self.dest.join(std::ffi::OsStr::new(&*String::from_utf8_lossy(path)));
+            let at = || {
+                self.dest
+                    .join(std::ffi::OsStr::new(&*String::from_utf8_lossy(path)))
+            };
             let mut write = || -> std::io::Result<()> {
                 let (parent, name) = vrift_pipeline::dirs::split(path);
                 let name = vrift_pipeline::dirs::c_name(name)?;
@@ -89,7 +92,11 @@ impl BlobSink for TreeSink<'_> {
                 let fd = rustix::fs::openat(
                     parent.as_fd(),
                     name.as_c_str(),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )?;
                 let mut off = 0;
@@ -173,14 +180,19 @@ impl Remote {
         if r.errors > 0 {
             let first = counters.take_issues().into_iter().next();
             return Err(RemoteError::Io {
-                path: first.as_ref().map_or(dest.to_path_buf(), |i| i.path.clone()),
+                path: first
+                    .as_ref()
+                    .map_or(dest.to_path_buf(), |i| i.path.clone()),
                 source: std::io::Error::other(first.map_or_else(String::new, |i| i.message)),
             });
         }
         let mut files: Files = HashMap::new();
         let mut blobs: Vec<(Hash, u64)> = Vec::new();
         let mut count = 0u64;
-        for e in m.iter().filter(|e| matches!(e.kind(), Kind::File | Kind::Executable)) {
+        for e in m
+            .iter()
+            .filter(|e| matches!(e.kind(), Kind::File | Kind::Executable))
+        {
             count += 1;
             let k = (*e.hash(), e.size());
             let v = files.entry(k).or_default();
@@ -219,20 +231,23 @@ impl Remote {
         let mut chain = sink.root;
         let dirs: Vec<_> = m.iter().filter(|e| e.kind() == Kind::Dir).collect();
         for e in dirs.iter().rev() {
-            let fd = chain
-                .open_readable(e.path())
-                .map_err(|err| RemoteError::io(dest.join(String::from_utf8_lossy(e.path()).as_ref()), err))?;
+            let fd = chain.open_readable(e.path()).map_err(|err| {
+                RemoteError::io(dest.join(String::from_utf8_lossy(e.path()).as_ref()), err)
+            })?;
             let t = ts(e.mtime_ns());
-            let set = rustix::fs::fchmod(fd.as_fd(), Mode::from_raw_mode(e.mode() & 0o7777 & !SETID_BITS))
-                .and_then(|()| {
-                    rustix::fs::futimens(
-                        fd.as_fd(),
-                        &Timestamps {
-                            last_access: t,
-                            last_modification: t,
-                        },
-                    )
-                });
+            let set = rustix::fs::fchmod(
+                fd.as_fd(),
+                Mode::from_raw_mode(e.mode() & 0o7777 & !SETID_BITS),
+            )
+            .and_then(|()| {
+                rustix::fs::futimens(
+                    fd.as_fd(),
+                    &Timestamps {
+                        last_access: t,
+                        last_modification: t,
+                    },
+                )
+            });
             set.map_err(|err| RemoteError::io(dest, err.into()))?;
         }
         Ok(count)

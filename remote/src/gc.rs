@@ -6,8 +6,8 @@
 //! the index): from then on no push finds its blobs (pushes read indexes), so no new manifest
 //! can come to rely on it. A later run deletes it once the marker is older than the grace
 //! period — longer than any push takes — if no kept manifest uses it by then; one that does
-//! (a push that had read the index just before) gets its index back. New packs younger than
-//! the grace period are never touched (a push uploads packs before its manifest).
+//! (a push that had read the index just before) gets its index back. Packs younger than the
+//! grace period are never touched, nor repacked (a push uploads packs before its manifest).
 //!
 //! Which manifests are kept: every named one (`manifests/<name>.vrmz`), or the `--keep-last`
 //! newest, or those pushed within `--older-than`; the by-hash copy of a kept manifest stays,
@@ -162,7 +162,10 @@ impl Remote {
                         if o.delete {
                             self.restore_index(id)?;
                         }
-                    } else if p.size > 0 && (bytes as f64) < REPACK_BELOW * p.size as f64 {
+                    } else if p.size > 0
+                        && (bytes as f64) < REPACK_BELOW * p.size as f64
+                        && now - p.modified >= grace
+                    {
                         repack.push(*id);
                     }
                 }
@@ -380,8 +383,17 @@ impl Remote {
                     enc.clone(),
                 )
                 .await?;
-                self.put_bytes(&bundle_of(&self.keys.manifest_named(name)?), enc)
-                    .await?;
+                // The name moves to the rewritten bundle only if nobody pushed it meanwhile
+                // (a newer push keeps its own bundle; its pack, if this one, gets its index
+                // back at the next run, and pulls relocate).
+                let named = bundle_of(&self.keys.manifest_named(name)?);
+                let unchanged = match self.get_bytes(&named).await {
+                    Ok(cur) => Bundle::decode(&cur).is_ok_and(|c| c.manifest == b.manifest),
+                    Err(_) => false,
+                };
+                if unchanged {
+                    self.put_bytes(&named, enc).await?;
+                }
                 *b = nb;
             }
             Ok::<(), RemoteError>(())

@@ -55,6 +55,9 @@ pub struct Remote {
     keys: Keys,
     settings: Settings,
     stats: Arc<RemoteStats>,
+    /// The server answered a ranged GET with the whole object or `200` (`rclone serve s3`
+    /// does): fetch whole packs from then on.
+    no_ranges: std::sync::atomic::AtomicBool,
 }
 
 impl Remote {
@@ -75,6 +78,7 @@ impl Remote {
             keys: settings.url.keys(),
             settings,
             stats,
+            no_ranges: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -364,8 +364,11 @@ impl Remote {
         jobs: usize,
     ) -> (Vec<RemoteError>, Vec<(Hash, u64)>) {
         let mut work: Vec<((Hash, u64), Range)> = Vec::new();
+        let whole = self.no_ranges.load(std::sync::atomic::Ordering::Relaxed);
         for (pack, frames) in frames_by_pack(wanted) {
-            for r in plan_ranges(frames, MERGE_GAP) {
+            // A server without ranged reads: one plain GET per pack.
+            let gap = if whole { u64::MAX } else { MERGE_GAP };
+            for r in plan_ranges(frames, gap) {
                 work.push((pack, r));
             }
         }
@@ -405,18 +408,34 @@ impl Remote {
         };
         // The whole pack is a plain GET: some servers answer a range that covers the whole
         // object with the whole object (200, not 206), which a ranged read must refuse.
-        let whole = r.start == 0 && r.end >= pack_len;
+        let no_ranges = self.no_ranges.load(std::sync::atomic::Ordering::Relaxed);
+        let whole = no_ranges || (r.start == 0 && r.end >= pack_len);
         let opts = GetOptions {
             range: (!whole).then_some(GetRange::Bounded(r.start..r.end)),
             ..Default::default()
         };
-        let got = match self.store.get_opts(&obj_path(&key), opts).await {
-            Ok(g) => g,
+        let (got, from) = match self.store.get_opts(&obj_path(&key), opts).await {
+            Ok(g) => (g, if whole { 0 } else { r.start }),
+            // `rclone serve s3` answers every range with 200 and the range's bytes, which
+            // object_store refuses: from now on whole packs, the bytes before ours skipped.
+            Err(e) if e.to_string().contains("non-partial response") => {
+                self.no_ranges
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                match self
+                    .store
+                    .get_opts(&obj_path(&key), GetOptions::default())
+                    .await
+                {
+                    Ok(g) => (g, 0),
+                    Err(e) => return Err((self.error(&key, "get", e), all_blobs())),
+                }
+            }
             Err(e) => return Err((self.error(&key, "get", e), all_blobs())),
         };
         let mut body = got.into_stream();
         let mut buf: Vec<u8> = Vec::new();
-        let mut buf_start = r.start;
+        // Offset in the pack of `buf[0]`; bytes before `r.start` are dropped as they come.
+        let mut buf_start = from;
         let mut first_err: Option<RemoteError> = None;
         let truncated = |at: u64| RemoteError::BadPack {
             key: key.clone(),
@@ -432,6 +451,12 @@ impl Remote {
                     Some(Ok(chunk)) => {
                         RemoteStats::add(&self.stats.bytes_down, chunk.len() as u64);
                         buf.extend_from_slice(&chunk);
+                        // Nothing before this frame is needed any more.
+                        if buf_start < f.frame_off {
+                            let skip = ((f.frame_off - buf_start) as usize).min(buf.len());
+                            buf.drain(..skip);
+                            buf_start += skip as u64;
+                        }
                     }
                     Some(Err(e)) => return Err((self.error(&key, "get", e), Vec::new())),
                     None => {

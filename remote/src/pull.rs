@@ -148,9 +148,14 @@ impl Remote {
             }
         }
         let mut failures: Vec<RemoteError> = match &bundle {
-            Some(b) => {
-                self.fetch_from_packs(&crate::packed::StoreSink(cas), cas.root(), b, &key, &missing, jobs)?
-            }
+            Some(b) => self.fetch_from_packs(
+                &crate::packed::StoreSink(cas),
+                cas.root(),
+                b,
+                &key,
+                &missing,
+                jobs,
+            )?,
             None => self.rt.block_on(async {
                 stream::iter(missing.iter().map(|(h, s)| self.download_blob(cas, h, *s)))
                     .buffer_unordered(jobs)

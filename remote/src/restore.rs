@@ -12,10 +12,14 @@
 //! the key (pushed when a remote is configured). A miss without CMD is exit 3 for the caller;
 //! a remote that cannot be reached or refuses the credentials is an error, never a miss.
 //!
-//! What was restored or saved is kept as `<store>/restore/<key>.vrm` and registered as the
-//! project `<key>`, so `gc` keeps its blobs and the next run on this machine hits locally.
+//! What was restored through the store or saved is kept as `<store>/restore/<key>.vrm` and
+//! registered as the project `<key>`, so `gc` keeps its blobs and the next run on this
+//! machine hits locally. A store without a single blob (a fresh runner) is not used at all:
+//! the tree is written straight from the packs and nothing is kept (`--link-mode hardlink`
+//! goes through the store instead).
 
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -336,8 +340,14 @@ fn run_cmd(cmd: &[OsString]) -> Result<()> {
     let Some((prog, args)) = cmd.split_first() else {
         return Ok(());
     };
+    // Its output goes to stderr: stdout is for `--json` (and CI logs show stderr).
+    let err = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| RemoteError::io(PathBuf::from(prog), e))?;
     let st = std::process::Command::new(prog)
         .args(args)
+        .stdout(std::process::Stdio::from(err))
         .status()
         .map_err(|e| RemoteError::io(PathBuf::from(prog), e))?;
     if !st.success() {

@@ -153,7 +153,28 @@ impl S3Server {
             .env("AWS_CONFIG_FILE", self.dir.path().join("no-config"));
     }
 
-    /// Complete blob objects under `prefix` (size as the key says): what has landed.
+    /// Every object under `prefix`, as (key relative to `prefix`, size), sorted by key.
+    pub fn objects(&self, prefix: &str) -> Vec<(String, u64)> {
+        let root = self.bucket_dir().join(prefix);
+        let mut out = Vec::new();
+        walk(&root, &mut out);
+        let mut keys: Vec<(String, u64)> = out
+            .into_iter()
+            .map(|(p, size)| {
+                let rel = p
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                (rel, size)
+            })
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Complete blob objects of the FIRST remote format (`<prefix>/blake3/ab/cd/<hex>_<size>.bin`,
+    /// size as the key says) under `prefix`. A packed push writes none: see [`Self::objects`].
     pub fn blobs(&self, prefix: &str) -> Vec<(PathBuf, u64)> {
         let mut out = Vec::new();
         walk(&self.bucket_dir().join(prefix).join("blake3"), &mut out);
@@ -193,52 +214,108 @@ impl Drop for S3Server {
     }
 }
 
-/// A fault injector in front of the real server: every `every`-th request is answered
-/// `503 SlowDown` (what S3 says under load) without reaching rclone; the others are
-/// forwarded byte for byte (the SigV4 signature covers the Host header, which is passed on
-/// unchanged). One request per connection, so every answer is `Connection: close`.
-pub struct FlakyProxy {
-    pub port: u16,
-    pub injected: std::sync::Arc<std::sync::atomic::AtomicU64>,
+/// What a [`Proxy`] does to the requests it passes on to the real server.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Nothing: every request is forwarded (the proxy only records them).
+    None,
+    /// Every `n`-th request is answered `503 SlowDown` (what S3 says under load) without
+    /// reaching the server.
+    SlowDownEvery(u64),
+    /// Requests are forwarded until the `nth` one whose request line contains `needle`; that
+    /// one and every later one are held: read, never forwarded, never answered, the
+    /// connection left open until the client goes away. A client killed while held has
+    /// sent exactly what came before.
+    HoldFrom { needle: String, nth: u64 },
 }
 
-impl FlakyProxy {
-    pub fn start(upstream: u16, every: u64) -> FlakyProxy {
-        use std::sync::atomic::AtomicU64;
-        use std::sync::Arc;
+/// A fault injector in front of the real server. Requests are forwarded byte for byte (the
+/// SigV4 signature covers the Host header, which is passed on unchanged), one per
+/// connection, so every answer is `Connection: close`. Every request line it saw is recorded.
+pub struct Proxy {
+    pub port: u16,
+    /// Requests answered with an injected 503.
+    pub injected: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Requests held (see [`Fault::HoldFrom`]).
+    pub held: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// `METHOD PATH?QUERY` of every request forwarded to the server, in arrival order.
+    forwarded: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+struct ProxyState {
+    upstream: u16,
+    fault: Fault,
+    seen: std::sync::atomic::AtomicU64,
+    matched: std::sync::atomic::AtomicU64,
+    holding: std::sync::atomic::AtomicBool,
+    injected: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    held: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    forwarded: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16, fault: Fault) -> Proxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::{Arc, Mutex};
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().unwrap().port();
-        let seen = Arc::new(AtomicU64::new(0));
-        let injected = Arc::new(AtomicU64::new(0));
-        let inj = injected.clone();
+        let state = Arc::new(ProxyState {
+            upstream,
+            fault,
+            seen: AtomicU64::new(0),
+            matched: AtomicU64::new(0),
+            holding: AtomicBool::new(false),
+            injected: Arc::new(AtomicU64::new(0)),
+            held: Arc::new(AtomicU64::new(0)),
+            forwarded: Arc::new(Mutex::new(Vec::new())),
+        });
+        let proxy = Proxy {
+            port,
+            injected: state.injected.clone(),
+            held: state.held.clone(),
+            forwarded: state.forwarded.clone(),
+        };
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (seen, inj) = (seen.clone(), inj.clone());
+                let state = state.clone();
                 std::thread::spawn(move || {
-                    let _ = proxy_one(conn, upstream, every, &seen, &inj);
+                    let _ = proxy_one(conn, &state);
                 });
             }
         });
-        FlakyProxy { port, injected }
+        proxy
+    }
+
+    /// Every `every`-th request answered `503 SlowDown`.
+    pub fn flaky(upstream: u16, every: u64) -> Proxy {
+        Proxy::start(upstream, Fault::SlowDownEvery(every))
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    pub fn injected(&self) -> u64 {
+        self.injected.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn held(&self) -> u64 {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `METHOD PATH?QUERY` of the requests forwarded so far.
+    pub fn forwarded(&self) -> Vec<String> {
+        self.forwarded.lock().unwrap().clone()
+    }
 }
 
-fn proxy_one(
-    client: TcpStream,
-    upstream: u16,
-    every: u64,
-    seen: &std::sync::atomic::AtomicU64,
-    injected: &std::sync::atomic::AtomicU64,
-) -> std::io::Result<()> {
+fn proxy_one(client: TcpStream, state: &ProxyState) -> std::io::Result<()> {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::sync::atomic::Ordering;
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(client.try_clone()?);
     let mut head = Vec::new();
+    let mut request_line = String::new();
     let mut content_length = 0usize;
     loop {
         let mut line = String::new();
@@ -247,6 +324,9 @@ fn proxy_one(
         }
         if line == "\r\n" {
             break;
+        }
+        if request_line.is_empty() {
+            request_line = line.trim_end().to_string();
         }
         let lower = line.to_ascii_lowercase();
         if let Some(v) = lower.strip_prefix("content-length:") {
@@ -260,19 +340,44 @@ fn proxy_one(
     let mut body = vec![0u8; content_length];
     reader.read_exact(&mut body)?;
     let mut client = client;
-    if (seen.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(every) {
-        injected.fetch_add(1, Ordering::SeqCst);
-        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
-                   <Message>Please reduce your request rate (injected by the test)</Message></Error>";
-        write!(
-            client,
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{xml}",
-            xml.len()
-        )?;
-        return client.flush();
+    let n = state.seen.fetch_add(1, Ordering::SeqCst) + 1;
+    match &state.fault {
+        Fault::None => {}
+        Fault::SlowDownEvery(every) => {
+            if n.is_multiple_of(*every) {
+                state.injected.fetch_add(1, Ordering::SeqCst);
+                let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
+                           <Message>Please reduce your request rate (injected by the test)</Message></Error>";
+                write!(
+                    client,
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+                    xml.len()
+                )?;
+                return client.flush();
+            }
+        }
+        Fault::HoldFrom { needle, nth } => {
+            if request_line.contains(needle.as_str())
+                && state.matched.fetch_add(1, Ordering::SeqCst) + 1 >= *nth
+            {
+                state.holding.store(true, Ordering::SeqCst);
+            }
+            if state.holding.load(Ordering::SeqCst) {
+                state.held.fetch_add(1, Ordering::SeqCst);
+                // Never answered: wait for the client to go away.
+                client.set_read_timeout(None)?;
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+                return Ok(());
+            }
+        }
     }
-    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    let mut what = request_line.clone();
+    if let Some(i) = what.rfind(" HTTP/") {
+        what.truncate(i);
+    }
+    state.forwarded.lock().unwrap().push(what);
+    let mut up = TcpStream::connect(("127.0.0.1", state.upstream))?;
     up.write_all(&head)?;
     up.write_all(&body)?;
     std::io::copy(&mut up, &mut client)?;
