@@ -554,6 +554,14 @@ fn restore_misses_saves_then_hits_remote_and_local_and_falls_back_to_a_prefix() 
     let dep3 = w3.join("dep");
     let md = std::fs::metadata(dep3.join("pkg-b/big.txt")).unwrap();
     assert!(md.nlink() >= 2, "hardlink mode: a link to the store blob");
+    // The executable too: a pulled blob carries its entry's mode, so it can be linked.
+    let md = std::fs::metadata(dep3.join("pkg-b/tool.sh")).unwrap();
+    assert!(
+        md.nlink() >= 2 && md.mode() & 0o111 != 0,
+        "an executable pulled into the store is linked, not copied: nlink {} mode {:o}",
+        md.nlink(),
+        md.mode()
+    );
     std::fs::remove_file(dep3.join("pkg-b/big.txt")).unwrap();
     write_file(&dep3.join("pkg-b/big.txt"), b"truncated\n", 0o644);
     write_file(&dep3.join("junk/a.txt"), b"junk\n", 0o644);

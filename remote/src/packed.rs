@@ -97,12 +97,38 @@ pub trait BlobSink: Sync {
     fn put(&self, hash: &Hash, size: u64, data: &[u8]) -> Result<()>;
 }
 
-/// Blobs into the store.
-pub struct StoreSink<'a>(pub &'a Cas);
+/// Blobs into the store, each with the mode of the first manifest entry that uses it (write
+/// and setid bits aside; `0444` when none is known), so a checkout can link executables too:
+/// a file is linked only where the blob already has its mode.
+pub struct StoreSink<'a> {
+    pub cas: &'a Cas,
+    pub modes: HashMap<(Hash, u64), u32>,
+}
+
+impl<'a> StoreSink<'a> {
+    /// A sink for the blobs of `m`.
+    pub fn for_manifest(cas: &'a Cas, m: &vrift_manifest::Manifest) -> Self {
+        let mut modes = HashMap::new();
+        for e in m.iter().filter(|e| e.kind().has_content()) {
+            modes.entry((*e.hash(), e.size())).or_insert(e.mode());
+        }
+        StoreSink { cas, modes }
+    }
+}
+
+/// The mode a blob gets from an entry's: its read and execute bits (no write, setuid, setgid
+/// or sticky bit), readable by its owner at least.
+pub fn blob_mode(entry_mode: u32) -> u32 {
+    (entry_mode & 0o555) | 0o400
+}
 
 impl BlobSink for StoreSink<'_> {
     fn put(&self, hash: &Hash, size: u64, data: &[u8]) -> Result<()> {
-        self.0.insert_bytes(hash, size, data, 0o444)?;
+        let mode = self
+            .modes
+            .get(&(*hash, size))
+            .map_or(0o444, |m| blob_mode(*m));
+        self.cas.insert_bytes(hash, size, data, mode)?;
         Ok(())
     }
 }
@@ -558,6 +584,14 @@ mod tests {
             frame_raw: 1,
             blobs: vec![],
         }
+    }
+
+    #[test]
+    fn blobs_keep_read_and_execute_bits_only() {
+        assert_eq!(blob_mode(0o755), 0o555);
+        assert_eq!(blob_mode(0o644), 0o444);
+        assert_eq!(blob_mode(0o4755), 0o555);
+        assert_eq!(blob_mode(0o000), 0o400);
     }
 
     #[test]

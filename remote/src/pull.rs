@@ -149,7 +149,7 @@ impl Remote {
         }
         let mut failures: Vec<RemoteError> = match &bundle {
             Some(b) => self.fetch_from_packs(
-                &crate::packed::StoreSink(cas),
+                &crate::packed::StoreSink::for_manifest(cas, &manifest),
                 cas.root(),
                 b,
                 &key,
