@@ -10,6 +10,7 @@
 //! server goes through S3 (rclone as a client), never through those files.
 
 mod common;
+mod run_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
@@ -1373,5 +1374,142 @@ fn a_gc_racing_a_push_gives_the_pack_back_its_index() {
         &pull_tree(&s3, root, "race-c"),
         "pull after another gc",
     );
+    make_removable(root);
+}
+
+/// What users bring: a `node_modules` installed from the npm registry (webpack and
+/// webpack-cli: ~3,000 files, `.bin` symlinks, executables, package-lock.json) goes through
+/// the CI cache as a CI job would — saved by a miss, restored on a fresh runner straight from
+/// the packs, and through a store on a runner that keeps one — and comes back exactly as npm
+/// made it, executables runnable.
+#[test]
+fn a_node_modules_from_the_registry_round_trips_through_the_cache() {
+    let Some(s3) = S3Server::start() else { return };
+    let tmp = tempdir();
+    let root = tmp.path();
+    let src = root.join("app");
+    std::fs::create_dir_all(&src).unwrap();
+    let Some(()) = run_support::npm_install(&src, &["webpack@5.97.1", "webpack-cli@5.1.4"]) else {
+        return;
+    };
+    let want = snapshot(&src.join("node_modules"));
+    assert!(want.len() > 1000, "a real tree: {} entries", want.len());
+    // Job 1: a miss; the "install" is a copy of what npm made.
+    let job1 = root.join("job1");
+    std::fs::create_dir_all(&job1).unwrap();
+    std::fs::copy(
+        src.join("package-lock.json"),
+        job1.join("package-lock.json"),
+    )
+    .unwrap();
+    let install = format!("cp -a {}/node_modules node_modules", src.display());
+    let mut c = vr(&s3, &root.join("store1"));
+    c.current_dir(&job1).args([
+        "--json",
+        "restore",
+        "node_modules",
+        "--key-from",
+        "package-lock.json",
+        "--",
+        "sh",
+        "-c",
+        &install,
+    ]);
+    let v = ok_json(&mut c);
+    assert!(flag(&v, "pushed"), "{v}");
+    // Job 2 on a fresh runner (direct), job 3 through a store: the same tree.
+    for (n, extra) in [(2, &[][..]), (3, &["--link-mode", "hardlink"][..])] {
+        let job = root.join(format!("job{n}"));
+        std::fs::create_dir_all(&job).unwrap();
+        std::fs::copy(src.join("package-lock.json"), job.join("package-lock.json")).unwrap();
+        let mut c = vr(&s3, &root.join(format!("store{n}")));
+        c.current_dir(&job)
+            .args([
+                "--json",
+                "restore",
+                "node_modules",
+                "--key-from",
+                "package-lock.json",
+            ])
+            .args(extra);
+        let v = ok_json(&mut c);
+        assert_eq!(text(&v, "hit"), "remote", "{v}");
+        let via = if n == 2 { "direct" } else { "store" };
+        assert_eq!(text(&v, "via"), via, "{v}");
+        assert_trees_equal(&want, &snapshot(&job.join("node_modules")), "restored tree");
+        let o = Command::new(job.join("node_modules/.bin/webpack"))
+            .arg("--version")
+            .current_dir(&job)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "the restored .bin/webpack runs: {}",
+            describe(&o)
+        );
+        let o = Command::new("node")
+            .args(["-e", "console.log(require('webpack/package.json').version)"])
+            .current_dir(&job)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "5.97.1\n",
+            "{}",
+            describe(&o)
+        );
+    }
+    make_removable(root);
+}
+
+/// A cache whose pack was damaged on the server: the restore fails naming the pack (exit 1,
+/// never a miss) and the tree already in DIR stays exactly as it was, whether it was to be
+/// written straight from the packs (a fresh runner) or through the store.
+#[test]
+fn a_damaged_pack_fails_the_restore_and_leaves_dir_as_it_was() {
+    let Some(s3) = S3Server::start() else { return };
+    let tmp = tempdir();
+    let root = tmp.path();
+    let w1 = job_dir(root, "job1", LOCK_V1);
+    restore_exit(
+        &s3,
+        &root.join("store1"),
+        &w1,
+        &["--", "sh", "-c", INSTALL],
+        0,
+    );
+    // One byte flipped in the middle of the largest pack (its size stays).
+    let pack = packs(&s3)
+        .keys()
+        .map(|id| s3.object(&format!("{PREFIX}/packs/{id}.pack")))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&pack, &bytes).unwrap();
+    let w2 = job_dir(root, "job2", LOCK_V1);
+    write_file(&w2.join("dep/before.txt"), b"the tree before\n", 0o644);
+    let before = snapshot(&w2.join("dep"));
+    for (n, extra) in [(0, &[][..]), (1, &["--link-mode", "hardlink"][..])] {
+        let o = restore(&s3, &root.join(format!("fresh{n}")), &w2, extra);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {}", describe(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(".pack"),
+            "the error names the pack: {}",
+            describe(&o)
+        );
+        assert_trees_equal(
+            &before,
+            &snapshot(&w2.join("dep")),
+            "DIR after a failed restore",
+        );
+        let beside: Vec<String> = std::fs::read_dir(&w2)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".vrift-"))
+            .collect();
+        assert!(beside.is_empty(), "left beside DIR: {beside:?}");
+    }
     make_removable(root);
 }

@@ -139,3 +139,53 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn replace_dir_swaps_a_complete_tree_and_keeps_the_old_one_otherwise() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("nm");
+        // Missing: built in place.
+        replace_dir::<PipelineError>(&dest, |at| {
+            assert_eq!(at, dest);
+            std::fs::create_dir_all(at.join("a")).unwrap();
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(names(&dest), ["a"]);
+        // Not empty: built beside it, then swapped in; nothing left beside.
+        replace_dir::<PipelineError>(&dest, |at| {
+            assert_ne!(at, dest);
+            std::fs::create_dir_all(at.join("b")).unwrap();
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(names(&dest), ["b"]);
+        assert_eq!(names(t.path()), ["nm"]);
+        // An incomplete build, or a failed one, leaves DIR as it was.
+        replace_dir::<PipelineError>(&dest, |at| {
+            std::fs::create_dir_all(at.join("c")).unwrap();
+            Ok(false)
+        })
+        .unwrap();
+        let failed = replace_dir::<PipelineError>(&dest, |at| {
+            std::fs::create_dir_all(at.join("d")).unwrap();
+            Err(PipelineError::io(at, std::io::Error::other("no")))
+        });
+        assert!(failed.is_err());
+        assert_eq!(names(&dest), ["b"]);
+        assert_eq!(names(t.path()), ["nm"]);
+    }
+}

@@ -310,7 +310,9 @@ fn make_dir(chain: &mut DirChain, rel: &[u8]) -> io::Result<()> {
     }
 }
 
-fn finish_dir(chain: &mut DirChain, rel: &[u8], mode: u32, mtime_ns: i64) -> io::Result<()> {
+/// Gives the directory `rel` (opened without following symlinks) its mode and mtime: the last
+/// step for a directory, once nothing more is written into it.
+pub fn finish_dir(chain: &mut DirChain, rel: &[u8], mode: u32, mtime_ns: i64) -> io::Result<()> {
     let fd = chain.open_readable(rel)?;
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
     if mtime_ns != 0 {
@@ -319,7 +321,8 @@ fn finish_dir(chain: &mut DirChain, rel: &[u8], mode: u32, mtime_ns: i64) -> io:
     Ok(())
 }
 
-fn set_mtime(fd: BorrowedFd<'_>, mtime_ns: i64) -> io::Result<()> {
+/// Sets a file's access and modification times to `mtime_ns`.
+pub fn set_mtime(fd: BorrowedFd<'_>, mtime_ns: i64) -> io::Result<()> {
     let ts = Timespec {
         tv_sec: mtime_ns.div_euclid(1_000_000_000),
         tv_nsec: mtime_ns.rem_euclid(1_000_000_000),

@@ -78,6 +78,19 @@ impl RemoteError {
         }
     }
 
+    /// One error for a list of failures (`None` when there are none): the only one, or the
+    /// first and how many there were.
+    pub fn from_many(mut errors: Vec<RemoteError>) -> Option<RemoteError> {
+        if errors.len() <= 1 {
+            return errors.pop();
+        }
+        let count = errors.len();
+        Some(RemoteError::Several {
+            count,
+            first: Box::new(errors.swap_remove(0)),
+        })
+    }
+
     /// Whether this failure is the caller's to fix in how vrift was invoked (exit 2).
     pub fn is_usage(&self) -> bool {
         matches!(

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use rustix::fs::{Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{Mode, OFlags};
 use vrift_cas::Cas;
 use vrift_manifest::{Hash, Kind, Manifest};
 use vrift_pipeline::dirs::DirChain;
@@ -60,13 +60,6 @@ impl TreeSink<'_> {
     }
 }
 
-fn ts(ns: i64) -> Timespec {
-    Timespec {
-        tv_sec: ns.div_euclid(1_000_000_000),
-        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
-    }
-}
-
 impl BlobSink for TreeSink<'_> {
     fn put(&self, hash: &Hash, size: u64, data: &[u8]) -> Result<()> {
         let Some(paths) = self.files.get(&(*hash, size)) else {
@@ -104,15 +97,7 @@ impl BlobSink for TreeSink<'_> {
                     off += rustix::io::write(&fd, &data[off..])?;
                 }
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777 & !SETID_BITS))?;
-                let t = ts(*mtime);
-                rustix::fs::futimens(
-                    &fd,
-                    &Timestamps {
-                        last_access: t,
-                        last_modification: t,
-                    },
-                )?;
-                Ok(())
+                materialize::set_mtime(fd.as_fd(), *mtime)
             };
             if let Err(e) = write() {
                 result = Err(RemoteError::io(at(), e));
@@ -212,18 +197,9 @@ impl Remote {
         let st = &self.stats;
         crate::stats::RemoteStats::add(&st.blobs_total, blobs.len() as u64);
         crate::stats::RemoteStats::add(&st.bytes_total, blobs.iter().map(|b| b.1).sum());
-        let mut errors = self.fetch_from_packs(&sink, store, bundle, key, &blobs, jobs)?;
-        if !errors.is_empty() {
-            let n = errors.len();
-            let first = errors.swap_remove(0);
-            return Err(if n == 1 {
-                first
-            } else {
-                RemoteError::Several {
-                    count: n,
-                    first: Box::new(first),
-                }
-            });
+        let errors = self.fetch_from_packs(&sink, store, bundle, key, &blobs, jobs)?;
+        if let Some(e) = RemoteError::from_many(errors) {
+            return Err(e);
         }
         // Directories last, deepest first: their modes and times as recorded (writing the
         // files changed the times).
@@ -231,24 +207,10 @@ impl Remote {
         let mut chain = sink.root;
         let dirs: Vec<_> = m.iter().filter(|e| e.kind() == Kind::Dir).collect();
         for e in dirs.iter().rev() {
-            let fd = chain.open_readable(e.path()).map_err(|err| {
+            let mode = e.mode() & 0o7777 & !SETID_BITS;
+            materialize::finish_dir(&mut chain, e.path(), mode, e.mtime_ns()).map_err(|err| {
                 RemoteError::io(dest.join(String::from_utf8_lossy(e.path()).as_ref()), err)
             })?;
-            let t = ts(e.mtime_ns());
-            let set = rustix::fs::fchmod(
-                fd.as_fd(),
-                Mode::from_raw_mode(e.mode() & 0o7777 & !SETID_BITS),
-            )
-            .and_then(|()| {
-                rustix::fs::futimens(
-                    fd.as_fd(),
-                    &Timestamps {
-                        last_access: t,
-                        last_modification: t,
-                    },
-                )
-            });
-            set.map_err(|err| RemoteError::io(dest, err.into()))?;
         }
         Ok(count)
     }

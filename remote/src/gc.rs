@@ -24,11 +24,10 @@ use vrift_manifest::Hash;
 
 use crate::bundle::Bundle;
 use crate::error::{RemoteError, Result};
-use crate::keys::{bundle_of, parse_pack_key, BUNDLE_SUFFIX, INDEX_SUFFIX, PACK_SUFFIX};
+use crate::keys::{bundle_of, BUNDLE_SUFFIX, CONDEMNED_SUFFIX, INDEX_SUFFIX};
 use crate::pack::{self, PackBuilder};
 use crate::{obj_path, Remote};
 
-const CONDEMNED_SUFFIX: &str = ".condemned";
 /// A pack whose live bytes are below this share of its size is repacked.
 const REPACK_BELOW: f64 = 0.5;
 
@@ -57,14 +56,6 @@ pub struct GcReport {
     pub packs_repacked: u64,
     pub bytes_total: u64,
     pub seconds: f64,
-}
-
-#[derive(Default)]
-struct PackState {
-    size: u64,
-    modified: i64,
-    indexed: bool,
-    condemned_at: Option<i64>,
 }
 
 impl Remote {
@@ -126,33 +117,15 @@ impl Remote {
         }
 
         // The packs as they are.
-        let mut packs: BTreeMap<Hash, PackState> = BTreeMap::new();
-        let prefix = self.keys.packs();
-        self.rt.block_on(async {
-            let mut listing = self.store.list(Some(&obj_path(&prefix)));
-            while let Some(item) = listing.next().await {
-                let meta = item.map_err(|e| self.error(&prefix, "list", e))?;
-                let key = meta.location.as_ref();
-                let t = meta.last_modified.timestamp();
-                if let Some(id) = parse_pack_key(key, PACK_SUFFIX) {
-                    let p = packs.entry(id).or_default();
-                    p.size = meta.size;
-                    p.modified = t;
-                } else if let Some(id) = parse_pack_key(key, INDEX_SUFFIX) {
-                    packs.entry(id).or_default().indexed = true;
-                } else if let Some(id) = parse_pack_key(key, CONDEMNED_SUFFIX) {
-                    packs.entry(id).or_default().condemned_at = Some(t);
-                }
-            }
-            Ok::<(), RemoteError>(())
-        })?;
-        rep.packs = packs.values().filter(|p| p.size > 0).count() as u64;
-        rep.bytes_total = packs.values().map(|p| p.size).sum();
+        let packs = self.rt.block_on(self.list_packs())?;
+        rep.packs = packs.iter().filter(|p| p.size > 0).count() as u64;
+        rep.bytes_total = packs.iter().map(|p| p.size).sum();
         let grace = o.grace_secs as i64;
         let cache = self.index_cache(store);
 
         let mut repack: Vec<Hash> = Vec::new();
-        for (id, p) in &packs {
+        for p in &packs {
+            let id = &p.id;
             let used = live.get(id).copied();
             match used {
                 Some(bytes) => {

@@ -16,6 +16,8 @@ pub const BUNDLE_SUFFIX: &str = ".vrmz";
 pub const PACK_PREFIX: &str = "packs";
 pub const PACK_SUFFIX: &str = ".pack";
 pub const INDEX_SUFFIX: &str = ".idx";
+/// A pack `remote gc` unindexed, holding its index (see `gc`).
+pub const CONDEMNED_SUFFIX: &str = ".condemned";
 
 /// Key layout under one remote prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]

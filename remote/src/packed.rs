@@ -14,7 +14,7 @@ use vrift_manifest::Hash;
 
 use crate::bundle::Bundle;
 use crate::error::{RemoteError, Result};
-use crate::keys::{parse_pack_key, INDEX_SUFFIX, PACK_SUFFIX};
+use crate::keys::{parse_pack_key, CONDEMNED_SUFFIX, INDEX_SUFFIX, PACK_SUFFIX};
 use crate::pack::{self, IndexEntry, Loc, Pack, PackBuilder};
 use crate::stats::RemoteStats;
 use crate::{obj_path, Remote};
@@ -37,6 +37,8 @@ pub struct PackInfo {
     pub modified: i64,
     /// Its index is there too (a pack without one is an unfinished push, or being deleted).
     pub indexed: bool,
+    /// When `remote gc` unindexed it (its `.condemned` marker's time), if it did.
+    pub condemned_at: Option<i64>,
 }
 
 fn hex_id<S: serde::Serializer>(h: &Hash, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -172,32 +174,30 @@ impl Remote {
         store.join(INDEX_CACHE_DIR).join(&tag[..16])
     }
 
-    /// Every pack under `packs/`, with whether its index is there.
+    /// Every pack under `packs/`, with whether its index (or `remote gc`'s marker) is there.
+    /// An index or marker whose pack is gone shows as a pack of size 0.
     pub(crate) async fn list_packs(&self) -> Result<Vec<PackInfo>> {
         let prefix = self.keys.packs();
         let mut listing = self.store.list(Some(&obj_path(&prefix)));
         let mut packs: BTreeMap<Hash, PackInfo> = BTreeMap::new();
-        let mut indexed: Vec<Hash> = Vec::new();
+        let blank = |id| PackInfo {
+            id,
+            size: 0,
+            modified: 0,
+            indexed: false,
+            condemned_at: None,
+        };
         while let Some(item) = listing.next().await {
             let meta = item.map_err(|e| self.error(&prefix, "list", e))?;
             let key = meta.location.as_ref();
+            let t = meta.last_modified.timestamp();
             if let Some(id) = parse_pack_key(key, PACK_SUFFIX) {
-                packs.insert(
-                    id,
-                    PackInfo {
-                        id,
-                        size: meta.size,
-                        modified: meta.last_modified.timestamp(),
-                        indexed: false,
-                    },
-                );
+                let p = packs.entry(id).or_insert_with(|| blank(id));
+                (p.size, p.modified) = (meta.size, t);
             } else if let Some(id) = parse_pack_key(key, INDEX_SUFFIX) {
-                indexed.push(id);
-            }
-        }
-        for id in indexed {
-            if let Some(p) = packs.get_mut(&id) {
-                p.indexed = true;
+                packs.entry(id).or_insert_with(|| blank(id)).indexed = true;
+            } else if let Some(id) = parse_pack_key(key, CONDEMNED_SUFFIX) {
+                packs.entry(id).or_insert_with(|| blank(id)).condemned_at = Some(t);
             }
         }
         Ok(packs.into_values().collect())
@@ -235,7 +235,7 @@ impl Remote {
     pub(crate) async fn catalog(&self, store: &Path, jobs: usize) -> Result<Catalog> {
         let packs = self.list_packs().await?;
         let cache = self.index_cache(store);
-        let indexed: Vec<&PackInfo> = packs.iter().filter(|p| p.indexed).collect();
+        let indexed: Vec<&PackInfo> = packs.iter().filter(|p| p.indexed && p.size > 0).collect();
         let cache_ref = &cache;
         let loaded: Vec<(Hash, Vec<IndexEntry>)> =
             stream::iter(indexed.iter().map(|p| async move {

@@ -147,7 +147,7 @@ impl Remote {
                 missing.push(b);
             }
         }
-        let mut failures: Vec<RemoteError> = match &bundle {
+        let failures: Vec<RemoteError> = match &bundle {
             Some(b) => self.fetch_from_packs(
                 &crate::packed::StoreSink::for_manifest(cas, &manifest),
                 cas.root(),
@@ -164,17 +164,8 @@ impl Remote {
                     .await
             }),
         };
-        if !failures.is_empty() {
-            let count = failures.len();
-            let first = failures.swap_remove(0);
-            return Err(if count == 1 {
-                first
-            } else {
-                RemoteError::Several {
-                    count,
-                    first: Box::new(first),
-                }
-            });
+        if let Some(e) = RemoteError::from_many(failures) {
+            return Err(e);
         }
 
         vrift_manifest::write_file_atomic(out, &bytes)?;
@@ -369,12 +360,10 @@ fn sweep_dead_temps(cas: &Cas) {
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".pull-")) else {
             continue;
         };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        // SAFETY: kill with signal 0 only asks whether the process exists.
-        let gone = unsafe { libc::kill(pid, 0) } == -1
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let gone = !vrift_cas::lock::pid_alive(pid);
         if gone {
             let _ = std::fs::remove_file(e.path());
         }

@@ -185,11 +185,7 @@ fn register(cas: &Cas, key: &str, dir: &Path, manifest: &Path) -> Result<()> {
 fn checkout(cas: &Cas, manifest: &Path, opts: &RestoreOptions) -> Result<u64> {
     let m = Manifest::open(manifest)?;
     let counters = Counters::default();
-    let r = vrift_pipeline::checkout_replacing(cas, &m, &opts.dir, &opts.checkout, &counters)
-        .map_err(|e| RemoteError::Io {
-            path: opts.dir.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+    let r = vrift_pipeline::checkout_replacing(cas, &m, &opts.dir, &opts.checkout, &counters)?;
     if r.errors > 0 {
         let first = counters
             .take_issues()
@@ -375,10 +371,6 @@ fn save(
     let counters = Arc::new(Counters::default());
     let r = vrift_pipeline::ingest(&io, cas.root(), &counters, |_| {
         eprintln!("vrift restore: waiting for the store (a gc or clean is running)");
-    })
-    .map_err(|e| RemoteError::Io {
-        path: opts.dir.clone(),
-        source: std::io::Error::other(e.to_string()),
     })?;
     report.files = r.files;
     report.saved = true;

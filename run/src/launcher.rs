@@ -176,9 +176,9 @@ pub fn temp_dir(what: &str) -> Result<PathBuf> {
     temp_dir_in(&std::env::temp_dir(), what)
 }
 
-/// Removes the throwaway layers of `vrift run`s that were killed (`vrift-upper-<pid>-<n>` whose
-/// pid is gone) from the places `temp_upper` uses.
-fn sweep_dead_uppers(store: &Path) {
+/// The usual scratch places, in order of preference: `$XDG_RUNTIME_DIR`, `$TMPDIR`, `/tmp`,
+/// `/var/tmp`, the store's parent.
+fn scratch_places(store: &Path) -> Vec<PathBuf> {
     let mut places: Vec<PathBuf> = ["XDG_RUNTIME_DIR", "TMPDIR"]
         .iter()
         .filter_map(|k| {
@@ -187,10 +187,18 @@ fn sweep_dead_uppers(store: &Path) {
                 .map(PathBuf::from)
         })
         .collect();
-    places.extend(["/tmp", "/var/tmp", "/dev/shm"].map(PathBuf::from));
+    places.extend(["/tmp", "/var/tmp"].map(PathBuf::from));
     if let Some(parent) = store.parent() {
         places.push(parent.to_path_buf());
     }
+    places
+}
+
+/// Removes the throwaway layers of `vrift run`s that were killed (`vrift-upper-<pid>-<n>` whose
+/// pid is gone) from the places `temp_upper` uses.
+fn sweep_dead_uppers(store: &Path) {
+    let mut places = scratch_places(store);
+    places.push(PathBuf::from("/dev/shm"));
     for dir in places {
         let Ok(rd) = std::fs::read_dir(&dir) else {
             continue;
@@ -200,13 +208,10 @@ fn sweep_dead_uppers(store: &Path) {
             let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("vrift-upper-")) else {
                 continue;
             };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
                 continue;
             };
-            // SAFETY: signal 0 only asks whether the process exists.
-            let alive = unsafe { libc::kill(pid, 0) } == 0
-                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-            if !alive {
+            if !vrift_cas::lock::pid_alive(pid) {
                 let _ = make_writable_and_remove(&e.path());
             }
         }
@@ -232,18 +237,7 @@ fn temp_upper(roots: &[PathBuf], store: &Path) -> Result<PathBuf> {
     devs.sort_unstable();
     devs.dedup();
     if let [dev] = devs[..] {
-        let mut candidates: Vec<PathBuf> = ["XDG_RUNTIME_DIR", "TMPDIR"]
-            .iter()
-            .filter_map(|k| {
-                std::env::var_os(k)
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from)
-            })
-            .collect();
-        candidates.extend([PathBuf::from("/tmp"), PathBuf::from("/var/tmp")]);
-        if let Some(parent) = store.parent() {
-            candidates.push(parent.to_path_buf());
-        }
+        let candidates = scratch_places(store);
         for c in candidates {
             if device_of(&c) == Some(dev) && c.is_dir() {
                 if let Ok(d) = upper_in(&c) {

@@ -23,24 +23,11 @@ pub struct Resolved<'p> {
     pub moved: bool,
 }
 
-enum Lk<'a> {
-    Found(usize, Entry<'a>),
-    /// An ancestor that is a symlink: (layer, entry, absolute path of that entry).
-    ViaSymlink(usize, Entry<'a>),
-    Hidden(i32),
-    Absent,
-}
-
-/// What the layers say about `abs` (the one layering implementation, shared with the link
-/// farm). A directory that only a nested root's mount point implies is left to the real
-/// filesystem, as the ancestors of every root are.
-fn lookup_layers<'a>(st: &'a State, abs: &[u8]) -> Lk<'a> {
-    match layer::probe(&st.views, abs) {
-        Probe::Found(li, e) => Lk::Found(li, e),
-        Probe::ViaSymlink(li, e) => Lk::ViaSymlink(li, e),
-        Probe::Hidden(Hidden::Deleted) => Lk::Hidden(libc::ENOENT),
-        Probe::Hidden(Hidden::NotDir) => Lk::Hidden(libc::ENOTDIR),
-        Probe::Implicit | Probe::Absent => Lk::Absent,
+/// The errno for a path the layers hide.
+fn hidden_errno(h: Hidden) -> i32 {
+    match h {
+        Hidden::Deleted => libc::ENOENT,
+        Hidden::NotDir => libc::ENOTDIR,
     }
 }
 
@@ -80,23 +67,26 @@ impl resolve::View for Facts<'_> {
         }
     }
 
+    /// What the layers say (the one layering implementation, shared with the link farm). A
+    /// directory that only a nested root's mount point implies is left to the real
+    /// filesystem, as the ancestors of every root are.
     fn look(&self, abs: &[u8]) -> resolve::Look<'_> {
-        match lookup_layers(self.0, abs) {
-            Lk::Found(li, e) => resolve::Look::Found {
+        match layer::probe(&self.0.views, abs) {
+            Probe::Found(li, e) => resolve::Look::Found {
                 layer: li,
                 idx: e.index(),
                 dir: e.is_dir(),
                 link: (e.kind() == Kind::Symlink).then(|| e.target()),
             },
-            Lk::ViaSymlink(li, a) => match entry_abs(self.0, li, &a) {
+            Probe::ViaSymlink(li, a) => match entry_abs(self.0, li, &a) {
                 Some(at) => resolve::Look::ViaLink {
                     at,
                     target: a.target(),
                 },
                 None => resolve::Look::Hidden(libc::ENAMETOOLONG),
             },
-            Lk::Hidden(e) => resolve::Look::Hidden(e),
-            Lk::Absent => resolve::Look::Absent,
+            Probe::Hidden(h) => resolve::Look::Hidden(hidden_errno(h)),
+            Probe::Implicit | Probe::Absent => resolve::Look::Absent,
         }
     }
 }
@@ -375,12 +365,12 @@ pub fn read_real_dir(p: &PBuf) -> Vec<(Box<[u8]>, u64, u8, bool)> {
 /// What the manifests alone (ignoring the upper dir) say about `abs`, symlinks in the last
 /// component not followed: `V` if some layer shows an entry there.
 pub fn resolve_manifest_only(st: &State, abs: &[u8]) -> Node {
-    match lookup_layers(st, abs) {
-        Lk::Found(li, e) => Node::V {
+    match layer::probe(&st.views, abs) {
+        Probe::Found(li, e) => Node::V {
             layer: li,
             idx: e.index(),
         },
-        Lk::Hidden(e) => Node::Gone(e),
-        Lk::ViaSymlink(..) | Lk::Absent => Node::Real,
+        Probe::Hidden(h) => Node::Gone(hidden_errno(h)),
+        Probe::ViaSymlink(..) | Probe::Implicit | Probe::Absent => Node::Real,
     }
 }

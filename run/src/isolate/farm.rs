@@ -356,9 +356,7 @@ pub fn abandoned(f: &File, name: &[u8]) -> bool {
     if pid as u32 == std::process::id() {
         return false;
     }
-    // SAFETY: signal 0 only checks whether the process exists.
-    let r = unsafe { libc::kill(pid, 0) };
-    let exists = r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    let exists = vrift_cas::lock::pid_alive(pid as u32);
     // A zombie is gone too (its parent just has not reaped it yet).
     let zombie = || {
         fs::read_to_string(format!("/proc/{pid}/stat"))
