@@ -213,13 +213,14 @@ fn kill_9_of_vrift_run_takes_the_command_along() {
             .flatten()
             .flatten()
             .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("vrift-upper-{pid}-"))
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(&format!("vrift-upper-{pid}-"))
+                    || n.starts_with(&format!("vrift-libs-{pid}-"))
             })
             .count()
     };
-    assert_eq!(uppers(vpid), 1);
+    // The upper layer and the loader's mirror directory.
+    assert_eq!(uppers(vpid), 2);
     child.kill().unwrap();
     child.wait().unwrap();
     let t = std::time::Instant::now();

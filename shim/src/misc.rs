@@ -187,7 +187,7 @@ fn getcwd_impl(buf: *mut c_char, size: size_t) -> Option<*mut c_char> {
 // ---- dlopen ----------------------------------------------------------------------------------
 
 /// A virtual shared object is loaded through a symlink to its blob placed at
-/// `<upper>/dl/<virtual path>`, so its `$ORIGIN` is a directory that mirrors the virtual
+/// `<libs>/<virtual path>` (see [`State::libs`]), so its `$ORIGIN` is a directory that mirrors the virtual
 /// one; the other shared objects of that virtual directory get symlinks there too, so
 /// `$ORIGIN`-relative dependencies resolve.
 fn dlopen_impl(p: *const c_char, flags: c_int) -> Option<*mut c_void> {
@@ -206,12 +206,12 @@ fn dlopen_impl(p: *const c_char, flags: c_int) -> Option<*mut c_void> {
             Node::V { layer, idx } => {
                 let e = vfs::entry(st, layer, idx)?;
                 let blob = vfs::blob_path(st, &e)?;
-                let target = match &st.upper {
-                    Some(up) => {
-                        let mut dl = up.sub(b"dl")?;
+                let target = match &st.libs {
+                    Some(libs) => {
+                        let mut dl = PBuf::from(libs.as_bytes())?;
                         dl.push(r.path.as_bytes())?;
                         materialize_dir(st, r.path, &dl);
-                        mirror_needed(st, up, r.path.as_bytes(), 0);
+                        mirror_needed(st, libs.as_bytes(), r.path.as_bytes(), 0);
                         dl
                     }
                     None => blob,
@@ -296,8 +296,8 @@ fn link_shared_objects(st: &State, vdir: &[u8], ddir: &[u8], also: &[u8]) {
 /// For `exec` of the virtual dynamic executable `virt` (content in the real file `file`): the
 /// loader resolves the program's `$ORIGIN` from `/proc/self/exe`, which no preload can
 /// change, so a program whose `RUNPATH`/`RPATH` reaches into the view (`$ORIGIN/../lib`) is
-/// started from `<upper>/dl/<virt>` — a hard link to (or copy of) `file` — beside the
-/// mirrored libraries it needs. `None`: nothing of its search path is in the view, or no
+/// started from `<upper>/dl/<virt>` — a hard link to (or copy of) `file`, so on the upper
+/// layer's file system, not in [`State::libs`] — beside the mirrored libraries it needs. `None`: nothing of its search path is in the view, or no
 /// upper layer; the caller runs `file` as it is.
 pub(crate) fn exec_mirror(st: &State, virt: &[u8], blob: &PBuf, file: &PBuf) -> Option<PBuf> {
     let up = st.upper.as_ref()?;
@@ -326,7 +326,8 @@ pub(crate) fn exec_mirror(st: &State, virt: &[u8], blob: &PBuf, file: &PBuf) -> 
             }
         }
     }
-    mirror_needed(st, up, virt, 0);
+    let base = up.sub(b"dl")?;
+    mirror_needed(st, base.as_bytes(), virt, 0);
     Some(dl)
 }
 
@@ -377,14 +378,13 @@ pub(crate) fn copy_file(from: &PBuf, to: &PBuf) -> bool {
 }
 
 /// The real directory to put in a child's `LD_LIBRARY_PATH` for the entry `entry` of the
-/// caller's: an entry in the view becomes `<upper>/dl/<entry>`, holding symlinks to the blobs
+/// caller's: an entry in the view becomes `<libs>/<entry>`, holding symlinks to the blobs
 /// of that directory's shared objects (the loader opens them itself and sees no view);
 /// `None` keeps the entry as it is.
 pub(crate) fn library_dir(st: &State, entry: &[u8]) -> Option<PBuf> {
     if entry.is_empty() {
         return None;
     }
-    let up = st.upper.as_ref()?;
     let mut a = abs_of(st, libc::AT_FDCWD, entry)?;
     if !st.in_view(a.p.as_bytes()) {
         return None;
@@ -393,7 +393,7 @@ pub(crate) fn library_dir(st: &State, entry: &[u8]) -> Option<PBuf> {
     if !matches!(r.node, Node::V { .. }) {
         return None;
     }
-    let mut dl = up.sub(b"dl")?;
+    let mut dl = PBuf::from(st.libs.as_ref()?.as_bytes())?;
     dl.push(r.path.as_bytes())?;
     // SAFETY: valid buffer.
     let mut s: libc::stat = unsafe { std::mem::zeroed() };
@@ -403,14 +403,16 @@ pub(crate) fn library_dir(st: &State, entry: &[u8]) -> Option<PBuf> {
     Some(dl)
 }
 
-/// Mirrors, under `<upper>/dl/`, the libraries the loader will look for on behalf of the view
-/// object `virt`: each `DT_NEEDED` name found in a `DT_RUNPATH`/`DT_RPATH` directory of the
-/// view (`$ORIGIN` expanded against `virt`'s virtual directory: wheels keep their libraries in
-/// `numpy.libs/` reached as `$ORIGIN/../../numpy.libs`) gets a symlink to its blob at the same
-/// place under `dl/`, where the loader, resolving `$ORIGIN` from the `dl/` path it was given,
-/// looks; and so on for their own dependencies. Already mirrored names are skipped.
-fn mirror_needed(st: &State, up: &crate::upper::Upper, virt: &[u8], depth: u32) {
-    if depth > 8 || !MIRRORED.first(vrift_shim_core::upper_state::key(virt)) {
+/// Mirrors, under `base` (the libs directory, or `<upper>/dl` for an exec), the libraries
+/// the loader will look for on behalf of the view object `virt`: each `DT_NEEDED` name found
+/// in a `DT_RUNPATH`/`DT_RPATH` directory of the view (`$ORIGIN` expanded against `virt`'s
+/// virtual directory: wheels keep their libraries in `numpy.libs/` reached as
+/// `$ORIGIN/../../numpy.libs`) gets a symlink to its blob at the same place under `base`,
+/// where the loader, resolving `$ORIGIN` from the path under `base` it was given, looks; and
+/// so on for their own dependencies. Already mirrored names are skipped.
+fn mirror_needed(st: &State, base: &[u8], virt: &[u8], depth: u32) {
+    use vrift_shim_core::upper_state::key;
+    if depth > 8 || !MIRRORED.first(key(virt) ^ key(base).rotate_left(1)) {
         return;
     }
     let Some(mut v) = PBuf::from(virt) else {
@@ -462,7 +464,7 @@ fn mirror_needed(st: &State, up: &crate::upper::Upper, virt: &[u8], depth: u32) 
             let Some(ce) = vfs::entry(st, layer, idx) else {
                 continue;
             };
-            let (Some(cblob), Some(mut dl)) = (vfs::blob_path(st, &ce), up.sub(b"dl")) else {
+            let (Some(cblob), Some(mut dl)) = (vfs::blob_path(st, &ce), PBuf::from(base)) else {
                 continue;
             };
             if dl.push(&cand_virt).is_none() {
@@ -477,7 +479,7 @@ fn mirror_needed(st: &State, up: &crate::upper::Upper, virt: &[u8], depth: u32) 
                 upper::mkdir_p(path::parent(dl.as_bytes()));
                 real::symlink(cblob.as_ptr(), dl.as_ptr());
             }
-            mirror_needed(st, up, &cand_virt, depth + 1);
+            mirror_needed(st, base, &cand_virt, depth + 1);
         }
     }
 }

@@ -10,8 +10,9 @@ use crate::upper::Upper;
 /// Environment variables `vrift run` sets (and the shim keeps in children): the one
 /// definition is `vrift_shim_core::env`.
 use vrift_shim_core::env::{
-    BIN as ENV_BIN, EXE as ENV_EXE, MANIFESTS as ENV_MANIFESTS, PASS_ON, SEALED as ENV_SEALED,
-    STORE as ENV_STORE, THE_SOURCE, THROUGH as ENV_THROUGH, TRACE as ENV_TRACE, UPPER as ENV_UPPER,
+    BIN as ENV_BIN, EXE as ENV_EXE, LIBS as ENV_LIBS, MANIFESTS as ENV_MANIFESTS, PASS_ON,
+    SEALED as ENV_SEALED, STORE as ENV_STORE, THE_SOURCE, THROUGH as ENV_THROUGH,
+    TRACE as ENV_TRACE, UPPER as ENV_UPPER,
 };
 
 pub struct Layer {
@@ -33,6 +34,8 @@ pub struct State {
     /// Every blob of the store is sealed ([`ENV_SEALED`]): refuse to serve one that is not.
     pub all_sealed: bool,
     pub upper: Option<Upper>,
+    /// Where the loader's mirrors go ([`ENV_LIBS`]), else `<upper>/dl`; `None` without either.
+    pub libs: Option<PBuf>,
     /// Real empty directory opened behind every virtual directory fd (NUL-terminated).
     pub placeholder: PBuf,
     /// Proper ancestors of every root (`/` included), normalized.
@@ -161,6 +164,10 @@ fn load() -> Option<State> {
         })
         .unwrap_or_default();
     let upper = env(ENV_UPPER).and_then(|u| Upper::open(&u, through));
+    let libs = env(ENV_LIBS)
+        .filter(|v| v.starts_with(b"/"))
+        .and_then(|v| path::normalize_abs(&v))
+        .or_else(|| upper.as_ref().and_then(|u| u.sub(b"dl")));
     let placeholder = match &upper {
         Some(u) => u.sub(b"empty")?,
         None => {
@@ -217,6 +224,7 @@ fn load() -> Option<State> {
         store_dev,
         all_sealed: env(ENV_SEALED).is_some_and(|v| v.as_slice() == b"1"),
         upper,
+        libs,
         placeholder,
         ancestors,
         env_pass,
