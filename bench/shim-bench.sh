@@ -9,9 +9,10 @@
 #      on the virtual tree vs the real tree (bar: < 1.3x);
 #   4. what users run, on a deleted tree: native vs shim vs `--isolate` (warm farm),
 #      interleaved (native, shim, isolate, native, ...), medians: require-heavy node start,
-#      `tsc -p`, `make -j2` of 61 C units, `cargo build --offline` of a crate with 5 registry
-#      dependencies (virtual CARGO_HOME), `python -c "import numpy, pandas, django"` (a venv
-#      from $VRIFT_WHEELS, skipped without it) (bars: shim <= 1.05x, isolate <= 1.10x).
+#      `tsc -p`, jest (installed from the npm registry), `make -j2` of 61 C units,
+#      `cargo build --offline` of a crate with 5 registry dependencies (virtual CARGO_HOME),
+#      `python -c "import numpy, pandas, django"` (a venv from $VRIFT_WHEELS, skipped without
+#      it) (bars: shim <= 1.05x, isolate <= 1.10x).
 #
 # usage: bench/shim-bench.sh [--corpus DIR] [--runs N]
 #   --corpus DIR  a directory holding node_modules (default: an installed xsmall corpus:
@@ -262,6 +263,46 @@ if [ -f "$CORPUS/node_modules/typescript/bin/tsc" ]; then
         "$(run_v --isolate --manifest "$WORK/ts.vrm") -- bash -c '$(tsc_cmd "$WORK/ts-virt" i)'"
 else
     echo "tsc: typescript not in the corpus, skipped"
+fi
+
+# jest: 30 suites (150 tests) over 60 modules, jest 29.7.0 from the npm registry, 2 workers
+# (child node processes, so the shim is inherited); each mode its own warm transform cache
+JEST_VERSION=29.7.0
+mk_jest() {
+    mkdir -p "$1"
+    echo '{"private": true, "name": "jest-bench"}' > "$1/package.json"
+    python3 - "$1" <<'EOF'
+import os, sys
+root = sys.argv[1]
+os.makedirs(os.path.join(root, "src"), exist_ok=True)
+os.makedirs(os.path.join(root, "test"), exist_ok=True)
+for i in range(60):
+    dep = f'const {{ f{i-1} }} = require("./m{i-1}");\n' if i else ""
+    body = f"f{i-1}(n) + 1" if i else "n * 2"
+    with open(os.path.join(root, "src", f"m{i}.js"), "w") as fh:
+        fh.write(f"{dep}function f{i}(n) {{ return {body}; }}\nmodule.exports = {{ f{i} }};\n")
+for t in range(30):
+    k = (t * 2) % 60
+    with open(os.path.join(root, "test", f"t{t}.test.js"), "w") as fh:
+        fh.write(f'const {{ f{k} }} = require("../src/m{k}");\n'
+                 f'describe("m{k}", () => {{\n'
+                 + "".join(f'  test("case {c}", () => {{ expect(f{k}({c})).toBe({c} * 2 + {k}); }});\n'
+                           for c in range(5))
+                 + "});\n")
+EOF
+}
+if command -v npm >/dev/null && mk_jest "$WORK/jest-real" \
+    && (cd "$WORK/jest-real" && npm install --no-audit --no-fund --silent "jest@$JEST_VERSION" >/dev/null 2>&1); then
+    cp -a "$WORK/jest-real" "$WORK/jest-virt"
+    "$VRIFT" --no-progress ingest "$WORK/jest-virt" -o "$WORK/jest.vrm" --mode phantom >/dev/null
+    chmod -R u+w "$WORK/jest-virt"; rm -rf "$WORK/jest-virt"
+    jest_cmd() { echo "cd $1 && node node_modules/jest/bin/jest.js --ci --silent --maxWorkers=2 --cacheDirectory $WORK/jest-cache/$2"; }
+    inter "jest (30 suites, 2 workers)" \
+        "$(jest_cmd "$WORK/jest-real" n)" \
+        "$(run_v --manifest "$WORK/jest.vrm") -- bash -c '$(jest_cmd "$WORK/jest-virt" s)'" \
+        "$(run_v --isolate --manifest "$WORK/jest.vrm") -- bash -c '$(jest_cmd "$WORK/jest-virt" i)'"
+else
+    echo "jest: npm or the npm registry unavailable, skipped"
 fi
 
 # make -j2 of 61 C units: sources, headers and Makefile in the deleted tree, objects written
