@@ -225,6 +225,22 @@ EOF
 }
 echo "== workloads on a deleted tree (native tree at the same shape elsewhere)"
 run_v() { printf '%q ' "$VRIFT" run "$@"; }
+# delete_into_manifest NAME: ingests $WORK/NAME-virt into $WORK/NAME.vrm (phantom) and deletes
+# the tree: from then on it exists only in the manifest, like a user's deleted tree.
+delete_into_manifest() {
+    "$VRIFT" --no-progress ingest "$WORK/$1-virt" -o "$WORK/$1.vrm" --mode phantom >/dev/null
+    chmod -R u+w "$WORK/$1-virt"; rm -rf "$WORK/$1-virt"
+}
+# inter_tree LABEL NAME CMDFN: `inter` of the bash command `CMDFN DIR MODE` prints, run natively
+# on $WORK/NAME-real (MODE n), and through the shim (s) and --isolate (i) on the deleted
+# $WORK/NAME-virt.
+inter_tree() {
+    local label=$1 name=$2 fn=$3
+    inter "$label" \
+        "$($fn "$WORK/$name-real" n)" \
+        "$(run_v --manifest "$WORK/$name.vrm") -- bash -c '$($fn "$WORK/$name-virt" s)'" \
+        "$(run_v --isolate --manifest "$WORK/$name.vrm") -- bash -c '$($fn "$WORK/$name-virt" i)'"
+}
 
 # require-heavy node start
 inter "node require of $loaded modules" \
@@ -253,14 +269,10 @@ EOF
 if [ -f "$CORPUS/node_modules/typescript/bin/tsc" ]; then
     mk_ts "$WORK/ts-real"
     mk_ts "$WORK/ts-virt"
-    "$VRIFT" --no-progress ingest "$WORK/ts-virt" -o "$WORK/ts.vrm" --mode phantom >/dev/null
-    chmod -R u+w "$WORK/ts-virt"; rm -rf "$WORK/ts-virt"
+    delete_into_manifest ts
     mkdir -p "$WORK/ts-out"
     tsc_cmd() { echo "rm -rf $WORK/ts-out/$2 && node $1/node_modules/typescript/bin/tsc -p $1 --outDir $WORK/ts-out/$2"; }
-    inter "tsc -p (200 modules)" \
-        "$(tsc_cmd "$WORK/ts-real" n)" \
-        "$(run_v --manifest "$WORK/ts.vrm") -- bash -c '$(tsc_cmd "$WORK/ts-virt" s)'" \
-        "$(run_v --isolate --manifest "$WORK/ts.vrm") -- bash -c '$(tsc_cmd "$WORK/ts-virt" i)'"
+    inter_tree "tsc -p (200 modules)" ts tsc_cmd
 else
     echo "tsc: typescript not in the corpus, skipped"
 fi
@@ -294,13 +306,9 @@ EOF
 if command -v npm >/dev/null && mk_jest "$WORK/jest-real" \
     && (cd "$WORK/jest-real" && npm install --no-audit --no-fund --silent "jest@$JEST_VERSION" >/dev/null 2>&1); then
     cp -a "$WORK/jest-real" "$WORK/jest-virt"
-    "$VRIFT" --no-progress ingest "$WORK/jest-virt" -o "$WORK/jest.vrm" --mode phantom >/dev/null
-    chmod -R u+w "$WORK/jest-virt"; rm -rf "$WORK/jest-virt"
+    delete_into_manifest jest
     jest_cmd() { echo "cd $1 && node node_modules/jest/bin/jest.js --ci --silent --maxWorkers=2 --cacheDirectory $WORK/jest-cache/$2"; }
-    inter "jest (30 suites, 2 workers)" \
-        "$(jest_cmd "$WORK/jest-real" n)" \
-        "$(run_v --manifest "$WORK/jest.vrm") -- bash -c '$(jest_cmd "$WORK/jest-virt" s)'" \
-        "$(run_v --isolate --manifest "$WORK/jest.vrm") -- bash -c '$(jest_cmd "$WORK/jest-virt" i)'"
+    inter_tree "jest (30 suites, 2 workers)" jest jest_cmd
 else
     echo "jest: npm or the npm registry unavailable, skipped"
 fi
@@ -326,13 +334,9 @@ EOF
 }
 mk_c "$WORK/c-real"
 mk_c "$WORK/c-virt"
-"$VRIFT" --no-progress ingest "$WORK/c-virt" -o "$WORK/c.vrm" --mode phantom >/dev/null
-chmod -R u+w "$WORK/c-virt"; rm -rf "$WORK/c-virt"
+delete_into_manifest c
 make_cmd() { echo "rm -rf $WORK/c-out/$2 && mkdir -p $WORK/c-out/$2 && make -s -j2 -C $1 OUT=$WORK/c-out/$2"; }
-inter "make -j2 (61 C units)" \
-    "$(make_cmd "$WORK/c-real" n)" \
-    "$(run_v --manifest "$WORK/c.vrm") -- bash -c '$(make_cmd "$WORK/c-virt" s)'" \
-    "$(run_v --isolate --manifest "$WORK/c.vrm") -- bash -c '$(make_cmd "$WORK/c-virt" i)'"
+inter_tree "make -j2 (61 C units)" c make_cmd
 
 # cargo build --offline of a crate with 5 registry dependencies, CARGO_HOME deleted (virtual)
 mk_cargo_home() {
@@ -358,13 +362,9 @@ if command -v cargo >/dev/null && mk_cargo_home "$WORK/cargo-real" && mk_cargo_h
     mkdir -p "$app/src"
     printf '[package]\nname = "app"\nversion = "0.1.0"\nedition = "2021"\n\n[workspace]\n\n[dependencies]\nitoa = "=1.0.19"\nmemchr = "=2.8.3"\ncfg-if = "=1.0.5"\nsmallvec = "=1.16.6"\neither = "=1.19.0"\n' > "$app/Cargo.toml"
     printf 'fn main() {\n    let mut b = itoa::Buffer::new();\n    let v: smallvec::SmallVec<[u8; 4]> = smallvec::smallvec![1, 2, 3];\n    let e: either::Either<u8, u8> = either::Either::Left(7);\n    cfg_if::cfg_if! { if #[cfg(unix)] { let os = "unix"; } else { let os = "other"; } }\n    println!("{} {:?} {} {} {:?}", b.format(42), v, e, os, memchr::memchr(b%sc%s, b"abc"));\n}\n' "'" "'" > "$app/src/main.rs"
-    "$VRIFT" --no-progress ingest "$WORK/cargo-virt" -o "$WORK/cargo.vrm" --mode phantom >/dev/null
-    chmod -R u+w "$WORK/cargo-virt"; rm -rf "$WORK/cargo-virt"
+    delete_into_manifest cargo
     cargo_cmd() { echo "cd $app && rm -rf $WORK/cargo-target/$2 && CARGO_HOME=$1 CARGO_TARGET_DIR=$WORK/cargo-target/$2 cargo build --offline -q"; }
-    W_RUNS=${W_RUNS_CARGO:-3} inter "cargo build --offline (5 registry deps)" \
-        "$(cargo_cmd "$WORK/cargo-real" n)" \
-        "$(run_v --manifest "$WORK/cargo.vrm") -- bash -c '$(cargo_cmd "$WORK/cargo-virt" s)'" \
-        "$(run_v --isolate --manifest "$WORK/cargo.vrm") -- bash -c '$(cargo_cmd "$WORK/cargo-virt" i)'"
+    W_RUNS=${W_RUNS_CARGO:-3} inter_tree "cargo build --offline (5 registry deps)" cargo cargo_cmd
 else
     echo "cargo: cargo or the five crates in the local registry missing, skipped"
 fi
@@ -376,8 +376,7 @@ if ls "$WHEELS"/numpy-*.whl >/dev/null 2>&1; then
         python3 -m venv "$WORK/$v"
         "$WORK/$v/bin/pip" install -q --no-index --find-links "$WHEELS" -r "$repo/cli/tests/support/requirements.txt"
     done
-    "$VRIFT" --no-progress ingest "$WORK/py-virt" -o "$WORK/py.vrm" --mode phantom >/dev/null
-    chmod -R u+w "$WORK/py-virt"; rm -rf "$WORK/py-virt"
+    delete_into_manifest py
     imp="-c 'import numpy, pandas, django'"
     inter "python import numpy, pandas, django" \
         "$WORK/py-real/bin/python $imp" \

@@ -197,7 +197,7 @@ fn scratch_places(store: &Path) -> Vec<PathBuf> {
 /// Removes the throwaway layers of `vrift run`s that were killed (`vrift-upper-<pid>-<n>`
 /// and `vrift-libs-<pid>-<n>` whose pid is gone) from the places `temp_upper` and
 /// `temp_libs` use.
-fn sweep_dead_uppers(store: &Path) {
+fn sweep_dead_scratch(store: &Path) {
     let mut places = scratch_places(store);
     places.push(PathBuf::from("/dev/shm"));
     for dir in places {
@@ -454,7 +454,7 @@ pub fn launch(l: Launch<'_>) -> Result<libc::c_int> {
         .with_context(|| format!("cannot create store {}", store.display()))?;
     let store = absolute(store)?;
     let (_sealed, manifests_var, roots) = view_manifests(&store, list)?;
-    sweep_dead_uppers(&store);
+    sweep_dead_scratch(&store);
     let upper = match std::env::var_os(env::UPPER).filter(|u| !u.is_empty()) {
         Some(u) => {
             let u = PathBuf::from(u);

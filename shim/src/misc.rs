@@ -187,9 +187,9 @@ fn getcwd_impl(buf: *mut c_char, size: size_t) -> Option<*mut c_char> {
 // ---- dlopen ----------------------------------------------------------------------------------
 
 /// A virtual shared object is loaded through a symlink to its blob placed at
-/// `<libs>/<virtual path>` (see [`State::libs`]), so its `$ORIGIN` is a directory that mirrors the virtual
-/// one; the other shared objects of that virtual directory get symlinks there too, so
-/// `$ORIGIN`-relative dependencies resolve.
+/// `<libs>/<virtual path>` (see [`State::libs`]), so its `$ORIGIN` is a directory that
+/// mirrors the virtual one; the other shared objects of that virtual directory get symlinks
+/// there too, so `$ORIGIN`-relative dependencies resolve.
 fn dlopen_impl(p: *const c_char, flags: c_int) -> Option<*mut c_void> {
     guarded(|st| {
         // SAFETY: caller's C string.
@@ -297,8 +297,9 @@ fn link_shared_objects(st: &State, vdir: &[u8], ddir: &[u8], also: &[u8]) {
 /// loader resolves the program's `$ORIGIN` from `/proc/self/exe`, which no preload can
 /// change, so a program whose `RUNPATH`/`RPATH` reaches into the view (`$ORIGIN/../lib`) is
 /// started from `<upper>/dl/<virt>` — a hard link to (or copy of) `file`, so on the upper
-/// layer's file system, not in [`State::libs`] — beside the mirrored libraries it needs. `None`: nothing of its search path is in the view, or no
-/// upper layer; the caller runs `file` as it is.
+/// layer's file system, not in [`State::libs`] — beside the mirrored libraries it needs.
+/// `None`: nothing of its search path is in the view, or no upper layer; the caller runs
+/// `file` as it is.
 pub(crate) fn exec_mirror(st: &State, virt: &[u8], blob: &PBuf, file: &PBuf) -> Option<PBuf> {
     let up = st.upper.as_ref()?;
     let d = read_dynamic(blob)?;
