@@ -233,13 +233,14 @@ delete_into_manifest() {
 }
 # inter_tree LABEL NAME CMDFN: `inter` of the bash command `CMDFN DIR MODE` prints, run natively
 # on $WORK/NAME-real (MODE n), and through the shim (s) and --isolate (i) on the deleted
-# $WORK/NAME-virt.
+# $WORK/NAME-virt. Extra arguments go to `vrift run --isolate` (a `--bind` of a cache).
 inter_tree() {
     local label=$1 name=$2 fn=$3
+    shift 3
     inter "$label" \
         "$($fn "$WORK/$name-real" n)" \
         "$(run_v --manifest "$WORK/$name.vrm") -- bash -c '$($fn "$WORK/$name-virt" s)'" \
-        "$(run_v --isolate --manifest "$WORK/$name.vrm") -- bash -c '$($fn "$WORK/$name-virt" i)'"
+        "$(run_v --isolate "$@" --manifest "$WORK/$name.vrm") -- bash -c '$($fn "$WORK/$name-virt" i)'"
 }
 
 # require-heavy node start
@@ -308,7 +309,10 @@ if command -v npm >/dev/null && mk_jest "$WORK/jest-real" \
     cp -a "$WORK/jest-real" "$WORK/jest-virt"
     delete_into_manifest jest
     jest_cmd() { echo "cd $1 && node node_modules/jest/bin/jest.js --ci --silent --maxWorkers=2 --cacheDirectory $WORK/jest-cache/$2"; }
-    inter_tree "jest (30 suites, 2 workers)" jest jest_cmd
+    # Outside the view the sandbox is read-only: its cache is kept only where it is bound,
+    # as a user keeping jest's cache across isolated runs would.
+    mkdir -p "$WORK/jest-cache/i"
+    inter_tree "jest (30 suites, 2 workers)" jest jest_cmd --bind "$WORK/jest-cache/i"
 else
     echo "jest: npm or the npm registry unavailable, skipped"
 fi

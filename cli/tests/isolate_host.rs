@@ -184,3 +184,155 @@ fn isolate_runs_on_a_deleted_tree() {
     assert_eq!(stdout(&o), "still here\n");
     assert!(!env.home.join("gone").exists(), "the host was changed");
 }
+
+/// `--bind DIR`: a cache a tool keeps across runs (jest's in `/tmp`, `~/.cargo`). What the
+/// first run writes there is on the host afterwards and the second run reads it; the rest of
+/// the host stays read-only, and a bound directory is writable at its own path even under
+/// the private `/tmp`.
+#[test]
+fn bind_keeps_a_cache_across_isolated_runs() {
+    let Some(env) = Env::new() else { return };
+    let f = env.write("app/index.txt", b"view\n", 0o644);
+    let app = f.parent().unwrap().to_path_buf();
+    let m = env.home.join("app.vrm");
+    env.ingest(&app, &m);
+    let cache = env.home.join("cache");
+    fs::create_dir(&cache).unwrap();
+    env.give(&cache);
+    let outside = env.write("outside.txt", b"outside\n", 0o644);
+    let script = format!(
+        "cat {c}/hit 2>/dev/null || echo miss; echo warm > {c}/hit; \
+         (echo x >> {o}) 2>/dev/null && echo WROTE || echo refused; cat index.txt",
+        c = cache.display(),
+        o = outside.display()
+    );
+    let run = || {
+        let o = env
+            .isolate_cmd([
+                os("--bind"),
+                cache.clone().into_os_string(),
+                os("--manifest"),
+                m.clone().into_os_string(),
+                os("--"),
+                os("sh"),
+                os("-c"),
+                os(&script),
+            ])
+            .current_dir(&app)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", describe(&o));
+        stdout(&o)
+    };
+    assert_eq!(run(), "miss\nrefused\nview\n");
+    assert_eq!(fs::read_to_string(cache.join("hit")).unwrap(), "warm\n");
+    assert_eq!(run(), "warm\nrefused\nview\n");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "outside\n");
+    // Not a directory: one line naming it, before anything runs.
+    let o = env.isolate([
+        os("--bind"),
+        outside.clone().into_os_string(),
+        os("--manifest"),
+        m.into_os_string(),
+        os("--"),
+        os("true"),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains(&format!("--bind {}: not a directory", outside.display())),
+        "{}",
+        describe(&o)
+    );
+    env.assert_clean();
+}
+
+/// A project run (`vrift run --isolate -- CMD` in the project, no `--manifest`) writes into
+/// the project as it would without vrift, like the shim's project run: a build's output is
+/// there afterwards. A file of the project that is a read-only hard link into the store (an
+/// in-place solid ingest of `vendor/`) stays unwritable: the sandbox gives up its permission
+/// override once a host directory is writable, so the blob behind the link is never changed.
+#[test]
+fn isolated_project_runs_write_into_the_project_but_never_into_blobs() {
+    let Some(env) = Env::new() else { return };
+    env.write("proj/main.sh", b"echo v1\n", 0o644);
+    env.write("proj/vendor/lib.txt", b"vendored\n", 0o644);
+    let proj = env.home.join("proj");
+    env.ingest(&proj.join("vendor"), &env.home.join("vendor.vrm"));
+    let lib = proj.join("vendor/lib.txt");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let md = fs::metadata(&lib).unwrap();
+        assert_eq!((md.nlink(), md.mode() & 0o222), (2, 0), "not a store link");
+    }
+    let o = env
+        .isolate_cmd([
+            os("--"),
+            os("sh"),
+            os("-c"),
+            os("mkdir -p dist && sh main.sh > dist/out.txt; \
+                (echo tampered >> vendor/lib.txt) 2>/dev/null && echo WROTE || echo refused"),
+        ])
+        .current_dir(&proj)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", describe(&o));
+    assert_eq!(stdout(&o), "refused\n");
+    assert_eq!(
+        fs::read_to_string(proj.join("dist/out.txt")).unwrap(),
+        "v1\n"
+    );
+    assert_eq!(fs::read_to_string(&lib).unwrap(), "vendored\n");
+    let v = env.vrift().arg("verify").output().unwrap();
+    assert!(v.status.success(), "{}", describe(&v));
+    // --ephemeral: the project is the view again, writes are thrown away.
+    let o = env
+        .isolate_cmd([os("--ephemeral"), os("--"), os("touch"), os("gone.txt")])
+        .current_dir(&proj)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", describe(&o));
+    assert!(!proj.join("gone.txt").exists());
+    env.assert_clean();
+}
+
+/// `--read-only`: the view is the link farm bound read-only (no overlay): reads serve the
+/// manifest's tree, writes into it fail with EROFS, a bound directory still takes output.
+#[test]
+fn read_only_views_refuse_writes_and_bound_output_stays() {
+    let Some(env) = Env::new() else { return };
+    let f = env.write("gone/app/index.txt", b"from the view\n", 0o644);
+    let app = f.parent().unwrap().to_path_buf();
+    let m = env.home.join("gone.vrm");
+    env.ingest(&app, &m);
+    fs::remove_dir_all(env.home.join("gone")).unwrap();
+    let out = env.home.join("out");
+    fs::create_dir(&out).unwrap();
+    env.give(&out);
+    let script = format!(
+        "cat {f}; (echo x >> {f}) 2>/dev/null && echo WROTE || echo refused; \
+         (touch {a}/new) 2>/dev/null && echo WROTE || echo refused; cp {f} {o}/copy",
+        f = f.display(),
+        a = app.display(),
+        o = out.display()
+    );
+    let o = env.isolate([
+        os("--read-only"),
+        os("--bind"),
+        out.clone().into_os_string(),
+        os("--manifest"),
+        m.into_os_string(),
+        os("--"),
+        os("sh"),
+        os("-c"),
+        os(&script),
+    ]);
+    assert!(o.status.success(), "{}", describe(&o));
+    assert_eq!(stdout(&o), "from the view\nrefused\nrefused\n");
+    assert_eq!(
+        fs::read_to_string(out.join("copy")).unwrap(),
+        "from the view\n"
+    );
+    assert!(!env.home.join("gone").exists(), "the host was changed");
+    env.assert_clean();
+}

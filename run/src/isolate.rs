@@ -10,7 +10,8 @@
 //! its root path; with `--base` the layers (bases first, then manifests, later ones win)
 //! are the whole root filesystem. Either way the farm is the read-only lower layer of an
 //! overlay whose upper layer is thrown away (kept with `--keep`), so nothing CMD does
-//! reaches a blob or the host.
+//! reaches a blob or the host — except in the directories given to bind (`--bind`, and a
+//! project run's own directory), which CMD writes as it would without vrift.
 
 pub mod farm;
 pub mod ns;
@@ -76,6 +77,41 @@ fn top_roots(layers: &[Layer<'_>]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// How an isolated run differs from the default sandbox.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Keep the throwaway upper layers and say where they are.
+    pub keep: bool,
+    /// Share the host's network instead of a loopback-only namespace.
+    pub network_host: bool,
+    /// Host directories CMD may write, at their own paths (`--bind`; a project run's
+    /// directory): a cache a tool keeps across runs (jest's in `/tmp`, `~/.cargo`), a build's
+    /// output. Everything else outside the view stays read-only.
+    pub binds: Vec<PathBuf>,
+    /// The view is read-only (writes fail with EROFS); in host mode the link farm is then
+    /// bound as it is, without an overlay, so lookups cost what they do natively.
+    pub read_only: bool,
+}
+
+/// The canonical path of each `--bind` directory (a symlinked path would be mounted where it
+/// points, not where CMD looks), or an error naming the one that is not a directory.
+fn bind_dirs(binds: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::with_capacity(binds.len());
+    for b in binds {
+        let c = std::fs::canonicalize(b).with_context(|| format!("--bind {}", b.display()))?;
+        if !c.is_dir() {
+            bail!("--bind {}: not a directory", b.display());
+        }
+        if c == Path::new("/") {
+            bail!("--bind /: the whole host would be writable; bind the directories CMD needs");
+        }
+        out.push(c);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Runs `cmd` isolated; see the module docs. `bases` and `manifests` are bottom first.
 /// Returns CMD's exit code (128+N if signal N killed it).
 pub fn run_isolated(
@@ -83,13 +119,13 @@ pub fn run_isolated(
     bases: &[PathBuf],
     manifests: &[PathBuf],
     cmd: &[OsString],
-    keep: bool,
-    network_host: bool,
+    opts: &Options,
 ) -> Result<i32> {
     let t0 = std::time::Instant::now();
     if cmd.is_empty() {
         bail!("no command given");
     }
+    let binds = bind_dirs(&opts.binds)?;
     let cas = Cas::open_existing(store)
         .with_context(|| format!("no vrift store at {}", store.display()))?;
     let base_mode = !bases.is_empty();
@@ -124,7 +160,7 @@ pub fn run_isolated(
     } else {
         tops = top_roots(&layers);
     }
-    let mut rd = rundir::RunDir::create(cas.root(), tops.len(), keep)?;
+    let mut rd = rundir::RunDir::create(cas.root(), tops.len(), opts.keep)?;
     let mut overlays = Vec::with_capacity(tops.len());
     for (i, at) in tops.iter().enumerate() {
         let rel = at.strip_prefix(b"/").unwrap_or(at);
@@ -167,9 +203,11 @@ pub fn run_isolated(
         base: base_mode,
         overlays,
         tmpfs_tmp,
+        binds,
+        read_only_view: opts.read_only,
         cwd,
         cmd: cmd.to_vec(),
-        network_host,
+        network_host: opts.network_host,
     };
     if std::env::var_os("VRIFT_ISOLATE_STATS").is_some() {
         let built = farm

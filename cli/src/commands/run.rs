@@ -48,6 +48,17 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = NetworkArg::Loopback, requires = "isolate")]
     pub network: NetworkArg,
 
+    /// With --isolate: a host directory CMD may write, at its own path (repeatable): a cache
+    /// kept across runs (`--bind /tmp` for jest's, `--bind ~/.cargo`) or a build's output.
+    /// Everything else outside the view stays read-only.
+    #[arg(long = "bind", value_name = "DIR", requires = "isolate")]
+    pub bind: Vec<PathBuf>,
+
+    /// With --isolate: the view is read-only (writes into it fail with EROFS; use --bind for
+    /// output). Without --base its files are then looked up at native speed (no overlay).
+    #[arg(long, requires = "isolate")]
+    pub read_only: bool,
+
     /// In a project run (no --manifest: the current directory's `vrift.manifest`, or a
     /// transient ingest of it), what the command writes lands in the project directory, as
     /// it would without vrift. --ephemeral sends it to a throwaway layer instead.
@@ -149,14 +160,19 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
             manifests(g, a, &mut cleanup)?
         };
         let (bases, tops) = list.split_at(a.base.len());
-        let code = vrift_run::isolate::run_isolated(
-            &g.store,
-            bases,
-            tops,
-            &a.cmd,
-            a.keep,
-            a.network == NetworkArg::Host,
-        );
+        let mut binds = a.bind.clone();
+        // A project run writes into the project, as under the shim: its directory is bound
+        // over the view (which the refresh above just made equal to it).
+        if a.manifest.is_empty() && a.base.is_empty() && !a.ephemeral {
+            binds.push(std::env::current_dir().context("cannot read the current directory")?);
+        }
+        let opts = vrift_run::isolate::Options {
+            keep: a.keep,
+            network_host: a.network == NetworkArg::Host,
+            binds,
+            read_only: a.read_only,
+        };
+        let code = vrift_run::isolate::run_isolated(&g.store, bases, tops, &a.cmd, &opts);
         drop(cleanup);
         std::process::exit(code?);
     }

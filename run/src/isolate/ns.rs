@@ -18,7 +18,8 @@
 //!     left in the pid namespace, and with the last process the mount namespace and all its
 //!     mounts go.
 //! * **CMD** runs as the caller's own uid/gid, with no capabilities but `CAP_DAC_OVERRIDE`
-//!   (see `sys::restrict_for_exec`), no-new-privs, and cannot mount, remount or unmount.
+//!   (none at all when a host directory is bound writable; see `sys::restrict_for_exec`),
+//!   no-new-privs, and cannot mount, remount or unmount.
 //!
 //! Setup errors travel back to the parent over a close-on-exec pipe (errno + message); the
 //! pipe reaching EOF without a message means CMD was exec'd.
@@ -51,6 +52,12 @@ pub struct Plan {
     pub base: bool,
     pub overlays: Vec<Overlay>,
     pub tmpfs_tmp: bool,
+    /// Host directories (canonical paths) bound writable at the same path inside: what CMD
+    /// writes there stays (`--bind`, and the project directory of a project run).
+    pub binds: Vec<PathBuf>,
+    /// `--read-only`: the manifests' trees are mounted read-only (writes fail with EROFS):
+    /// in host mode the farm is bound directly, without an overlay.
+    pub read_only_view: bool,
     /// Where CMD starts (falls back to `/` if it does not exist inside).
     pub cwd: PathBuf,
     pub cmd: Vec<OsString>,
@@ -296,7 +303,7 @@ fn init_main(plan: &Plan, ready_r: libc::c_int, err_w: libc::c_int) -> ! {
         unsafe { libc::_exit(1) };
     }
     if cmd == 0 {
-        exec_cmd(&argv, &argp);
+        exec_cmd(&argv, &argp, plan.binds.is_empty());
     }
     set_target(cmd);
     // Setup succeeded: CMD's copy of the pipe closes when it execs, ours now; the parent
@@ -324,7 +331,7 @@ fn init_main(plan: &Plan, ready_r: libc::c_int, err_w: libc::c_int) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn exec_cmd(argv: &[CString], argp: &[*const libc::c_char]) -> ! {
+fn exec_cmd(argv: &[CString], argp: &[*const libc::c_char], dac_override: bool) -> ! {
     // SAFETY: resetting the signal mask and handlers in the fresh child.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -332,7 +339,7 @@ fn exec_cmd(argv: &[CString], argp: &[*const libc::c_char]) -> ! {
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
     set_forwarding(false);
-    if let Err(e) = sys::restrict_for_exec() {
+    if let Err(e) = sys::restrict_for_exec(dac_override) {
         eprintln!("vrift: cannot drop privileges: {e}");
         // SAFETY: leaving the child.
         unsafe { libc::_exit(126) };
@@ -381,8 +388,19 @@ fn esc(p: &Path) -> String {
     s
 }
 
-/// Makes sure `p` is a directory to mount on: creates it (and missing parents, `mode` for
-/// the last) if absent; refuses symlinks (a mount would follow them out of the new root).
+/// Makes `target` (under the read-only new root `root`) a directory to mount on. Where it
+/// is gone from the host (the usual case: a tree ingested, then deleted), it is made in a
+/// throwaway layer over its nearest existing ancestor ([`make_mount_point`], the `n`-th).
+fn mount_point(root: &Path, target: &Path, scratch: &Path, n: &mut usize) -> Result<(), Fail> {
+    match mount_point_dir(target, 0o755) {
+        Err(f) if f.errno == libc::EROFS => {
+            *n += 1;
+            make_mount_point(root, target, scratch, *n)
+        }
+        r => r,
+    }
+}
+
 /// Makes `target` (under the read-only new root `root`) exist: an overlay over its nearest
 /// existing ancestor, whose throwaway upper layer (in `scratch`) holds the missing
 /// directories. The ancestor keeps its content; only mounts below it are not carried over.
@@ -442,6 +460,8 @@ fn make_mount_point_with(
     mount_point_dir(target, 0o755)
 }
 
+/// Makes sure `p` is a directory to mount on: creates it (and missing parents, `mode` for
+/// the last) if absent; refuses symlinks (a mount would follow them out of the new root).
 pub(super) fn mount_point_dir(p: &Path, mode: libc::mode_t) -> Result<(), Fail> {
     let cp = c(p)?;
     match sys::file_type(&cp) {
@@ -519,6 +539,15 @@ fn bind(src: &Path, target: &Path, recursive: bool) -> Result<(), Fail> {
         None,
     )
     .step(|| format!("cannot bind {} to {}", src.display(), target.display()))
+}
+
+/// Binds the host directory `src` (still reachable at its own path: this runs before
+/// `pivot_root`) writable at `target`, with the mounts below it; nosuid like the rest.
+fn bind_at(src: &Path, target: &Path) -> Result<(), Fail> {
+    mount_point_dir(target, 0o755)?;
+    bind(src, target, true)?;
+    sys::mount_setattr(&c(target)?, true, sys::MOUNT_ATTR_NOSUID, 0)
+        .step(|| format!("cannot make {} nosuid", target.display()))
 }
 
 fn read_only(target: &Path, recursive: bool) -> Result<(), Fail> {
@@ -666,6 +695,18 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
             mount_point_dir(&tmp, 0o1777)?;
             tmpfs(&tmp, c"mode=1777")?;
         }
+        if plan.read_only_view {
+            // The root overlay itself (mount points made above); /proc, /dev, /tmp are
+            // mounts of their own and stay as they are.
+            sys::mount_setattr(&c(root)?, false, sys::MOUNT_ATTR_RDONLY, 0)
+                .step(|| format!("cannot make {} read-only", root.display()))?;
+        }
+        // Shallowest first, so a bind inside another bound directory lands on it.
+        let mut binds: Vec<&PathBuf> = plan.binds.iter().collect();
+        binds.sort_by_key(|p| p.components().count());
+        for b in binds {
+            bind_at(b, &under(root, b))?;
+        }
     } else {
         bind(Path::new("/"), root, true).map_err(|f| Fail {
             what: format!("[userns] {}", f.what),
@@ -677,6 +718,7 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
             Proc,
             Tmpfs,
             Ovl(&'a Overlay),
+            Bind,
         }
         let mut todo: Vec<(PathBuf, u8, M<'_>)> = Vec::new();
         todo.push((PathBuf::from("/proc"), 0, M::Proc));
@@ -687,11 +729,31 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
         for o in &plan.overlays {
             todo.push((o.at.clone(), 1, M::Ovl(o)));
         }
+        // At the same path a bind comes last: it covers a manifest root's overlay (a project
+        // run's directory) or the fresh /tmp (`--bind /tmp`).
+        for b in &plan.binds {
+            todo.push((b.clone(), 2, M::Bind));
+        }
         todo.sort_by(|a, b| {
             let depth = |p: &Path| p.components().count();
             (depth(&a.0), a.1, &a.0).cmp(&(depth(&b.0), b.1, &b.0))
         });
+        // Mount points first, all of them: a manifest root gone from the host gets one in a
+        // throwaway overlay over its nearest existing ancestor, and that overlay would hide
+        // whatever was mounted below the ancestor before it (a `--bind` of a sibling).
+        // Paths under the fresh /tmp or /dev/shm get theirs on the tmpfs, later.
         let mut made = 0usize;
+        let on_tmpfs =
+            |p: &Path| (plan.tmpfs_tmp && p.starts_with("/tmp")) || p.starts_with("/dev/shm");
+        for (at, _, m) in &todo {
+            if matches!(m, M::Ovl(_) | M::Bind) && !on_tmpfs(at) {
+                let target = under(root, at);
+                mount_point(root, &target, &plan.scratch, &mut made).map_err(|f| Fail {
+                    what: format!("{} (for {})", f.what, at.display()),
+                    ..f
+                })?;
+            }
+        }
         for (at, _, m) in todo {
             let target = under(root, &at);
             match m {
@@ -705,28 +767,19 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
                         tmpfs(&target, c"mode=1777")?;
                     }
                 }
+                // Below a manifest root or the fresh /tmp the mount point may be missing:
+                // `bind_at` makes it there (those are writable).
+                M::Bind => bind_at(&at, &target)?,
                 M::Ovl(o) => {
-                    match mount_point_dir(&target, 0o755) {
-                        Ok(()) => {}
-                        // The tree is gone from the host (the usual case: it was ingested,
-                        // then deleted) and the host is read-only here: make the mount point
-                        // in a throwaway layer over its nearest existing ancestor.
-                        Err(f) if f.errno == libc::EROFS => {
-                            made += 1;
-                            make_mount_point(root, &target, &plan.scratch, made).map_err(|f| {
-                                Fail {
-                                    what: format!(
-                                        "{} (for the manifest root {})",
-                                        f.what,
-                                        o.at.display()
-                                    ),
-                                    ..f
-                                }
-                            })?;
-                        }
-                        Err(f) => return Err(f),
+                    mount_point_dir(&target, 0o755)?;
+                    if plan.read_only_view {
+                        // No overlay: lookups in a fresh overlay cost several microseconds
+                        // each on first touch, and nothing is written here anyway.
+                        bind(&o.lowers[0], &target, true)?;
+                        read_only(&target, true)?;
+                    } else {
+                        mount_overlay(o, &target)?;
                     }
-                    mount_overlay(o, &target)?;
                 }
             }
         }

@@ -543,7 +543,7 @@ fn child(
     // bits (the view shows the manifest's mode; the write goes to the upper layer): keep
     // `CAP_DAC_OVERRIDE` within the namespace, as `--isolate` does, and nothing else.
     if userns {
-        if let Err(e) = sys::restrict_for_exec() {
+        if let Err(e) = sys::restrict_for_exec(true) {
             fail(Fail::new("cannot set the program's capabilities", e));
         }
     }

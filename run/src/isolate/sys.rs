@@ -215,18 +215,21 @@ fn prctl(op: libc::c_int, a: libc::c_ulong) -> io::Result<()> {
     })
 }
 
-/// What CMD keeps: no capabilities but `CAP_DAC_OVERRIDE` (so files of the view whose blobs
-/// carry no write bits can still be written — into the throwaway upper layer), no way to
-/// gain any back (bounding set, no-new-privs, `SECBIT_NOROOT` for a uid 0 inside).
-/// Must run in the child right before `execve`.
-pub fn restrict_for_exec() -> io::Result<()> {
+/// What CMD keeps: no capabilities but, if `dac_override`, `CAP_DAC_OVERRIDE` (so files of
+/// the view whose blobs carry no write bits can still be written — into the throwaway upper
+/// layer), no way to gain any back (bounding set, no-new-privs, `SECBIT_NOROOT` for a uid 0
+/// inside). Must run in the child right before `execve`.
+///
+/// The override is safe only while every writable place is a throwaway layer: in a directory
+/// bound from the host it would let CMD write through a read-only hard link into a blob.
+pub fn restrict_for_exec(dac_override: bool) -> io::Result<()> {
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1)?;
     prctl(
         libc::PR_SET_SECUREBITS,
         SECBIT_NOROOT | SECBIT_NOROOT_LOCKED,
     )?;
     for cap in 0..64u32 {
-        if cap == CAP_DAC_OVERRIDE {
+        if dac_override && cap == CAP_DAC_OVERRIDE {
             continue;
         }
         match prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) {
@@ -235,6 +238,9 @@ pub fn restrict_for_exec() -> io::Result<()> {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
             Err(e) => return Err(e),
         }
+    }
+    if !dac_override {
+        return set_caps(0);
     }
     set_caps(1 << CAP_DAC_OVERRIDE)?;
     // SAFETY: prctl with integer arguments only.
