@@ -248,6 +248,11 @@ inter "node require of $loaded modules" \
     "node $WORK/require.js $REAL" \
     "$(run_v --manifest "$WORK/nm.vrm") -- node $WORK/require.js $VIRT" \
     "$(run_v --isolate --manifest "$WORK/nm.vrm") -- node $WORK/require.js $VIRT"
+# the same with a read-only view: the farm bound as it is, no overlay (`--read-only`)
+inter "node require of $loaded modules, isolate --read-only" \
+    "node $WORK/require.js $REAL" \
+    "$(run_v --manifest "$WORK/nm.vrm") -- node $WORK/require.js $VIRT" \
+    "$(run_v --isolate --read-only --manifest "$WORK/nm.vrm") -- node $WORK/require.js $VIRT"
 
 # tsc -p: 200 TypeScript modules type-checked and emitted, typescript from node_modules
 mk_ts() {
