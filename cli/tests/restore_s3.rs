@@ -448,7 +448,14 @@ fn restore_misses_saves_then_hits_remote_and_local_and_falls_back_to_a_prefix() 
     );
 
     // 2. A miss with a command: it runs in the current directory, DIR is saved and pushed.
-    let v = restore_exit(&s3, &s1, &w1, &["--", "sh", "-c", INSTALL], 0);
+    //    A runner that keeps its store (`--link-mode hardlink`): saved through the store.
+    let v = restore_exit(
+        &s3,
+        &s1,
+        &w1,
+        &["--link-mode", "hardlink", "--", "sh", "-c", INSTALL],
+        0,
+    );
     assert_eq!(text(&v, "hit"), "miss", "{v}");
     assert_eq!(text(&v, "key"), key1, "same lock file, same key: {v}");
     assert!(flag(&v, "saved") && flag(&v, "pushed"), "{v}");
@@ -643,7 +650,7 @@ fn restore_misses_saves_then_hits_remote_and_local_and_falls_back_to_a_prefix() 
 /// README: "What was restored or saved is kept as `<store>/restore/<key>.vrm` and registered
 /// as a project": the next job on the same runner is a local hit with no request.
 #[test]
-fn a_fresh_runner_gets_the_tree_straight_from_the_packs_and_keeps_nothing() {
+fn a_fresh_runner_saves_and_gets_the_tree_straight_through_the_packs_and_keeps_nothing() {
     let Some(s3) = S3Server::start() else { return };
     let tmp = tempdir();
     let root = tmp.path();
@@ -658,6 +665,32 @@ fn a_fresh_runner_gets_the_tree_straight_from_the_packs_and_keeps_nothing() {
     assert!(flag(&v, "pushed"), "{v}");
     let key = text(&v, "key").to_string();
     let made = snapshot(&w1.join("dep"));
+    // The save on a fresh runner packed straight from DIR: the store got no blob, DIR's
+    // files are its own (writable, one link each), and the record is no local hit.
+    let store1 = root.join("store1");
+    assert_eq!(
+        std::fs::read_dir(store1.join("blake3"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "a direct save put blobs in the store"
+    );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(w1.join("dep/pkg-a/m0.js")).unwrap();
+        assert_eq!(
+            (md.nlink(), md.mode() & 0o200),
+            (1, 0o200),
+            "DIR was changed"
+        );
+    }
+    let v = restore_exit(&s3, &store1, &w1, &[], 0);
+    assert_eq!(
+        (text(&v, "hit"), text(&v, "via")),
+        ("remote", "direct"),
+        "{v}"
+    );
+    assert_trees_equal(&made, &snapshot(&w1.join("dep")), "after a direct save");
 
     // A fresh runner (empty store, default link mode): the tree comes straight from the
     // packs, and the store stays empty (no blob, no record): a throwaway runner keeps

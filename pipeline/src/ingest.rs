@@ -124,7 +124,7 @@ pub fn ingest(
     } else {
         opts.mode
     };
-    if mode == Mode::Copy && opts.tier == crate::Tier::Tier1 {
+    if matches!(mode, Mode::Copy | Mode::Index) && opts.tier == crate::Tier::Tier1 {
         return Err(PipelineError::io(
             &root,
             std::io::Error::new(
@@ -311,6 +311,8 @@ pub fn ingest(
         .name
         .clone()
         .unwrap_or_else(|| registry::default_name(&root));
+    // A project is a promise that the store holds its blobs: an index-only ingest makes none.
+    let register = opts.register && mode != Mode::Index;
     let registration = |files, bytes| Registration {
         name: &name,
         source: &root,
@@ -332,7 +334,7 @@ pub fn ingest(
             .fold((0u64, 0u64), |(f, b), e| (f + 1, b + e.size()));
         Counters::add(&counters.manifest_ns, t.elapsed().as_nanos() as u64);
         details.manifest_written = false;
-        if opts.register {
+        if register {
             // The manifest is the previous one, validated and in memory already.
             if let Some(p) = previous.as_ref() {
                 registry::register_bytes(
@@ -366,7 +368,7 @@ pub fn ingest(
             // Solid: the store learns of the tree (cached copy, registry) before the manifest
             // is published, so a failure here leaves `output` as it was. Phantom: the manifest
             // must be durable before the first file moves (it is then the tree's only record).
-            if opts.register && mode != Mode::Phantom {
+            if register && mode != Mode::Phantom {
                 registry::register_bytes(cas.root(), &registration(files, bytes), &image)?;
                 registered = true;
             }
@@ -409,7 +411,7 @@ pub fn ingest(
             pending.release()?;
             vrift_cas::roots::release_for_output(cas.root(), &output)?;
         }
-    } else if opts.register && !registered {
+    } else if register && !registered {
         registry::register(cas.root(), &registration(files, bytes))?;
         registered = true;
     }

@@ -15,6 +15,11 @@ pub enum Mode {
     /// (a project's own sources under `vrift run` or `vrift init`): an editor still saves in
     /// place, and root writing a file never writes the store.
     Copy,
+    /// Hash and record only: nothing enters the store and the tree is left exactly as it was,
+    /// so the manifest names blobs this store does not hold. For a tree whose content goes
+    /// elsewhere: `restore` on a fresh runner packs it straight from the tree to the remote
+    /// (a store there would cost a shard directory and a link per blob, and be thrown away).
+    Index,
 }
 
 /// What is left at the source path after ingest.

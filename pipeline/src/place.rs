@@ -95,7 +95,8 @@ pub fn entry_for(h: &Hashed, disk: &Stat) -> EntryInput {
 /// Files whose last name was replaced are pushed onto `freed` for the reapers.
 pub fn place_one(h: Hashed, cfg: &PlaceConfig<'_>, freed: &mut Vec<File>) -> Option<EntryInput> {
     match cfg.mode {
-        Mode::Phantom => return Some(entry_for(&h, &h.st)),
+        // Phantom: recorded now, moved once the manifest is durable. Index: recorded only.
+        Mode::Phantom | Mode::Index => return Some(entry_for(&h, &h.st)),
         Mode::Copy => {
             return match copy_in(&h, cfg) {
                 Ok(placed) => Some(placed.entry),

@@ -46,6 +46,9 @@ pub enum RemoteError {
          again before pushing"
     )]
     LocalCorrupt { path: PathBuf },
+    /// A save packing straight from the tree found a file changed since it was hashed.
+    #[error("{path}: changed since it was hashed; the manifest was not pushed, save again")]
+    TreeChanged { path: PathBuf },
     #[error("{key}: damaged pack: {detail}; nothing from it was stored")]
     BadPack { key: String, detail: String },
     #[error("{key}: not a valid manifest: {detail}")]

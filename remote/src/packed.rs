@@ -275,12 +275,14 @@ impl Remote {
         Ok(())
     }
 
-    /// Packs `blobs` (each read from `cas` and checked against its name) and uploads every
+    /// Packs `blobs` (each read from the path `locate` gives, a blob of the store at `store` or
+    /// a file of an index-only tree, and checked against its name) and uploads every
     /// pack, then its index; returns what each new pack holds. Builders run on all cores;
     /// uploads `jobs` at a time as packs complete.
     pub(crate) fn push_packs(
         &self,
-        cas: &Cas,
+        store: &Path,
+        locate: &(dyn Fn(&Hash, u64) -> PathBuf + Sync),
         blobs: &[(Hash, u64)],
         jobs: usize,
     ) -> Result<Vec<(Hash, u64, Vec<IndexEntry>)>> {
@@ -318,8 +320,17 @@ impl Remote {
                             };
                             let mut b = PackBuilder::new();
                             for &(hash, size) in seg.iter() {
-                                let path = cas.blob_path(&hash, size);
-                                let data = crate::push::read_verified(&path, &hash, size)?;
+                                let path = locate(&hash, size);
+                                let data = crate::push::read_verified(&path, &hash, size).map_err(
+                                    |e| match e {
+                                        RemoteError::LocalCorrupt { path }
+                                            if !path.starts_with(store) =>
+                                        {
+                                            RemoteError::TreeChanged { path }
+                                        }
+                                        e => e,
+                                    },
+                                )?;
                                 let full =
                                     b.add(hash, &data).map_err(|e| RemoteError::io(&path, e))?;
                                 RemoteStats::add(&self.stats.blobs_moved, 1);
@@ -330,9 +341,7 @@ impl Remote {
                                     }
                                 }
                             }
-                            if let Some(p) =
-                                b.finish().map_err(|e| RemoteError::io(cas.root(), e))?
-                            {
+                            if let Some(p) = b.finish().map_err(|e| RemoteError::io(store, e))? {
                                 if tx.blocking_send(p).is_err() {
                                     return Ok(());
                                 }

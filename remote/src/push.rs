@@ -38,6 +38,10 @@ pub struct PushOptions {
     pub check: CheckMode,
     /// Requests in flight (0: the configured default).
     pub jobs: usize,
+    /// Read the blobs from this tree (each from the first file of the manifest that holds
+    /// it) instead of the store: a tree ingested in index mode, whose blobs the store lacks.
+    /// Each is checked against its name as it is read, like a stored one.
+    pub tree: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,14 +93,37 @@ impl Remote {
         RemoteStats::add(&st.bytes_total, blobs.iter().map(|b| b.size).sum());
         // Every blob must be here before anything goes up: a push never leaves the remote a
         // manifest it cannot serve, and fails before spending bandwidth.
-        for (b, entry) in &blobs_with_entries(&manifest, &blobs) {
-            if !cas.has_blob(&b.hash, b.size) {
-                return Err(RemoteError::MissingLocalBlob {
-                    path: cas.blob_path(&b.hash, b.size),
-                    entry: entry.clone(),
-                });
+        let source: HashMap<(Hash, u64), PathBuf> = match &opts.tree {
+            // From the tree: the first file that held the content when it was hashed (paths
+            // validated with the manifest: relative, no `..`).
+            Some(tree) => {
+                use std::os::unix::ffi::OsStrExt;
+                let mut first = HashMap::with_capacity(blobs.len());
+                for e in manifest.iter().filter(|e| e.kind().has_content()) {
+                    first
+                        .entry((*e.hash(), e.size()))
+                        .or_insert_with(|| tree.join(std::ffi::OsStr::from_bytes(e.path())));
+                }
+                first
             }
-        }
+            None => {
+                for (b, entry) in &blobs_with_entries(&manifest, &blobs) {
+                    if !cas.has_blob(&b.hash, b.size) {
+                        return Err(RemoteError::MissingLocalBlob {
+                            path: cas.blob_path(&b.hash, b.size),
+                            entry: entry.clone(),
+                        });
+                    }
+                }
+                HashMap::new()
+            }
+        };
+        let locate = |hash: &Hash, size: u64| -> PathBuf {
+            source
+                .get(&(*hash, size))
+                .cloned()
+                .unwrap_or_else(|| cas.blob_path(hash, size))
+        };
         let jobs = if opts.jobs > 0 {
             opts.jobs
         } else {
@@ -145,7 +172,7 @@ impl Remote {
                     .map(|b| b.1)
                     .sum(),
             );
-            let new = self.push_packs(cas, &missing, jobs)?;
+            let new = self.push_packs(cas.root(), &locate, &missing, jobs)?;
             packs_uploaded = new.len() as u64;
             let mut fresh: HashMap<(Hash, u64), ((Hash, u64), crate::pack::Loc)> = HashMap::new();
             for (id, len, entries) in &new {

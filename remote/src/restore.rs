@@ -319,7 +319,7 @@ pub fn restore(cas: &Cas, remote: Option<&Remote>, opts: &RestoreOptions) -> Res
     if report.hit != Hit::Local && report.hit != Hit::Remote {
         if let Some(cmd) = &opts.cmd {
             run_cmd(cmd)?;
-            save(cas, remote, opts, &record, &mut report)?;
+            save(cas, remote, opts, &record, direct, &mut report)?;
         }
     }
     if let Some(r) = remote {
@@ -356,18 +356,29 @@ fn run_cmd(cmd: &[OsString]) -> Result<()> {
 }
 
 /// Ingests DIR under the key, keeps the manifest as the local record, pushes it.
+///
+/// `direct` (a fresh runner: the store holds no blob, and a remote takes the tree): the
+/// ingest only hashes (index mode) and the push packs straight from DIR's files, so neither
+/// a shard directory nor a link per blob is made for a store the runner throws away, and DIR
+/// keeps its files as they are. The record then names blobs the store lacks: it is no local
+/// hit later, the remote is.
 fn save(
     cas: &Cas,
     remote: Option<&Remote>,
     opts: &RestoreOptions,
     record: &Path,
+    direct: bool,
     report: &mut RestoreReport,
 ) -> Result<()> {
     std::fs::create_dir_all(record.parent().unwrap_or(cas.root()))
         .map_err(|e| RemoteError::io(cas.root(), e))?;
+    let direct = direct && remote.is_some();
     let mut io = IngestOptions::new(opts.dir.clone(), record.to_path_buf());
     io.name = Some(opts.key.clone());
     io.reuse_previous = true;
+    if direct {
+        io.mode = vrift_pipeline::Mode::Index;
+    }
     let counters = Arc::new(Counters::default());
     let r = vrift_pipeline::ingest(&io, cas.root(), &counters, |_| {
         eprintln!("vrift restore: waiting for the store (a gc or clean is running)");
@@ -382,6 +393,7 @@ fn save(
                 name: opts.key.clone(),
                 check: crate::CheckMode::Auto,
                 jobs: opts.jobs,
+                tree: direct.then(|| r.details.source.clone()),
             },
         )?;
         report.pushed = true;

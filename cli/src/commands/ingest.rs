@@ -100,6 +100,7 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
                 name,
                 check: vrift_remote::CheckMode::Auto,
                 jobs: 0,
+                tree: None,
             };
             let r = super::remote::run_push(g, remote, &cas, &report.manifest, &opts);
             if let Some(e) = &export {

@@ -113,6 +113,7 @@ pub fn push(g: &Globals, a: &PushArgs) -> Result<Outcome> {
             CheckArg::Head => CheckMode::Head,
         },
         jobs: a.jobs,
+        tree: None,
     };
     let started = std::time::Instant::now();
     let result = run_push(g, &remote, &cas, &a.manifest, &opts);
