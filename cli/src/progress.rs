@@ -15,7 +15,16 @@ use crate::format::{bytes, thousands};
 
 pub struct Progress {
     stop: Arc<AtomicBool>,
+    pause: Arc<Pause>,
     handle: Option<JoinHandle<()>>,
+}
+
+/// A request to take the line off the terminal (`wanted`), answered by the drawing thread
+/// once it has cleared the line (`off`).
+#[derive(Default)]
+struct Pause {
+    wanted: AtomicBool,
+    off: AtomicBool,
 }
 
 impl Progress {
@@ -43,8 +52,13 @@ impl Progress {
         message: impl Fn() -> String + Send + 'static,
     ) -> Progress {
         let stop = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(Pause::default());
         if !enabled || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            return Progress { stop, handle: None };
+            return Progress {
+                stop,
+                pause,
+                handle: None,
+            };
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10));
         bar.set_style(
@@ -52,18 +66,52 @@ impl Progress {
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         bar.set_prefix(label);
-        let s = stop.clone();
+        let (s, p) = (stop.clone(), pause.clone());
         let handle = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
+                if p.wanted.load(Ordering::Acquire) {
+                    // Cleared; redrawn once the pause ends.
+                    bar.suspend(|| {
+                        p.off.store(true, Ordering::Release);
+                        while p.wanted.load(Ordering::Acquire) && !s.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        p.off.store(false, Ordering::Release);
+                    });
+                    continue;
+                }
                 bar.set_message(message());
                 bar.tick();
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(20));
+                for _ in 0..4 {
+                    if s.load(Ordering::Relaxed) || p.wanted.load(Ordering::Acquire) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
             bar.finish_and_clear();
         });
         Progress {
             stop,
+            pause,
             handle: Some(handle),
+        }
+    }
+
+    /// A handle that takes the line off the terminal (`true`, returning once it is off) and
+    /// puts it back (`false`): for a child process that writes to the same terminal.
+    pub fn pauser(&self) -> impl Fn(bool) + Send + Sync + 'static {
+        let (p, drawing) = (self.pause.clone(), self.handle.is_some());
+        let stop = self.stop.clone();
+        move |on| {
+            p.wanted.store(on, Ordering::Release);
+            if on && drawing {
+                // The drawing thread answers within ~20 ms; it is gone once stopped.
+                while !p.off.load(Ordering::Acquire) && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
         }
     }
 

@@ -701,7 +701,7 @@ fn large_blobs_go_up_in_frames_of_their_own_and_come_back_verified() {
     let Some(s3) = S3Server::start() else { return };
     let tmp = tempdir();
     let src = tmp.path().join("big");
-    // Above the multipart threshold (16 MiB), incompressible.
+    // Incompressible, so its pack is above the multipart threshold set below (8 MiB).
     let big = pattern((17 << 20) + 123, 9);
     let small = b"small\n";
     write_file(&src.join("blob.dat"), &big, 0o644);
@@ -711,7 +711,37 @@ fn large_blobs_go_up_in_frames_of_their_own_and_come_back_verified() {
     let manifest = tmp.path().join("big.vrm");
     ingest_ok(&store, &src, &manifest, &[]);
     let local = blob_set(&list_blobs(&store));
-    let p = push_json(&s3, &store, &manifest, &[]);
+    // Through a recording proxy: the pack goes up in parts of 5 MiB (S3's minimum), the
+    // small objects (index, bundles) in one PUT each.
+    let proxy = Proxy::start(s3.port, Fault::None);
+    let p = ok_json(
+        vr(&s3, &store)
+            .env("AWS_ENDPOINT_URL", proxy.endpoint())
+            .env("VRIFT_REMOTE_MULTIPART_THRESHOLD", (8u64 << 20).to_string())
+            .env("VRIFT_REMOTE_PART_SIZE", (5u64 << 20).to_string())
+            .args(["--json", "push"])
+            .arg(&manifest),
+    );
+    let seen = proxy.forwarded();
+    let parts = seen
+        .iter()
+        .filter(|r| r.starts_with("PUT ") && r.contains("partNumber=") && r.contains(".pack"))
+        .count();
+    assert_eq!(parts, 4, "17 MiB in parts of 5 MiB: {seen:#?}");
+    let created = seen
+        .iter()
+        .filter(|r| r.starts_with("POST ") && r.contains(".pack?uploads"))
+        .count();
+    let completed = seen
+        .iter()
+        .filter(|r| r.starts_with("POST ") && r.contains(".pack?uploadId="))
+        .count();
+    assert_eq!((created, completed), (1, 1), "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|r| r.starts_with("PUT ") && r.contains(".idx") && !r.contains("partNumber")),
+        "the index went up in parts: {seen:#?}"
+    );
     assert_eq!(num(&p, "blobs_uploaded"), 2, "{p}");
     assert_eq!(
         num(&p, "bytes_uploaded"),

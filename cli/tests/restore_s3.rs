@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::s3::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
+use common::s3::{Fault, Proxy, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 use common::*;
 use serde_json::Value;
 
@@ -1544,5 +1544,80 @@ fn a_damaged_pack_fails_the_restore_and_leaves_dir_as_it_was() {
             .collect();
         assert!(beside.is_empty(), "left beside DIR: {beside:?}");
     }
+    make_removable(root);
+}
+
+/// `vrift restore ARGS` in `cwd` on a terminal (util-linux `script`), progress on; what the
+/// terminal showed.
+fn restore_on_a_tty(s3: &S3Server, endpoint: &str, store: &Path, cwd: &Path, args: &str) -> String {
+    let line = format!(
+        "{} --the-source-root {} --remote {} restore dep --key-from package-lock.json {args}",
+        common::bin().display(),
+        store.display(),
+        remote_url()
+    );
+    let mut c = Command::new("script");
+    c.args(["-qec", &line, "/dev/null"]).current_dir(cwd);
+    c.env_remove("VR_THE_SOURCE").env("TERM", "xterm");
+    s3.env(&mut c);
+    c.env("AWS_ENDPOINT_URL", endpoint);
+    let o = run(&mut c);
+    assert_eq!(o.status.code(), Some(0), "{line}\n{}", describe(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// On a terminal a restore shows how far the transfer is, in percent of the bytes; while the
+/// install command runs the line is off the terminal, so the command's own lines come through
+/// whole.
+#[test]
+fn restore_shows_percent_on_a_terminal_and_keeps_off_the_install_output() {
+    let Some(s3) = S3Server::start() else { return };
+    let have_script = Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_script {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "util-linux `script` missing"
+        );
+        eprintln!("SKIP: no `script` for a terminal");
+        return;
+    }
+    let tmp = tempdir();
+    let root = tmp.path();
+    let w1 = job_dir(root, "job1", LOCK_V1);
+    std::fs::write(w1.join("install.sh"), INSTALL).unwrap();
+    // Slow enough for the line to be drawn (it redraws ten times a second).
+    let install = "'sh install.sh && echo install-says-hello-in-one-piece && sleep 0.5'";
+    let tty = restore_on_a_tty(
+        &s3,
+        &s3.endpoint(),
+        &root.join("s1"),
+        &w1,
+        &format!("-- sh -c {install}"),
+    );
+    // What a terminal shows of each line: the text after the last carriage return, with
+    // the progress line's "clear line" sequences gone.
+    let shown: Vec<String> = tty
+        .split('\n')
+        .map(|l| {
+            let l = l.trim_end_matches('\r');
+            l.rsplit('\r').next().unwrap_or("").replace("\u{1b}[2K", "")
+        })
+        .collect();
+    assert!(
+        shown.iter().any(|l| l == "install-says-hello-in-one-piece"),
+        "the install command's line was broken up: {shown:#?}\n{tty:?}"
+    );
+    let w2 = job_dir(root, "job2", LOCK_V1);
+    // Over a slow link (each request 300 ms late) the transfer lasts long enough to be drawn.
+    let slow = Proxy::start(s3.port, Fault::Delay(Duration::from_millis(300)));
+    let tty = restore_on_a_tty(&s3, &slow.endpoint(), &root.join("s2"), &w2, "");
+    assert!(
+        tty.contains("% ") && tty.contains(" blobs, ") && tty.contains("restore"),
+        "no percent on the terminal:\n{tty:?}"
+    );
+    assert!(tty.contains("hit on the remote"), "{tty:?}");
     make_removable(root);
 }

@@ -257,6 +257,8 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
                             counters.error(at(rel), msg);
                             r.errors += 1;
                         }
+                        // Progress: leaves done (a checkout's percent line reads it).
+                        Counters::add(&counters.files, 1);
                     }
                     r
                 })

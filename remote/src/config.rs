@@ -18,8 +18,10 @@ use crate::keys::Keys;
 
 /// File name of the per-store remote configuration.
 pub const CONFIG_FILE: &str = "remote.toml";
-/// Blobs at least this large go up as multipart uploads (`VRIFT_REMOTE_MULTIPART_THRESHOLD`).
-pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 16 << 20;
+/// Objects (packs) at least this large go up as multipart uploads
+/// (`VRIFT_REMOTE_MULTIPART_THRESHOLD`): above the ~32 MiB packs are made of, so only a pack
+/// holding one large blob is split (S3 refuses a single PUT over 5 GiB).
+pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 64 << 20;
 /// Part size of multipart uploads (`VRIFT_REMOTE_PART_SIZE`); S3's minimum is 5 MiB.
 pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
 /// Requests in flight at once (`--jobs`, `jobs` in `remote.toml`).

@@ -76,7 +76,7 @@ impl Remote {
             ..Default::default()
         };
         let mut named = self.list_manifests()?;
-        named.sort_by_key(|m| std::cmp::Reverse(m.modified));
+        named.sort_by(|a, b| b.recency().cmp(&a.recency()));
         rep.manifests = named.len() as u64;
         let (mut kept, mut dropped) = (Vec::new(), Vec::new());
         for (i, m) in named.into_iter().enumerate() {

@@ -267,10 +267,46 @@ impl Remote {
 
     pub(crate) async fn put_bytes(&self, key: &str, b: Bytes) -> Result<()> {
         let n = b.len() as u64;
+        if n >= self.settings.multipart_threshold {
+            return self.put_in_parts(key, b).await;
+        }
         self.store
             .put(&obj_path(key), PutPayload::from(b))
             .await
             .map_err(|e| self.error(key, "put", e))?;
+        RemoteStats::add(&self.stats.bytes_up, n);
+        Ok(())
+    }
+
+    /// An object at least `multipart_threshold` large goes up as a multipart upload: S3 takes
+    /// at most 5 GiB in one PUT, and a pack holding one large blob can be more. Parts of
+    /// `part_size`, `jobs` in flight, each retried by the client like any request; when one
+    /// fails for good the upload is aborted, so no parts are left to bill for.
+    async fn put_in_parts(&self, key: &str, b: Bytes) -> Result<()> {
+        let n = b.len() as u64;
+        let mut up = self
+            .store
+            .put_multipart(&obj_path(key))
+            .await
+            .map_err(|e| self.error(key, "put", e))?;
+        let part = (self.settings.part_size as usize).max(1);
+        // Started in order (the part numbers), run `jobs` at a time.
+        let parts: Vec<_> = (0..b.len())
+            .step_by(part)
+            .map(|at| up.put_part(PutPayload::from(b.slice(at..(at + part).min(b.len())))))
+            .collect();
+        let sent: std::result::Result<Vec<()>, object_store::Error> = stream::iter(parts)
+            .buffer_unordered(self.settings.jobs.max(1))
+            .try_collect()
+            .await;
+        let done = match sent {
+            Ok(_) => up.complete().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            let _ = up.abort().await;
+            return Err(self.error(key, "put", e));
+        }
         RemoteStats::add(&self.stats.bytes_up, n);
         Ok(())
     }

@@ -62,6 +62,9 @@ pub struct RestoreOptions {
     /// On a store with no blobs (a fresh runner), write a tree from the remote straight from
     /// the packs, without the store (the default; off when a link mode is asked for).
     pub direct: bool,
+    /// Called with `true` right before CMD starts and `false` once it ended: CMD owns the
+    /// terminal meanwhile (a progress line must be off it before CMD writes its first line).
+    pub around_cmd: Option<Box<dyn Fn(bool) + Send + Sync>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -215,7 +218,7 @@ fn newest_under(remote: &Remote, prefixes: &[String]) -> Result<Option<String>> 
         if let Some(m) = names
             .iter()
             .filter(|m| m.name.starts_with(p.as_str()))
-            .max_by_key(|m| m.modified)
+            .max_by(|a, b| a.recency().cmp(&b.recency()))
         {
             return Ok(Some(m.name.clone()));
         }
@@ -318,7 +321,14 @@ pub fn restore(cas: &Cas, remote: Option<&Remote>, opts: &RestoreOptions) -> Res
     }
     if report.hit != Hit::Local && report.hit != Hit::Remote {
         if let Some(cmd) = &opts.cmd {
-            run_cmd(cmd)?;
+            if let Some(f) = &opts.around_cmd {
+                f(true);
+            }
+            let ran = run_cmd(cmd);
+            if let Some(f) = &opts.around_cmd {
+                f(false);
+            }
+            ran?;
             save(cas, remote, opts, &record, direct, &mut report)?;
         }
     }
@@ -408,6 +418,17 @@ pub struct ManifestInfo {
     pub size: u64,
     /// Seconds since the epoch.
     pub modified: i64,
+    /// The same in milliseconds, as precise as the server says (S3 listings give
+    /// milliseconds): what "newest" ranks by, so two pushes within a second do not tie.
+    pub modified_ms: i64,
+}
+
+impl ManifestInfo {
+    /// Newer manifests rank higher; equal times fall back to the name, so the order is
+    /// the same on every runner.
+    pub fn recency(&self) -> (i64, &str) {
+        (self.modified_ms, &self.name)
+    }
 }
 
 impl Remote {
@@ -438,6 +459,7 @@ impl Remote {
                         name: name.to_string(),
                         size: meta.size,
                         modified: meta.last_modified.timestamp(),
+                        modified_ms: meta.last_modified.timestamp_millis(),
                     });
                 }
             }

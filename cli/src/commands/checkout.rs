@@ -36,11 +36,27 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
         threads,
         ..Default::default()
     };
+    // Files and symlinks are what take the time; `files` counts them as they are done.
+    let total = manifest
+        .iter()
+        .filter(|e| e.kind().has_content() || e.kind() == vrift_manifest::Kind::Symlink)
+        .count() as u64;
+    let c = counters.clone();
+    let line = crate::progress::Progress::start_with(g.progress, "checkout", move || {
+        let done = Counters::get(&c.files).min(total);
+        format!(
+            "{:>3}% {}/{} files and symlinks",
+            (done * 100).checked_div(total).unwrap_or(100),
+            thousands(done),
+            thousands(total)
+        )
+    });
     let report = if a.replace {
         vrift_pipeline::checkout_replacing(&cas, &manifest, &a.dir, &opts, &counters)?
     } else {
         vrift_pipeline::checkout(&cas, &manifest, &a.dir, &opts, &counters)?
     };
+    line.finish();
     super::print_issues(&counters.take_issues(), 20);
     if g.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -343,10 +343,35 @@ pub fn restore(g: &Globals, a: &crate::args::RestoreArgs) -> Result<Outcome> {
         },
         jobs: a.jobs,
         direct: a.link_mode == crate::args::LinkModeArg::Auto,
+        around_cmd: None,
+    };
+    let s = stats.clone();
+    let line = Progress::start_with(g.progress, "restore", move || {
+        let get = RemoteStats::get;
+        let total = get(&s.bytes_total);
+        let done = get(&s.bytes_moved) + get(&s.bytes_present);
+        let requests = thousands(RemoteStats::total(&s.requests));
+        if total == 0 {
+            return format!("{requests} requests");
+        }
+        format!(
+            "{:>3}% {}/{} blobs, {} of {}, {requests} requests",
+            (done.min(total) * 100) / total,
+            thousands(get(&s.blobs_moved) + get(&s.blobs_present)),
+            thousands(get(&s.blobs_total)),
+            bytes(done),
+            bytes(total),
+        )
+    });
+    let opts = RestoreOptions {
+        around_cmd: Some(Box::new(line.pauser())),
+        ..opts
     };
     let report = {
         let _lock = shared_lock(cas.root())?;
-        match restore::restore(&cas, remote.as_ref(), &opts) {
+        let r = restore::restore(&cas, remote.as_ref(), &opts);
+        line.finish();
+        match r {
             Ok(r) => r,
             Err(e) => return fail(g, e),
         }

@@ -227,6 +227,9 @@ pub enum Fault {
     /// connection left open until the client goes away. A client killed while held has
     /// sent exactly what came before.
     HoldFrom { needle: String, nth: u64 },
+    /// Every request waits this long before it is forwarded: a slow link, so that what a
+    /// transfer shows while it runs can be seen.
+    Delay(Duration),
 }
 
 /// A fault injector in front of the real server. Requests are forwarded byte for byte (the
@@ -343,6 +346,7 @@ fn proxy_one(client: TcpStream, state: &ProxyState) -> std::io::Result<()> {
     let n = state.seen.fetch_add(1, Ordering::SeqCst) + 1;
     match &state.fault {
         Fault::None => {}
+        Fault::Delay(d) => std::thread::sleep(*d),
         Fault::SlowDownEvery(every) => {
             if n.is_multiple_of(*every) {
                 state.injected.fetch_add(1, Ordering::SeqCst);
