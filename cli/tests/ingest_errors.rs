@@ -39,7 +39,7 @@ fn without(t: &Tree, drop: &[&[u8]]) -> Tree {
 
 fn unreadable(mode: &str) {
     if let Err(why) = can_run_as_nobody() {
-        eprintln!("SKIP: {why}");
+        skip_unless_ci(&why);
         return;
     }
     let sh = SharedDir::new();
@@ -417,7 +417,7 @@ impl Drop for Mount {
 #[test]
 fn store_runs_out_of_space() {
     if !is_root() {
-        eprintln!("SKIP: mounting a small tmpfs needs root");
+        skip_unless_ci("mounting a small tmpfs needs root");
         return;
     }
     let t = tempdir();
@@ -430,7 +430,7 @@ fn store_runs_out_of_space() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        eprintln!("SKIP: cannot mount a tmpfs here");
+        skip_unless_ci("cannot mount a tmpfs here");
         return;
     }
     let _guard = Mount(mnt.clone());

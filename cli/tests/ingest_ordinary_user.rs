@@ -11,7 +11,7 @@ use common::*;
 
 fn setup() -> Option<SharedDir> {
     if let Err(why) = can_run_as_nobody() {
-        eprintln!("SKIP: {why}");
+        skip_unless_ci(&why);
         return None;
     }
     Some(SharedDir::new())
