@@ -25,6 +25,17 @@ pub struct Progress {
 struct Pause {
     wanted: AtomicBool,
     off: AtomicBool,
+    /// The drawing thread has ended (or died): nobody will answer a request.
+    gone: AtomicBool,
+}
+
+/// Marks the drawing thread gone when it ends, however it ends.
+struct Gone(Arc<Pause>);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        self.0.gone.store(true, Ordering::Release);
+    }
 }
 
 impl Progress {
@@ -68,6 +79,7 @@ impl Progress {
         bar.set_prefix(label);
         let (s, p) = (stop.clone(), pause.clone());
         let handle = std::thread::spawn(move || {
+            let _gone = Gone(p.clone());
             while !s.load(Ordering::Relaxed) {
                 if p.wanted.load(Ordering::Acquire) {
                     // Cleared; redrawn once the pause ends.
@@ -103,22 +115,33 @@ impl Progress {
     /// puts it back (`false`): for a child process that writes to the same terminal.
     pub fn pauser(&self) -> impl Fn(bool) + Send + Sync + 'static {
         let (p, drawing) = (self.pause.clone(), self.handle.is_some());
-        let stop = self.stop.clone();
         move |on| {
             p.wanted.store(on, Ordering::Release);
             if on && drawing {
-                // The drawing thread answers within ~20 ms; it is gone once stopped.
-                while !p.off.load(Ordering::Acquire) && !stop.load(Ordering::Relaxed) {
+                // The drawing thread answers within ~20 ms, unless it has ended.
+                while !p.off.load(Ordering::Acquire) && !p.gone.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
         }
     }
 
+    /// Clears the line and stops drawing (also on drop: an error path must not leave the
+    /// line drawing over its message).
     pub fn finish(mut self) {
+        self.stop_drawing();
+    }
+
+    fn stop_drawing(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop_drawing();
     }
 }

@@ -336,3 +336,76 @@ fn read_only_views_refuse_writes_and_bound_output_stays() {
     assert!(!env.home.join("gone").exists(), "the host was changed");
     env.assert_clean();
 }
+
+/// Binds that would break the sandbox's promises are refused before anything runs, naming
+/// the path: one holding the store (blobs, farms and this run's own layers would be
+/// writable), and one holding a manifest root gone from the host (its mount point would have
+/// to be created in the user's directory).
+#[test]
+fn binds_over_the_store_or_a_deleted_root_are_refused() {
+    let Some(env) = Env::new() else { return };
+    let f = env.write("work/gone/app/index.txt", b"x\n", 0o644);
+    let app = f.parent().unwrap().to_path_buf();
+    let m = env.home.join("gone.vrm");
+    env.ingest(&app, &m);
+    fs::remove_dir_all(env.home.join("work/gone")).unwrap();
+    let refused = |bind: &std::path::Path, says: &str| {
+        let o = env.isolate([
+            os("--bind"),
+            bind.as_os_str().to_owned(),
+            os("--manifest"),
+            m.clone().into_os_string(),
+            os("--"),
+            os("true"),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("--bind {}", bind.display())) && err.contains(says),
+            "{}",
+            describe(&o)
+        );
+    };
+    refused(&env.home, "the store");
+    refused(&env.home.join("work"), "gone from the host");
+    assert!(!env.home.join("work/gone").exists(), "the host was changed");
+    env.assert_clean();
+}
+
+/// A project run whose view serves a directory gone from disk (offloaded after an ingest)
+/// keeps serving it under `--isolate` (the project is then not bound: writes go to the
+/// throwaway layer, and a line says so).
+#[test]
+fn isolated_project_runs_still_serve_offloaded_directories() {
+    let Some(env) = Env::new() else { return };
+    env.write("proj/main.sh", b"echo v1\n", 0o644);
+    env.write("proj/deps/pkg/index.txt", b"dependency\n", 0o644);
+    let proj = env.home.join("proj");
+    let o = env.vrift().arg("init").arg(&proj).output().unwrap();
+    assert!(o.status.success(), "{}", describe(&o));
+    // The first run records the tree; then the dependency directory is offloaded.
+    let o = env
+        .isolate_cmd([os("--"), os("true")])
+        .current_dir(&proj)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", describe(&o));
+    fs::remove_dir_all(proj.join("deps")).unwrap();
+    let o = env
+        .isolate_cmd([os("--"), os("cat"), os("deps/pkg/index.txt")])
+        .current_dir(&proj)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", describe(&o));
+    assert_eq!(stdout(&o), "dependency\n");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("served from the store"),
+        "{}",
+        describe(&o)
+    );
+    assert!(
+        !proj.join("deps").exists(),
+        "the offloaded directory came back"
+    );
+    env.assert_clean();
+}

@@ -1589,7 +1589,10 @@ fn restore_shows_percent_on_a_terminal_and_keeps_off_the_install_output() {
     let w1 = job_dir(root, "job1", LOCK_V1);
     std::fs::write(w1.join("install.sh"), INSTALL).unwrap();
     // Slow enough for the line to be drawn (it redraws ten times a second).
-    let install = "'sh install.sh && echo install-says-hello-in-one-piece && sleep 0.5'";
+    // The line is drawn before the command starts (a pause first) and after it (a pause
+    // after): the test cannot pass by the line never having been there.
+    let install =
+        "'sleep 0.5 && sh install.sh && echo install-says-hello-in-one-piece && sleep 0.5'";
     let tty = restore_on_a_tty(
         &s3,
         &s3.endpoint(),

@@ -114,6 +114,18 @@ pub fn ingest(
     // Phantom is a property of the output: once `output` describes a phantom tree (or an
     // interrupted phantom run left its journal), its moved files exist only through that
     // manifest, and a plain re-ingest would drop them. So the ingest goes on in phantom mode.
+    if opts.mode == Mode::Index && output_is_phantom(&output, &root) {
+        // A phantom tree's moved files live only in the store: index mode, which leaves the
+        // tree alone and stores nothing, cannot take it over.
+        return Err(PipelineError::io(
+            &output,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "describes a phantom tree (or an interrupted phantom ingest); an index-only \
+                 ingest cannot write to it",
+            ),
+        ));
+    }
     let mode = if opts.mode != Mode::Phantom && output_is_phantom(&output, &root) {
         counters.warn(
             &output,

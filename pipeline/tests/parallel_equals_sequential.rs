@@ -1,6 +1,7 @@
 //! The pipeline's parallelism is invisible in its output: one thread and many threads, over
 //! two identical copies of a tree, give the same manifest entries (apart from the inode
-//! numbers of the copies), the same counts, and the same store.
+//! numbers of the copies), the same counts, and the same store — and those entries are what
+//! an independent reading of the tree says (`std::fs` and the `blake3` crate, file by file).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -68,6 +69,42 @@ fn entries(m: &Manifest) -> Seen {
         .collect()
 }
 
+/// The oracle: what the manifest of `root` must say, read with `std::fs` one path at a time
+/// (kind, mode, size, mtime of non-directories, BLAKE3 of the content, symlink target).
+fn expected(root: &Path) -> Seen {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Seen::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = fs::symlink_metadata(&p).unwrap();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+            let mode = md.mode() & 0o7777;
+            let v = if md.file_type().is_symlink() {
+                let t = fs::read_link(&p).unwrap();
+                let t = t.as_os_str().as_bytes().to_vec();
+                (3u8, mode, t.len() as u64, mtime, [0u8; 32], t)
+            } else if md.is_dir() {
+                stack.push(p.clone());
+                (0u8, mode, md.size(), 0, [0u8; 32], Vec::new())
+            } else {
+                let kind = if mode & 0o111 != 0 { 2u8 } else { 1u8 };
+                let hash = *blake3::hash(&fs::read(&p).unwrap()).as_bytes();
+                (kind, mode, md.size(), mtime, hash, Vec::new())
+            };
+            out.insert(rel, v);
+        }
+    }
+    out
+}
+
 fn run(src: &Path, store: &Path, out: &Path, threads: usize, backend: IoBackend) -> (Seen, u64) {
     let mut opts = IngestOptions::new(src, out);
     opts.threads = threads;
@@ -102,6 +139,8 @@ fn one_thread_and_eight_threads_write_the_same_manifest() {
         .unwrap();
     assert!(ok.success());
 
+    // Read before any ingest: solid mode relinks duplicates and strips write bits.
+    let oracle = expected(&a);
     let (seq, seq_new) = run(
         &a,
         &t.path().join("s1"),
@@ -116,6 +155,9 @@ fn one_thread_and_eight_threads_write_the_same_manifest() {
         8,
         IoBackend::Threads,
     );
+    let mut recorded = seq.clone();
+    recorded.remove(b"".as_slice()); // the root itself
+    assert_same(&oracle, &recorded, "an independent reading vs 1 thread");
     assert_same(&seq, &par, "1 vs 8 threads");
     assert_eq!(seq_new, par_new);
     // The io_uring place backend (where the kernel has it) gives the same answer too.

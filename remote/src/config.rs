@@ -312,7 +312,7 @@ impl Settings {
                 }),
             }
         };
-        let part_size = num("VRIFT_REMOTE_PART_SIZE", DEFAULT_PART_SIZE)?.max(1 << 20);
+        let part_size = num("VRIFT_REMOTE_PART_SIZE", DEFAULT_PART_SIZE)?.max(5 << 20);
         Ok(Settings {
             url,
             endpoint,

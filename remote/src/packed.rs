@@ -19,6 +19,9 @@ use crate::pack::{self, IndexEntry, Loc, Pack, PackBuilder};
 use crate::stats::RemoteStats;
 use crate::{obj_path, Remote};
 
+/// Parts of one multipart upload in flight at once (packs themselves go up `jobs` at a time).
+const PARTS_IN_FLIGHT: usize = 4;
+
 /// Frames of one pack closer than this are fetched with one ranged GET (the bytes between
 /// them are cheaper than another round trip on any link a CI runner has).
 pub const MERGE_GAP: u64 = 2 << 20;
@@ -280,7 +283,7 @@ impl Remote {
 
     /// An object at least `multipart_threshold` large goes up as a multipart upload: S3 takes
     /// at most 5 GiB in one PUT, and a pack holding one large blob can be more. Parts of
-    /// `part_size`, `jobs` in flight, each retried by the client like any request; when one
+    /// `part_size`, [`PARTS_IN_FLIGHT`] at a time, each retried by the client like any request; when one
     /// fails for good the upload is aborted, so no parts are left to bill for.
     async fn put_in_parts(&self, key: &str, b: Bytes) -> Result<()> {
         let n = b.len() as u64;
@@ -289,14 +292,18 @@ impl Remote {
             .put_multipart(&obj_path(key))
             .await
             .map_err(|e| self.error(key, "put", e))?;
-        let part = (self.settings.part_size as usize).max(1);
-        // Started in order (the part numbers), run `jobs` at a time.
+        // S3 takes at most 10,000 parts: larger parts for an object that would need more.
+        let part = (self.settings.part_size as usize)
+            .max(b.len().div_ceil(10_000))
+            .max(1);
+        // Started in order (the part numbers), a few at a time: packs already go up `jobs`
+        // at a time, each with its parts.
         let parts: Vec<_> = (0..b.len())
             .step_by(part)
             .map(|at| up.put_part(PutPayload::from(b.slice(at..(at + part).min(b.len())))))
             .collect();
         let sent: std::result::Result<Vec<()>, object_store::Error> = stream::iter(parts)
-            .buffer_unordered(self.settings.jobs.max(1))
+            .buffer_unordered(PARTS_IN_FLIGHT)
             .try_collect()
             .await;
         let done = match sent {

@@ -388,6 +388,10 @@ fn save(
     io.reuse_previous = true;
     if direct {
         io.mode = vrift_pipeline::Mode::Index;
+    } else if record.exists() && local_record(cas, &opts.key).is_none() {
+        // A record whose blobs the store lacks (an index-only save, or a gc since): its
+        // unchanged files would be taken from it and never stored.
+        io.reuse_previous = false;
     }
     let counters = Arc::new(Counters::default());
     let r = vrift_pipeline::ingest(&io, cas.root(), &counters, |_| {

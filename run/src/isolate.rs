@@ -94,8 +94,10 @@ pub struct Options {
 }
 
 /// The canonical path of each `--bind` directory (a symlinked path would be mounted where it
-/// points, not where CMD looks), or an error naming the one that is not a directory.
-fn bind_dirs(binds: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// points, not where CMD looks), or an error naming the one that is not a directory, holds
+/// the store (CMD could then change blobs, farms and this run's own layers) or lies in it.
+fn bind_dirs(binds: &[PathBuf], store: &Path) -> Result<Vec<PathBuf>> {
+    let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_path_buf());
     let mut out = Vec::with_capacity(binds.len());
     for b in binds {
         let c = std::fs::canonicalize(b).with_context(|| format!("--bind {}", b.display()))?;
@@ -105,11 +107,33 @@ fn bind_dirs(binds: &[PathBuf]) -> Result<Vec<PathBuf>> {
         if c == Path::new("/") {
             bail!("--bind /: the whole host would be writable; bind the directories CMD needs");
         }
+        if store.starts_with(&c) || c.starts_with(&store) {
+            bail!(
+                "--bind {}: the store {} would be writable inside; bind a directory beside it",
+                b.display(),
+                store.display()
+            );
+        }
         out.push(c);
     }
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// How many directories `manifest` (of the project at `dir`) holds that are gone from disk:
+/// offloaded trees (`rm -rf node_modules` after an ingest) the view still serves. A project
+/// run binds its directory over the view only when there are none, or they would vanish.
+pub fn offloaded_dirs(manifest: &Path, dir: &Path) -> Result<u64> {
+    let m = Manifest::open(manifest)
+        .with_context(|| format!("cannot use manifest {}", manifest.display()))?;
+    let mut n = 0;
+    for e in m.iter().filter(|e| e.is_dir() && !e.path().is_empty()) {
+        if !dir.join(os(e.path())).is_dir() {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Runs `cmd` isolated; see the module docs. `bases` and `manifests` are bottom first.
@@ -125,7 +149,7 @@ pub fn run_isolated(
     if cmd.is_empty() {
         bail!("no command given");
     }
-    let binds = bind_dirs(&opts.binds)?;
+    let binds = bind_dirs(&opts.binds, store)?;
     let cas = Cas::open_existing(store)
         .with_context(|| format!("no vrift store at {}", store.display()))?;
     let base_mode = !bases.is_empty();
@@ -191,6 +215,19 @@ pub fn run_isolated(
             upper: rd.upper(i),
             work: rd.work(i),
         });
+    }
+    // A manifest root gone from the host gets its mount point from a throwaway layer over its
+    // nearest existing ancestor; inside a bound directory that ancestor is the host's own,
+    // writable, directory, and the mount point would be left there.
+    for o in &overlays {
+        if let Some(b) = binds.iter().find(|b| o.at.starts_with(b) && !o.at.exists()) {
+            bail!(
+                "--bind {}: holds the manifest root {}, which is gone from the host (it would \
+                 have to be created there); bind a directory beside it",
+                b.display(),
+                o.at.display()
+            );
+        }
     }
     // A layer that ships files under /tmp keeps them visible: /tmp is then the overlay's own
     // (just as throwaway); otherwise a fresh tmpfs.

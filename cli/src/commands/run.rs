@@ -162,9 +162,23 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
         let (bases, tops) = list.split_at(a.base.len());
         let mut binds = a.bind.clone();
         // A project run writes into the project, as under the shim: its directory is bound
-        // over the view (which the refresh above just made equal to it).
-        if a.manifest.is_empty() && a.base.is_empty() && !a.ephemeral {
-            binds.push(std::env::current_dir().context("cannot read the current directory")?);
+        // over the view (which the refresh above just made equal to it) — unless the view
+        // serves directories gone from disk (offloaded), which the bind would hide.
+        if a.manifest.is_empty() && a.base.is_empty() && !a.ephemeral && !a.read_only {
+            let cwd = std::env::current_dir().context("cannot read the current directory")?;
+            match tops
+                .last()
+                .map(|m| vrift_run::isolate::offloaded_dirs(m, &cwd))
+            {
+                Some(Ok(0)) => binds.push(cwd),
+                Some(Ok(n)) => eprintln!(
+                    "vrift run --isolate: {n} directories of the project are served from the \
+                     store (gone from disk): writes go to a throwaway layer; without --isolate \
+                     they land in the project"
+                ),
+                Some(Err(e)) => return Err(e.into()),
+                None => {}
+            }
         }
         let opts = vrift_run::isolate::Options {
             keep: a.keep,

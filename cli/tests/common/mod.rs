@@ -44,7 +44,6 @@ pub fn bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vrift")))
 }
 
-/// `vrift --the-source-root STORE` with a clean environment for the store variable.
 /// A test that cannot run on this machine (a missing tool, privilege or kernel feature):
 /// fails under `CI`, where `.ci/run` provides everything the suite needs, so a test never
 /// passes there without running; elsewhere it says so on stderr and the test returns.
@@ -56,6 +55,7 @@ pub fn skip_unless_ci(why: &str) {
     eprintln!("SKIP: {why}");
 }
 
+/// `vrift --the-source-root STORE` with a clean environment for the store variable.
 pub fn vrift(store: &Path) -> Command {
     let mut c = Command::new(bin());
     c.env_remove("VR_THE_SOURCE");

@@ -541,6 +541,14 @@ fn bind(src: &Path, target: &Path, recursive: bool) -> Result<(), Fail> {
     .step(|| format!("cannot bind {} to {}", src.display(), target.display()))
 }
 
+/// Names the `--bind` a mount failure was for (its message names the staging path).
+fn for_bind(f: Fail, b: &Path) -> Fail {
+    Fail {
+        what: format!("{} (for --bind {})", f.what, b.display()),
+        ..f
+    }
+}
+
 /// Binds the host directory `src` (still reachable at its own path: this runs before
 /// `pivot_root`) writable at `target`, with the mounts below it; nosuid like the rest.
 fn bind_at(src: &Path, target: &Path) -> Result<(), Fail> {
@@ -695,17 +703,17 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
             mount_point_dir(&tmp, 0o1777)?;
             tmpfs(&tmp, c"mode=1777")?;
         }
-        if plan.read_only_view {
-            // The root overlay itself (mount points made above); /proc, /dev, /tmp are
-            // mounts of their own and stay as they are.
-            sys::mount_setattr(&c(root)?, false, sys::MOUNT_ATTR_RDONLY, 0)
-                .step(|| format!("cannot make {} read-only", root.display()))?;
-        }
         // Shallowest first, so a bind inside another bound directory lands on it.
         let mut binds: Vec<&PathBuf> = plan.binds.iter().collect();
         binds.sort_by_key(|p| p.components().count());
         for b in binds {
-            bind_at(b, &under(root, b))?;
+            bind_at(b, &under(root, b)).map_err(|f| for_bind(f, b))?;
+        }
+        if plan.read_only_view {
+            // The root overlay itself, once every mount point is made; /proc, /dev, /tmp and
+            // the binds are mounts of their own and stay as they are.
+            sys::mount_setattr(&c(root)?, false, sys::MOUNT_ATTR_RDONLY, 0)
+                .step(|| format!("cannot make {} read-only", root.display()))?;
         }
     } else {
         bind(Path::new("/"), root, true).map_err(|f| Fail {
@@ -769,7 +777,7 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
                 }
                 // Below a manifest root or the fresh /tmp the mount point may be missing:
                 // `bind_at` makes it there (those are writable).
-                M::Bind => bind_at(&at, &target)?,
+                M::Bind => bind_at(&at, &target).map_err(|f| for_bind(f, &at))?,
                 M::Ovl(o) => {
                     mount_point_dir(&target, 0o755)?;
                     if plan.read_only_view {
