@@ -409,3 +409,44 @@ fn isolated_project_runs_still_serve_offloaded_directories() {
     );
     env.assert_clean();
 }
+
+/// A mount never follows a symlink of the view: the manifest says `app/data` is a symlink
+/// (to `/etc`), the host has a real `app/data/cache` there now, and `--bind` of it is refused
+/// naming the symlink instead of mounting (or creating a directory) where it points.
+#[test]
+fn a_bind_below_a_symlink_of_the_view_is_refused() {
+    let Some(env) = Env::new() else { return };
+    env.write("app/index.txt", b"x\n", 0o644);
+    let app = env.home.join("app");
+    std::os::unix::fs::symlink("/etc", app.join("data")).unwrap();
+    let m = env.home.join("app.vrm");
+    let o = env
+        .vrift()
+        .args(["--no-progress", "ingest", "--mode", "copy"])
+        .arg(&app)
+        .arg("-o")
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", describe(&o));
+    fs::remove_file(app.join("data")).unwrap();
+    fs::create_dir_all(app.join("data/cache")).unwrap();
+    env.give(&app);
+    let o = env.isolate([
+        os("--bind"),
+        app.join("data/cache").into_os_string(),
+        os("--manifest"),
+        m.into_os_string(),
+        os("--"),
+        os("true"),
+    ]);
+    assert_ne!(o.status.code(), Some(0), "{}", describe(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("is a symlink inside the sandbox")
+            && err.contains(&format!("--bind {}", app.join("data/cache").display())),
+        "{}",
+        describe(&o)
+    );
+    env.assert_clean();
+}

@@ -121,6 +121,25 @@ fn bind_dirs(binds: &[PathBuf], store: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// `p` with its longest existing prefix resolved (symlinks, `..`): a root deleted from the
+/// host keeps its missing tail, below the real path of what is left.
+fn real_path(p: &Path) -> PathBuf {
+    let mut tail = Vec::new();
+    let mut at = p;
+    loop {
+        if let Ok(c) = std::fs::canonicalize(at) {
+            return tail.iter().rev().fold(c, |acc: PathBuf, n| acc.join(n));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+}
+
 /// How many directories `manifest` (of the project at `dir`) holds that are gone from disk:
 /// offloaded trees (`rm -rf node_modules` after an ingest) the view still serves. A project
 /// run binds its directory over the view only when there are none, or they would vanish.
@@ -196,11 +215,7 @@ pub fn run_isolated(
         // Mount where the path really is: a symlinked parent on the host would otherwise
         // lead the mount out of the new root.
         let at = os(at);
-        let at = if base_mode {
-            at
-        } else {
-            std::fs::canonicalize(&at).unwrap_or(at)
-        };
+        let at = if base_mode { at } else { real_path(&at) };
         // The overlay's root directory shows the upper directory's mode: give it the farm's.
         if let Ok(md) = std::fs::metadata(&lower) {
             use std::os::unix::fs::PermissionsExt;
@@ -274,4 +289,24 @@ pub fn run_isolated(
     }
     drop(farm);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_path_resolves_what_exists_and_keeps_the_missing_tail() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, t.path().join("link")).unwrap();
+        let base = std::fs::canonicalize(&real).unwrap();
+        assert_eq!(
+            real_path(&t.path().join("link/gone/app")),
+            base.join("gone/app")
+        );
+        assert_eq!(real_path(&t.path().join("link")), base);
+        assert_eq!(real_path(Path::new("/")), PathBuf::from("/"));
+    }
 }

@@ -541,6 +541,38 @@ fn bind(src: &Path, target: &Path, recursive: bool) -> Result<(), Fail> {
     .step(|| format!("cannot bind {} to {}", src.display(), target.display()))
 }
 
+/// Refuses a mount target below `root` whose path passes through a symlink: the kernel
+/// would follow it (an absolute one out of the new root, onto the host) before the mount or
+/// the `mkdir` of a missing mount point. A view's symlinks come from manifests, which are
+/// not trusted to steer mounts.
+fn no_symlink_below(root: &Path, target: &Path) -> Result<(), Fail> {
+    let Ok(rel) = target.strip_prefix(root) else {
+        return Ok(());
+    };
+    let mut at = root.to_path_buf();
+    for comp in rel.components() {
+        at.push(comp);
+        match sys::file_type(&c(&at)?) {
+            Ok(t) if t == libc::S_IFLNK => {
+                // Named as CMD would see them.
+                let inside = |p: &Path| Path::new("/").join(p.strip_prefix(root).unwrap_or(p));
+                return Err(Fail {
+                    errno: libc::ELOOP,
+                    what: format!(
+                        "cannot mount at {}: {} is a symlink inside the sandbox",
+                        inside(target).display(),
+                        inside(&at).display()
+                    ),
+                });
+            }
+            Ok(_) => {}
+            // Missing from here on: made as directories, no symlink to follow.
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 /// Names the `--bind` a mount failure was for (its message names the staging path).
 fn for_bind(f: Fail, b: &Path) -> Fail {
     Fail {
@@ -707,7 +739,10 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
         let mut binds: Vec<&PathBuf> = plan.binds.iter().collect();
         binds.sort_by_key(|p| p.components().count());
         for b in binds {
-            bind_at(b, &under(root, b)).map_err(|f| for_bind(f, b))?;
+            let target = under(root, b);
+            no_symlink_below(root, &target)
+                .and_then(|()| bind_at(b, &target))
+                .map_err(|f| for_bind(f, b))?;
         }
         if plan.read_only_view {
             // The root overlay itself, once every mount point is made; /proc, /dev, /tmp and
@@ -756,14 +791,21 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
         for (at, _, m) in &todo {
             if matches!(m, M::Ovl(_) | M::Bind) && !on_tmpfs(at) {
                 let target = under(root, at);
-                mount_point(root, &target, &plan.scratch, &mut made).map_err(|f| Fail {
-                    what: format!("{} (for {})", f.what, at.display()),
-                    ..f
-                })?;
+                no_symlink_below(root, &target)
+                    .and_then(|()| mount_point(root, &target, &plan.scratch, &mut made))
+                    .map_err(|f| Fail {
+                        what: format!("{} (for {})", f.what, at.display()),
+                        ..f
+                    })?;
             }
         }
         for (at, _, m) in todo {
             let target = under(root, &at);
+            match m {
+                M::Bind => no_symlink_below(root, &target).map_err(|f| for_bind(f, &at))?,
+                M::Ovl(_) => no_symlink_below(root, &target)?,
+                _ => {}
+            }
             match m {
                 M::Proc => {
                     if is_real_dir(&target) {
