@@ -121,14 +121,14 @@ pub struct RemoteGcArgs {
     #[arg(long = "keep-last", value_name = "N")]
     pub keep_last: Option<usize>,
     /// Drop manifests not pushed for longer than DUR (e.g. 14d).
-    #[arg(long = "older-than", value_name = "DUR")]
+    #[arg(long = "older-than", value_name = "DUR", value_parser = duration)]
     pub older_than: Option<String>,
     /// Actually delete (default: dry run).
     #[arg(long)]
     pub delete: bool,
     /// A pack no kept manifest uses is deleted only once it has been unindexed for this long,
     /// so a concurrent push can never lose one it relies on (default 1h).
-    #[arg(long, value_name = "DUR", default_value = "1h")]
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = duration)]
     pub grace: String,
     /// Requests in flight.
     #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 0)]
@@ -144,7 +144,7 @@ pub struct GcArgs {
     #[arg(long)]
     pub delete: bool,
     /// Only touch blobs last linked longer ago than DUR (e.g. 30m, 2h, 7d).
-    #[arg(long, value_name = "DUR")]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
     pub older_than: Option<String>,
     /// Also drop stale registry entries: solid projects whose manifest file is gone (with
     /// --delete; listed only without it). Phantom projects are never stale: `vrift forget`.
@@ -457,4 +457,10 @@ pub enum BackendArg {
     Auto,
     Uring,
     Threads,
+}
+
+/// A duration argument (`30m`, `2h`, `7d`), checked when the arguments are parsed: a bad value
+/// is a usage error (exit 2) like any other, before anything is opened.
+fn duration(s: &str) -> Result<String, String> {
+    vrift_cas::gc::parse_age(s).map(|_| s.to_string())
 }

@@ -34,11 +34,10 @@ pub struct Globals {
     pub progress: bool,
 }
 
-fn default_store() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    home.join(".vrift").join("the_source")
+/// `~/.vrift/the_source`; none without a `HOME` (a store at `/.vrift` would surprise).
+fn default_store() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+    Some(PathBuf::from(home).join(".vrift").join("the_source"))
 }
 
 fn main() -> ExitCode {
@@ -51,8 +50,15 @@ fn main() -> ExitCode {
         commands::run::exec_static(&args[2..]);
     }
     let cli = Cli::parse();
+    let Some(store) = cli.the_source_root.clone().or_else(default_store) else {
+        eprintln!(
+            "error: HOME is not set, so there is no default store (~/.vrift/the_source): give \
+             one with --the-source-root DIR or VR_THE_SOURCE"
+        );
+        return ExitCode::from(2);
+    };
     let g = Globals {
-        store: cli.the_source_root.clone().unwrap_or_else(default_store),
+        store,
         remote: cli.remote.clone(),
         json: cli.json,
         progress: !cli.no_progress && !cli.json,

@@ -156,6 +156,9 @@ fn flags_exist_and_usage_errors_exit_2() {
         &["ingest", "x", "-o", "m", "-j", "many"],
         &["checkout", "m"],
         &["frobnicate"],
+        &["gc", "--older-than", "banana"], // durations are checked with the arguments
+        &["gc", "--farms", "--older-than", "7 days"],
+        &["remote", "gc", "--grace", "soon"],
     ] {
         let o = vrift(&t.path().join("store"))
             .args(bad)
@@ -168,6 +171,39 @@ fn flags_exist_and_usage_errors_exit_2() {
     assert!(
         !t.path().join("store").exists(),
         "a usage error must not create a store"
+    );
+}
+
+/// Without `HOME` there is no default store: one clear line and exit 2, never a store at
+/// `/.vrift`; `VR_THE_SOURCE` still gives one.
+#[test]
+fn no_home_means_no_default_store() {
+    let o = std::process::Command::new(bin())
+        .env_remove("HOME")
+        .env_remove("VR_THE_SOURCE")
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("HOME is not set") && e.contains("--the-source-root"),
+        "{e}"
+    );
+    assert!(!std::path::Path::new("/.vrift").exists());
+    // The variable names the store instead (here an empty one: the error names it).
+    let t = tempdir();
+    let store = t.path().join("store");
+    let o = std::process::Command::new(bin())
+        .env_remove("HOME")
+        .env("VR_THE_SOURCE", &store)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains(&store.display().to_string()),
+        "{}",
+        describe(&o)
     );
 }
 

@@ -7,6 +7,9 @@ use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 
+mod common;
+
+use common::{entries, Seen};
 use vrift_manifest::Manifest;
 use vrift_pipeline::{ingest, Counters, IngestOptions, Mode};
 
@@ -24,25 +27,8 @@ fn build_tree(root: &Path) {
     fs::write(root.join("empty"), "").unwrap();
 }
 
-/// Path → (kind, mode, size, hash, symlink target): what a manifest says of the tree.
-type Seen = BTreeMap<Vec<u8>, (u8, u32, u64, [u8; 32], Vec<u8>)>;
-
 fn seen(m: &Path) -> Seen {
-    let m = Manifest::open(m).unwrap();
-    m.iter()
-        .map(|e| {
-            (
-                e.path().to_vec(),
-                (
-                    e.kind() as u8,
-                    e.mode(),
-                    e.size(),
-                    *e.hash(),
-                    e.target().to_vec(),
-                ),
-            )
-        })
-        .collect()
+    entries(&Manifest::open(m).unwrap())
 }
 
 /// Path → (mode, link count, content) of every regular file under `root`.
@@ -86,7 +72,14 @@ fn index_mode_records_the_tree_and_leaves_tree_and_store_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let (tree, copy) = (tmp.path().join("tree"), tmp.path().join("copy"));
     build_tree(&tree);
-    build_tree(&copy);
+    // `cp -a` keeps mtimes: the two trees differ only in their inodes.
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&tree)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(ok.success());
     let before = files(&tree);
 
     let index_store = tmp.path().join("index-store");

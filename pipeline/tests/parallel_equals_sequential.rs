@@ -3,7 +3,8 @@
 //! numbers of the copies), the same counts, and the same store — and those entries are what
 //! an independent reading of the tree says (`std::fs` and the `blake3` crate, file by file).
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -11,6 +12,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
+use common::{entries, Seen};
 use vrift_manifest::Manifest;
 use vrift_pipeline::{ingest, Counters, IngestOptions, IoBackend};
 
@@ -45,28 +47,6 @@ fn build_tree(root: &Path) {
     )
     .unwrap();
     fs::write(root.join("big.bin"), vec![3u8; 3 << 20]).unwrap();
-}
-
-type Seen = BTreeMap<Vec<u8>, (u8, u32, u64, i64, [u8; 32], Vec<u8>)>;
-
-fn entries(m: &Manifest) -> Seen {
-    m.iter()
-        .map(|e| {
-            (
-                e.path().to_vec(),
-                (
-                    e.kind() as u8,
-                    e.mode(),
-                    e.size(),
-                    // A directory's mtime moves when ingest replaces a duplicate in it, at
-                    // whatever moment that happened: not part of the comparison.
-                    if e.is_dir() { 0 } else { e.mtime_ns() },
-                    *e.hash(),
-                    e.target().to_vec(),
-                ),
-            )
-        })
-        .collect()
 }
 
 /// The oracle: what the manifest of `root` must say, read with `std::fs` one path at a time
