@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(
     name = "vrift",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VRIFT_BUILD_INFO"), ")"),
     about = "Deduplicate and virtualize huge dependency trees through one BLAKE3 content-addressable store",
     propagate_version = true
 )]

@@ -174,6 +174,64 @@ fn flags_exist_and_usage_errors_exit_2() {
     );
 }
 
+/// `--version` says which commit and day the binary was built from.
+#[test]
+fn version_names_the_commit_and_build_date() {
+    let o = std::process::Command::new(bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let v = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let want = format!("vrift {} (", env!("CARGO_PKG_VERSION"));
+    let inner = v
+        .strip_prefix(&want)
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{v:?}"));
+    let (commit, date) = inner.split_once(' ').unwrap_or_else(|| panic!("{v:?}"));
+    let in_git = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if in_git {
+        assert!(
+            commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{v:?}"
+        );
+    }
+    let d: Vec<&str> = date.split('-').collect();
+    assert!(
+        d.len() == 3 && d[0].len() == 4 && d.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit())),
+        "{v:?}"
+    );
+}
+
+/// `status` where nothing was ingested yet: an empty store's answer (zeros, no projects),
+/// exit 0, and no store created by asking; `--json` the same.
+#[test]
+fn status_of_a_store_not_made_yet_is_all_zeros() {
+    let t = tempdir();
+    let store = t.path().join("store");
+    let o = vrift(&store).arg("status").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for line in [
+        "Total Size:   0 B",
+        "Total Blobs:  0",
+        "Registered Projects: none",
+        "Orphaned Blobs: 0",
+    ] {
+        assert!(out.contains(line), "{line:?} missing:\n{out}");
+    }
+    let o = vrift(&store).args(["--json", "status"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["blobs"], 0, "{v}");
+    assert_eq!(v["projects"], serde_json::json!([]), "{v}");
+    assert!(!store.exists(), "status created a store");
+}
+
 /// Without `HOME` there is no default store: one clear line and exit 2, never a store at
 /// `/.vrift`; `VR_THE_SOURCE` still gives one.
 #[test]
@@ -191,7 +249,7 @@ fn no_home_means_no_default_store() {
         "{e}"
     );
     assert!(!std::path::Path::new("/.vrift").exists());
-    // The variable names the store instead (here an empty one: the error names it).
+    // The variable names the store instead (not made yet: status shows it empty).
     let t = tempdir();
     let store = t.path().join("store");
     let o = std::process::Command::new(bin())
@@ -200,8 +258,9 @@ fn no_home_means_no_default_store() {
         .arg("status")
         .output()
         .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert!(
-        stderr(&o).contains(&store.display().to_string()),
+        String::from_utf8_lossy(&o.stdout).contains(&store.display().to_string()),
         "{}",
         describe(&o)
     );

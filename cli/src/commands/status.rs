@@ -2,7 +2,7 @@ use anyhow::Result;
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table};
 use serde_json::json;
 use vrift_cas::registry::Registry;
-use vrift_cas::scan::scan;
+use vrift_cas::scan::{scan, Scan};
 use vrift_cas::usage::Usage;
 
 use crate::args::StatusArgs;
@@ -13,10 +13,16 @@ use crate::{Globals, Outcome};
 const TABLE_STYLE: &str = "││──├─┼┤│    ┬┴┌┐└┘";
 
 pub fn run(g: &Globals, _a: &StatusArgs) -> Result<Outcome> {
-    let cas = super::open_store(g)?;
-    let reg = Registry::load(cas.root())?;
-    let usage = Usage::load(cas.root(), &reg)?;
-    let blobs = scan(&cas)?;
+    // No store yet (nothing ingested here): the answer is an empty one, all zeros, and
+    // nothing is created by asking.
+    let (root, usage, blobs) = if g.store.exists() {
+        let cas = super::open_store(g)?;
+        let reg = Registry::load(cas.root())?;
+        let usage = Usage::load(cas.root(), &reg)?;
+        (cas.root().to_path_buf(), usage, scan(&cas)?)
+    } else {
+        (g.store.clone(), Usage::default(), Scan::default())
+    };
     let orphans: Vec<_> = blobs
         .blobs
         .iter()
@@ -37,7 +43,7 @@ pub fn run(g: &Globals, _a: &StatusArgs) -> Result<Outcome> {
         println!(
             "{}",
             json!({
-                "store": cas.root(),
+                "store": root,
                 "total_bytes": disk,
                 "content_bytes": blobs.content_bytes(),
                 "blobs": blobs.blobs.len(),
@@ -55,7 +61,7 @@ pub fn run(g: &Globals, _a: &StatusArgs) -> Result<Outcome> {
     }
     println!("VRift CAS Status:");
     println!();
-    println!("  CAS Location: {}", super::tilde(cas.root()));
+    println!("  CAS Location: {}", super::tilde(&root));
     println!("  Total Size:   {}", bytes(disk));
     println!("  Total Blobs:  {}", thousands(blobs.blobs.len() as u64));
     if apparent > 0 {
