@@ -341,3 +341,31 @@ fn transient_ingest_without_a_manifest() {
     let s = String::from_utf8_lossy(&st.stdout);
     assert!(!s.contains("\"plain\""), "{s}");
 }
+
+/// A manifest run against a store without its blobs (made with another store; a new shell
+/// without `VR_THE_SOURCE`) stops before the program starts, naming the store used and how
+/// many files have no blob — instead of a program dying on `ENOENT` for a file it can list.
+#[test]
+fn a_store_without_the_manifests_blobs_is_refused_at_start() {
+    let env = Env::new();
+    make_tree(&env);
+    let m = env.ingest_and_remove("proj", "m.vrm");
+    let other = env.path("other-store");
+    let o = Command::new(vrift_bin())
+        .arg("--the-source-root")
+        .arg(&other)
+        .args(["--no-progress", "run", "--manifest"])
+        .arg(&m)
+        .args(["--", "echo", "ran"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(o.stdout.is_empty(), "the program ran");
+    assert!(
+        err.contains("have no blob in the store") && err.contains(&other.display().to_string()),
+        "{err}"
+    );
+    // With the store it was made in, it runs.
+    assert_eq!(env.run_ok(&[&m], &["echo", "ran"]), "ran\n");
+}

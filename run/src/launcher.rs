@@ -293,6 +293,7 @@ fn view_manifests(
                 fds.push(fd);
                 let m = Manifest::open(&name)
                     .with_context(|| format!("cannot use manifest {}", p.display()))?;
+                check_blobs(store, &m, p)?;
                 let root = PathBuf::from(std::ffi::OsStr::from_bytes(m.root()));
                 (name, root)
             }
@@ -304,6 +305,44 @@ fn view_manifests(
         roots.push(root);
     }
     Ok((fds, var, roots))
+}
+
+/// Files sampled per manifest by [`check_blobs`]: a few dozen `fstatat`s.
+const BLOB_SAMPLE: usize = 32;
+
+/// A view whose blobs are not in this store (a manifest made with another store, run from a
+/// new shell without `VR_THE_SOURCE`) lists files the program then fails to open, with
+/// `ENOENT`, deep inside it. When the store first takes its copy of manifest `p` (so not on
+/// every run: the copy is reused), a sample of its files is looked up; when one has no blob,
+/// all are counted and the run stops, naming the store used and the count.
+fn check_blobs(store: &Path, m: &Manifest, p: &Path) -> Result<()> {
+    // A store with no blob directory yet holds none of them.
+    let cas = vrift_cas::Cas::open_existing(store).ok();
+    let has = |e: &vrift_manifest::Entry<'_>| {
+        cas.as_ref().is_some_and(|c| c.has_blob(e.hash(), e.size()))
+    };
+    let step = (m.len() / BLOB_SAMPLE).max(1);
+    let sample_complete = (0..m.len())
+        .step_by(step)
+        .filter_map(|i| m.entry(i))
+        .filter(|e| e.kind().has_content())
+        .all(|e| has(&e));
+    if sample_complete {
+        return Ok(());
+    }
+    let (mut files, mut missing) = (0u64, 0u64);
+    for e in m.iter().filter(|e| e.kind().has_content()) {
+        files += 1;
+        if !has(&e) {
+            missing += 1;
+        }
+    }
+    bail!(
+        "{}: {missing} of {files} files have no blob in the store {} (was it made with \
+         another store? give that one with --the-source-root or VR_THE_SOURCE)",
+        p.display(),
+        store.display()
+    );
 }
 
 enum CopyError {
@@ -365,6 +404,7 @@ fn view_copy(store: &Path, p: &Path) -> std::result::Result<(PathBuf, PathBuf), 
         let m = Manifest::open(&tmp)
             .with_context(|| format!("cannot use manifest {}", p.display()))
             .map_err(invalid)?;
+        check_blobs(store, &m, p).map_err(invalid)?;
         let root = m.root().to_vec();
         drop(m);
         std::fs::write(&root_file, &root).map_err(store_err)?;
