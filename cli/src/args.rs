@@ -74,6 +74,10 @@ pub enum Command {
     Restore(RestoreArgs),
     /// The remote tier: list its manifests, collect its garbage.
     Remote(RemoteArgs),
+    /// Print a shell completion script (bash: `vrift completions bash > \
+    /// ~/.local/share/bash-completion/completions/vrift`; zsh: into a directory of `$fpath` as
+    /// `_vrift`; fish: `~/.config/fish/completions/vrift.fish`).
+    Completions(CompletionsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -137,6 +141,13 @@ pub struct RemoteGcArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
 
 #[derive(Args, Debug)]
 pub struct GcArgs {

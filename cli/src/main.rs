@@ -69,6 +69,12 @@ fn main() -> ExitCode {
         Command::Init(a) => commands::init::run(&g, a),
         Command::Checkout(a) => commands::checkout::run(&g, a),
         Command::Status(a) => commands::status::run(&g, a),
+        Command::Completions(a) => {
+            // Generated from the same definitions the parser uses, so it never drifts.
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(a.shell, &mut cmd, "vrift", &mut std::io::stdout());
+            Ok(Outcome::Ok)
+        }
         Command::Gc(a) if a.farms => commands::gc_farms::run(&g, a),
         Command::Gc(a) => commands::gc::run(&g, a),
         Command::Forget(a) => commands::gc::forget(&g, a),

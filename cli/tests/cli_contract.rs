@@ -174,6 +174,43 @@ fn flags_exist_and_usage_errors_exit_2() {
     );
 }
 
+/// `vrift completions SHELL` prints a completion script generated from the parser itself:
+/// bash's parses, every shell's names the commands; an unknown shell is a usage error.
+#[test]
+fn completions_cover_the_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = std::process::Command::new(bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+        let script = String::from_utf8_lossy(&o.stdout);
+        for cmd in ["ingest", "checkout", "restore", "the-source-root"] {
+            assert!(script.contains(cmd), "{shell} completion lacks {cmd}");
+        }
+        if shell == "bash" {
+            let mut check = std::process::Command::new("bash")
+                .arg("-n")
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            check
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.as_bytes())
+                .unwrap();
+            assert!(check.wait().unwrap().success(), "bash cannot parse it");
+        }
+    }
+    let o = std::process::Command::new(bin())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
+}
+
 /// `--version` says which commit and day the binary was built from.
 #[test]
 fn version_names_the_commit_and_build_date() {
