@@ -364,16 +364,7 @@ impl Remote {
                             let mut b = PackBuilder::new();
                             for &(hash, size) in seg.iter() {
                                 let path = locate(&hash, size);
-                                let data = crate::push::read_verified(&path, &hash, size).map_err(
-                                    |e| match e {
-                                        RemoteError::LocalCorrupt { path }
-                                            if !path.starts_with(store) =>
-                                        {
-                                            RemoteError::TreeChanged { path }
-                                        }
-                                        e => e,
-                                    },
-                                )?;
+                                let data = crate::push::read_for_push(&path, &hash, size, store)?;
                                 let full =
                                     b.add(hash, &data).map_err(|e| RemoteError::io(&path, e))?;
                                 RemoteStats::add(&self.stats.blobs_moved, 1);

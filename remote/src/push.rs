@@ -276,6 +276,17 @@ pub(crate) fn read_verified(path: &PathBuf, hash: &Hash, size: u64) -> Result<By
     Ok(Bytes::from(data))
 }
 
+/// [`read_verified`] for a push: a blob of the store at `store` that does not match is local
+/// damage; a file of an index-only tree (anywhere else) changed since it was hashed.
+pub(crate) fn read_for_push(path: &PathBuf, hash: &Hash, size: u64, store: &Path) -> Result<Bytes> {
+    read_verified(path, hash, size).map_err(|e| match e {
+        RemoteError::LocalCorrupt { path } if !path.starts_with(store) => {
+            RemoteError::TreeChanged { path }
+        }
+        e => e,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +305,27 @@ mod tests {
         let with = blobs_with_entries(&m, &blobs);
         assert_eq!(with[0].1, "a");
         assert_eq!(with[1].1, "c");
+    }
+
+    #[test]
+    fn a_changed_tree_file_and_a_damaged_blob_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        let h = *blake3::hash(b"good").as_bytes();
+        let (blob, file) = (store.join("blob"), dir.path().join("tree-file"));
+        for p in [&blob, &file] {
+            std::fs::write(p, b"evil").unwrap();
+        }
+        assert!(matches!(
+            read_for_push(&blob, &h, 4, &store),
+            Err(RemoteError::LocalCorrupt { .. })
+        ));
+        let e = read_for_push(&file, &h, 4, &store).unwrap_err();
+        assert!(matches!(e, RemoteError::TreeChanged { .. }), "{e}");
+        assert!(e.to_string().contains("changed since it was hashed"), "{e}");
+        std::fs::write(&file, b"good").unwrap();
+        assert!(read_for_push(&file, &h, 4, &store).is_ok());
     }
 
     #[test]

@@ -331,20 +331,6 @@ pub fn restore(g: &Globals, a: &crate::args::RestoreArgs) -> Result<Outcome> {
             .map(|n| n.get())
             .unwrap_or(2)
     };
-    let opts = RestoreOptions {
-        dir: a.dir.clone(),
-        key,
-        restore_prefixes: a.restore_prefix.clone(),
-        cmd: (!a.cmd.is_empty()).then(|| a.cmd.clone()),
-        checkout: vrift_pipeline::materialize::Options {
-            link_mode: a.link_mode.into(),
-            threads,
-            ..Default::default()
-        },
-        jobs: a.jobs,
-        direct: a.link_mode == crate::args::LinkModeArg::Auto,
-        around_cmd: None,
-    };
     let s = stats.clone();
     let line = Progress::start_with(g.progress, "restore", move || {
         let get = RemoteStats::get;
@@ -364,8 +350,18 @@ pub fn restore(g: &Globals, a: &crate::args::RestoreArgs) -> Result<Outcome> {
         )
     });
     let opts = RestoreOptions {
+        dir: a.dir.clone(),
+        key,
+        restore_prefixes: a.restore_prefix.clone(),
+        cmd: (!a.cmd.is_empty()).then(|| a.cmd.clone()),
+        checkout: vrift_pipeline::materialize::Options {
+            link_mode: a.link_mode.into(),
+            threads,
+            ..Default::default()
+        },
+        jobs: a.jobs,
+        direct: a.link_mode == crate::args::LinkModeArg::Auto,
         around_cmd: Some(Box::new(line.pauser())),
-        ..opts
     };
     let report = {
         let _lock = shared_lock(cas.root())?;
