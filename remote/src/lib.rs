@@ -58,6 +58,8 @@ pub struct Remote {
     /// The server answered a ranged GET with the whole object or `200` (`rclone serve s3`
     /// does): fetch whole packs from then on.
     no_ranges: std::sync::atomic::AtomicBool,
+    /// The server answered a ranged GET with a part: ranges of one pack may go in parallel.
+    ranges_ok: std::sync::atomic::AtomicBool,
 }
 
 impl Remote {
@@ -79,6 +81,7 @@ impl Remote {
             settings,
             stats,
             no_ranges: std::sync::atomic::AtomicBool::new(false),
+            ranges_ok: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

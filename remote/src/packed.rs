@@ -144,6 +144,15 @@ pub type Wanted = (Hash, u64, (Hash, u64), Loc);
 /// A failed range: the error and, when its pack is gone, the blobs it was to bring.
 type RangeFailure = (RemoteError, Vec<(Hash, u64)>);
 
+/// One ranged GET to make. A lead carries every frame wanted from its pack and tells the
+/// pack's other ranges (holding `wait`) whether its answer covered them.
+struct Job {
+    pack: (Hash, u64),
+    range: Range,
+    lead: Option<(Range, tokio::sync::watch::Sender<Option<bool>>)>,
+    wait: Option<tokio::sync::watch::Receiver<Option<bool>>>,
+}
+
 /// Groups wanted blobs by pack and frame.
 fn frames_by_pack(wanted: &[Wanted]) -> BTreeMap<(Hash, u64), Vec<FrameWant>> {
     let mut by: BTreeMap<(Hash, u64), BTreeMap<u64, FrameWant>> = BTreeMap::new();
@@ -432,22 +441,65 @@ impl Remote {
         wanted: &[Wanted],
         jobs: usize,
     ) -> (Vec<RemoteError>, Vec<(Hash, u64)>) {
-        let mut work: Vec<((Hash, u64), Range)> = Vec::new();
-        let whole = self.no_ranges.load(std::sync::atomic::Ordering::Relaxed);
+        let whole = self.no_ranges.load(Ordering::Relaxed);
+        // Until a server has answered one ranged GET with a part (206), it may be one that
+        // answers every range with the whole pack (`rclone serve s3`): then the first range
+        // of each pack ("lead") goes alone, and the pack's other ranges wait for its answer.
+        // A whole pack brings every frame wanted from it, so they are done; a part means
+        // ranges work, and they go. Without this, N ranges of one pack in flight fetched the
+        // whole pack N times.
+        let gate = !whole && !self.ranges_ok.load(Ordering::Relaxed);
+        let mut leads: Vec<Job> = Vec::new();
+        let mut rest: Vec<Job> = Vec::new();
         for (pack, frames) in frames_by_pack(wanted) {
             // A server without ranged reads: one plain GET per pack.
             let gap = if whole { u64::MAX } else { MERGE_GAP };
-            for r in plan_ranges(frames, gap) {
-                work.push((pack, r));
+            let mut ranges = plan_ranges(frames, gap);
+            // The largest range leads (the long transfers start early).
+            ranges.sort_by_key(|r| std::cmp::Reverse(r.end - r.start));
+            let all = (gate && ranges.len() > 1).then(|| Range {
+                start: 0,
+                end: pack.1,
+                frames: {
+                    let mut f: Vec<FrameWant> = ranges
+                        .iter()
+                        .flat_map(|r| r.frames.iter().cloned())
+                        .collect();
+                    f.sort_by_key(|f| f.frame_off);
+                    f
+                },
+            });
+            let (tx, rx) = tokio::sync::watch::channel(None::<bool>);
+            let mut ranges = ranges.into_iter();
+            if let Some(first) = ranges.next() {
+                leads.push(Job {
+                    pack,
+                    range: first,
+                    lead: all.map(|a| (a, tx)),
+                    wait: None,
+                });
+            }
+            for r in ranges {
+                rest.push(Job {
+                    pack,
+                    range: r,
+                    lead: None,
+                    wait: gate.then(|| rx.clone()),
+                });
             }
         }
-        // Largest ranges first: the long transfers start early.
-        work.sort_by_key(|(_, r)| std::cmp::Reverse(r.end - r.start));
-        let results: Vec<Result<(), RangeFailure>> =
-            stream::iter(work.iter().map(|(pack, r)| self.fetch_range(sink, pack, r)))
-                .buffer_unordered(jobs.max(1))
-                .collect()
-                .await;
+        // Leads first, so a waiting range never holds a slot its lead needs.
+        rest.sort_by_key(|j| std::cmp::Reverse(j.range.end - j.range.start));
+        leads.sort_by_key(|j| std::cmp::Reverse(j.range.end - j.range.start));
+        let results: Vec<Result<(), RangeFailure>> = stream::iter(
+            leads
+                .into_iter()
+                .chain(rest)
+                .map(|job| self.fetch_job(sink, job)),
+        )
+        .buffer_unordered(jobs.max(1))
+        .collect()
+        .await;
         let mut errors = Vec::new();
         let mut gone = Vec::new();
         for r in results {
@@ -460,14 +512,52 @@ impl Remote {
         (errors, gone)
     }
 
-    /// One ranged GET of a pack. On failure: the first error, and (when the pack is missing)
-    /// the blobs it was to bring.
+    /// One job: a lead tells the ranges waiting on it whether its answer brought the whole
+    /// pack (then they are done); a waiting range goes once its lead has answered.
+    async fn fetch_job(&self, sink: &dyn BlobSink, job: Job) -> Result<(), RangeFailure> {
+        if let Some(mut rx) = job.wait {
+            // A dropped sender (the lead failed before an answer) counts as "not covered".
+            let covered = rx
+                .wait_for(|v| v.is_some())
+                .await
+                .map(|v| v.unwrap_or(false))
+                .unwrap_or(false);
+            if covered {
+                return Ok(());
+            }
+        }
+        match job.lead {
+            Some((all, tx)) => {
+                let tell = |covered: bool| {
+                    let _ = tx.send(Some(covered));
+                };
+                self.fetch_range(sink, &job.pack, &job.range, Some(&all), Some(&tell))
+                    .await
+            }
+            None => {
+                self.fetch_range(sink, &job.pack, &job.range, None, None)
+                    .await
+            }
+        }
+    }
+
+    /// One ranged GET of a pack. When the server answers with the whole pack and `all` is
+    /// given (every frame wanted from this pack), all of them are stored from it. `answered`
+    /// hears, once the response has begun, whether it covers `all`. On failure: the first
+    /// error, and (when the pack is missing) the blobs it was to bring.
     async fn fetch_range(
         &self,
         sink: &dyn BlobSink,
         &(pack, pack_len): &(Hash, u64),
         r: &Range,
+        all: Option<&Range>,
+        answered: Option<&(dyn Fn(bool) + Sync)>,
     ) -> Result<(), RangeFailure> {
+        let tell = |covered: bool| {
+            if let Some(f) = answered {
+                f(covered)
+            }
+        };
         let key = self.keys.pack(&pack);
         let all_blobs = || -> Vec<(Hash, u64)> {
             r.frames
@@ -477,29 +567,44 @@ impl Remote {
         };
         // The whole pack is a plain GET: some servers answer a range that covers the whole
         // object with the whole object (200, not 206), which a ranged read must refuse.
-        let no_ranges = self.no_ranges.load(std::sync::atomic::Ordering::Relaxed);
+        let no_ranges = self.no_ranges.load(Ordering::Relaxed);
         let whole = no_ranges || (r.start == 0 && r.end >= pack_len);
         let opts = GetOptions {
             range: (!whole).then_some(GetRange::Bounded(r.start..r.end)),
             ..Default::default()
         };
-        let (got, from) = match self.store.get_opts(&obj_path(&key), opts).await {
-            Ok(g) => (g, if whole { 0 } else { r.start }),
+        let (got, from, r) = match self.store.get_opts(&obj_path(&key), opts).await {
+            Ok(g) => {
+                if !whole {
+                    self.ranges_ok.store(true, Ordering::Relaxed);
+                }
+                tell(false);
+                (g, if whole { 0 } else { r.start }, r)
+            }
             // `rclone serve s3` answers every range with 200 and the range's bytes, which
-            // object_store refuses: from now on whole packs, the bytes before ours skipped.
+            // object_store refuses: from now on whole packs, the bytes before ours skipped,
+            // and every frame wanted from this pack taken from this one GET.
             Err(e) if e.to_string().contains("non-partial response") => {
-                self.no_ranges
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.no_ranges.store(true, Ordering::Relaxed);
                 match self
                     .store
                     .get_opts(&obj_path(&key), GetOptions::default())
                     .await
                 {
-                    Ok(g) => (g, 0),
-                    Err(e) => return Err((self.error(&key, "get", e), all_blobs())),
+                    Ok(g) => {
+                        tell(all.is_some());
+                        (g, 0, all.unwrap_or(r))
+                    }
+                    Err(e) => {
+                        tell(false);
+                        return Err((self.error(&key, "get", e), all_blobs()));
+                    }
                 }
             }
-            Err(e) => return Err((self.error(&key, "get", e), all_blobs())),
+            Err(e) => {
+                tell(false);
+                return Err((self.error(&key, "get", e), all_blobs()));
+            }
         };
         let mut body = got.into_stream();
         let mut buf: Vec<u8> = Vec::new();
