@@ -123,7 +123,7 @@ fn bind_dirs(binds: &[PathBuf], store: &Path) -> Result<Vec<PathBuf>> {
 
 /// `p` with its longest existing prefix resolved (symlinks, `..`): a root deleted from the
 /// host keeps its missing tail, below the real path of what is left.
-fn real_path(p: &Path) -> PathBuf {
+pub(crate) fn real_path(p: &Path) -> PathBuf {
     let mut tail = Vec::new();
     let mut at = p;
     loop {

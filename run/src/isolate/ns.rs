@@ -26,6 +26,7 @@
 
 use std::ffi::{CStr, CString, OsString};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
@@ -157,6 +158,7 @@ fn userns_error(what: &str, e: &io::Error) -> crate::error::RunError {
 }
 
 /// A failed setup step inside the child.
+#[derive(Debug)]
 pub(super) struct Fail {
     pub(super) errno: i32,
     pub(super) what: String,
@@ -392,12 +394,12 @@ fn esc(p: &Path) -> String {
 /// is gone from the host (the usual case: a tree ingested, then deleted), it is made in a
 /// throwaway layer over its nearest existing ancestor ([`make_mount_point`], the `n`-th).
 fn mount_point(root: &Path, target: &Path, scratch: &Path, n: &mut usize) -> Result<(), Fail> {
-    match mount_point_dir(target, 0o755) {
+    match dir_below(root, target, Some(0o755)) {
         Err(f) if f.errno == libc::EROFS => {
             *n += 1;
             make_mount_point(root, target, scratch, *n)
         }
-        r => r,
+        r => r.map(drop),
     }
 }
 
@@ -456,8 +458,8 @@ fn make_mount_point_with(
         upper: upper.to_path_buf(),
         work: work.to_path_buf(),
     };
-    mount_overlay(&o, anc)?;
-    mount_point_dir(target, 0o755)
+    mount_overlay(&o, root, anc)?;
+    dir_below(root, target, Some(0o755)).map(drop)
 }
 
 /// Makes sure `p` is a directory to mount on: creates it (and missing parents, `mode` for
@@ -484,35 +486,174 @@ pub(super) fn mount_point_dir(p: &Path, mode: libc::mode_t) -> Result<(), Fail> 
     }
 }
 
-/// `volatile`: the upper layer is thrown away, so overlayfs need not sync it — without it,
-/// unmounting (the namespace's teardown) syncs the whole upper file system, which costs tens
-/// to hundreds of milliseconds on a busy disk.
-pub(super) fn mount_overlay(o: &Overlay, target: &Path) -> Result<(), Fail> {
-    let lowers: Vec<String> = o.lowers.iter().map(|l| esc(l)).collect();
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={},userxattr,volatile",
-        lowers.join(":"),
-        esc(&o.upper),
-        esc(&o.work)
-    );
-    let data = CString::new(data).map_err(|_| Fail {
-        errno: libc::EINVAL,
-        what: "a path contains a NUL byte".into(),
-    })?;
-    sys::mount(
-        Some(c"vrift"),
-        &c(target)?,
-        Some(c"overlay"),
-        0,
-        Some(&data),
+/// Opens the directory `target` (below `root`, or `root` itself) without following a
+/// symlink anywhere below `root`, for a mount to go onto the directory itself: a path
+/// looked up again at mount time could meanwhile lead elsewhere (a directory swapped for a
+/// symlink by a host process). With `create`, missing directories are made on the way,
+/// each relative to its parent's descriptor, the last with that mode (`EROFS` where the
+/// file system is read-only, for the caller's throwaway layer).
+fn dir_below(root: &Path, target: &Path, create: Option<libc::mode_t>) -> Result<OwnedFd, Fail> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let Ok(rel) = target.strip_prefix(root) else {
+        return Err(Fail {
+            errno: libc::EINVAL,
+            what: format!("{} is not below {}", target.display(), root.display()),
+        });
+    };
+    let how = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let root_fd = rustix::fs::open(root, how, Mode::empty())
+        .map_err(|e| Fail::new(root.display().to_string(), e.into()))?;
+    if rel.as_os_str().is_empty() {
+        return Ok(root_fd);
+    }
+    let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::BENEATH;
+    match rustix::fs::openat2(&root_fd, rel, how, Mode::empty(), resolve) {
+        Ok(fd) => Ok(fd),
+        // Name the symlink as CMD would see it.
+        Err(rustix::io::Errno::LOOP) => Err(no_symlink_below(root, target).err().unwrap_or(Fail {
+            errno: libc::ELOOP,
+            what: format!("cannot mount at {}: a symlink on the way", target.display()),
+        })),
+        Err(rustix::io::Errno::NOTDIR) => Err(Fail {
+            errno: libc::ENOTDIR,
+            what: format!("{}: not a directory, cannot mount on it", target.display()),
+        }),
+        Err(rustix::io::Errno::NOENT) if create.is_some() => {
+            let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+                return Err(Fail::new(
+                    target.display().to_string(),
+                    io::ErrorKind::NotFound.into(),
+                ));
+            };
+            let parent = dir_below(root, parent, Some(0o755))?;
+            let mode = create.unwrap_or(0o755);
+            let made = match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(mode)) {
+                Ok(()) => true,
+                Err(rustix::io::Errno::EXIST) => false,
+                Err(e) => {
+                    return Err(Fail::new(
+                        format!("cannot create mount point {}", target.display()),
+                        e.into(),
+                    ))
+                }
+            };
+            let fd = rustix::fs::openat2(
+                &parent,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+                resolve,
+            )
+            .map_err(|e| Fail::new(target.display().to_string(), e.into()))?;
+            if made {
+                // The mode asked for, whatever the umask.
+                let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode));
+            }
+            Ok(fd)
+        }
+        Err(e) => Err(Fail::new(target.display().to_string(), e.into())),
+    }
+}
+
+/// Attaches the detached mount `mnt` onto the directory `onto`.
+fn attach(mnt: &OwnedFd, onto: &OwnedFd) -> io::Result<()> {
+    use rustix::mount::MoveMountFlags;
+    rustix::mount::move_mount(
+        mnt,
+        c"",
+        onto,
+        c"",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
-    .step(|| {
+    .map_err(io::Error::from)
+}
+
+/// Mounts the overlay `o` on `target` (below `root`; made if missing), held open from the
+/// lookup to the mount (see [`dir_below`]). `volatile`: the upper layer is thrown away, so overlayfs
+/// need not sync it — without it, unmounting (the namespace's teardown) syncs the whole
+/// upper file system, which costs tens to hundreds of milliseconds on a busy disk.
+pub(super) fn mount_overlay(o: &Overlay, root: &Path, target: &Path) -> Result<(), Fail> {
+    use rustix::mount::{
+        fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, FsMountFlags,
+        FsOpenFlags, MountAttrFlags,
+    };
+    let onto = dir_below(root, target, Some(0o755))?;
+    let lowers: Vec<String> = o.lowers.iter().map(|l| esc(l)).collect();
+    let mnt = (|| -> io::Result<OwnedFd> {
+        let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
+        fsconfig_set_string(&fs, "source", "vrift")?;
+        fsconfig_set_string(&fs, "lowerdir", lowers.join(":").as_str())?;
+        fsconfig_set_string(&fs, "upperdir", esc(&o.upper).as_str())?;
+        fsconfig_set_string(&fs, "workdir", esc(&o.work).as_str())?;
+        fsconfig_set_flag(&fs, "userxattr")?;
+        fsconfig_set_flag(&fs, "volatile")?;
+        fsconfig_create(&fs)?;
+        Ok(fsmount(
+            &fs,
+            FsMountFlags::FSMOUNT_CLOEXEC,
+            MountAttrFlags::MOUNT_ATTR_NOSUID,
+        )?)
+    })();
+    mnt.and_then(|m| attach(&m, &onto)).step(|| {
         format!(
             "cannot mount the overlay of {} at {}",
             o.lowers[0].display(),
             o.at.display()
         )
     })
+}
+
+/// Binds the directory `src` onto `target` (below `root`; made if missing), with the mounts
+/// below `src`, nosuid, read-only if asked. Both ends are held open from lookup to mount;
+/// `src` is looked up without following symlinks unless `follow_src` (vrift's own link
+/// farm, whose path may pass through a symlinked home).
+fn bind_below(
+    src: &Path,
+    follow_src: bool,
+    root: &Path,
+    target: &Path,
+    read_only: bool,
+) -> Result<(), Fail> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags, CWD};
+    use rustix::mount::OpenTreeFlags;
+    let onto = dir_below(root, target, Some(0o755))?;
+    let how = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let resolve = if follow_src {
+        ResolveFlags::empty()
+    } else {
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+    };
+    let from = rustix::fs::openat2(CWD, src, how, Mode::empty(), resolve).map_err(|e| {
+        if e == rustix::io::Errno::LOOP {
+            Fail {
+                errno: libc::ELOOP,
+                what: format!(
+                    "cannot bind {}: it now passes through a symlink (changed since the run began?)",
+                    src.display()
+                ),
+            }
+        } else {
+            Fail::new(format!("cannot bind {}", src.display()), e.into())
+        }
+    })?;
+    let mut attrs = sys::MOUNT_ATTR_NOSUID;
+    if read_only {
+        attrs |= sys::MOUNT_ATTR_RDONLY;
+    }
+    (|| -> io::Result<()> {
+        let tree = rustix::mount::open_tree(
+            &from,
+            c"",
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_EMPTY_PATH
+                | OpenTreeFlags::AT_RECURSIVE,
+        )?;
+        // Set on the detached tree, before anything can see it attached.
+        sys::mount_setattr_fd(&tree, true, attrs, 0)?;
+        attach(&tree, &onto)
+    })()
+    .step(|| format!("cannot bind {} to {}", src.display(), target.display()))
 }
 
 fn tmpfs(target: &Path, opts: &CStr) -> Result<(), Fail> {
@@ -583,11 +724,8 @@ fn for_bind(f: Fail, b: &Path) -> Fail {
 
 /// Binds the host directory `src` (still reachable at its own path: this runs before
 /// `pivot_root`) writable at `target`, with the mounts below it; nosuid like the rest.
-fn bind_at(src: &Path, target: &Path) -> Result<(), Fail> {
-    mount_point_dir(target, 0o755)?;
-    bind(src, target, true)?;
-    sys::mount_setattr(&c(target)?, true, sys::MOUNT_ATTR_NOSUID, 0)
-        .step(|| format!("cannot make {} nosuid", target.display()))
+fn bind_at(root: &Path, src: &Path, target: &Path) -> Result<(), Fail> {
+    bind_below(src, false, root, target, false)
 }
 
 fn read_only(target: &Path, recursive: bool) -> Result<(), Fail> {
@@ -726,7 +864,7 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
     let root = &plan.staging;
     if plan.base {
         let o = &plan.overlays[0];
-        mount_overlay(o, root)?;
+        mount_overlay(o, root, root)?;
         mount_point_dir(&root.join("proc"), 0o555)?;
         proc_at(&root.join("proc"), true)?;
         dev_at(&root.join("dev"))?;
@@ -740,9 +878,7 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
         binds.sort_by_key(|p| p.components().count());
         for b in binds {
             let target = under(root, b);
-            no_symlink_below(root, &target)
-                .and_then(|()| bind_at(b, &target))
-                .map_err(|f| for_bind(f, b))?;
+            bind_at(root, b, &target).map_err(|f| for_bind(f, b))?;
         }
         if plan.read_only_view {
             // The root overlay itself, once every mount point is made; /proc, /dev, /tmp and
@@ -791,21 +927,14 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
         for (at, _, m) in &todo {
             if matches!(m, M::Ovl(_) | M::Bind) && !on_tmpfs(at) {
                 let target = under(root, at);
-                no_symlink_below(root, &target)
-                    .and_then(|()| mount_point(root, &target, &plan.scratch, &mut made))
-                    .map_err(|f| Fail {
-                        what: format!("{} (for {})", f.what, at.display()),
-                        ..f
-                    })?;
+                mount_point(root, &target, &plan.scratch, &mut made).map_err(|f| Fail {
+                    what: format!("{} (for {})", f.what, at.display()),
+                    ..f
+                })?;
             }
         }
         for (at, _, m) in todo {
             let target = under(root, &at);
-            match m {
-                M::Bind => no_symlink_below(root, &target).map_err(|f| for_bind(f, &at))?,
-                M::Ovl(_) => no_symlink_below(root, &target)?,
-                _ => {}
-            }
             match m {
                 M::Proc => {
                     if is_real_dir(&target) {
@@ -819,16 +948,14 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
                 }
                 // Below a manifest root or the fresh /tmp the mount point may be missing:
                 // `bind_at` makes it there (those are writable).
-                M::Bind => bind_at(&at, &target).map_err(|f| for_bind(f, &at))?,
+                M::Bind => bind_at(root, &at, &target).map_err(|f| for_bind(f, &at))?,
                 M::Ovl(o) => {
-                    mount_point_dir(&target, 0o755)?;
                     if plan.read_only_view {
                         // No overlay: lookups in a fresh overlay cost several microseconds
                         // each on first touch, and nothing is written here anyway.
-                        bind(&o.lowers[0], &target, true)?;
-                        read_only(&target, true)?;
+                        bind_below(&o.lowers[0], true, root, &target, true)?;
                     } else {
-                        mount_overlay(o, &target)?;
+                        mount_overlay(o, root, &target)?;
                     }
                 }
             }
@@ -850,4 +977,68 @@ fn setup(plan: &Plan) -> Result<(), Fail> {
         let _ = sys::chdir(c"/");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// What `dir_below` opened, by its descriptor (not a path looked up again).
+    fn ino(fd: &OwnedFd) -> u64 {
+        rustix::fs::fstat(fd).unwrap().st_ino
+    }
+
+    #[test]
+    fn dir_below_opens_the_directory_itself_and_refuses_any_symlink_below_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(root.join("elsewhere/b")).unwrap();
+        std::os::unix::fs::symlink("elsewhere", root.join("link")).unwrap();
+        std::os::unix::fs::symlink("/", root.join("abs")).unwrap();
+        std::fs::write(root.join("file"), b"").unwrap();
+
+        let fd = dir_below(root, &root.join("a/b"), None).unwrap();
+        let want = std::fs::metadata(root.join("a/b")).unwrap();
+        assert_eq!(ino(&fd), std::os::unix::fs::MetadataExt::ino(&want));
+        assert_eq!(
+            ino(&dir_below(root, root, None).unwrap()),
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(root).unwrap())
+        );
+        // A symlink anywhere on the way, relative or absolute, last or not: refused,
+        // naming it as CMD would see it; with `create`, nothing is made through it.
+        for p in ["link/b", "link", "abs/tmp", "abs"] {
+            let f = dir_below(root, &root.join(p), Some(0o755)).unwrap_err();
+            assert_eq!(f.errno, libc::ELOOP, "{p}: {}", f.what);
+            assert!(
+                f.what.contains("is a symlink inside the sandbox"),
+                "{}",
+                f.what
+            );
+        }
+        assert!(!root.join("elsewhere/b/c").exists());
+        let f = dir_below(root, &root.join("file"), Some(0o755)).unwrap_err();
+        assert_eq!(f.errno, libc::ENOTDIR, "{}", f.what);
+        let f = dir_below(root, Path::new("/etc"), None).unwrap_err();
+        assert_eq!(f.errno, libc::EINVAL, "{}", f.what);
+    }
+
+    #[test]
+    fn dir_below_makes_missing_directories_with_the_mode_asked_whatever_the_umask() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let f = dir_below(root, &root.join("x/y"), None).unwrap_err();
+        assert_eq!(f.errno, libc::ENOENT, "{}", f.what);
+        let fd = dir_below(root, &root.join("x/y/z"), Some(0o1777)).unwrap();
+        let md = std::fs::metadata(root.join("x/y/z")).unwrap();
+        assert_eq!(ino(&fd), std::os::unix::fs::MetadataExt::ino(&md));
+        assert_eq!(md.permissions().mode() & 0o7777, 0o1777);
+        let parent = std::fs::metadata(root.join("x")).unwrap();
+        assert_eq!(parent.permissions().mode() & 0o7777, 0o755);
+        // Made already: opened as it is.
+        dir_below(root, &root.join("x/y/z"), Some(0o700)).unwrap();
+        let md = std::fs::metadata(root.join("x/y/z")).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o1777);
+    }
 }

@@ -520,12 +520,15 @@ fn child(
         }
     }
     for (o, mp) in &opened {
+        // Mounts go onto directories opened without following symlinks: resolve the ones
+        // the host has on the way first (a symlinked home), as a mount by path would.
+        let at = super::real_path(&o.at);
         if let Some((u, w)) = mp {
-            if let Err(f) = ns::make_mount_point_in(&o.at, u, w) {
+            if let Err(f) = ns::make_mount_point_in(&at, u, w) {
                 fail(f);
             }
         }
-        if let Err(f) = ns::mount_overlay(o, &o.at) {
+        if let Err(f) = ns::mount_overlay(o, Path::new("/"), &at) {
             fail(f);
         }
     }

@@ -84,6 +84,40 @@ pub fn mount_setattr(path: &CStr, recursive: bool, set: u64, clear: u64) -> io::
     .map(|_| ())
 }
 
+/// `mount_setattr(2)` on the mount `fd` refers to (an attached or a detached one, as
+/// `open_tree` makes), and everything below it if `recursive`.
+pub fn mount_setattr_fd(
+    fd: &std::os::fd::OwnedFd,
+    recursive: bool,
+    set: u64,
+    clear: u64,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: an open descriptor, an empty path with AT_EMPTY_PATH, and a correctly sized,
+    // initialized struct.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(|_| ())
+}
+
 /// `pivot_root(new, old)`.
 pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
     // SAFETY: valid NUL-terminated paths.
