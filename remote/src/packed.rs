@@ -144,6 +144,20 @@ pub type Wanted = (Hash, u64, (Hash, u64), Loc);
 /// A failed range: the error and, when its pack is gone, the blobs it was to bring.
 type RangeFailure = (RemoteError, Vec<(Hash, u64)>);
 
+/// The bytes `off..off + size` of a decoded frame, or `None` when a (damaged or forged)
+/// bundle places the blob outside the frame.
+fn blob_in_frame(raw: &[u8], off: u64, size: u64) -> Option<&[u8]> {
+    let off = usize::try_from(off).ok()?;
+    raw.get(off..off.checked_add(usize::try_from(size).ok()?)?)
+}
+
+/// A frame's compressed bytes on their way to a decoding thread.
+pub(crate) struct FrameJob {
+    key: String,
+    z: Vec<u8>,
+    f: FrameWant,
+}
+
 /// One ranged GET to make. A lead carries every frame wanted from its pack and tells the
 /// pack's other ranges (holding `wait`) whether its answer covered them.
 struct Job {
@@ -435,9 +449,43 @@ impl Remote {
     /// ranged GETs, `jobs` in flight, each frame decoded as its bytes arrive and every blob
     /// checked against its name before it is stored. Blobs whose pack is gone (repacked by
     /// `remote gc` since the bundle was read) are returned for a second try.
-    pub(crate) async fn fetch_packed(
+    pub(crate) fn fetch_packed(
         &self,
         sink: &dyn BlobSink,
+        wanted: &[Wanted],
+        jobs: usize,
+    ) -> (Vec<RemoteError>, Vec<(Hash, u64)>) {
+        // Decoding, checking and writing run on threads of their own, one per core: the
+        // transfers are futures polled on this one thread, which would otherwise do all of
+        // that work itself, one frame at a time, while the other cores idle.
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (tx, rx) = flume::bounded::<FrameJob>(workers * 4);
+        let failed: Mutex<Vec<RemoteError>> = Mutex::new(Vec::new());
+        let (mut errors, gone) = std::thread::scope(|s| {
+            for _ in 0..workers {
+                let rx = rx.clone();
+                let failed = &failed;
+                s.spawn(move || {
+                    for j in rx.iter() {
+                        if let Err(e) = self.store_frame(sink, &j.key, &j.z, &j.f) {
+                            if let Ok(mut f) = failed.lock() {
+                                f.push(e);
+                            }
+                        }
+                    }
+                });
+            }
+            drop(rx);
+            // `tx` is dropped with this future, which ends the workers.
+            self.rt.block_on(self.fetch_packed_async(tx, wanted, jobs))
+        });
+        errors.extend(failed.into_inner().unwrap_or_default());
+        (errors, gone)
+    }
+
+    async fn fetch_packed_async(
+        &self,
+        tx: flume::Sender<FrameJob>,
         wanted: &[Wanted],
         jobs: usize,
     ) -> (Vec<RemoteError>, Vec<(Hash, u64)>) {
@@ -495,7 +543,7 @@ impl Remote {
             leads
                 .into_iter()
                 .chain(rest)
-                .map(|job| self.fetch_job(sink, job)),
+                .map(|job| self.fetch_job(&tx, job)),
         )
         .buffer_unordered(jobs.max(1))
         .collect()
@@ -514,7 +562,11 @@ impl Remote {
 
     /// One job: a lead tells the ranges waiting on it whether its answer brought the whole
     /// pack (then they are done); a waiting range goes once its lead has answered.
-    async fn fetch_job(&self, sink: &dyn BlobSink, job: Job) -> Result<(), RangeFailure> {
+    async fn fetch_job(
+        &self,
+        sink: &flume::Sender<FrameJob>,
+        job: Job,
+    ) -> Result<(), RangeFailure> {
         if let Some(mut rx) = job.wait {
             // A dropped sender (the lead failed before an answer) counts as "not covered".
             let covered = rx
@@ -547,7 +599,7 @@ impl Remote {
     /// error, and (when the pack is missing) the blobs it was to bring.
     async fn fetch_range(
         &self,
-        sink: &dyn BlobSink,
+        sink: &flume::Sender<FrameJob>,
         &(pack, pack_len): &(Hash, u64),
         r: &Range,
         all: Option<&Range>,
@@ -610,7 +662,6 @@ impl Remote {
         let mut buf: Vec<u8> = Vec::new();
         // Offset in the pack of `buf[0]`; bytes before `r.start` are dropped as they come.
         let mut buf_start = from;
-        let mut first_err: Option<RemoteError> = None;
         let truncated = |at: u64| RemoteError::BadPack {
             key: key.clone(),
             detail: format!(
@@ -619,7 +670,17 @@ impl Remote {
             ),
         };
         for f in &r.frames {
-            let end = f.frame_off + f.frame_len;
+            let end = f.frame_off.saturating_add(f.frame_len);
+            if f.frame_off < buf_start {
+                // Overlapping frames: only a damaged or forged bundle says so.
+                return Err((
+                    RemoteError::BadPack {
+                        key: key.clone(),
+                        detail: format!("frames overlap at byte {}", f.frame_off),
+                    },
+                    Vec::new(),
+                ));
+            }
             while buf_start + (buf.len() as u64) < end {
                 match body.next().await {
                     Some(Ok(chunk)) => {
@@ -635,24 +696,33 @@ impl Remote {
                     Some(Err(e)) => return Err((self.error(&key, "get", e), Vec::new())),
                     None => {
                         let e = truncated(buf_start + buf.len() as u64);
-                        return Err((first_err.unwrap_or(e), Vec::new()));
+                        return Err((e, Vec::new()));
                     }
                 }
             }
-            let z = &buf[(f.frame_off - buf_start) as usize..(end - buf_start) as usize];
-            let stored = tokio::task::block_in_place(|| self.store_frame(sink, &key, z, f));
-            if let Err(e) = stored {
-                first_err.get_or_insert(e);
+            let z = buf[(f.frame_off - buf_start) as usize..(end - buf_start) as usize].to_vec();
+            let job = FrameJob {
+                key: key.clone(),
+                z,
+                f: f.clone(),
+            };
+            // Waits while the workers are behind (other transfers go on meanwhile); they
+            // report what fails. Gone workers (a panic) end the run with an error.
+            if sink.send_async(job).await.is_err() {
+                return Err((
+                    RemoteError::BadPack {
+                        key: key.clone(),
+                        detail: "the frame decoders stopped".to_string(),
+                    },
+                    Vec::new(),
+                ));
             }
             // Keep only what later frames need.
             let keep_from = (end - buf_start) as usize;
             buf.drain(..keep_from);
             buf_start = end;
         }
-        match first_err {
-            Some(e) => Err((e, Vec::new())),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// Decodes one frame and stores the blobs wanted from it, each checked against its name.
@@ -663,7 +733,18 @@ impl Remote {
         })?;
         let mut first_err = None;
         for &(hash, size, off) in &f.blobs {
-            let data = &raw[off as usize..(off + size) as usize];
+            let Some(data) = blob_in_frame(&raw, off, size) else {
+                first_err.get_or_insert(RemoteError::BadPack {
+                    key: key.to_string(),
+                    detail: format!(
+                        "blob {}_{size} at {off} lies outside its frame at byte {} ({} bytes)",
+                        vrift_manifest::hex(&hash),
+                        f.frame_off,
+                        raw.len()
+                    ),
+                });
+                continue;
+            };
             let got = blake3::hash(data);
             if got.as_bytes() != &hash {
                 first_err.get_or_insert(RemoteError::Corrupt {
@@ -724,6 +805,18 @@ fn async_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blob_placed_outside_its_frame_is_refused_not_a_panic() {
+        let raw = b"0123456789";
+        assert_eq!(blob_in_frame(raw, 2, 3), Some(&b"234"[..]));
+        assert_eq!(blob_in_frame(raw, 0, 10), Some(&raw[..]));
+        assert_eq!(blob_in_frame(raw, 10, 0), Some(&b""[..]));
+        assert_eq!(blob_in_frame(raw, 8, 3), None);
+        assert_eq!(blob_in_frame(raw, 11, 0), None);
+        assert_eq!(blob_in_frame(raw, u64::MAX, 2), None);
+        assert_eq!(blob_in_frame(raw, 2, u64::MAX), None);
+    }
 
     fn fw(off: u64, len: u64) -> FrameWant {
         FrameWant {

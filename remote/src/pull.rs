@@ -247,7 +247,7 @@ impl Remote {
             };
             wanted.push((h, size, pack, loc));
         }
-        let (mut errors, gone) = self.rt.block_on(self.fetch_packed(sink, &wanted, jobs));
+        let (mut errors, gone) = self.fetch_packed(sink, &wanted, jobs);
         if !gone.is_empty() {
             let catalog = self.rt.block_on(self.catalog(store, jobs))?;
             let mut again = Vec::with_capacity(gone.len());
@@ -266,7 +266,7 @@ impl Remote {
                     }),
                 }
             }
-            let (more, still) = self.rt.block_on(self.fetch_packed(sink, &again, jobs));
+            let (more, still) = self.fetch_packed(sink, &again, jobs);
             errors.extend(more);
             for (h, size) in still {
                 errors.push(RemoteError::NotFound {
