@@ -78,6 +78,9 @@ pub enum Command {
     /// ~/.local/share/bash-completion/completions/vrift`; zsh: into a directory of `$fpath` as
     /// `_vrift`; fish: `~/.config/fish/completions/vrift.fish`).
     Completions(CompletionsArgs),
+    /// Print the man page of vrift or of one command in roff (`vrift man restore | man -l -`),
+    /// or write every page into a directory with --out.
+    Man(ManArgs),
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +150,15 @@ pub struct CompletionsArgs {
     /// The shell to complete in.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// The command whose page to print (default: vrift itself).
+    pub command: Option<String>,
+    /// Write vrift.1 and vrift-COMMAND.1 for every command into DIR instead.
+    #[arg(long, value_name = "DIR", conflicts_with = "command")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -75,6 +75,7 @@ fn main() -> ExitCode {
             clap_complete::generate(a.shell, &mut cmd, "vrift", &mut std::io::stdout());
             Ok(Outcome::Ok)
         }
+        Command::Man(a) => commands::man::run(a),
         Command::Gc(a) if a.farms => commands::gc_farms::run(&g, a),
         Command::Gc(a) => commands::gc::run(&g, a),
         Command::Forget(a) => commands::gc::forget(&g, a),

@@ -211,6 +211,144 @@ fn completions_cover_the_commands() {
     assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
 }
 
+/// `vrift man` prints roff generated from the parser (the page of one command names its
+/// flags); `--out` writes a page per command; an unknown command is an error.
+#[test]
+fn man_pages_are_generated_for_every_command() {
+    let o = std::process::Command::new(bin())
+        .args(["man", "restore"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let page = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH"),
+        "not roff: {page}"
+    );
+    assert!(
+        page.contains("vrift\\-restore") || page.contains("vrift-restore"),
+        "{page}"
+    );
+    assert!(
+        page.contains("key\\-from") || page.contains("key-from"),
+        "{page}"
+    );
+    let t = tempdir();
+    let o = std::process::Command::new(bin())
+        .args(["man", "--out"])
+        .arg(t.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    for name in ["vrift.1", "vrift-ingest.1", "vrift-run.1", "vrift-remote.1"] {
+        let p = t.path().join(name);
+        assert!(
+            fs::metadata(&p).map(|m| m.len() > 100).unwrap_or(false),
+            "{name} missing"
+        );
+    }
+    let o = std::process::Command::new(bin())
+        .args(["man", "frobnicate"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("frobnicate"));
+}
+
+/// The release archive (`scripts/release.sh`) unpacked on its own works: `bin/vrift`
+/// ingests a tree and serves it through `vrift run` with the shim from `lib/` (nothing of
+/// the build tree needed), and ships man pages, completions, licenses and a checksum.
+#[test]
+fn the_release_archive_runs_on_its_own() {
+    let t = tempdir();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let exe = bin();
+    let bin_dir = exe.parent().unwrap();
+    let out = t.path().join("dist");
+    let o = std::process::Command::new(repo.join("scripts/release.sh"))
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let archive = std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let name = archive.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        name.starts_with(&format!("vrift-{}-", env!("CARGO_PKG_VERSION"))),
+        "{name}"
+    );
+    let sums = fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+    assert!(sums.contains(&name), "{sums}");
+    let ok = std::process::Command::new("sha256sum")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(&out)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "the checksum does not match");
+    let prefix = t.path().join("prefix");
+    fs::create_dir_all(&prefix).unwrap();
+    let ok = std::process::Command::new("tar")
+        .args(["--strip-components=1", "-xzf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&prefix)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    for f in [
+        "bin/vrift",
+        "lib/libvrift_shim.so",
+        "share/man/man1/vrift.1",
+        "share/man/man1/vrift-restore.1",
+        "share/bash-completion/completions/vrift",
+        "share/zsh/site-functions/_vrift",
+        "share/fish/vendor_completions.d/vrift.fish",
+        "LICENSE-MIT",
+        "LICENSE-APACHE",
+        "README.md",
+    ] {
+        assert!(prefix.join(f).is_file(), "{f} missing from the archive");
+    }
+    // The unpacked binary on a tree, with a store of its own and no build tree around.
+    let vrift = prefix.join("bin/vrift");
+    let src = t.path().join("tree");
+    write_file(&src.join("hello.txt"), b"from the archive\n", 0o644);
+    let store = t.path().join("store");
+    let m = t.path().join("tree.vrm");
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(&vrift)
+            .env("VR_THE_SOURCE", &store)
+            .env_remove("VRIFT_SHIM")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "ingest".as_ref(),
+        src.as_os_str(),
+        "-o".as_ref(),
+        m.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    fs::remove_dir_all(&src).unwrap();
+    let hello = src.join("hello.txt");
+    let o = run(&[
+        "run".as_ref(),
+        "--manifest".as_ref(),
+        m.as_os_str(),
+        "--".as_ref(),
+        "cat".as_ref(),
+        hello.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "from the archive\n");
+}
+
 /// `--version` says which commit and day the binary was built from.
 #[test]
 fn version_names_the_commit_and_build_date() {

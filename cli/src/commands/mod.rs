@@ -5,6 +5,7 @@ pub mod gc;
 pub mod gc_farms;
 pub mod ingest;
 pub mod init;
+pub mod man;
 pub mod registry;
 pub mod remote;
 pub mod run;
