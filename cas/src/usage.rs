@@ -40,7 +40,11 @@ pub struct ProjectUsage {
     /// Bytes of the distinct blobs the project references (`vrift serve`: shared = this − unique).
     #[serde(skip)]
     pub blob_bytes: u64,
-    /// Blobs referenced by this project only.
+    /// Blobs this project brought to the store: referenced by no project registered before
+    /// it. With `shared_blobs` it makes `blobs`; over all projects these sum to the blobs
+    /// the store holds for them (the "Unique Blobs" column of `status`).
+    pub new_blobs: u64,
+    /// Blobs referenced by this project only (what deleting it would free).
     pub unique_blobs: u64,
     /// Blobs this project shares with a project registered before it.
     pub shared_blobs: u64,
@@ -126,6 +130,7 @@ impl Usage {
                             pu.blobs += 1;
                             pu.blob_bytes += e.size();
                             if r.first == i {
+                                pu.new_blobs += 1;
                                 pu.added_bytes += e.size();
                             } else {
                                 pu.shared_blobs += 1;

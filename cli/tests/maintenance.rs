@@ -174,12 +174,47 @@ fn status_matches_an_independent_count_and_gc_removes_exactly_the_unique_blobs()
         assert_eq!(p["unique_blobs"].as_u64().unwrap(), unique, "unique of {p}");
         assert_eq!(p["shared_blobs"].as_u64().unwrap(), shared, "shared of {p}");
         assert_eq!(p["added_bytes"].as_u64().unwrap(), added, "added of {p}");
+        let new = mine.iter().filter(|c| !earlier.contains(c)).count() as u64;
+        assert_eq!(p["new_blobs"].as_u64().unwrap(), new, "new of {p}");
+        // One frame that adds up: what it brought plus what it found make its blobs.
+        assert_eq!(
+            new + shared,
+            p["blobs"].as_u64().unwrap(),
+            "new + shared of {p}"
+        );
     }
+    let new_total: u64 = projects
+        .iter()
+        .map(|p| p["new_blobs"].as_u64().unwrap())
+        .sum();
+    assert_eq!(new_total, all.len() as u64, "the new blobs of all projects");
+    let added_total: u64 = projects
+        .iter()
+        .map(|p| p["added_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(added_total, st["referenced_bytes"].as_u64().unwrap());
     let apparent: u64 = t.sets.iter().flatten().map(|c| c.len() as u64).sum();
     assert_eq!(st["apparent_bytes"].as_u64().unwrap(), apparent);
 
-    // The human table has the DESIGN.md shape.
+    // The human table has the DESIGN.md shape; the store's path and its size on disk (file
+    // system blocks) are the only parts that vary from machine to machine.
     let human = String::from_utf8(run_ok(vrift(&t.store).arg("status")).stdout).unwrap();
+    let stable: Vec<String> = human
+        .lines()
+        .map(|l| {
+            if l.starts_with("  CAS Location:") {
+                "  CAS Location: [store]".to_string()
+            } else if let Some((_, content)) = l
+                .strip_prefix("  Total Size:   ")
+                .and_then(|r| r.split_once(" on disk "))
+            {
+                format!("  Total Size:   [disk] on disk {content}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    insta::assert_snapshot!("status_three_projects", stable.join("\n"));
     assert!(human.starts_with("VRift CAS Status:"), "{human}");
     assert!(
         human.contains("│ Project") && human.contains("│ Unique Blobs │") && human.contains("+"),

@@ -62,7 +62,17 @@ pub fn run(g: &Globals, _a: &StatusArgs) -> Result<Outcome> {
     println!("VRift CAS Status:");
     println!();
     println!("  CAS Location: {}", super::tilde(&root));
-    println!("  Total Size:   {}", bytes(disk));
+    // Two sizes: blocks on disk, and the files' content (smaller: each file rounds up to
+    // whole blocks).
+    if blobs.blobs.is_empty() {
+        println!("  Total Size:   {}", bytes(disk));
+    } else {
+        println!(
+            "  Total Size:   {} on disk ({} of content)",
+            bytes(disk),
+            bytes(blobs.content_bytes())
+        );
+    }
     println!("  Total Blobs:  {}", thousands(blobs.blobs.len() as u64));
     if apparent > 0 {
         println!(
@@ -82,6 +92,15 @@ pub fn run(g: &Globals, _a: &StatusArgs) -> Result<Outcome> {
         t.load_preset(TABLE_STYLE)
             .set_content_arrangement(ContentArrangement::Disabled)
             .set_header(vec!["Project", "Files", "Unique Blobs", "Shared", "Size"]);
+        // Same-named projects (two checkouts called `app`) are told apart by their id.
+        let label = |p: &vrift_cas::usage::ProjectUsage| {
+            let twins = usage.projects.iter().filter(|q| q.name == p.name).count();
+            if twins > 1 {
+                format!("{} ({})", p.name, p.id.get(..8).unwrap_or(&p.id))
+            } else {
+                p.name.clone()
+            }
+        };
         for (i, p) in usage.projects.iter().enumerate() {
             let size = if p.unreadable.is_some() {
                 "unreadable".to_string()
@@ -91,9 +110,9 @@ pub fn run(g: &Globals, _a: &StatusArgs) -> Result<Outcome> {
                 format!("+{}", bytes(p.added_bytes))
             };
             t.add_row(vec![
-                Cell::new(&p.name),
+                Cell::new(label(p)),
                 Cell::new(thousands(p.files)).set_alignment(CellAlignment::Left),
-                Cell::new(thousands(p.unique_blobs)),
+                Cell::new(thousands(p.new_blobs)),
                 Cell::new(thousands(p.shared_blobs)),
                 Cell::new(size),
             ]);
@@ -101,6 +120,18 @@ pub fn run(g: &Globals, _a: &StatusArgs) -> Result<Outcome> {
         for line in t.to_string().lines() {
             println!("  {line}");
         }
+        let (new, added) = usage
+            .projects
+            .iter()
+            .fold((0, 0), |(n, a), p| (n + p.new_blobs, a + p.added_bytes));
+        println!(
+            "  Unique Blobs and Size: what each project added to the store, in registration order;"
+        );
+        println!(
+            "  they sum to {} blobs, {}. Shared: blobs an earlier project had stored.",
+            thousands(new),
+            bytes(added)
+        );
     }
     println!();
     println!(
