@@ -42,6 +42,8 @@ struct TreeSink<'a> {
     dirs: Mutex<HashMap<Vec<u8>, Arc<OwnedFd>>>,
     max_dirs: usize,
     files: Files,
+    /// The process's umask: a file whose mode it would cut gets an `fchmod`.
+    umask: u32,
 }
 
 impl TreeSink<'_> {
@@ -82,6 +84,10 @@ impl BlobSink for TreeSink<'_> {
                 let (parent, name) = vrift_pipeline::dirs::split(path);
                 let name = vrift_pipeline::dirs::c_name(name)?;
                 let parent = self.dir(&mut chain, parent)?;
+                // Created with its final mode, so no `fchmod` per file where the umask
+                // leaves that mode alone (0644, 0755, 0444 under the usual 022); the
+                // descriptor is writable whatever the mode says.
+                let mode = mode & 0o777;
                 let fd = rustix::fs::openat(
                     parent.as_fd(),
                     name.as_c_str(),
@@ -90,13 +96,15 @@ impl BlobSink for TreeSink<'_> {
                         | OFlags::EXCL
                         | OFlags::NOFOLLOW
                         | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
+                    Mode::from_raw_mode(mode),
                 )?;
                 let mut off = 0;
                 while off < data.len() {
                     off += rustix::io::write(&fd, &data[off..])?;
                 }
-                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777 & !SETID_BITS))?;
+                if mode & self.umask != 0 {
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+                }
                 materialize::set_mtime(fd.as_fd(), *mtime)
             };
             if let Err(e) = write() {
@@ -186,7 +194,11 @@ impl Remote {
             }
             v.push((e.path().to_vec(), e.mode(), e.mtime_ns()));
         }
+        // Read once (setting it is the only way), before any file is made.
+        let umask = rustix::process::umask(Mode::from_raw_mode(0o022));
+        rustix::process::umask(umask);
         let sink = TreeSink {
+            umask: umask.as_raw_mode() & 0o777,
             dest,
             root: DirChain::new(root),
             pool: Mutex::new(Vec::new()),
