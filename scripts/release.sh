@@ -62,8 +62,10 @@ install -m 0644 LICENSE-MIT LICENSE-APACHE README.md "$root/"
 mkdir -p "$out"
 # Same bytes for the same inputs: sorted names, fixed owner and times.
 mtime="@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
+# Modes fixed too (readable by all, writable by the owner), whatever the umask.
 tar -C "$stage" --sort=name --owner=0 --group=0 --numeric-owner --mtime="$mtime" \
-    -czf "$out/$name.tar.gz.tmp" "$name"
+    --mode='u+rwX,go+rX,go-w' -czf "$out/$name.tar.gz.tmp" "$name"
 mv "$out/$name.tar.gz.tmp" "$out/$name.tar.gz"
-(cd "$out" && sha256sum "$name.tar.gz" > SHA256SUMS)
+# One checksum file for every archive in DIR (several targets may share it).
+(cd "$out" && sha256sum vrift-*.tar.gz > SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)
 echo "$out/$name.tar.gz"

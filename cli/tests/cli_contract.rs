@@ -240,7 +240,13 @@ fn man_pages_are_generated_for_every_command() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
-    for name in ["vrift.1", "vrift-ingest.1", "vrift-run.1", "vrift-remote.1"] {
+    for name in [
+        "vrift.1",
+        "vrift-ingest.1",
+        "vrift-run.1",
+        "vrift-remote.1",
+        "vrift-remote-gc.1",
+    ] {
         let p = t.path().join(name);
         assert!(
             fs::metadata(&p).map(|m| m.len() > 100).unwrap_or(false),

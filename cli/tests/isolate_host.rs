@@ -185,6 +185,38 @@ fn isolate_runs_on_a_deleted_tree() {
     assert!(!env.home.join("gone").exists(), "the host was changed");
 }
 
+/// A manifest root deep enough that its link farm's path is over 255 bytes (a monorepo's
+/// nested package): overlayfs takes each layer by descriptor, not by a path string, which
+/// `fsconfig` caps at 255 bytes. Both a root that exists and one deleted from the host.
+#[test]
+fn isolate_serves_a_root_whose_path_is_longer_than_255_bytes() {
+    let Some(env) = Env::new() else { return };
+    let deep: String = (0..6)
+        .map(|i| format!("packages-{i}-with-a-rather-long-directory-name-of-forty"))
+        .collect::<Vec<_>>()
+        .join("/");
+    assert!(deep.len() > 255);
+    for gone in [false, true] {
+        let top = format!("deep-{gone}");
+        let f = env.write(&format!("{top}/{deep}/app/index.txt"), b"deep\n", 0o644);
+        let app = f.parent().unwrap().to_path_buf();
+        let m = env.home.join(format!("{top}.vrm"));
+        env.ingest(&app, &m);
+        if gone {
+            fs::remove_dir_all(env.home.join(&top)).unwrap();
+        }
+        let o = env.isolate([
+            os("--manifest"),
+            m.into_os_string(),
+            os("--"),
+            os("cat"),
+            f.into_os_string(),
+        ]);
+        assert!(o.status.success(), "gone={gone}: {}", describe(&o));
+        assert_eq!(stdout(&o), "deep\n");
+    }
+}
+
 /// `--bind DIR`: a cache a tool keeps across runs (jest's in `/tmp`, `~/.cargo`). What the
 /// first run writes there is on the host afterwards and the second run reads it; the rest of
 /// the host stays read-only, and a bound directory is writable at its own path even under

@@ -265,7 +265,7 @@ pub fn decode_frame(z: &[u8], frame_raw: u64) -> Result<Vec<u8>, BadPack> {
         .map_err(|e| BadPack(format!("cannot decode a frame: {e}")))?
         .single_frame();
     (&mut d)
-        .take(frame_raw + 1)
+        .take(frame_raw.saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| BadPack(format!("cannot decode a frame: {e}")))?;
     if out.len() as u64 != frame_raw {

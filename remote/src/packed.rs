@@ -156,7 +156,18 @@ pub(crate) struct FrameJob {
     key: String,
     z: Vec<u8>,
     f: FrameWant,
+    /// Its share of the queue's byte budget, given back once the frame is decoded.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
+
+/// The way to the decoding threads: the queue and its byte budget.
+pub(crate) struct Decoders {
+    tx: flume::Sender<FrameJob>,
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// MiB of compressed frames that may wait for the decoders at once.
+const QUEUE_MIB: usize = 256;
 
 /// One ranged GET to make. A lead carries every frame wanted from its pack and tells the
 /// pack's other ranges (holding `wait`) whether its answer covered them.
@@ -489,6 +500,10 @@ impl Remote {
         wanted: &[Wanted],
         jobs: usize,
     ) -> (Vec<RemoteError>, Vec<(Hash, u64)>) {
+        let decoders = Decoders {
+            tx,
+            budget: std::sync::Arc::new(tokio::sync::Semaphore::new(QUEUE_MIB)),
+        };
         let whole = self.no_ranges.load(Ordering::Relaxed);
         // Until a server has answered one ranged GET with a part (206), it may be one that
         // answers every range with the whole pack (`rclone serve s3`): then the first range
@@ -543,7 +558,7 @@ impl Remote {
             leads
                 .into_iter()
                 .chain(rest)
-                .map(|job| self.fetch_job(&tx, job)),
+                .map(|job| self.fetch_job(&decoders, job)),
         )
         .buffer_unordered(jobs.max(1))
         .collect()
@@ -562,11 +577,7 @@ impl Remote {
 
     /// One job: a lead tells the ranges waiting on it whether its answer brought the whole
     /// pack (then they are done); a waiting range goes once its lead has answered.
-    async fn fetch_job(
-        &self,
-        sink: &flume::Sender<FrameJob>,
-        job: Job,
-    ) -> Result<(), RangeFailure> {
+    async fn fetch_job(&self, sink: &Decoders, job: Job) -> Result<(), RangeFailure> {
         if let Some(mut rx) = job.wait {
             // A dropped sender (the lead failed before an answer) counts as "not covered".
             let covered = rx
@@ -599,7 +610,7 @@ impl Remote {
     /// error, and (when the pack is missing) the blobs it was to bring.
     async fn fetch_range(
         &self,
-        sink: &flume::Sender<FrameJob>,
+        sink: &Decoders,
         &(pack, pack_len): &(Hash, u64),
         r: &Range,
         all: Option<&Range>,
@@ -626,12 +637,16 @@ impl Remote {
             ..Default::default()
         };
         let (got, from, r) = match self.store.get_opts(&obj_path(&key), opts).await {
+            Ok(g) if whole => {
+                // A whole pack (another pack's lead found ranges refused meanwhile, or the
+                // range was the pack): every frame wanted from it comes from this GET.
+                tell(all.is_some());
+                (g, 0, all.unwrap_or(r))
+            }
             Ok(g) => {
-                if !whole {
-                    self.ranges_ok.store(true, Ordering::Relaxed);
-                }
+                self.ranges_ok.store(true, Ordering::Relaxed);
                 tell(false);
-                (g, if whole { 0 } else { r.start }, r)
+                (g, r.start, r)
             }
             // `rclone serve s3` answers every range with 200 and the range's bytes, which
             // object_store refuses: from now on whole packs, the bytes before ours skipped,
@@ -700,15 +715,33 @@ impl Remote {
                     }
                 }
             }
-            let z = buf[(f.frame_off - buf_start) as usize..(end - buf_start) as usize].to_vec();
+            // The frame leaves `buf` without a copy: what came before it goes, what comes
+            // after it stays.
+            buf.drain(..(f.frame_off - buf_start) as usize);
+            let rest = buf.split_off((end - f.frame_off) as usize);
+            let z = std::mem::replace(&mut buf, rest);
+            buf_start = end;
+            // Compressed bytes waiting for the decoders are bounded (a frame of a large blob
+            // can be hundreds of MiB): this transfer waits for room, the others go on.
+            let mib = ((z.len() as u64).div_ceil(1 << 20)).clamp(1, QUEUE_MIB as u64) as u32;
+            let Ok(permit) = sink.budget.clone().acquire_many_owned(mib).await else {
+                return Err((
+                    RemoteError::BadPack {
+                        key: key.clone(),
+                        detail: "the frame decoders stopped".to_string(),
+                    },
+                    Vec::new(),
+                ));
+            };
             let job = FrameJob {
                 key: key.clone(),
                 z,
                 f: f.clone(),
+                _permit: permit,
             };
             // Waits while the workers are behind (other transfers go on meanwhile); they
             // report what fails. Gone workers (a panic) end the run with an error.
-            if sink.send_async(job).await.is_err() {
+            if sink.tx.send_async(job).await.is_err() {
                 return Err((
                     RemoteError::BadPack {
                         key: key.clone(),
@@ -717,10 +750,6 @@ impl Remote {
                     Vec::new(),
                 ));
             }
-            // Keep only what later frames need.
-            let keep_from = (end - buf_start) as usize;
-            buf.drain(..keep_from);
-            buf_start = end;
         }
         Ok(())
     }

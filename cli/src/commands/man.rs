@@ -15,10 +15,22 @@ pub fn run(a: &ManArgs) -> Result<Outcome> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         write_page(&root, &dir.join("vrift.1"))?;
         let mut n = 1;
-        for sub in root.get_subcommands().filter(|c| c.get_name() != "help") {
-            let name = format!("vrift-{}", sub.get_name());
-            let page = sub.clone().name(name.clone());
-            write_page(&page, &dir.join(format!("{name}.1")))?;
+        // Every command and nested command (`vrift-remote-gc.1`), as git names its pages.
+        let mut todo: Vec<(String, clap::Command)> = root
+            .get_subcommands()
+            .map(|c| (format!("vrift-{}", c.get_name()), c.clone()))
+            .collect();
+        while let Some((name, cmd)) = todo.pop() {
+            if cmd.get_name() == "help" {
+                continue;
+            }
+            for sub in cmd.get_subcommands() {
+                todo.push((format!("{name}-{}", sub.get_name()), sub.clone()));
+            }
+            write_page(
+                &cmd.clone().name(name.clone()),
+                &dir.join(format!("{name}.1")),
+            )?;
             n += 1;
         }
         eprintln!("wrote {n} man pages into {}", dir.display());

@@ -378,18 +378,6 @@ fn c(p: &Path) -> Result<CString, Fail> {
     cstr(p).map_err(|e| Fail::new(p.display().to_string(), e))
 }
 
-/// Overlay option value: `\`, `,` and `:` escaped.
-fn esc(p: &Path) -> String {
-    let mut s = String::new();
-    for ch in p.to_string_lossy().chars() {
-        if matches!(ch, '\\' | ',' | ':') {
-            s.push('\\');
-        }
-        s.push(ch);
-    }
-    s
-}
-
 /// Makes `target` (under the read-only new root `root`) a directory to mount on. Where it
 /// is gone from the host (the usual case: a tree ingested, then deleted), it is made in a
 /// throwaway layer over its nearest existing ancestor ([`make_mount_point`], the `n`-th).
@@ -452,13 +440,11 @@ fn make_mount_point_with(
             std::fs::Permissions::from_mode(md.permissions().mode() & 0o7777),
         );
     }
-    let o = Overlay {
-        at: anc.to_path_buf(),
-        lowers: vec![anc.to_path_buf()],
-        upper: upper.to_path_buf(),
-        work: work.to_path_buf(),
-    };
-    mount_overlay(&o, root, anc)?;
+    // The ancestor is both the lower layer and the mount point: one descriptor, opened
+    // without following a symlink, serves as both.
+    let anc_fd = dir_below(root, anc, None)?;
+    let what = || format!("cannot mount a throwaway layer over {}", anc.display());
+    overlay_onto(&[&anc_fd], &open_layer(upper)?, &open_layer(work)?, &anc_fd).step(what)?;
     dir_below(root, target, Some(0o755)).map(drop)
 }
 
@@ -569,38 +555,76 @@ fn attach(mnt: &OwnedFd, onto: &OwnedFd) -> io::Result<()> {
 }
 
 /// Mounts the overlay `o` on `target` (below `root`; made if missing), held open from the
-/// lookup to the mount (see [`dir_below`]). `volatile`: the upper layer is thrown away, so overlayfs
-/// need not sync it — without it, unmounting (the namespace's teardown) syncs the whole
-/// upper file system, which costs tens to hundreds of milliseconds on a busy disk.
+/// lookup to the mount (see [`dir_below`]). The layers are opened first and named to
+/// overlayfs by descriptor (`/proc/self/fd/N`): `fsconfig` takes at most 255 bytes per value,
+/// which a farm's path under a deep manifest root exceeds, and a name resolved once cannot
+/// be redirected in between.
 pub(super) fn mount_overlay(o: &Overlay, root: &Path, target: &Path) -> Result<(), Fail> {
-    use rustix::mount::{
-        fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, FsMountFlags,
-        FsOpenFlags, MountAttrFlags,
-    };
     let onto = dir_below(root, target, Some(0o755))?;
-    let lowers: Vec<String> = o.lowers.iter().map(|l| esc(l)).collect();
-    let mnt = (|| -> io::Result<OwnedFd> {
-        let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
-        fsconfig_set_string(&fs, "source", "vrift")?;
-        fsconfig_set_string(&fs, "lowerdir", lowers.join(":").as_str())?;
-        fsconfig_set_string(&fs, "upperdir", esc(&o.upper).as_str())?;
-        fsconfig_set_string(&fs, "workdir", esc(&o.work).as_str())?;
-        fsconfig_set_flag(&fs, "userxattr")?;
-        fsconfig_set_flag(&fs, "volatile")?;
-        fsconfig_create(&fs)?;
-        Ok(fsmount(
-            &fs,
-            FsMountFlags::FSMOUNT_CLOEXEC,
-            MountAttrFlags::MOUNT_ATTR_NOSUID,
-        )?)
-    })();
-    mnt.and_then(|m| attach(&m, &onto)).step(|| {
+    let lowers = o
+        .lowers
+        .iter()
+        .map(|l| open_layer(l))
+        .collect::<Result<Vec<_>, _>>()?;
+    let lowers: Vec<&OwnedFd> = lowers.iter().collect();
+    overlay_onto(
+        &lowers,
+        &open_layer(&o.upper)?,
+        &open_layer(&o.work)?,
+        &onto,
+    )
+    .step(|| {
         format!(
             "cannot mount the overlay of {} at {}",
             o.lowers[0].display(),
             o.at.display()
         )
     })
+}
+
+/// A layer of an overlay (vrift's own directories: the farm, the run's upper and work),
+/// opened `O_PATH`.
+fn open_layer(p: &Path) -> Result<OwnedFd, Fail> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        p,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Fail::new(format!("cannot open {}", p.display()), e.into()))
+}
+
+/// An overlay of `lowers` (topmost first), `upper` and `work`, all named by descriptor,
+/// attached onto `onto`. `volatile`: the upper layer is thrown away, so overlayfs need not
+/// sync it — without it, unmounting (the namespace's teardown) syncs the whole upper file
+/// system, which costs tens to hundreds of milliseconds on a busy disk.
+fn overlay_onto(
+    lowers: &[&OwnedFd],
+    upper: &OwnedFd,
+    work: &OwnedFd,
+    onto: &OwnedFd,
+) -> io::Result<()> {
+    use rustix::mount::{
+        fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, FsMountFlags,
+        FsOpenFlags, MountAttrFlags,
+    };
+    use std::os::fd::AsRawFd;
+    let name = |fd: &OwnedFd| format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let lowerdir: Vec<String> = lowers.iter().map(|l| name(l)).collect();
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_set_string(&fs, "source", "vrift")?;
+    fsconfig_set_string(&fs, "lowerdir", lowerdir.join(":").as_str())?;
+    fsconfig_set_string(&fs, "upperdir", name(upper).as_str())?;
+    fsconfig_set_string(&fs, "workdir", name(work).as_str())?;
+    fsconfig_set_flag(&fs, "userxattr")?;
+    fsconfig_set_flag(&fs, "volatile")?;
+    fsconfig_create(&fs)?;
+    let mnt = fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID,
+    )?;
+    attach(&mnt, onto)
 }
 
 /// Binds the directory `src` onto `target` (below `root`; made if missing), with the mounts
