@@ -29,6 +29,15 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub no_progress: bool,
 
+    /// Print only errors and the data asked for: no progress, notes, waits or summaries on
+    /// stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// More on stderr: `-v` adds timings (ingest's stages, `--isolate`'s set-up).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
     /// The remote tier for push, pull and ingest --push: s3://BUCKET[/PREFIX] (else
     /// `url` in <store>/remote.toml). Endpoint, region and credentials: AWS_* variables and
     /// profiles.

@@ -32,6 +32,26 @@ pub struct Globals {
     pub remote: Option<String>,
     pub json: bool,
     pub progress: bool,
+    /// `-v` count: timings and other detail on stderr.
+    pub verbose: u8,
+}
+
+/// `-q`: notes, waits and summaries stay off stderr (errors do not). A process-wide switch,
+/// as these lines come from callbacks deep inside commands.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A line for people on stderr (a note, a wait, a summary), unless `-q`.
+#[macro_export]
+macro_rules! note {
+    ($($t:tt)*) => {
+        if !$crate::quiet() {
+            eprintln!($($t)*);
+        }
+    };
 }
 
 /// `~/.vrift/the_source`; none without a `HOME` (a store at `/.vrift` would surprise).
@@ -57,11 +77,13 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     let g = Globals {
         store,
         remote: cli.remote.clone(),
         json: cli.json,
-        progress: !cli.no_progress && !cli.json,
+        progress: !cli.no_progress && !cli.json && !cli.quiet,
+        verbose: cli.verbose,
     };
     let result = match &cli.command {
         Command::Ingest(a) => commands::ingest::run(&g, a),

@@ -355,6 +355,168 @@ fn the_release_archive_runs_on_its_own() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "from the archive\n");
 }
 
+/// `-q` leaves stderr to errors (no note, wait or summary) and stdout to the data asked for;
+/// `-v` adds ingest's stage timings; both together are a usage error.
+#[test]
+fn quiet_and_verbose() {
+    let t = tempdir();
+    let src = t.path().join("p");
+    small_tree(&src);
+    let store = t.path().join("store");
+    let m = t.path().join("m.vrm");
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(bin())
+            .arg("--the-source-root")
+            .arg(&store)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "-q".as_ref(),
+        "ingest".as_ref(),
+        src.as_os_str(),
+        "-o".as_ref(),
+        m.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "",
+        "ingest -q wrote on stderr"
+    );
+    // Without -q the same ingest says something on stderr (the solid-mode note), so the
+    // check above is not vacuous.
+    let src2 = t.path().join("p2");
+    small_tree(&src2);
+    let m2 = t.path().join("m2.vrm");
+    let o = run(&[
+        "ingest".as_ref(),
+        src2.as_os_str(),
+        "-o".as_ref(),
+        m2.as_os_str(),
+    ]);
+    assert!(!o.stderr.is_empty(), "{}", describe(&o));
+    let out = t.path().join("out");
+    let o = run(&[
+        "checkout".as_ref(),
+        "--quiet".as_ref(),
+        m.as_os_str(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "",
+        "checkout -q wrote on stderr"
+    );
+    let o = run(&["-q".as_ref(), "--json".as_ref(), "status".as_ref()]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(
+        json_of(&o)["blobs"].as_u64().unwrap() > 0,
+        "-q keeps the data"
+    );
+    // Errors still show.
+    let o = run(&[
+        "-q".as_ref(),
+        "checkout".as_ref(),
+        "/nonexistent.vrm".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("/nonexistent.vrm"),
+        "{}",
+        describe(&o)
+    );
+    let src3 = t.path().join("p3");
+    small_tree(&src3);
+    let m3 = t.path().join("m3.vrm");
+    let o = run(&[
+        "-v".as_ref(),
+        "ingest".as_ref(),
+        src3.as_os_str(),
+        "-o".as_ref(),
+        m3.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("walk") && err.contains("hash"),
+        "-v shows stage timings: {err}"
+    );
+    let o = run(&["-q".as_ref(), "-v".as_ref(), "status".as_ref()]);
+    assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
+}
+
+/// Every environment variable named in the sources (the crates, the scripts, CI) is in the
+/// README's one list.
+#[test]
+fn every_environment_variable_is_documented() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let readme = fs::read_to_string(repo.join("README.md")).unwrap();
+    let table = readme
+        .split("## Environment variables")
+        .nth(1)
+        .and_then(|r| r.split("\n## ").next())
+        .expect("README has an Environment variables section");
+    let mut found = std::collections::BTreeSet::new();
+    let mut todo = vec![repo.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if name == "target" || name.starts_with('.') && name != ".ci" {
+                continue;
+            }
+            if p.is_dir() {
+                todo.push(p);
+            } else if ["rs", "sh", "py", "yml"]
+                .iter()
+                .any(|x| name.ends_with(&format!(".{x}")))
+                || name == "run"
+            {
+                let text = fs::read_to_string(&p).unwrap_or_default();
+                let b = text.as_bytes();
+                for (i, _) in text.match_indices("VR") {
+                    let boundary =
+                        i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+                    let rest = &text[i..];
+                    let prefix = if rest.starts_with("VRIFT_") {
+                        6
+                    } else if rest.starts_with("VR_") {
+                        3
+                    } else {
+                        continue;
+                    };
+                    let len = rest[prefix..]
+                        .bytes()
+                        .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
+                        .count();
+                    if boundary && len > 0 {
+                        let v = rest[..prefix + len].trim_end_matches('_');
+                        found.insert(v.to_string());
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        found.contains("VR_THE_SOURCE") && found.len() > 20,
+        "{found:?}"
+    );
+    let missing: Vec<&String> = found
+        .iter()
+        .filter(|v| !table.contains(&format!("`{v}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in README's list of environment variables: {missing:?}"
+    );
+}
+
 /// `--version` says which commit and day the binary was built from.
 #[test]
 fn version_names_the_commit_and_build_date() {

@@ -91,6 +91,8 @@ pub struct Options {
     /// The view is read-only (writes fail with EROFS); in host mode the link farm is then
     /// bound as it is, without an overlay, so lookups cost what they do natively.
     pub read_only: bool,
+    /// Print the set-up's timings on stderr (`-v`; also `VRIFT_ISOLATE_STATS`).
+    pub stats: bool,
 }
 
 /// The canonical path of each `--bind` directory (a symlinked path would be mounted where it
@@ -261,7 +263,7 @@ pub fn run_isolated(
         cmd: cmd.to_vec(),
         network_host: opts.network_host,
     };
-    if std::env::var_os("VRIFT_ISOLATE_STATS").is_some() {
+    if opts.stats || std::env::var_os("VRIFT_ISOLATE_STATS").is_some() {
         let built = farm
             .built
             .as_ref()

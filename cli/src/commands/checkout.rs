@@ -26,7 +26,7 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
         vrift_cas::lock::LockKind::Shared,
         true,
         |_| {
-            eprintln!("waiting for the store lock (a gc or clean is running)");
+            crate::note!("waiting for the store lock (a gc or clean is running)");
         },
     )?;
     let counters = Arc::new(Counters::default());
@@ -79,13 +79,13 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
             report.seconds
         );
         if report.setid_dropped > 0 {
-            eprintln!(
+            crate::note!(
                 "note: dropped setuid/setgid bits of {} entries (--keep-setid keeps them)",
                 thousands(report.setid_dropped)
             );
         }
         if report.linked > 0 {
-            eprintln!(
+            crate::note!(
                 "note: linked files share their inode with the store: edit them by replacing \
                  the file, or check out with --link-mode copy to patch in place"
             );

@@ -41,7 +41,7 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
     };
     let mut r = gc::collect_without(&cas, a.delete, min_age, &ignore)?;
     if r.pending_roots > 0 && !g.json {
-        eprintln!(
+        crate::note!(
             "note: {} pending roots of running or interrupted ingests keep their blobs (see `vrift doctor`)",
             r.pending_roots
         );

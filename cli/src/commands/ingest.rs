@@ -68,7 +68,7 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
         match wait {
         vrift_pipeline::Wait::Store(holders) => {
             let who: Vec<String> = holders.iter().map(|h| format!("pid {}", h.pid)).collect();
-            eprintln!(
+            crate::note!(
                 "waiting for the store lock held by {}",
                 if who.is_empty() {
                     "another process".to_string()
@@ -77,7 +77,7 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
                 }
             );
         }
-        vrift_pipeline::Wait::Tree(root) => eprintln!(
+        vrift_pipeline::Wait::Tree(root) => crate::note!(
             "waiting for another ingest of {} to finish (a phantom ingest needs the tree to itself)",
             root.display()
         ),
@@ -129,13 +129,13 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
         super::print_issues(&counters.take_issues(), 20);
     }
     let report = result.with_context(|| format!("ingest of {} failed", opts.source.display()))?;
-    if std::env::var_os("VRIFT_INGEST_STATS").is_some() {
+    if g.verbose > 0 || std::env::var_os("VRIFT_INGEST_STATS").is_some() {
         eprintln!("{}", stats_line(&report));
     }
 
     super::print_issues(&report.details.issues, 20);
     if opts.mode == Mode::Solid && !looks_disposable(&report.details.source, a.dir.as_deref()) {
-        eprintln!(
+        crate::note!(
             "note: solid mode made the files of {} read-only hard links into the store (an edit \
              replaces the file; `vrift clean --fix-perms` gives write bits back); `--mode copy` \
              leaves a tree exactly as it was",

@@ -164,7 +164,7 @@ pub fn run(g: &Globals, a: &InitArgs) -> Result<Outcome> {
     opts.mode = vrift_pipeline::Mode::Copy;
     let counters = Arc::new(Counters::default());
     let report = ingest(&opts, &g.store, &counters, |_| {
-        eprintln!("waiting for the store lock held by another process");
+        crate::note!("waiting for the store lock held by another process");
     })
     .with_context(|| format!("ingest of {} failed", dir.display()))?;
     super::print_issues(&report.details.issues, 20);

@@ -33,7 +33,7 @@ pub fn run(a: &ManArgs) -> Result<Outcome> {
             )?;
             n += 1;
         }
-        eprintln!("wrote {n} man pages into {}", dir.display());
+        crate::note!("wrote {n} man pages into {}", dir.display());
         return Ok(Outcome::Ok);
     }
     let page = match &a.command {

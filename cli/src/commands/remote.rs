@@ -40,7 +40,7 @@ pub fn connect(g: &Globals, stats: Arc<RemoteStats>) -> Result<Remote, RemoteErr
 fn shared_lock(store: &Path) -> Result<StoreLock> {
     // Shared, like ingest: a `gc --delete` must not remove blobs being read or just landed.
     Ok(StoreLock::acquire(store, LockKind::Shared, true, |_| {
-        eprintln!("waiting for the store lock (a gc or clean is running)");
+        crate::note!("waiting for the store lock (a gc or clean is running)");
     })?)
 }
 
@@ -384,7 +384,7 @@ pub fn restore(g: &Globals, a: &crate::args::RestoreArgs) -> Result<Outcome> {
             ),
             Hit::Miss => "miss".to_string(),
         };
-        eprintln!(
+        crate::note!(
             "vrift restore {}: {what}; {} files in {}{}{} ({} received, {} requests, {:.2} s)",
             report.key,
             thousands(report.files),

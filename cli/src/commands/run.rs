@@ -117,7 +117,7 @@ fn refresh_project(g: &Globals, manifest: &Path) -> Result<()> {
     opts.keep_offloaded = true;
     let counters = Arc::new(Counters::default());
     let report = ingest(&opts, &g.store, &counters, |_| {
-        eprintln!("vrift run: waiting for the store (or another ingest of this tree)");
+        crate::note!("vrift run: waiting for the store (or another ingest of this tree)");
     })
     .with_context(|| format!("refreshing {} failed", manifest.display()))?;
     if report.errors > 0 {
@@ -141,7 +141,7 @@ fn transient_ingest(g: &Globals, cleanup: &mut Vec<TempDir>) -> Result<PathBuf> 
     opts.excludes = read_filter(&cwd)?;
     let counters = Arc::new(Counters::default());
     let report = ingest(&opts, &g.store, &counters, |_| {
-        eprintln!("vrift run: waiting for the store (or another ingest of this tree)");
+        crate::note!("vrift run: waiting for the store (or another ingest of this tree)");
     })
     .with_context(|| format!("transient ingest of {} failed", cwd.display()))?;
     if report.errors > 0 {
@@ -185,6 +185,7 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
             network_host: a.network == NetworkArg::Host,
             binds,
             read_only: a.read_only,
+            stats: g.verbose > 0,
         };
         let code = vrift_run::isolate::run_isolated(&g.store, bases, tops, &a.cmd, &opts);
         drop(cleanup);
@@ -212,7 +213,7 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
         }
         Err(e) => return Err(e.into()),
     };
-    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) && !crate::quiet() {
         match &through {
             Some(d) => eprintln!(
                 "vrift run: writes went to the project directory {}",
