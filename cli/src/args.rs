@@ -449,7 +449,8 @@ pub struct CheckoutArgs {
     pub keep_setid: bool,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LinkModeArg {
     Auto,
     Hardlink,

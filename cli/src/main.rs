@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod config;
 mod format;
 mod metrics_export;
 mod progress;
@@ -9,8 +10,6 @@ mod store_stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-use clap::Parser;
 
 use args::{Cli, Command};
 
@@ -69,7 +68,18 @@ fn main() -> ExitCode {
     {
         commands::run::exec_static(&args[2..]);
     }
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match config::load(config::path().as_deref()) {
+        Ok(cfg) => config::apply(&mut cli, &matches, &cfg),
+        Err(e) => {
+            eprintln!("error: config file {e}");
+            return ExitCode::from(2);
+        }
+    }
     let Some(store) = cli.the_source_root.clone().or_else(default_store) else {
         eprintln!(
             "error: HOME is not set, so there is no default store (~/.vrift/the_source): give \

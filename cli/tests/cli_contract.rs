@@ -449,6 +449,88 @@ fn quiet_and_verbose() {
     assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
 }
 
+/// The user's config file gives defaults (store, link mode, jobs); a flag or its variable
+/// wins; a typo'd key is a usage error naming the file.
+#[test]
+fn the_config_file_gives_defaults_that_flags_and_variables_override() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempdir();
+    let src = t.path().join("p");
+    small_tree(&src);
+    let cfg_dir = t.path().join("xdg/vrift");
+    fs::create_dir_all(&cfg_dir).unwrap();
+    fs::write(
+        cfg_dir.join("config.toml"),
+        "store = \"store-from-config\"\nlink_mode = \"copy\"\njobs = 2\n",
+    )
+    .unwrap();
+    let vrift = |extra_env: &[(&str, &std::path::Path)]| {
+        let mut c = std::process::Command::new(bin());
+        c.env_remove("VR_THE_SOURCE")
+            .env_remove("VRIFT_CONFIG")
+            .env("XDG_CONFIG_HOME", t.path().join("xdg"));
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        c
+    };
+    let m = t.path().join("m.vrm");
+    let o = vrift(&[])
+        .arg("ingest")
+        .arg(&src)
+        .arg("-o")
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let store = cfg_dir.join("store-from-config");
+    assert!(
+        store.join("blake3").is_dir(),
+        "the store of the config file (relative to it)"
+    );
+    // link_mode = "copy": files of their own.
+    let out = t.path().join("copy");
+    let o = vrift(&[])
+        .arg("checkout")
+        .arg(&m)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(fs::metadata(out.join("a.txt")).unwrap().nlink(), 1);
+    // The flag wins over the file.
+    let out = t.path().join("linked");
+    let o = vrift(&[])
+        .args(["checkout", "--link-mode", "hardlink"])
+        .arg(&m)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(fs::metadata(out.join("a.txt")).unwrap().nlink() > 1);
+    // The variable wins over the file: an empty store there.
+    let other = t.path().join("other-store");
+    let o = vrift(&[("VR_THE_SOURCE", &other)])
+        .args(["--json", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(json_of(&o)["blobs"].as_u64(), Some(0), "{}", describe(&o));
+    // A typo is refused, naming the file.
+    let bad = t.path().join("bad.toml");
+    fs::write(&bad, "lnk_mode = \"copy\"\n").unwrap();
+    let o = vrift(&[("VRIFT_CONFIG", &bad)])
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("lnk_mode"),
+        "{err}"
+    );
+}
+
 /// Every environment variable named in the sources (the crates, the scripts, CI) is in the
 /// README's one list.
 #[test]
