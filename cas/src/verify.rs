@@ -55,16 +55,33 @@ fn hash_matches(cas: &Cas, b: &BlobInfo, buf: &mut Vec<u8>) -> std::io::Result<b
 /// One thread's findings: corrupt paths, unreadable (path, error), number repaired.
 type Part = (Vec<String>, Vec<(String, String)>, u64);
 
+/// How far a [`verify`] is: blobs and bytes checked so far (for a progress line).
+#[derive(Debug, Default)]
+pub struct Done {
+    pub blobs: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
 /// Checks `blobs` on `threads` threads; with `repair`, drops corrupt blobs so the next ingest
 /// of a file with that content stores it afresh (the caller holds the exclusive lock).
 pub fn verify(cas: &Cas, blobs: &[BlobInfo], threads: usize, repair: bool) -> VerifyReport {
-    let bytes = AtomicU64::new(0);
+    verify_counted(cas, blobs, threads, repair, &Done::default())
+}
+
+/// [`verify`], counting into `done` as it goes.
+pub fn verify_counted(
+    cas: &Cas,
+    blobs: &[BlobInfo],
+    threads: usize,
+    repair: bool,
+    done: &Done,
+) -> VerifyReport {
+    let bytes = &done.bytes;
     let chunk = blobs.len().div_ceil(threads.max(1)).max(1);
     let parts: Vec<Part> = std::thread::scope(|s| {
         let hs: Vec<_> = blobs
             .chunks(chunk)
             .map(|part| {
-                let bytes = &bytes;
                 s.spawn(move || {
                     let mut buf = Vec::new();
                     let (mut bad, mut unreadable, mut repaired) = (Vec::new(), Vec::new(), 0);
@@ -81,6 +98,7 @@ pub fn verify(cas: &Cas, blobs: &[BlobInfo], threads: usize, repair: bool) -> Ve
                             Err(e) => unreadable.push((path, e.to_string())),
                         }
                         bytes.fetch_add(b.size, Ordering::Relaxed);
+                        done.blobs.fetch_add(1, Ordering::Relaxed);
                     }
                     (bad, unreadable, repaired)
                 })

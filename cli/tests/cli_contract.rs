@@ -531,6 +531,64 @@ fn the_config_file_gives_defaults_that_flags_and_variables_override() {
     );
 }
 
+/// `verify` on a terminal shows how far it is in percent of the bytes, and clears the line
+/// before its summary; in a pipe nothing of it appears.
+#[test]
+fn verify_shows_percent_on_a_terminal_only() {
+    let have_script = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_script {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "util-linux `script` missing"
+        );
+        eprintln!("SKIP: no `script` for a terminal");
+        return;
+    }
+    let t = tempdir();
+    let src = t.path().join("p");
+    // Enough to hash for a few redraws (ten a second).
+    for i in 0..48u32 {
+        let data: Vec<u8> = (0..(4u32 << 20))
+            .map(|j| (j.wrapping_mul(2654435761) ^ i) as u8)
+            .collect();
+        write_file(&src.join(format!("f{i}.bin")), &data, 0o644);
+    }
+    let store = t.path().join("store");
+    ingest_ok(&store, &src, &t.path().join("m.vrm"), &[]);
+    let line = format!(
+        "{} --the-source-root {} verify -j 1",
+        bin().display(),
+        store.display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        tty.contains("% ") && tty.contains("/48 blobs ("),
+        "no progress line: {tty:?}"
+    );
+    assert!(tty.contains("Verified 48 blobs"), "{tty:?}");
+    let o = std::process::Command::new(bin())
+        .arg("--the-source-root")
+        .arg(&store)
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains('%'),
+        "{}",
+        describe(&o)
+    );
+}
+
 /// Every environment variable named in the sources (the crates, the scripts, CI) is in the
 /// README's one list.
 #[test]

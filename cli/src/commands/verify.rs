@@ -1,6 +1,6 @@
 use anyhow::Result;
 use vrift_cas::scan::scan;
-use vrift_cas::verify::verify;
+use vrift_cas::verify::{verify_counted, Done};
 
 use crate::args::VerifyArgs;
 use crate::format::{bytes, thousands};
@@ -22,7 +22,25 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<Outcome> {
             .unwrap_or(2)
     };
     let t = std::time::Instant::now();
-    let r = verify(&cas, &blobs.blobs, threads, a.repair);
+    // Percent of the bytes (hashing is what takes the time), on a terminal only.
+    let done = std::sync::Arc::new(Done::default());
+    let (total, count) = (blobs.content_bytes().max(1), blobs.blobs.len() as u64);
+    let line = {
+        let d = done.clone();
+        crate::progress::Progress::start_with(g.progress, "verify", move || {
+            let b = d.bytes.load(std::sync::atomic::Ordering::Relaxed);
+            format!(
+                "{}% {}/{} blobs ({} of {})",
+                b.saturating_mul(100) / total,
+                thousands(d.blobs.load(std::sync::atomic::Ordering::Relaxed)),
+                thousands(count),
+                bytes(b),
+                bytes(total)
+            )
+        })
+    };
+    let r = verify_counted(&cas, &blobs.blobs, threads, a.repair, &done);
+    line.finish();
     // Every blob checked (and sealed where it was not): from now on an unsealed blob in this
     // store is damaged, which lets the shim refuse it without re-hashing.
     if r.corrupt.len() as u64 == r.repaired && r.unreadable.is_empty() && !cas.all_sealed() {
