@@ -53,8 +53,18 @@ fn progress(
     let s = stats.clone();
     Progress::start_with(g.progress, label, move || {
         let get = RemoteStats::get;
+        // Percent of the blobs settled (moved, or found there already) once the total is known.
+        let total = get(&s.blobs_total);
+        let pct = if total > 0 {
+            format!(
+                "{}% ",
+                ((get(&s.blobs_moved) + get(&s.blobs_present)) * 100 / total).min(100)
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "checked {}/{} blobs, {} {} ({}), already there {}, {} requests, {} retries",
+            "{pct}checked {}/{} blobs, {} {} ({}), already there {}, {} requests, {} retries",
             thousands(get(&s.blobs_checked).max(get(&s.blobs_present))),
             thousands(get(&s.blobs_total)),
             verb,
