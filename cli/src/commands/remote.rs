@@ -54,15 +54,10 @@ fn progress(
     Progress::start_with(g.progress, label, move || {
         let get = RemoteStats::get;
         // Percent of the blobs settled (moved, or found there already) once the total is known.
-        let total = get(&s.blobs_total);
-        let pct = if total > 0 {
-            format!(
-                "{}% ",
-                ((get(&s.blobs_moved) + get(&s.blobs_present)) * 100 / total).min(100)
-            )
-        } else {
-            String::new()
-        };
+        let settled = (get(&s.blobs_moved) + get(&s.blobs_present)).saturating_mul(100);
+        let pct = settled
+            .checked_div(get(&s.blobs_total))
+            .map_or(String::new(), |p| format!("{}% ", p.min(100)));
         format!(
             "{pct}checked {}/{} blobs, {} {} ({}), already there {}, {} requests, {} retries",
             thousands(get(&s.blobs_checked).max(get(&s.blobs_present))),
