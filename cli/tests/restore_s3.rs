@@ -1572,16 +1572,7 @@ fn restore_on_a_tty(s3: &S3Server, endpoint: &str, store: &Path, cwd: &Path, arg
 #[test]
 fn restore_shows_percent_on_a_terminal_and_keeps_off_the_install_output() {
     let Some(s3) = S3Server::start() else { return };
-    let have_script = Command::new("script")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_script {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "util-linux `script` missing"
-        );
-        eprintln!("SKIP: no `script` for a terminal");
+    if !common::have_script() {
         return;
     }
     let tmp = tempdir();

@@ -55,6 +55,19 @@ pub fn skip_unless_ci(why: &str) {
     eprintln!("SKIP: {why}");
 }
 
+/// Whether util-linux `script` is here to give a command a terminal (a test that needs one
+/// skips without it, or fails under CI, which installs it).
+pub fn have_script() -> bool {
+    let ok = Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip_unless_ci("util-linux `script` for a terminal");
+    }
+    ok
+}
+
 /// `vrift --the-source-root STORE` with a clean environment for the store variable.
 pub fn vrift(store: &Path) -> Command {
     let mut c = Command::new(bin());
