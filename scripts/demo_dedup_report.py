@@ -166,6 +166,7 @@ def cmd_scenario(a):
         json.dump(result, f)
     if not a.quiet:
         print_table(result, a.color)
+        print_provenance(a.row, status.get("store"))
     return 0
 
 
@@ -190,6 +191,27 @@ def table(header, body, footer, right):
         lines += [line(r) for r in footer]
     lines.append(rule("└", "┴", "┘"))
     return "\n".join("  " + s for s in lines)
+
+
+def print_provenance(rows, store):
+    """What the figures were measured on and how to measure one again: speed on a shared
+    2-core machine moves with its load, so the load goes next to the numbers."""
+    try:
+        with open("/proc/loadavg") as f:
+            load = " ".join(f.read().split()[:3])
+    except OSError:
+        load = "unknown"
+    print(
+        f"\n  Machine: {os.cpu_count()} cores, load average {load} (1, 5, 15 min) when this "
+        f"table was made."
+    )
+    if rows:
+        project, tree, ingest_json = rows[0]
+        manifest = os.path.join(os.path.dirname(os.path.dirname(tree)), f"{project}.manifest")
+        print(
+            f"  One row again: vrift --the-source-root {store} --json ingest {tree} -o {manifest} --name {project}"
+            f"\n  (its summary as recorded: {ingest_json})"
+        )
 
 
 def print_table(result, color):
