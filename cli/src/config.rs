@@ -28,27 +28,40 @@ pub struct Config {
     pub link_mode: Option<LinkModeArg>,
 }
 
-/// Where the file is looked for (it need not exist).
-pub fn path() -> Option<PathBuf> {
+/// Where the file is looked for, and whether the user named it (`VRIFT_CONFIG`: it must
+/// then exist) or it is the default place (it need not).
+pub fn path() -> Option<(PathBuf, bool)> {
     let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
     if let Some(p) = var("VRIFT_CONFIG") {
-        return Some(PathBuf::from(p));
+        return Some((PathBuf::from(p), true));
     }
     if let Some(x) = var("XDG_CONFIG_HOME") {
-        return Some(Path::new(&x).join("vrift/config.toml"));
+        return Some((Path::new(&x).join("vrift/config.toml"), false));
     }
-    var("HOME").map(|h| Path::new(&h).join(".config/vrift/config.toml"))
+    var("HOME").map(|h| (Path::new(&h).join(".config/vrift/config.toml"), false))
 }
 
-/// The configuration at `path`: none when there is no file; an error naming the file and
-/// the problem when it cannot be read or parsed (a typo'd key is an error, not ignored).
-pub fn load(path: Option<&Path>) -> Result<Config, String> {
-    let Some(path) = path else {
+/// The configuration at `path`: none when the default place has no file (or cannot be
+/// looked into: `runuser -u nobody` keeps root's `HOME`); an error naming the file and the
+/// problem when a file is there but cannot be read or parsed, or a named one is missing (a
+/// typo'd key is an error, not ignored).
+pub fn load(path: Option<(PathBuf, bool)>) -> Result<Config, String> {
+    let Some((path, named)) = path else {
         return Ok(Config::default());
     };
+    let path = path.as_path();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+        Err(e)
+            if !named
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                )
+                && !path.is_file() =>
+        {
+            return Ok(Config::default())
+        }
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let mut c: Config =

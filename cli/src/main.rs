@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    match config::load(config::path().as_deref()) {
+    match config::load(config::path()) {
         Ok(cfg) => config::apply(&mut cli, &matches, &cfg),
         Err(e) => {
             eprintln!("error: config file {e}");

@@ -529,6 +529,35 @@ fn the_config_file_gives_defaults_that_flags_and_variables_override() {
         err.contains("bad.toml") && err.contains("lnk_mode"),
         "{err}"
     );
+    // A file named by VRIFT_CONFIG must exist; the default place need not, nor be readable
+    // (`runuser -u nobody` keeps root's HOME).
+    let o = vrift(&[("VRIFT_CONFIG", &t.path().join("missing.toml"))])
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.toml"));
+    // A home nobody cannot look into (root's, kept by `runuser`) as the default place.
+    match can_run_as_nobody() {
+        Ok(()) => {
+            let shared = SharedDir::new();
+            let home = t.path().join("closed-home");
+            fs::create_dir_all(home.join(".config/vrift")).unwrap();
+            fs::write(home.join(".config/vrift/config.toml"), "jobs = 1\n").unwrap();
+            fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .unwrap();
+            let o = shared
+                .vrift_as_nobody(&shared.path().join("not-made-yet"))
+                .args(["--json", "status"])
+                .env_remove("VRIFT_CONFIG")
+                .env_remove("XDG_CONFIG_HOME")
+                .env("HOME", &home)
+                .output()
+                .unwrap();
+            assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+        }
+        Err(why) => skip_unless_ci(&why),
+    }
 }
 
 /// `verify` on a terminal shows how far it is in percent of the bytes, and clears the line
