@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod format;
 mod metrics_export;
+mod output;
 mod progress;
 mod store_stats;
 
@@ -68,7 +69,33 @@ fn main() -> ExitCode {
     {
         commands::run::exec_static(&args[2..]);
     }
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let matches = match <Cli as clap::CommandFactory>::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            // A usage error under --json is JSON too (on stdout, as every --json answer),
+            // besides clap's message on stderr; help and --version stay as they are.
+            use clap::error::ErrorKind;
+            let usage = !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            if usage && args.iter().any(|a| a == "--json") {
+                let msg = e.kind().to_string();
+                let detail = e.to_string();
+                let first = detail
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ");
+                println!(
+                    "{}",
+                    output::versioned(serde_json::json!({
+                        "error": first,
+                        "kind": msg,
+                        "exit": e.exit_code(),
+                    }))
+                );
+            }
+            e.exit()
+        }
+    };
     let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -129,7 +156,10 @@ fn main() -> ExitCode {
         Err(e) => {
             let msg = error_chain(&e);
             if g.json {
-                println!("{}", serde_json::json!({ "error": msg }));
+                println!(
+                    "{}",
+                    crate::output::versioned(serde_json::json!({ "error": msg }))
+                );
             }
             eprintln!("error: {msg}");
             ExitCode::from(1)

@@ -47,7 +47,7 @@ fn ingest_json_has_exactly_the_contract_keys() {
         if run == 0 {
             // The key set as a snapshot, so a change to the contract is a visible decision.
             // (Inline, so it needs no snapshot file and no `cargo metadata` to be found.)
-            insta::assert_snapshot!(keys.join(" "), @"blobs_new bytes dedup_hits dirs errors excluded excluded_paths files files_per_sec manifest project seconds skipped store symlinks total_seconds");
+            insta::assert_snapshot!(keys.join(" "), @"blobs_new bytes dedup_hits dirs errors excluded excluded_paths files files_per_sec manifest project seconds skipped store symlinks total_seconds version");
             assert_eq!(num(&v, "files"), 4);
             assert_eq!(num(&v, "symlinks"), 1);
             assert_eq!(num(&v, "blobs_new"), 3);
@@ -62,6 +62,66 @@ fn ingest_json_has_exactly_the_contract_keys() {
             !e.contains('\r') && !e.contains('\x1b'),
             "control characters on stderr in a pipe: {e:?}"
         );
+    }
+}
+
+/// Every `--json` answer is one object whose first key is `"version"` (the output's schema
+/// version, 1), on success, on failure and for a usage error (exit 2).
+#[test]
+fn every_json_answer_carries_its_version_first() {
+    let t = tempdir();
+    let src = t.path().join("p");
+    small_tree(&src);
+    let store = t.path().join("store");
+    let m = t.path().join("m.vrm");
+    let out = t.path().join("out");
+    let runs: Vec<(Vec<std::ffi::OsString>, i32)> = vec![
+        (
+            vec![
+                "ingest".into(),
+                src.clone().into(),
+                "-o".into(),
+                m.clone().into(),
+            ],
+            0,
+        ),
+        (
+            vec!["checkout".into(), m.clone().into(), out.clone().into()],
+            0,
+        ),
+        (vec!["status".into()], 0),
+        (vec!["gc".into()], 0),
+        (vec!["gc".into(), "--farms".into()], 0),
+        (vec!["doctor".into()], 0),
+        (vec!["verify".into()], 0),
+        (vec!["registry".into()], 0),
+        (
+            vec![
+                "checkout".into(),
+                "/nonexistent.vrm".into(),
+                out.clone().into(),
+            ],
+            1,
+        ),
+        (vec!["gc".into(), "--older-than".into(), "banana".into()], 2),
+        (vec!["frobnicate".into()], 2),
+    ];
+    for (args, code) in runs {
+        let o = std::process::Command::new(bin())
+            .arg("--the-source-root")
+            .arg(&store)
+            .arg("--json")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", describe(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.starts_with("{\"version\":1,"), "{args:?}: {text}");
+        assert_eq!(text.lines().count(), 1, "{args:?}: one line: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if code != 0 {
+            assert!(v["error"].is_string(), "{args:?}: {v}");
+        }
     }
 }
 

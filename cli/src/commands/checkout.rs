@@ -59,7 +59,10 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
     line.finish();
     super::print_issues(&counters.take_issues(), 20);
     if g.json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!(
+            "{}",
+            crate::output::versioned(serde_json::to_string(&report)?)
+        );
     } else {
         let reflinked = if report.reflinked > 0 {
             format!(", {} cloned", thousands(report.reflinked))

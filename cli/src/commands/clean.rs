@@ -78,7 +78,7 @@ pub fn run(g: &Globals, a: &CleanArgs) -> Result<Outcome> {
     if g.json {
         println!(
             "{}",
-            serde_json::json!({ "removed": root, "fix_perms": fixed })
+            crate::output::versioned(serde_json::json!({ "removed": root, "fix_perms": fixed }))
         );
     } else {
         if let Some(r) = &fixed {

@@ -355,7 +355,9 @@ pub fn run(g: &Globals, a: &DoctorArgs) -> Result<Outcome> {
     if g.json {
         println!(
             "{}",
-            serde_json::json!({ "store": root, "checks": checks, "recommendations": recs, "healthy": healthy })
+            crate::output::versioned(
+                serde_json::json!({ "store": root, "checks": checks, "recommendations": recs, "healthy": healthy })
+            )
         );
     } else {
         println!("VRift Doctor Report:");

@@ -53,7 +53,7 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
         if a.list {
             v["orphan_paths"] = json!(gc::blob_paths(&cas, &r.orphan_list));
         }
-        println!("{v}");
+        println!("{}", crate::output::versioned(&v));
     } else {
         let verb = if a.delete { "pruned" } else { "would prune" };
         for p in &pruned {
@@ -134,7 +134,10 @@ pub fn forget(g: &Globals, a: &crate::args::ForgetArgs) -> Result<Outcome> {
     if g.json {
         let names: Vec<&str> = gone.iter().map(|p| p.name.as_str()).collect();
         let ids: Vec<&str> = gone.iter().map(|p| p.id.as_str()).collect();
-        println!("{}", json!({ "forgotten": names, "ids": ids }));
+        println!(
+            "{}",
+            crate::output::versioned(json!({ "forgotten": names, "ids": ids }))
+        );
     } else {
         for p in &gone {
             println!("forgot {} ({}, id {})", p.name, p.source.display(), p.id);

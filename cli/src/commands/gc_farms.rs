@@ -65,7 +65,7 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
         if a.list {
             v["farm_paths"] = json!(listed.iter().map(|f| &f.path).collect::<Vec<_>>());
         }
-        println!("{v}");
+        println!("{}", crate::output::versioned(&v));
     } else {
         if a.list {
             for f in &listed {

@@ -179,7 +179,7 @@ pub fn run(g: &Globals, a: &IngestArgs) -> Result<Outcome> {
             text.push_str(&push);
         }
         text.push('}');
-        println!("{text}");
+        println!("{}", crate::output::versioned(&text));
     } else {
         print_summary(&report);
         let left_out = &report.details.excluded_paths;

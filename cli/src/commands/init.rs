@@ -172,7 +172,7 @@ pub fn run(g: &Globals, a: &InitArgs) -> Result<Outcome> {
     if g.json {
         println!(
             "{}",
-            serde_json::json!({
+            crate::output::versioned(serde_json::json!({
                 "dir": dir,
                 "kinds": kind_names,
                 "filter": filter_path,
@@ -182,7 +182,7 @@ pub fn run(g: &Globals, a: &InitArgs) -> Result<Outcome> {
                 "files": report.files,
                 "dirs": report.dirs,
                 "errors": report.errors,
-            })
+            }))
         );
     } else {
         println!(

@@ -15,7 +15,9 @@ pub fn run(g: &Globals, a: &RegistryArgs) -> Result<Outcome> {
         if g.json {
             println!(
                 "{}",
-                serde_json::json!({ "projects": reg.projects, "unreadable": bad.iter().map(|(p, e)| (p.display().to_string(), e)).collect::<Vec<_>>() })
+                crate::output::versioned(
+                    serde_json::json!({ "projects": reg.projects, "unreadable": bad.iter().map(|(p, e)| (p.display().to_string(), e)).collect::<Vec<_>>() })
+                )
             );
         } else {
             println!(
@@ -39,7 +41,7 @@ pub fn run(g: &Globals, a: &RegistryArgs) -> Result<Outcome> {
     }
     let reg = Registry::load(cas.root())?;
     if g.json {
-        println!("{}", serde_json::to_string(&reg)?);
+        println!("{}", crate::output::versioned(serde_json::to_string(&reg)?));
     } else {
         println!(
             "{} registered projects in {}",

@@ -23,7 +23,10 @@ use crate::{Globals, Outcome};
 fn fail(g: &Globals, e: RemoteError) -> Result<Outcome> {
     if e.is_usage() {
         if g.json {
-            println!("{}", serde_json::json!({ "error": e.to_string() }));
+            println!(
+                "{}",
+                crate::output::versioned(serde_json::json!({ "error": e.to_string() }))
+            );
         }
         eprintln!("error: {e}");
         return Ok(Outcome::Usage);
@@ -132,7 +135,10 @@ pub fn push(g: &Globals, a: &PushArgs) -> Result<Outcome> {
         Err(e) => return fail(g, e),
     };
     if g.json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!(
+            "{}",
+            crate::output::versioned(serde_json::to_string(&report)?)
+        );
     } else {
         print_push(&a.manifest, &report);
     }
@@ -245,7 +251,10 @@ pub fn pull(g: &Globals, a: &PullArgs) -> Result<Outcome> {
         Err(e) => return fail(g, e),
     };
     if g.json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!(
+            "{}",
+            crate::output::versioned(serde_json::to_string(&report)?)
+        );
     } else {
         print_pull(&report);
     }
@@ -378,7 +387,10 @@ pub fn restore(g: &Globals, a: &crate::args::RestoreArgs) -> Result<Outcome> {
         }
     };
     if g.json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!(
+            "{}",
+            crate::output::versioned(serde_json::to_string(&report)?)
+        );
     } else {
         let what = match report.hit {
             Hit::Local => "hit in the local store".to_string(),
@@ -429,7 +441,10 @@ pub fn remote(g: &Globals, a: &crate::args::RemoteArgs) -> Result<Outcome> {
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
             if g.json {
-                println!("{}", serde_json::to_string(&list)?);
+                println!(
+                    "{}",
+                    crate::output::versioned(serde_json::to_string(&list)?)
+                );
             } else {
                 println!("{:<60} {:>10} {:>8}", "MANIFEST", "SIZE", "AGE");
                 for m in &list {
@@ -473,7 +488,7 @@ pub fn remote(g: &Globals, a: &crate::args::RemoteArgs) -> Result<Outcome> {
                 Err(e) => return fail(g, e),
             };
             if g.json {
-                println!("{}", serde_json::to_string(&r)?);
+                println!("{}", crate::output::versioned(serde_json::to_string(&r)?));
             } else {
                 let verb = if r.dry_run { "would" } else { "did" };
                 println!(

@@ -77,7 +77,9 @@ pub fn run(g: &Globals, a: &ServeArgs) -> Result<Outcome> {
     if g.json {
         println!(
             "{}",
-            serde_json::json!({ "store": root, "metrics_url": format!("http://{addr}/metrics"), "refresh_seconds": period.as_secs() })
+            crate::output::versioned(
+                serde_json::json!({ "store": root, "metrics_url": format!("http://{addr}/metrics"), "refresh_seconds": period.as_secs() })
+            )
         );
     }
     eprintln!(

@@ -42,7 +42,7 @@ pub fn run(g: &Globals, _a: &StatusArgs) -> Result<Outcome> {
     if g.json {
         println!(
             "{}",
-            json!({
+            crate::output::versioned(json!({
                 "store": root,
                 "total_bytes": disk,
                 "content_bytes": blobs.content_bytes(),
@@ -55,7 +55,7 @@ pub fn run(g: &Globals, _a: &StatusArgs) -> Result<Outcome> {
                 "saved_bytes": saved,
                 "dedup_ratio": ratio,
                 "foreign_files": blobs.foreign.len(),
-            })
+            }))
         );
         return Ok(Outcome::Ok);
     }

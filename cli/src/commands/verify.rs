@@ -50,7 +50,7 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<Outcome> {
         let mut v = serde_json::to_value(&r)?;
         v["seconds"] = serde_json::json!(t.elapsed().as_secs_f64());
         v["foreign"] = serde_json::json!(blobs.foreign);
-        println!("{v}");
+        println!("{}", crate::output::versioned(&v));
     } else {
         for p in &r.corrupt {
             println!("corrupt: {p}");

@@ -17,7 +17,8 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 /// The keys `vrift ingest --json` promises, in order.
-pub const JSON_KEYS: [&str; 16] = [
+pub const JSON_KEYS: [&str; 17] = [
+    "version",
     "files",
     "dirs",
     "symlinks",
