@@ -7,6 +7,14 @@ use std::fs;
 
 use common::*;
 
+/// `vrift ARGS` with no store involved (help, completions, man, version): its output.
+fn run_vrift(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn small_tree(root: &std::path::Path) {
     write_file(&root.join("a.txt"), b"a\n", 0o644);
     write_file(&root.join("dir/b.txt"), b"b\n", 0o644);
@@ -107,13 +115,7 @@ fn every_json_answer_carries_its_version_first() {
         (vec!["frobnicate".into()], 2),
     ];
     for (args, code) in runs {
-        let o = std::process::Command::new(bin())
-            .arg("--the-source-root")
-            .arg(&store)
-            .arg("--json")
-            .args(&args)
-            .output()
-            .unwrap();
+        let o = vrift(&store).arg("--json").args(&args).output().unwrap();
         assert_eq!(o.status.code(), Some(code), "{args:?}: {}", describe(&o));
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(text.starts_with("{\"version\":1,"), "{args:?}: {text}");
@@ -170,10 +172,7 @@ fn human_summary_names_every_number() {
 /// Every flag of the contract is accepted (help lists them) and misuse exits 2.
 #[test]
 fn flags_exist_and_usage_errors_exit_2() {
-    let o = std::process::Command::new(bin())
-        .args(["ingest", "--help"])
-        .output()
-        .unwrap();
+    let o = run_vrift(&["ingest", "--help"]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let help = String::from_utf8_lossy(&o.stdout);
     for flag in [
@@ -200,10 +199,7 @@ fn flags_exist_and_usage_errors_exit_2() {
     ] {
         assert!(help.contains(word), "ingest --help lacks {word}:\n{help}");
     }
-    let o = std::process::Command::new(bin())
-        .args(["checkout", "--help"])
-        .output()
-        .unwrap();
+    let o = run_vrift(&["checkout", "--help"]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
 
     let t = tempdir();
@@ -239,10 +235,7 @@ fn flags_exist_and_usage_errors_exit_2() {
 #[test]
 fn completions_cover_the_commands() {
     for shell in ["bash", "zsh", "fish"] {
-        let o = std::process::Command::new(bin())
-            .args(["completions", shell])
-            .output()
-            .unwrap();
+        let o = run_vrift(&["completions", shell]);
         assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
         let script = String::from_utf8_lossy(&o.stdout);
         for cmd in ["ingest", "checkout", "restore", "the-source-root"] {
@@ -264,10 +257,7 @@ fn completions_cover_the_commands() {
             assert!(check.wait().unwrap().success(), "bash cannot parse it");
         }
     }
-    let o = std::process::Command::new(bin())
-        .args(["completions", "tcsh"])
-        .output()
-        .unwrap();
+    let o = run_vrift(&["completions", "tcsh"]);
     assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
 }
 
@@ -275,10 +265,7 @@ fn completions_cover_the_commands() {
 /// flags); `--out` writes a page per command; an unknown command is an error.
 #[test]
 fn man_pages_are_generated_for_every_command() {
-    let o = std::process::Command::new(bin())
-        .args(["man", "restore"])
-        .output()
-        .unwrap();
+    let o = run_vrift(&["man", "restore"]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let page = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -313,10 +300,7 @@ fn man_pages_are_generated_for_every_command() {
             "{name} missing"
         );
     }
-    let o = std::process::Command::new(bin())
-        .args(["man", "frobnicate"])
-        .output()
-        .unwrap();
+    let o = run_vrift(&["man", "frobnicate"]);
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("frobnicate"));
 }
@@ -424,14 +408,7 @@ fn quiet_and_verbose() {
     small_tree(&src);
     let store = t.path().join("store");
     let m = t.path().join("m.vrm");
-    let run = |args: &[&std::ffi::OsStr]| {
-        std::process::Command::new(bin())
-            .arg("--the-source-root")
-            .arg(&store)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&std::ffi::OsStr]| vrift(&store).args(args).output().unwrap();
     let o = run(&[
         "-q".as_ref(),
         "ingest".as_ref(),
@@ -655,12 +632,7 @@ fn verify_shows_percent_on_a_terminal_only() {
         "no progress line: {tty:?}"
     );
     assert!(tty.contains("Verified 48 blobs"), "{tty:?}");
-    let o = std::process::Command::new(bin())
-        .arg("--the-source-root")
-        .arg(&store)
-        .arg("verify")
-        .output()
-        .unwrap();
+    let o = vrift(&store).arg("verify").output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert!(
         !String::from_utf8_lossy(&o.stderr).contains('%'),
