@@ -46,6 +46,12 @@ fn ingest_json_has_exactly_the_contract_keys() {
                 "manifest" | "store" => assert!(v[k].is_string(), "{k}: {v}"),
                 "project" => assert!(v[k].is_string() || v[k].is_null(), "{k}: {v}"),
                 "excluded_paths" => assert!(v[k].is_array(), "{k}: {v}"),
+                "issues" => {
+                    // Every kind, zero or not: a consumer never meets a missing key.
+                    let kinds = v[k].as_object().unwrap();
+                    assert_eq!(kinds.len(), 11, "{v}");
+                    assert!(kinds.values().all(|n| n.is_u64()), "{v}");
+                }
                 "seconds" | "files_per_sec" | "total_seconds" => {
                     assert!(v[k].as_f64().is_some_and(|x| x >= 0.0), "{k}: {v}")
                 }
@@ -55,7 +61,7 @@ fn ingest_json_has_exactly_the_contract_keys() {
         if run == 0 {
             // The key set as a snapshot, so a change to the contract is a visible decision.
             // (Inline, so it needs no snapshot file and no `cargo metadata` to be found.)
-            insta::assert_snapshot!(keys.join(" "), @"blobs_new bytes dedup_hits dirs errors excluded excluded_paths files files_per_sec manifest project seconds skipped store symlinks total_seconds version");
+            insta::assert_snapshot!(keys.join(" "), @"blobs_new bytes dedup_hits dirs errors excluded excluded_paths files files_per_sec issues manifest project seconds skipped store symlinks total_seconds version");
             assert_eq!(num(&v, "files"), 4);
             assert_eq!(num(&v, "symlinks"), 1);
             assert_eq!(num(&v, "blobs_new"), 3);

@@ -77,6 +77,12 @@ fn unreadable(mode: &str) {
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let v = json_of(&o);
     assert_eq!(num(&v, "errors"), 2, "{v}");
+    // Counted by kind: both are unreadable, nothing else went wrong.
+    let kinds = v["issues"].as_object().unwrap();
+    for (k, n) in kinds {
+        let want = if k == "unreadable" { 2 } else { 0 };
+        assert_eq!(n.as_u64(), Some(want), "{mode}: issues.{k}: {v}");
+    }
     let e = stderr(&o);
     for p in ["secret-ish/locked.txt", "locked-dir"] {
         assert!(
@@ -137,6 +143,24 @@ fn dangling_symlinks_are_stored_not_errors() {
     let v = json_of(&o);
     assert_eq!(num(&v, "errors"), 0, "{v}");
     assert_eq!(num(&v, "symlinks"), 6, "{v}");
+    // Each is a counted warning of its own kind, and the human summary says so.
+    assert_eq!(v["issues"]["dangling"].as_u64(), Some(5), "{v}");
+    let human = vrift(&store)
+        .args(["ingest", "--no-cache"])
+        .arg(&src)
+        .arg("-o")
+        .arg(t.path().join("m2.vrm"))
+        .output()
+        .unwrap();
+    assert_eq!(human.status.code(), Some(0), "{}", describe(&human));
+    let summary = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        summary
+            .lines()
+            .any(|l| l.starts_with("  warnings")
+                && l.trim_end().ends_with("5  (5 dangling symlinks)")),
+        "{summary}"
+    );
     let restored = t.path().join("restored");
     checkout_ok(&store, &out, &restored);
     assert_trees_equal(&original, &snapshot(&restored), "dangling symlinks");
@@ -515,6 +539,10 @@ fn a_file_that_keeps_changing_while_ingested() {
         let v = json_of(&o);
         assert_eq!(o.status.code(), Some(1), "{mode}: {}", describe(&o));
         assert_eq!(num(&v, "errors"), 1, "{mode}: {v}");
+        // Caught while hashed (changed) or at the link (another writer holds it: busy).
+        let caught =
+            v["issues"]["changed"].as_u64().unwrap() + v["issues"]["busy"].as_u64().unwrap();
+        assert_eq!(caught, 1, "{mode}: {v}");
         let e = stderr(&o);
         assert!(
             e.contains(&*growing.to_string_lossy())

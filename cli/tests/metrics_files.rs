@@ -184,6 +184,21 @@ fn textfile_is_valid_atomic_and_matches_the_run() {
             Some(0.0)
         );
     }
+    for (kind, severity) in [
+        ("unreadable", "error"),
+        ("dangling", "warning"),
+        ("run", "warning"),
+    ] {
+        assert_eq!(
+            sample(
+                &text,
+                "vrift_ingest_issues_total",
+                &[("kind", kind), ("severity", severity)]
+            ),
+            Some(0.0),
+            "{kind}"
+        );
+    }
     assert_eq!(
         sample(&text, "vrift_ingest_link_total", &[("method", "hardlink")]),
         Some(40.0)

@@ -26,6 +26,12 @@ pub enum PipelineError {
     },
     #[error("the store {store} is not writable ({reason}): nothing was ingested or changed")]
     StoreNotWritable { store: PathBuf, reason: String },
+    #[error("the {stage} stage failed ({message}); this is a bug in vrift: nothing was published, {output} left as it was")]
+    StageFailed {
+        stage: &'static str,
+        message: String,
+        output: PathBuf,
+    },
     #[error("io_uring is not available: {0}")]
     Uring(String),
     #[error(transparent)]

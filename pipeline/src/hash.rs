@@ -18,23 +18,14 @@ use rustix::fs::{Mode, OFlags};
 use flume::{Receiver, Sender};
 use vrift_manifest::Hash;
 
-use crate::report::Counters;
-use crate::walk::{FileItem, Stat};
+use crate::item::{FileItem, Hashed, Stat};
+use crate::report::{Counters, IssueKind};
 
 /// Files up to this size are read in one go into a reused buffer.
 const WHOLE_READ_MAX: u64 = 1 << 20;
 const CHUNK: usize = 1 << 20;
 /// How often a file that keeps changing is re-read before we give up on it.
 const ATTEMPTS: usize = 3;
-
-/// A hashed file, still open.
-pub struct Hashed {
-    pub item: FileItem,
-    pub hash: Hash,
-    pub file: File,
-    /// The file's state as hashed (fresh `fstat` after reading).
-    pub st: Stat,
-}
 
 /// Runs one hash worker until the input channel closes.
 pub fn hash_stage(
@@ -71,7 +62,7 @@ pub fn hash_stage(
                 }
                 Err(e) => {
                     Counters::add(&counters.bytes_error, item.st.size);
-                    counters.error(item.path(root), e)
+                    counters.issue(e.kind(), item.path(root), e)
                 }
             }
         }
@@ -103,6 +94,16 @@ pub enum HashError {
     Read(io::Error),
     NotRegular,
     Changed,
+}
+
+impl HashError {
+    /// How the run counts it.
+    pub fn kind(&self) -> IssueKind {
+        match self {
+            HashError::Open(_) | HashError::Read(_) => IssueKind::Unreadable,
+            HashError::NotRegular | HashError::Changed => IssueKind::Changed,
+        }
+    }
 }
 
 impl std::fmt::Display for HashError {
@@ -253,11 +254,11 @@ mod tests {
 
     fn item(path: PathBuf) -> FileItem {
         let md = std::fs::symlink_metadata(&path).unwrap();
-        let dir = crate::walk::SourceDir::open(path.parent().unwrap()).unwrap();
+        let dir = crate::item::SourceDir::open(path.parent().unwrap()).unwrap();
         let name = path.file_name().unwrap().as_encoded_bytes();
         FileItem {
             dir: std::sync::Arc::new(dir),
-            rel: crate::walk::RelPath::child(b"", name),
+            rel: crate::item::RelPath::child(b"", name),
             st: Stat::from_metadata(&md),
             inspect: None,
         }

@@ -22,7 +22,7 @@ use crate::phantom;
 use crate::place::{place_stage, PlaceConfig};
 use crate::reap;
 use crate::reingest::{NotReused, Previous};
-use crate::report::{Counters, IngestReport, ReportDetails};
+use crate::report::{Counters, IngestReport, IssueKind, ReportDetails};
 use crate::walk::{walk, WalkConfig, WalkSinks};
 
 /// What an ingest is waiting for (the caller tells the user).
@@ -127,7 +127,8 @@ pub fn ingest(
         ));
     }
     let mode = if opts.mode != Mode::Phantom && output_is_phantom(&output, &root) {
-        counters.warn(
+        counters.issue(
+            IssueKind::Run,
             &output,
             "describes a phantom tree (its moved files exist only in the store): ingesting in \
              phantom mode to keep them",
@@ -191,7 +192,11 @@ pub fn ingest(
     let load_previous = || match Previous::load(&output, &root, cas.blob_dir()) {
         Ok(p) => Some(p),
         Err(NotReused::Unreadable(why)) => {
-            counters.warn(&output, format!("previous manifest not reused: {why}"));
+            counters.issue(
+                IssueKind::Run,
+                &output,
+                format!("previous manifest not reused: {why}"),
+            );
             None
         }
         Err(NotReused::Missing) | Err(NotReused::OtherRoot) => None,
@@ -256,17 +261,17 @@ pub fn ingest(
                 done: done_tx.clone(),
             };
             let walk_cfg = &walk_cfg;
-            s.spawn(move || walk(walk_cfg, sinks));
+            s.spawn(move || counters.stage("walk", || walk(walk_cfg, sinks)));
         }
         for _ in 0..threads {
             let (rx, tx, root) = (hash_rx.clone(), place_tx.clone(), &root);
-            s.spawn(move || hash_stage(rx, tx, root, counters));
+            s.spawn(move || counters.stage("hash", || hash_stage(rx, tx, root, counters)));
         }
         drop(place_tx);
         let (reap_tx, reap_rx) = flume::bounded(reap::backlog(fd_limit));
         for _ in 0..reap::REAPERS {
             let rx = reap_rx.clone();
-            s.spawn(move || reap::reap_stage(rx));
+            s.spawn(move || counters.stage("reap", || reap::reap_stage(rx)));
         }
         drop(reap_rx);
         let place_cfg = PlaceConfig {
@@ -285,22 +290,37 @@ pub fn ingest(
                 let cfg = &place_cfg;
                 if use_uring {
                     inner.spawn(move || {
-                        if let Err(e) = crate::uring::place_stage(rx.clone(), tx.clone(), cfg) {
-                            // A ring that cannot be set up in this thread: serve on threads.
-                            cfg.counters.warn(cfg.cas.root(), e);
-                            place_stage(rx, tx, cfg);
-                        }
+                        counters.stage("place", || {
+                            if let Err(e) = crate::uring::place_stage(rx.clone(), tx.clone(), cfg) {
+                                // A ring that cannot be set up in this thread: serve on threads.
+                                cfg.counters.issue(IssueKind::Run, cfg.cas.root(), e);
+                                place_stage(rx, tx, cfg);
+                            }
+                        })
                     });
                 } else {
-                    inner.spawn(move || place_stage(rx, tx, cfg));
+                    inner.spawn(move || counters.stage("place", || place_stage(rx, tx, cfg)));
                 }
             }
             drop(done_tx);
-            manifest::collect(done_rx, counters)
+            counters.stage("manifest", || manifest::collect(done_rx, counters))
         });
         drop(place_cfg);
         collected
     });
+
+    // A stage died of a bug: what it held never reached the manifest, so none is published.
+    let collected = match (collected, counters.stage_failure()) {
+        (Some(c), None) => c,
+        (_, failure) => {
+            let (stage, message) = failure.unwrap_or(("manifest", "no result".into()));
+            return Err(PipelineError::StageFailed {
+                stage,
+                message,
+                output,
+            });
+        }
+    };
 
     // The store could not take some files (full, read-only): the ingest fails as a whole and
     // nothing is published, so no one restores a tree missing those files.
@@ -468,6 +488,7 @@ pub fn ingest(
             0.0
         },
         manifest: output,
+        issues: counters.issue_counts(),
         details,
     })
 }
@@ -538,5 +559,38 @@ fn raise_fd_limit() -> u64 {
             }
         }
         lim.rlim_cur
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stage that died of a bug ends the ingest with an error naming it, and nothing is
+    /// published (here a hash thread's failure recorded before the walk starts: the walk stops
+    /// at once, so this also shows the others stop taking work).
+    #[test]
+    fn a_failed_stage_fails_the_ingest_and_publishes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("a/b")).unwrap();
+        for i in 0..50 {
+            std::fs::write(src.join(format!("a/b/f{i}")), format!("{i}")).unwrap();
+        }
+        let out = t.path().join("m.vrm");
+        let counters = Counters::default();
+        let _ = counters.stage("hash", || panic!("injected"));
+        let opts = IngestOptions::new(&src, &out);
+        let err = ingest(&opts, &t.path().join("store"), &counters, |_| {}).unwrap_err();
+        match &err {
+            PipelineError::StageFailed { stage, message, .. } => {
+                assert_eq!(*stage, "hash");
+                assert_eq!(message, "injected");
+            }
+            other => panic!("unexpected: {other}"),
+        }
+        let text = err.to_string();
+        assert!(text.contains("the hash stage failed"), "{text}");
+        assert!(!out.exists(), "a manifest was published");
     }
 }

@@ -1,6 +1,6 @@
 //! The ingest pipeline. Read the stages in order, one file each:
-//! [`walk`] → [`filter`] → [`hash`] → [`place`] → [`manifest`]; [`ingest`] wires them
-//! together, [`reingest`] skips unchanged files, [`phantom`] moves files after the manifest is
+//! [`walk`] → [`filter`] → [`hash`] → [`place`] → [`manifest`]; [`item`] holds what travels
+//! between them, [`ingest`] wires them together, [`reingest`] skips unchanged files, [`phantom`] moves files after the manifest is
 //! durable, and [`checkout`] turns a manifest back into a tree.
 
 pub mod checkout;
@@ -9,6 +9,7 @@ pub mod error;
 pub mod filter;
 pub mod hash;
 pub mod ingest;
+pub mod item;
 pub mod lease;
 pub mod manifest;
 pub mod materialize;
@@ -27,4 +28,4 @@ pub use error::PipelineError;
 pub use ingest::{ingest, Wait};
 pub use materialize::LinkMode;
 pub use options::{IngestOptions, IoBackend, Mode, Tier};
-pub use report::{Counters, IngestReport, Issue, ReportDetails, Severity};
+pub use report::{Counters, IngestReport, Issue, IssueCounts, IssueKind, ReportDetails, Severity};

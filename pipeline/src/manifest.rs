@@ -12,21 +12,9 @@ use vrift_manifest::order::cmp_paths;
 use vrift_manifest::{EntryInput, Kind, ManifestBuilder};
 
 use crate::error::PipelineError;
+use crate::item::Done;
 use crate::reingest::Previous;
 use crate::report::Counters;
-
-/// What reaches this stage for each entry of the tree.
-#[derive(Debug)]
-pub enum Done {
-    /// A new or changed entry.
-    Entry(EntryInput),
-    /// Unchanged since the previous manifest: the entry at this index there, as it is.
-    Same(usize),
-    /// A directory (relative path) in which a later stage replaced a file: its mtime moved
-    /// after the walk saw it, so it is stat'ed again before the manifest is written (or the
-    /// next re-ingest would find every such directory changed).
-    Restat(Vec<u8>),
-}
 
 /// Everything the stages finished, as it arrived.
 #[derive(Debug, Default)]

@@ -30,8 +30,8 @@ use vrift_cas::{BlobCheck, Cas, WRITE_BITS};
 use vrift_manifest::{Entry, Kind};
 
 use crate::dirs::{self, DirChain};
-use crate::report::Counters;
-use crate::walk::rel_os;
+use crate::item::rel_os;
+use crate::report::{Counters, IssueKind};
 
 /// How files get their content (uv's names and meanings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -180,7 +180,7 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
         }
     };
     let fail = |report: &mut Report, rel: &[u8], msg: String| {
-        counters.error(at(rel), msg);
+        counters.issue(IssueKind::NotWritten, at(rel), msg);
         report.errors += 1;
     };
 
@@ -235,7 +235,11 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
                     let mut chain = match chain {
                         Ok(c) => c,
                         Err(e) => {
-                            counters.error(at(b""), format!("cannot open: {e}"));
+                            counters.issue(
+                                IssueKind::NotWritten,
+                                at(b""),
+                                format!("cannot open: {e}"),
+                            );
                             r.errors += idx.len() as u64;
                             return r;
                         }
@@ -254,7 +258,7 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
                             opts,
                             &mut r,
                         ) {
-                            counters.error(at(rel), msg);
+                            counters.issue(IssueKind::NotWritten, at(rel), msg);
                             r.errors += 1;
                         }
                         // Progress: leaves done (a checkout's percent line reads it).

@@ -20,12 +20,13 @@ use metrics::{
     Gauge, Histogram, Label, Unit,
 };
 
-use crate::report::Counters;
+use crate::report::{Counters, IssueKind};
 
 pub const FILES: &str = "vrift_ingest_files_total";
 pub const BYTES: &str = "vrift_ingest_bytes_total";
 pub const LINKS: &str = "vrift_ingest_link_total";
 pub const FALLBACKS: &str = "vrift_ingest_fallback_total";
+pub const ISSUES: &str = "vrift_ingest_issues_total";
 pub const STAGE_BUSY: &str = "vrift_ingest_stage_busy_seconds";
 pub const QUEUE_DEPTH: &str = "vrift_ingest_queue_depth";
 pub const QUEUE_DEPTH_MAX: &str = "vrift_ingest_queue_depth_max";
@@ -55,6 +56,13 @@ pub const DURATION_BUCKETS: [f64; 14] = [
 pub const LOCK_WAIT_BUCKETS: [f64; 10] =
     [0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0];
 
+fn severity_label(k: IssueKind) -> &'static str {
+    match k.severity() {
+        crate::report::Severity::Error => "error",
+        crate::report::Severity::Warning => "warning",
+    }
+}
+
 /// Describes every ingest metric (help text, unit) on the current recorder.
 pub fn describe() {
     describe_counter!(
@@ -81,6 +89,13 @@ pub fn describe() {
         Unit::Count,
         "Why a link was impossible: exdev (project and store on different filesystems), emlink \
          (the blob's link count is full), eperm (no permission to link the file)"
+    );
+    describe_counter!(
+        ISSUES,
+        Unit::Count,
+        "Problems with paths, by kind (label severity: error kinds fail the run): unreadable, \
+         changed, busy, not_stored, not_written are errors; special, dangling, own_copy, \
+         unsealed, repaired (a damaged blob replaced), run are warnings"
     );
     describe_histogram!(
         STAGE_BUSY,
@@ -127,6 +142,7 @@ pub struct IngestMetrics {
     bytes: [Counter; 5],
     links: [Counter; 4],
     fallbacks: [Counter; 3],
+    issues: [Counter; IssueKind::ALL.len()],
     stage_busy: [Histogram; 4],
     queue: [Gauge; 3],
     queue_max: [Gauge; 3],
@@ -163,6 +179,11 @@ impl IngestMetrics {
             bytes: OUTCOMES.map(|o| counter!(BYTES, with("outcome", o))),
             links: METHODS.map(|o| counter!(LINKS, with("method", o))),
             fallbacks: REASONS.map(|o| counter!(FALLBACKS, with("reason", o))),
+            issues: IssueKind::ALL.map(|k| {
+                let mut l = with("kind", k.as_str());
+                l.push(Label::new("severity", severity_label(k)));
+                counter!(ISSUES, l)
+            }),
             stage_busy: STAGES.map(|o| histogram!(STAGE_BUSY, with("stage", o))),
             queue: QUEUES.map(|o| gauge!(QUEUE_DEPTH, with("queue", o))),
             queue_max: QUEUES.map(|o| gauge!(QUEUE_DEPTH_MAX, with("queue", o))),
@@ -222,6 +243,10 @@ impl IngestMetrics {
         ];
         for (h, v) in self.fallbacks.iter().zip(fallbacks) {
             h.absolute(v);
+        }
+        let issues = c.issue_counts();
+        for (h, k) in self.issues.iter().zip(IssueKind::ALL) {
+            h.absolute(issues.get(k));
         }
         let queues = [g(&c.queue_hash), g(&c.queue_place), g(&c.queue_collect)];
         let mut max = self.max_seen.lock().unwrap_or_else(|e| e.into_inner());

@@ -19,10 +19,10 @@ use vrift_manifest::{EntryInput, Manifest};
 use crate::dirs::DirChain;
 use crate::error::PipelineError;
 use crate::hash::hash_fd;
+use crate::item::{rel_os, Stat};
 use crate::lease::Lease;
 use crate::options::Tier;
-use crate::report::Counters;
-use crate::walk::{rel_os, Stat};
+use crate::report::{Counters, IssueKind};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Journal {
@@ -113,7 +113,7 @@ pub fn move_phase(
                     let mut chain = match chain {
                         Ok(c) => c,
                         Err(e) => {
-                            counters.error(root, format!("cannot open: {e}"));
+                            counters.issue(IssueKind::NotStored, root, format!("cannot open: {e}"));
                             return (updated, part.iter().map(|e| e.path.clone()).collect());
                         }
                     };
@@ -124,7 +124,7 @@ pub fn move_phase(
                             Ok(None) => {}
                             Err(msg) => {
                                 Counters::add(&counters.bytes_error, e.size);
-                                counters.error(&path, msg);
+                                counters.issue(IssueKind::NotStored, &path, msg);
                                 // Left where it was: a manifest never names a missing blob.
                                 if !cas.has_blob(&e.hash, e.size) {
                                     dropped.push(e.path.clone());
@@ -363,7 +363,8 @@ fn store(
                     );
                 }
                 if let Err(err) = vrift_cas::seal::seal_fd(fd, entry.cache_mtime_ns) {
-                    counters.warn(
+                    counters.issue(
+                        IssueKind::Unsealed,
                         path,
                         format!("stored, but its blob could not be sealed: {err}"),
                     );

@@ -17,13 +17,14 @@ use flume::{Receiver, Sender};
 use vrift_cas::{BlobCheck, Cas, CopyKind, WRITE_BITS};
 use vrift_manifest::EntryInput;
 
-use crate::hash::Hashed;
+use crate::item::{Done, Hashed, Stat};
 use crate::lease::Lease;
-use crate::manifest::Done;
 use crate::options::{Mode, Tier};
 use crate::reap::reap;
-use crate::report::Counters;
-use crate::walk::Stat;
+use crate::report::{Counters, IssueKind};
+
+/// Why a file was not placed: counted by kind, the message names what happened.
+type Failure = (IssueKind, String);
 
 /// Mode bits that must agree for two files to share one inode (write bits are stripped from
 /// every blob anyway).
@@ -69,7 +70,7 @@ pub fn place_stage(rx: Receiver<Vec<Hashed>>, tx: Sender<Vec<Done>>, cfg: &Place
 
 /// A file of `dir` was replaced, so the directory is stat'ed again at the end; this asks for
 /// that once per directory.
-pub fn note_touched(dir: &crate::walk::SourceDir, out: &mut Vec<Done>) {
+pub fn note_touched(dir: &crate::item::SourceDir, out: &mut Vec<Done>) {
     if let Some(rel) = dir.touch() {
         out.push(Done::Restat(rel.to_vec()));
     }
@@ -100,9 +101,9 @@ pub fn place_one(h: Hashed, cfg: &PlaceConfig<'_>, freed: &mut Vec<File>) -> Opt
         Mode::Copy => {
             return match copy_in(&h, cfg) {
                 Ok(placed) => Some(placed.entry),
-                Err(msg) => {
+                Err((kind, msg)) => {
                     Counters::add(&cfg.counters.bytes_error, h.st.size);
-                    cfg.counters.error(h.item.path(cfg.root), msg);
+                    cfg.counters.issue(kind, h.item.path(cfg.root), msg);
                     None
                 }
             }
@@ -158,15 +159,20 @@ fn link_result(
             if h.st.mode & WRITE_BITS != 0 {
                 if let Err(e) = vrift_cas::sys::fchmod(h.file.as_fd(), h.st.mode & SHARED_MODE_BITS)
                 {
-                    c.warn(h.item.path(cfg.root), format!("blob left writable: {e}"));
+                    c.issue(
+                        IssueKind::Unsealed,
+                        h.item.path(cfg.root),
+                        format!("blob left writable: {e}"),
+                    );
                 }
             }
             // No writer may be left once the file is the blob; the lease says so for good.
             let lease = Lease::take(h.file.as_fd());
             let verdict = match lease {
-                Lease::Writer => Some(
+                Lease::Writer => Some((
+                    IssueKind::Busy,
                     "open for writing by another process; not stored, left in place".to_string(),
-                ),
+                )),
                 Lease::Held(_) | Lease::Unknown => changed_since_hashed(&h),
             };
             // Sealed while the lease still keeps writers out (see vrift_cas::seal).
@@ -213,7 +219,7 @@ fn link_result(
                 if is_store_failure(errno) {
                     Counters::add(&c.store_failures, 1);
                 }
-                Err(format!("cannot link into store: {e}"))
+                Err((IssueKind::NotStored, format!("cannot link into store: {e}")))
             }
         },
     };
@@ -222,7 +228,8 @@ fn link_result(
             if cfg.tier == Tier::Tier1 && !placed.keep_own {
                 match replace_with_symlink(cfg.cas, &h) {
                     Ok(()) => placed.replaced = true,
-                    Err(e) => c.warn(
+                    Err(e) => c.issue(
+                        IssueKind::OwnCopy,
                         h.item.path(cfg.root),
                         format!("kept as a regular file (tier1 symlink failed: {e})"),
                     ),
@@ -233,9 +240,9 @@ fn link_result(
             }
             Some(placed.entry)
         }
-        Err(msg) => {
+        Err((kind, msg)) => {
             Counters::add(&c.bytes_error, h.st.size);
-            c.error(h.item.path(cfg.root), msg);
+            c.issue(kind, h.item.path(cfg.root), msg);
             None
         }
     }
@@ -245,7 +252,7 @@ fn link_result(
 /// mode links the very inode), and a process that opened it for writing before the write bits
 /// were stripped can still write to it. One `fstat` per new blob; the name must say what the
 /// blob holds.
-fn changed_since_hashed(h: &Hashed) -> Option<String> {
+fn changed_since_hashed(h: &Hashed) -> Option<Failure> {
     match vrift_cas::sys::fstat(h.file.as_fd()) {
         Ok(now)
             if now.st_size as u64 == h.st.size
@@ -253,12 +260,16 @@ fn changed_since_hashed(h: &Hashed) -> Option<String> {
         {
             None
         }
-        Ok(_) => Some(
+        Ok(_) => Some((
+            IssueKind::Changed,
             "changed while it was being ingested (still open for writing by another process?); \
              not stored, left in place"
                 .into(),
-        ),
-        Err(e) => Some(format!("cannot stat after linking: {e}; not stored")),
+        )),
+        Err(e) => Some((
+            IssueKind::NotStored,
+            format!("cannot stat after linking: {e}; not stored"),
+        )),
     }
 }
 
@@ -269,7 +280,8 @@ fn seal(h: &Hashed, cfg: &PlaceConfig<'_>) -> Stat {
     let mut disk = h.st;
     match vrift_cas::seal::seal_fd(h.file.as_fd(), h.st.mtime_ns) {
         Ok(()) => disk.mtime_ns = vrift_cas::seal::sealed_mtime_ns(h.st.mtime_ns),
-        Err(e) => cfg.counters.warn(
+        Err(e) => cfg.counters.issue(
+            IssueKind::Unsealed,
             h.item.path(cfg.root),
             format!("stored, but its blob could not be sealed: {e}"),
         ),
@@ -277,8 +289,8 @@ fn seal(h: &Hashed, cfg: &PlaceConfig<'_>) -> Stat {
     disk
 }
 
-fn why_or_unknown(why: Option<String>) -> String {
-    why.unwrap_or_else(|| "not stored".into())
+fn why_or_unknown(why: Option<Failure>) -> Failure {
+    why.unwrap_or_else(|| (IssueKind::NotStored, "not stored".into()))
 }
 
 /// Whether an inode's mtime `now` still says "not written since `then`": equal, or sealed by
@@ -290,17 +302,18 @@ pub fn unchanged_mtime(now: i64, then: i64) -> bool {
 
 /// Undoes the link of a file that changed after hashing: the blob name goes (if it is still
 /// this inode) and the file gets its write bits back, as if it had never been ingested.
-fn withdraw(h: &Hashed, cfg: &PlaceConfig<'_>, why: String) -> String {
+fn withdraw(h: &Hashed, cfg: &PlaceConfig<'_>, (kind, why): Failure) -> Failure {
     if let Err(e) = cfg
         .cas
         .withdraw_blob(&h.hash, h.st.size, h.st.dev, h.st.ino)
     {
-        return format!(
-            "{why}; and its blob could not be removed: {e} (run `vrift verify --repair`)"
+        return (
+            kind,
+            format!("{why}; and its blob could not be removed: {e} (run `vrift verify --repair`)"),
         );
     }
     let _ = vrift_cas::sys::fchmod(h.file.as_fd(), h.st.mode & 0o7777);
-    why
+    (kind, why)
 }
 
 /// The content is already a blob. Make the project file share it when the modes agree.
@@ -325,19 +338,19 @@ fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>, retried: bool) -> Option<Placed> {
                  replaced by this file",
                 rel()
             );
-            c.warn(h.item.path(cfg.root), msg);
+            c.issue(IssueKind::Repaired, h.item.path(cfg.root), msg);
             return None;
         }
         Ok(BlobCheck::Missing) if !retried => return None,
         Ok(_) => {
             let msg = format!("kept its own copy: blob {} keeps changing under us", rel());
-            c.warn(h.item.path(cfg.root), msg);
+            c.issue(IssueKind::OwnCopy, h.item.path(cfg.root), msg);
             count_dedup(h, c);
             return Some(own(true));
         }
         Err(e) => {
             let msg = format!("kept its own copy: blob {} cannot be checked: {e}", rel());
-            c.warn(h.item.path(cfg.root), msg);
+            c.issue(IssueKind::OwnCopy, h.item.path(cfg.root), msg);
             count_dedup(h, c);
             return Some(own(true));
         }
@@ -405,7 +418,11 @@ fn share(h: &Hashed, cfg: &PlaceConfig<'_>, blob: &Stat) -> Placed {
                 // Another user's blob in a shared store (protected_hardlinks): the file
                 // keeps its own inode, as expected there.
                 Some(libc::EPERM) => Counters::add(&c.fallback_eperm, 1),
-                _ => c.warn(h.item.path(cfg.root), format!("kept its own copy: {e}")),
+                _ => c.issue(
+                    IssueKind::OwnCopy,
+                    h.item.path(cfg.root),
+                    format!("kept its own copy: {e}"),
+                ),
             }
             own(false)
         }
@@ -415,7 +432,7 @@ fn share(h: &Hashed, cfg: &PlaceConfig<'_>, blob: &Stat) -> Placed {
 /// The content goes in as a copy (no link possible): made from the descriptor that was
 /// hashed and re-hashed as it is written (`Cas::copy_in_fd`), never from the path, which may
 /// name another file by now. The project file is left as it is.
-fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<Placed, String> {
+fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<Placed, Failure> {
     let c = cfg.counters;
     // Already stored (before or while we copied): its mode may differ from ours, so this
     // file stays a file of its own.
@@ -433,7 +450,10 @@ fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<Placed, String> {
     }
     // A file someone is still writing is not stored, whichever way it would enter.
     if let Lease::Writer = Lease::take(h.file.as_fd()) {
-        return Err("open for writing by another process; not stored, left in place".into());
+        return Err((
+            IssueKind::Busy,
+            "open for writing by another process; not stored, left in place".into(),
+        ));
     }
     let path = h.item.path(cfg.root);
     let kind = cfg
@@ -443,7 +463,10 @@ fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<Placed, String> {
             if is_store_failure(e.raw_os_error()) {
                 Counters::add(&c.store_failures, 1);
             }
-            format!("cannot copy into store: {}", e.reason())
+            (
+                IssueKind::NotStored,
+                format!("cannot copy into store: {}", e.reason()),
+            )
         })?;
     match kind {
         CopyKind::Reflink => Counters::add(&c.link_reflink, 1),
@@ -480,7 +503,7 @@ pub fn symlink_over(target: &Path, path: &Path) -> io::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let dir = crate::walk::SourceDir::open(parent)?;
+    let dir = crate::item::SourceDir::open(parent)?;
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use vrift_cas::WRITE_BITS;
 use vrift_manifest::{Entry, Manifest};
 
-use crate::walk::Stat;
+use crate::item::Stat;
 
 pub struct Previous {
     manifest: Manifest,

@@ -17,8 +17,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use vrift_cas::Cas;
 
 use crate::error::PipelineError;
-use crate::hash::Hashed;
-use crate::manifest::Done;
+use crate::item::{Done, Hashed};
 use crate::options::Mode;
 use crate::place::{entry_for, finish_link, note_touched, PlaceConfig};
 use crate::report::Counters;

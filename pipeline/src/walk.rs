@@ -10,11 +10,8 @@
 //! merged against that directory's children in the manifest: an unchanged entry is passed on
 //! as the index of its old entry, with no lookup, allocation or read.
 
-use std::ffi::CStr;
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -23,199 +20,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 use vrift_manifest::{Entry, EntryInput, Kind};
 
 use crate::filter::{Filter, Inspect, Verdict};
-use crate::manifest::Done;
+use crate::item::{rel_os, Done, FileItem, RelPath, SourceDir, Stat, BATCH};
 use crate::reingest::Previous;
-use crate::report::Counters;
-
-/// Entries per message between stages.
-pub const BATCH: usize = 128;
-
-/// What one `stat` told us about a file; enough to re-ingest without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stat {
-    pub dev: u64,
-    pub ino: u64,
-    pub mode: u32,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub nlink: u64,
-}
-
-impl Stat {
-    pub fn from_metadata(m: &std::fs::Metadata) -> Stat {
-        use std::os::unix::fs::MetadataExt;
-        Stat {
-            dev: m.dev(),
-            ino: m.ino(),
-            mode: m.mode(),
-            size: m.size(),
-            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            nlink: m.nlink(),
-        }
-    }
-
-    pub fn from_libc(st: &libc::stat) -> Stat {
-        Stat {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            mode: st.st_mode,
-            size: st.st_size as u64,
-            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
-            nlink: st.st_nlink,
-        }
-    }
-
-    pub fn from_rustix(st: &rustix::fs::Stat) -> Stat {
-        Stat {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            mode: st.st_mode,
-            size: st.st_size as u64,
-            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64,
-            nlink: st.st_nlink,
-        }
-    }
-
-    /// Files with any exec bit are their own kind, so `.bin` scripts stay runnable.
-    pub fn file_kind(&self) -> Kind {
-        if self.mode & 0o111 != 0 {
-            Kind::Executable
-        } else {
-            Kind::File
-        }
-    }
-
-    fn file_type(&self) -> FileType {
-        FileType::from_raw_mode(self.mode)
-    }
-}
-
-/// An open directory of the source tree, shared by the entries found in it.
-#[derive(Debug)]
-pub struct SourceDir {
-    fd: OwnedFd,
-    /// Its path relative to the root.
-    rel: Vec<u8>,
-    /// A later stage replaced an entry in it (so its mtime moved after the walk saw it).
-    touched: AtomicBool,
-}
-
-impl SourceDir {
-    /// Opens `path` as a directory handle for `*at` calls (phantom mode, tier1 symlinks).
-    pub fn open(path: &Path) -> std::io::Result<SourceDir> {
-        let fd = rustix::fs::open(
-            path,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        Ok(SourceDir::new(fd, Vec::new()))
-    }
-
-    fn new(fd: OwnedFd, rel: Vec<u8>) -> SourceDir {
-        SourceDir {
-            fd,
-            rel,
-            touched: AtomicBool::new(false),
-        }
-    }
-
-    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
-    /// Records that an entry of this directory was replaced; returns its relative path the
-    /// first time only, so each directory is re-read once at the end.
-    pub fn touch(&self) -> Option<&[u8]> {
-        (!self.touched.swap(true, Ordering::Relaxed)).then_some(self.rel.as_slice())
-    }
-}
-
-/// A path relative to the ingest root, kept NUL-terminated so its last component can be
-/// handed to `*at` system calls without another allocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelPath {
-    buf: Vec<u8>,
-    name_at: usize,
-}
-
-impl RelPath {
-    /// The root itself (`""`).
-    pub fn root() -> RelPath {
-        RelPath {
-            buf: vec![0],
-            name_at: 0,
-        }
-    }
-
-    /// `parent/name` (or `name` under the root). `name` must not contain NUL or `/`.
-    pub fn child(parent: &[u8], name: &[u8]) -> RelPath {
-        let mut buf = Vec::with_capacity(parent.len() + name.len() + 2);
-        if !parent.is_empty() {
-            buf.extend_from_slice(parent);
-            buf.push(b'/');
-        }
-        let name_at = buf.len();
-        buf.extend_from_slice(name);
-        buf.push(0);
-        RelPath { buf, name_at }
-    }
-
-    /// From a relative path as stored in a manifest (no NUL bytes, per its validation).
-    pub fn from_rel(rel: &[u8]) -> RelPath {
-        let name_at = rel.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
-        let mut buf = Vec::with_capacity(rel.len() + 1);
-        buf.extend_from_slice(rel);
-        buf.push(0);
-        RelPath { buf, name_at }
-    }
-
-    /// The relative path, without the terminator.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.buf.len() - 1]
-    }
-
-    /// The last component, NUL-terminated, for `*at` calls relative to the parent directory.
-    pub fn name(&self) -> &CStr {
-        // The buffer holds exactly one NUL, at its end (see the constructors).
-        CStr::from_bytes_with_nul(&self.buf[self.name_at..]).unwrap_or(c"")
-    }
-
-    /// The last component's bytes.
-    pub fn name_bytes(&self) -> &[u8] {
-        &self.buf[self.name_at..self.buf.len() - 1]
-    }
-
-    pub fn into_vec(mut self) -> Vec<u8> {
-        self.buf.pop();
-        self.buf
-    }
-
-    /// Absolute path under `root`, for messages and the rare path-based fallback.
-    pub fn under(&self, root: &Path) -> PathBuf {
-        if self.as_bytes().is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(rel_os(self.as_bytes()))
-        }
-    }
-}
-
-/// A regular file that must be read and hashed.
-#[derive(Debug)]
-pub struct FileItem {
-    /// The directory it was found in; every later syscall on it is relative to this.
-    pub dir: Arc<SourceDir>,
-    pub rel: RelPath,
-    pub st: Stat,
-    /// The filter could not judge it by name: the hash stage, which reads it, decides.
-    pub inspect: Option<Inspect>,
-}
-
-impl FileItem {
-    pub fn path(&self, root: &Path) -> PathBuf {
-        self.rel.under(root)
-    }
-}
+use crate::report::{Counters, IssueKind};
 
 /// Where walked entries go.
 pub struct WalkSinks {
@@ -254,9 +61,14 @@ struct Queue {
 }
 
 impl Queue {
-    fn pop(&self) -> Option<Job> {
+    fn pop(&self, counters: &Counters) -> Option<Job> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
+            if counters.quitting() {
+                // A stage failed: stop, and wake the others so they stop too.
+                self.ready.notify_all();
+                return None;
+            }
             if let Some(job) = st.0.pop() {
                 st.1 += 1;
                 return Some(job);
@@ -266,6 +78,24 @@ impl Queue {
                 return None;
             }
             st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Runs `visit` on directories until the walk is over or the run quits. `visit` reads one
+    /// directory and pushes the subdirectories it found. A panic in it is caught (see
+    /// [`Counters::stage`]) and every other walker woken to stop: otherwise they would wait
+    /// forever for the directory the dead thread was reading.
+    fn serve(&self, counters: &Counters, mut visit: impl FnMut(Job, &mut Vec<Job>)) {
+        let mut found = Vec::new();
+        counters.stage("walk", || {
+            while let Some(job) = self.pop(counters) {
+                visit(job, &mut found);
+                self.finish(&mut found);
+            }
+        });
+        if counters.quitting() {
+            let _st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            self.ready.notify_all();
         }
     }
 
@@ -351,12 +181,12 @@ impl<'a, 'b> Visitor<'a, 'b> {
     }
 
     fn run(mut self, queue: &Queue) {
-        while let Some(job) = queue.pop() {
+        queue.serve(self.cfg.counters, |job, found| {
             let t = Instant::now();
             self.read_dir(job);
             self.busy_ns += t.elapsed().as_nanos() as u64;
-            queue.finish(&mut self.subdirs);
-        }
+            found.append(&mut self.subdirs);
+        });
     }
 
     fn path_of(&self, rel: &RelPath) -> PathBuf {
@@ -405,7 +235,11 @@ impl<'a, 'b> Visitor<'a, 'b> {
         let dir = match SourceDir::open(self.cfg.root) {
             Ok(d) => Arc::new(d),
             Err(e) => {
-                c.error(self.cfg.root, format!("cannot open directory: {e}"));
+                c.issue(
+                    IssueKind::Unreadable,
+                    self.cfg.root,
+                    format!("cannot open directory: {e}"),
+                );
                 return;
             }
         };
@@ -441,7 +275,8 @@ impl<'a, 'b> Visitor<'a, 'b> {
         let fd = match opened {
             Ok(fd) => fd,
             Err(e) => {
-                c.error(
+                c.issue(
+                    IssueKind::Unreadable,
                     self.path_of(&job.rel),
                     format!("cannot open directory: {}", std::io::Error::from(e)),
                 );
@@ -451,7 +286,8 @@ impl<'a, 'b> Visitor<'a, 'b> {
         let st = match rustix::fs::fstat(&fd) {
             Ok(st) => Stat::from_rustix(&st),
             Err(e) => {
-                c.error(
+                c.issue(
+                    IssueKind::Unreadable,
                     self.path_of(&job.rel),
                     format!("cannot stat: {}", std::io::Error::from(e)),
                 );
@@ -480,7 +316,8 @@ impl<'a, 'b> Visitor<'a, 'b> {
         }
         let dir = Arc::new(SourceDir::new(fd, job.rel.as_bytes().to_vec()));
         if let Err(e) = self.read_names(&dir) {
-            c.error(
+            c.issue(
+                IssueKind::Unreadable,
                 self.path_of(&job.rel),
                 format!("cannot read directory: {}", std::io::Error::from(e)),
             );
@@ -590,7 +427,8 @@ impl<'a, 'b> Visitor<'a, 'b> {
         let st = match rustix::fs::statat(dir.fd(), rel.name(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Stat::from_rustix(&st),
             Err(e) => {
-                c.error(
+                c.issue(
+                    IssueKind::Unreadable,
                     self.path_of(&rel),
                     format!("cannot stat: {}", std::io::Error::from(e)),
                 );
@@ -653,7 +491,11 @@ impl<'a, 'b> Visitor<'a, 'b> {
                     _ => "special file",
                 };
                 Counters::add(&c.specials, 1);
-                c.warn(self.path_of(&rel), format!("skipped {what}"));
+                c.issue(
+                    IssueKind::Special,
+                    self.path_of(&rel),
+                    format!("skipped {what}"),
+                );
             }
         }
     }
@@ -663,7 +505,8 @@ impl<'a, 'b> Visitor<'a, 'b> {
         let target = match rustix::fs::readlinkat(dir.fd(), rel.name(), Vec::new()) {
             Ok(t) => t.into_bytes(),
             Err(e) => {
-                c.error(
+                c.issue(
+                    IssueKind::Unreadable,
                     self.path_of(&rel),
                     format!("cannot read symlink: {}", std::io::Error::from(e)),
                 );
@@ -715,7 +558,8 @@ impl<'a, 'b> Visitor<'a, 'b> {
     }
 
     fn dangling(&self, rel: &RelPath, target: &[u8]) {
-        self.cfg.counters.warn(
+        self.cfg.counters.issue(
+            IssueKind::Dangling,
             self.path_of(rel),
             format!("dangling symlink to {}", String::from_utf8_lossy(target)),
         );
@@ -740,11 +584,6 @@ fn same_meta(e: &Entry<'_>, kind: Kind, st: &Stat, size: u64) -> bool {
         && e.dev() == st.dev
         && e.ino() == st.ino
         && e.cache_mtime_ns() == st.mtime_ns
-}
-
-/// Relative path bytes to an `OsStr` (for joining onto a root).
-pub fn rel_os(rel: &[u8]) -> &std::ffi::OsStr {
-    std::ffi::OsStr::from_bytes(rel)
 }
 
 /// A symlink to a blob of this store stands for the file tier1 replaced: rebuild its entry
@@ -777,19 +616,80 @@ fn tier1_file(blob_dir: &Path, rel: &[u8], target: &[u8], link: &Stat) -> Option
 mod tests {
     use super::*;
 
+    fn job(name: &str) -> Job {
+        Job {
+            parent: None,
+            rel: RelPath::child(b"", name.as_bytes()),
+            prev: None,
+        }
+    }
+
+    /// A walker thread that panics mid-directory must not leave the others waiting for it
+    /// (the directory it held is never finished): all return, and the failure names the walk.
     #[test]
-    fn rel_paths_keep_their_name_nul_terminated() {
-        let r = RelPath::child(b"a/b", b"c.txt");
-        assert_eq!(r.as_bytes(), b"a/b/c.txt");
-        assert_eq!(r.name().to_bytes(), b"c.txt");
-        assert_eq!(r.name_bytes(), b"c.txt");
-        let top = RelPath::child(b"", b"x");
-        assert_eq!(top.as_bytes(), b"x");
-        assert_eq!(top.name().to_bytes(), b"x");
-        assert_eq!(RelPath::from_rel(b"a/b/c.txt"), r);
-        assert_eq!(RelPath::from_rel(b"x"), top);
-        assert_eq!(RelPath::root().as_bytes(), b"");
-        assert_eq!(r.clone().into_vec(), b"a/b/c.txt".to_vec());
-        assert_eq!(r.under(Path::new("/r")), Path::new("/r/a/b/c.txt"));
+    fn a_panicking_walker_stops_the_walk_instead_of_hanging_it() {
+        let counters = Counters::default();
+        let queue = Queue {
+            state: Mutex::new((vec![job("root")], 0)),
+            ready: Condvar::new(),
+        };
+        let visited = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    queue.serve(&counters, |j, found| {
+                        visited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        match j.rel.as_bytes() {
+                            b"root" => {
+                                // d40 on top of the stack: taken first.
+                                found.extend(
+                                    (0..64).filter(|&i| i != 40).map(|i| job(&format!("d{i}"))),
+                                );
+                                found.push(job("d40"));
+                            }
+                            b"d40" => panic!("bug while reading d40"),
+                            // The others are busy until the failure is known (or 20 s).
+                            _ => {
+                                let t = std::time::Instant::now();
+                                while !counters.quitting() && t.elapsed().as_secs() < 20 {
+                                    std::thread::sleep(std::time::Duration::from_millis(1));
+                                }
+                            }
+                        }
+                    })
+                });
+            }
+        });
+        let (stage, message) = counters.stage_failure().expect("the failure is recorded");
+        assert_eq!(stage, "walk");
+        assert!(message.contains("d40"), "{message}");
+        assert!(counters.quitting());
+        // It stopped early: the root, d40, and the directory each other walker held.
+        let n = visited.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(n <= 5, "{n} directories visited");
+    }
+
+    #[test]
+    fn a_walk_without_failures_visits_everything() {
+        let counters = Counters::default();
+        let queue = Queue {
+            state: Mutex::new((vec![job("root")], 0)),
+            ready: Condvar::new(),
+        };
+        let visited = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    queue.serve(&counters, |j, found| {
+                        visited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if j.rel.as_bytes() == b"root" {
+                            found.extend((0..20).map(|i| job(&format!("d{i}"))));
+                        }
+                    })
+                });
+            }
+        });
+        assert_eq!(visited.load(std::sync::atomic::Ordering::Relaxed), 21);
+        assert!(counters.stage_failure().is_none());
     }
 }

@@ -1,7 +1,9 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use vrift_pipeline::{ingest, Counters, IngestOptions, IngestReport, IoBackend, Mode, Tier};
+use vrift_pipeline::{
+    ingest, Counters, IngestOptions, IngestReport, IoBackend, Mode, Severity, Tier,
+};
 
 use crate::args::{BackendArg, IngestArgs, ModeArg, TierArg};
 use crate::format::{bytes, thousands};
@@ -293,7 +295,17 @@ fn print_summary(r: &IngestReport) {
         thousands(r.skipped)
     );
     println!("  excluded    {:>12}", thousands(r.excluded));
-    println!("  errors      {:>12}", thousands(r.errors));
+    let errors = r.issues.describe(Severity::Error);
+    if errors.is_empty() {
+        println!("  errors      {:>12}", thousands(r.errors));
+    } else {
+        println!("  errors      {:>12}  ({errors})", thousands(r.errors));
+    }
+    let warnings = r.issues.describe(Severity::Warning);
+    if !warnings.is_empty() {
+        let n: u64 = r.issues.of(Severity::Warning).map(|(_, n)| n).sum();
+        println!("  warnings    {:>12}  ({warnings})", thousands(n));
+    }
     let copies = d.link_copy + d.link_reflink;
     if copies > 0 || d.mode_conflicts > 0 {
         println!(

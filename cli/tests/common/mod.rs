@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 /// The keys `vrift ingest --json` promises, in order.
-pub const JSON_KEYS: [&str; 17] = [
+pub const JSON_KEYS: [&str; 18] = [
     "version",
     "files",
     "dirs",
@@ -31,6 +31,7 @@ pub const JSON_KEYS: [&str; 17] = [
     "seconds",
     "files_per_sec",
     "manifest",
+    "issues",
     "excluded_paths",
     "project",
     "store",
