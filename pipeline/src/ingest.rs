@@ -65,6 +65,12 @@ fn lock_tree(
 
 /// Runs one ingest into the store at `store_root`. Per-file problems are in the report
 /// (`errors`, `details.issues`); only problems with the run as a whole are `Err`.
+///
+/// The steps, each a function below: find what to ingest and where the manifest goes
+/// ([`Target`]), settle the mode, lock the tree and the store, finish an interrupted phantom
+/// run, run the stages ([`run_stages`]: walk → hash → place → collect), publish the manifest
+/// and register the project ([`publish`]), move a phantom tree's files ([`move_phantom`]),
+/// and report.
 pub fn ingest(
     opts: &IngestOptions,
     store_root: &Path,
@@ -74,80 +80,12 @@ pub fn ingest(
     let started = Instant::now();
     let _sigio = crate::lease::SigioIgnored::new();
     let fd_limit = raise_fd_limit();
-    let start =
-        std::fs::canonicalize(&opts.source).map_err(|e| PipelineError::io(&opts.source, e))?;
-    let md = std::fs::metadata(&start).map_err(|e| PipelineError::io(&start, e))?;
-    let root: PathBuf = if md.is_dir() {
-        start.clone()
-    } else if md.is_file() {
-        start.parent().unwrap_or(Path::new("/")).to_path_buf()
-    } else {
-        return Err(PipelineError::NotIngestable { path: start });
-    };
-    let output = absolute(&opts.output)?;
-    // Fail before any file is touched, not after the whole tree was linked.
-    match output.parent().map(std::fs::metadata) {
-        Some(Ok(m)) if m.is_dir() => {}
-        Some(Ok(_)) | None => {
-            return Err(PipelineError::io(
-                &output,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotADirectory,
-                    "parent of the output is not a directory",
-                ),
-            ));
-        }
-        Some(Err(e)) => return Err(PipelineError::io(output.parent().unwrap_or(&output), e)),
-    }
-    if output.is_dir() {
-        return Err(PipelineError::io(
-            &output,
-            std::io::Error::new(
-                std::io::ErrorKind::IsADirectory,
-                "output must be a file path, not a directory",
-            ),
-        ));
-    }
+    let target = Target::resolve(opts)?;
+    let mode = settle_mode(opts, &target, counters)?;
     let threads = opts.thread_count();
     // One phantom ingest of a tree at a time: two would move the same files and each lose
     // entries. Solid ingests of one tree may run together (they only link).
-    // Phantom is a property of the output: once `output` describes a phantom tree (or an
-    // interrupted phantom run left its journal), its moved files exist only through that
-    // manifest, and a plain re-ingest would drop them. So the ingest goes on in phantom mode.
-    if opts.mode == Mode::Index && output_is_phantom(&output, &root) {
-        // A phantom tree's moved files live only in the store: index mode, which leaves the
-        // tree alone and stores nothing, cannot take it over.
-        return Err(PipelineError::io(
-            &output,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "describes a phantom tree (or an interrupted phantom ingest); an index-only \
-                 ingest cannot write to it",
-            ),
-        ));
-    }
-    let mode = if opts.mode != Mode::Phantom && output_is_phantom(&output, &root) {
-        counters.issue(
-            IssueKind::Run,
-            &output,
-            "describes a phantom tree (its moved files exist only in the store): ingesting in \
-             phantom mode to keep them",
-        );
-        Mode::Phantom
-    } else {
-        opts.mode
-    };
-    if matches!(mode, Mode::Copy | Mode::Index) && opts.tier == crate::Tier::Tier1 {
-        return Err(PipelineError::io(
-            &root,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "--tier tier1 replaces files by symlinks; --mode copy leaves the tree as it is",
-            ),
-        ));
-    }
-    let _tree_lock = lock_tree(&root, mode == Mode::Phantom, &mut on_wait)?;
-
+    let _tree_lock = lock_tree(&target.root, mode == Mode::Phantom, &mut on_wait)?;
     let cas = Cas::open(store_root)?;
     // Before any source file is touched (solid mode strips write bits, phantom moves files).
     cas.check_writable()
@@ -165,36 +103,18 @@ pub fn ingest(
     );
 
     let mut details = ReportDetails {
-        source: root.clone(),
+        source: target.root.clone(),
         store: cas.root().to_path_buf(),
         ..Default::default()
     };
+    details.resumed = finish_interrupted(&cas, &target, threads, counters)?;
 
-    // An interrupted phantom ingest of this output is finished before anything else, so its
-    // moved files are never mistaken for deleted ones.
-    if let Some(j) = phantom::read_journal(&output)? {
-        if j.root != root {
-            return Err(PipelineError::PendingJournal {
-                path: phantom::journal_path(&output),
-                root: j.root,
-            });
-        }
-        let tier = if j.tier1 {
-            crate::Tier::Tier1
-        } else {
-            crate::Tier::Tier2
-        };
-        phantom::move_phase(&cas, &output, tier, threads, counters)?;
-        phantom::remove_journal(&output)?;
-        details.resumed = true;
-    }
-
-    let load_previous = || match Previous::load(&output, &root, cas.blob_dir()) {
+    let load_previous = || match Previous::load(&target.output, &target.root, cas.blob_dir()) {
         Ok(p) => Some(p),
         Err(NotReused::Unreadable(why)) => {
             counters.issue(
                 IssueKind::Run,
-                &output,
+                &target.output,
                 format!("previous manifest not reused: {why}"),
             );
             None
@@ -202,7 +122,7 @@ pub fn ingest(
         Err(NotReused::Missing) | Err(NotReused::OtherRoot) => None,
     };
     // The re-ingest cache (skip unchanged files), unless --no-cache.
-    let mut previous = if opts.reuse_previous {
+    let previous = if opts.reuse_previous {
         load_previous()
     } else {
         None
@@ -215,19 +135,7 @@ pub fn ingest(
         None
     };
 
-    let mut filter = Filter::new(opts.security_filter, true, &opts.excludes)?;
-    // vrift's own files are never part of the tree: the manifest, its journal, and the store
-    // itself when it lives inside the source (ingesting its lock files would deadlock).
-    for own in [
-        output.clone(),
-        phantom::journal_path(&output),
-        cas.root().to_path_buf(),
-    ] {
-        if let Ok(rel) = own.strip_prefix(&root) {
-            filter.ignore_path(rel);
-        }
-    }
-
+    let filter = filter_for(opts, &target, &cas)?;
     // The io_uring engine links (solid mode); other modes place on threads.
     let use_uring = mode == Mode::Solid
         && match opts.io_backend {
@@ -240,19 +148,253 @@ pub fn ingest(
         };
     details.io_backend = if use_uring { "uring" } else { "threads" };
 
+    let collected = run_stages(&Stages {
+        target: &target,
+        cas: &cas,
+        mode,
+        opts,
+        threads,
+        filter: &filter,
+        previous: previous.as_ref(),
+        use_uring,
+        fd_limit,
+        counters,
+    })?;
+
+    // The store could not take some files (full, read-only): the ingest fails as a whole and
+    // nothing is published, so no one restores a tree missing those files.
+    let failed = Counters::get(&counters.store_failures);
+    if failed > 0 {
+        return Err(PipelineError::StoreFailed {
+            store: cas.root().to_path_buf(),
+            failed,
+            why: "out of space, read-only or failing".into(),
+            output: target.output,
+        });
+    }
+
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| registry::default_name(&target.root));
+    // A project is a promise that the store holds its blobs: an index-only ingest makes none.
+    let register = opts.register && mode != Mode::Index;
+    let published = publish(
+        &cas,
+        &target,
+        mode,
+        collected,
+        previous,
+        phantom_previous,
+        opts.keep_offloaded,
+        register.then_some(name.as_str()),
+        counters,
+    )?;
+    details.manifest_written = published.written;
+    let mut registered = published.registered;
+    if mode == Mode::Phantom {
+        move_phantom(
+            &cas,
+            &target,
+            opts.tier,
+            threads,
+            &name,
+            published.totals,
+            counters,
+        )?;
+        registered = true;
+    } else if register && !registered {
+        registry::register(
+            cas.root(),
+            &Registration {
+                name: &name,
+                source: &target.root,
+                manifest: &target.output,
+                files: published.totals.0,
+                bytes: published.totals.1,
+            },
+        )?;
+        registered = true;
+    }
+    if registered {
+        details.project = Some(name);
+    }
+    Ok(report(started, target.output, details, counters))
+}
+
+/// What an ingest reads and writes, resolved and checked before anything is touched.
+struct Target {
+    /// The directory (or single file) named on the command line, canonical.
+    start: PathBuf,
+    /// What manifest paths are relative to: `start`, or a single file's parent.
+    root: PathBuf,
+    /// The manifest to write, absolute.
+    output: PathBuf,
+}
+
+impl Target {
+    fn resolve(opts: &IngestOptions) -> Result<Target, PipelineError> {
+        let start =
+            std::fs::canonicalize(&opts.source).map_err(|e| PipelineError::io(&opts.source, e))?;
+        let md = std::fs::metadata(&start).map_err(|e| PipelineError::io(&start, e))?;
+        let root: PathBuf = if md.is_dir() {
+            start.clone()
+        } else if md.is_file() {
+            start.parent().unwrap_or(Path::new("/")).to_path_buf()
+        } else {
+            return Err(PipelineError::NotIngestable { path: start });
+        };
+        let output = absolute(&opts.output)?;
+        // Fail before any file is touched, not after the whole tree was linked.
+        match output.parent().map(std::fs::metadata) {
+            Some(Ok(m)) if m.is_dir() => {}
+            Some(Ok(_)) | None => {
+                return Err(PipelineError::io(
+                    &output,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotADirectory,
+                        "parent of the output is not a directory",
+                    ),
+                ));
+            }
+            Some(Err(e)) => return Err(PipelineError::io(output.parent().unwrap_or(&output), e)),
+        }
+        if output.is_dir() {
+            return Err(PipelineError::io(
+                &output,
+                std::io::Error::new(
+                    std::io::ErrorKind::IsADirectory,
+                    "output must be a file path, not a directory",
+                ),
+            ));
+        }
+        Ok(Target {
+            start,
+            root,
+            output,
+        })
+    }
+}
+
+/// The mode the run uses. Phantom is a property of the output: once it describes a phantom
+/// tree (or an interrupted phantom run left its journal), its moved files exist only through
+/// that manifest, and a plain re-ingest would drop them, so the ingest goes on in phantom
+/// mode; an index-only one, which stores nothing, is refused.
+fn settle_mode(
+    opts: &IngestOptions,
+    target: &Target,
+    counters: &Counters,
+) -> Result<Mode, PipelineError> {
+    let invalid = |path: &Path, why: &str| {
+        PipelineError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()),
+        )
+    };
+    let phantom_output = output_is_phantom(&target.output, &target.root);
+    if opts.mode == Mode::Index && phantom_output {
+        return Err(invalid(
+            &target.output,
+            "describes a phantom tree (or an interrupted phantom ingest); an index-only \
+             ingest cannot write to it",
+        ));
+    }
+    let mode = if opts.mode != Mode::Phantom && phantom_output {
+        counters.issue(
+            IssueKind::Run,
+            &target.output,
+            "describes a phantom tree (its moved files exist only in the store): ingesting in \
+             phantom mode to keep them",
+        );
+        Mode::Phantom
+    } else {
+        opts.mode
+    };
+    if matches!(mode, Mode::Copy | Mode::Index) && opts.tier == crate::Tier::Tier1 {
+        return Err(invalid(
+            &target.root,
+            "--tier tier1 replaces files by symlinks; --mode copy leaves the tree as it is",
+        ));
+    }
+    Ok(mode)
+}
+
+/// An interrupted phantom ingest of this output is finished before anything else, so its
+/// moved files are never mistaken for deleted ones. True if there was one.
+fn finish_interrupted(
+    cas: &Cas,
+    target: &Target,
+    threads: usize,
+    counters: &Counters,
+) -> Result<bool, PipelineError> {
+    let Some(j) = phantom::read_journal(&target.output)? else {
+        return Ok(false);
+    };
+    if j.root != target.root {
+        return Err(PipelineError::PendingJournal {
+            path: phantom::journal_path(&target.output),
+            root: j.root,
+        });
+    }
+    let tier = if j.tier1 {
+        crate::Tier::Tier1
+    } else {
+        crate::Tier::Tier2
+    };
+    phantom::move_phase(cas, &target.output, tier, threads, counters)?;
+    phantom::remove_journal(&target.output)?;
+    Ok(true)
+}
+
+/// The user's filter, plus vrift's own files, which are never part of the tree: the
+/// manifest, its journal, and the store itself when it lives inside the source (ingesting its
+/// lock files would deadlock).
+fn filter_for(opts: &IngestOptions, target: &Target, cas: &Cas) -> Result<Filter, PipelineError> {
+    let mut filter = Filter::new(opts.security_filter, true, &opts.excludes)?;
+    for own in [
+        target.output.clone(),
+        phantom::journal_path(&target.output),
+        cas.root().to_path_buf(),
+    ] {
+        if let Ok(rel) = own.strip_prefix(&target.root) {
+            filter.ignore_path(rel);
+        }
+    }
+    Ok(filter)
+}
+
+/// Everything the stages share.
+struct Stages<'a> {
+    target: &'a Target,
+    cas: &'a Cas,
+    mode: Mode,
+    opts: &'a IngestOptions,
+    threads: usize,
+    filter: &'a Filter,
+    previous: Option<&'a Previous>,
+    use_uring: bool,
+    fd_limit: u64,
+    counters: &'a Counters,
+}
+
+/// Walk → hash → place → collect: each stage a pool of threads (collect: this thread), joined
+/// by bounded channels. A stage thread that panics (a bug) ends the run with an error naming
+/// the stage: what it held never reached the manifest, so none may be published.
+fn run_stages(st: &Stages<'_>) -> Result<manifest::Collected, PipelineError> {
+    let (threads, counters, root) = (st.threads, st.counters, &st.target.root);
     let cap = threads.max(1) * 2;
     let (hash_tx, hash_rx) = flume::bounded(cap);
     let (place_tx, place_rx) = flume::bounded(cap);
     let (done_tx, done_rx) = flume::bounded(cap * 4);
     let walk_cfg = WalkConfig {
-        start: &start,
-        root: &root,
+        start: &st.target.start,
+        root,
         threads,
-        filter: &filter,
-        previous: previous.as_ref(),
-        blob_dir: cas.blob_dir(),
+        filter: st.filter,
+        previous: st.previous,
+        blob_dir: st.cas.blob_dir(),
         counters,
-        record_excluded: opts.record_excluded,
+        record_excluded: st.opts.record_excluded,
     };
     let collected = std::thread::scope(|s| {
         {
@@ -264,22 +406,22 @@ pub fn ingest(
             s.spawn(move || counters.stage("walk", || walk(walk_cfg, sinks)));
         }
         for _ in 0..threads {
-            let (rx, tx, root) = (hash_rx.clone(), place_tx.clone(), &root);
+            let (rx, tx) = (hash_rx.clone(), place_tx.clone());
             s.spawn(move || counters.stage("hash", || hash_stage(rx, tx, root, counters)));
         }
         drop(place_tx);
-        let (reap_tx, reap_rx) = flume::bounded(reap::backlog(fd_limit));
+        let (reap_tx, reap_rx) = flume::bounded(reap::backlog(st.fd_limit));
         for _ in 0..reap::REAPERS {
             let rx = reap_rx.clone();
             s.spawn(move || counters.stage("reap", || reap::reap_stage(rx)));
         }
         drop(reap_rx);
         let place_cfg = PlaceConfig {
-            cas: &cas,
-            mode,
-            tier: opts.tier,
+            cas: st.cas,
+            mode: st.mode,
+            tier: st.opts.tier,
             counters,
-            root: &root,
+            root,
             reaper: reap_tx,
         };
         // The place workers get a scope of their own: when they are done, `place_cfg` (and
@@ -288,7 +430,7 @@ pub fn ingest(
             for _ in 0..threads {
                 let (rx, tx) = (place_rx.clone(), done_tx.clone());
                 let cfg = &place_cfg;
-                if use_uring {
+                if st.use_uring {
                     inner.spawn(move || {
                         counters.stage("place", || {
                             if let Err(e) = crate::uring::place_stage(rx.clone(), tx.clone(), cfg) {
@@ -308,149 +450,176 @@ pub fn ingest(
         drop(place_cfg);
         collected
     });
-
-    // A stage died of a bug: what it held never reached the manifest, so none is published.
-    let collected = match (collected, counters.stage_failure()) {
-        (Some(c), None) => c,
+    match (collected, counters.stage_failure()) {
+        (Some(c), None) => Ok(c),
         (_, failure) => {
             let (stage, message) = failure.unwrap_or(("manifest", "no result".into()));
-            return Err(PipelineError::StageFailed {
+            Err(PipelineError::StageFailed {
                 stage,
                 message,
-                output,
-            });
+                output: st.target.output.clone(),
+            })
         }
-    };
-
-    // The store could not take some files (full, read-only): the ingest fails as a whole and
-    // nothing is published, so no one restores a tree missing those files.
-    let failed = Counters::get(&counters.store_failures);
-    if failed > 0 {
-        return Err(PipelineError::StoreFailed {
-            store: cas.root().to_path_buf(),
-            failed,
-            why: "out of space, read-only or failing".into(),
-            output,
-        });
     }
+}
 
+/// What publishing did.
+struct Published {
+    /// Files with content and their bytes, as the registry records them.
+    totals: (u64, u64),
+    /// A new manifest was written (not the previous one kept as it was).
+    written: bool,
+    /// The project is registered already.
+    registered: bool,
+}
+
+/// Writes the manifest atomically — or keeps the previous one when nothing changed — and,
+/// for a solid tree, registers the project first (`register`: its name), so a failure there
+/// leaves `output` as it was. A phantom manifest is written before any file moves (it is
+/// then the tree's only record); [`move_phantom`] registers it.
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    cas: &Cas,
+    target: &Target,
+    mode: Mode,
+    collected: manifest::Collected,
+    previous: Option<Previous>,
+    phantom_previous: Option<Previous>,
+    keep_offloaded: bool,
+    register: Option<&str>,
+    counters: &Counters,
+) -> Result<Published, PipelineError> {
     let flags = if mode == Mode::Phantom {
         FLAG_PHANTOM
     } else {
         0
     };
-    let name = opts
-        .name
-        .clone()
-        .unwrap_or_else(|| registry::default_name(&root));
-    // A project is a promise that the store holds its blobs: an index-only ingest makes none.
-    let register = opts.register && mode != Mode::Index;
-    let registration = |files, bytes| Registration {
-        name: &name,
-        source: &root,
-        manifest: &output,
+    let registration = |name, files, bytes| Registration {
+        name,
+        source: &target.root,
+        manifest: &target.output,
         files,
         bytes,
     };
-    let (files, bytes);
-    // Registered already (solid: before the manifest is published at `output`).
-    let mut registered = false;
     if mode != Mode::Phantom && collected.is_unchanged(previous.as_ref(), flags) {
         // Nothing changed: the previous manifest is the answer, byte for byte.
         let t = Instant::now();
         let m = previous.as_ref().map(|p| p.manifest());
-        (files, bytes) = m
+        let totals = m
             .into_iter()
             .flat_map(|m| m.iter())
             .filter(|e| e.kind().has_content())
             .fold((0u64, 0u64), |(f, b), e| (f + 1, b + e.size()));
         Counters::add(&counters.manifest_ns, t.elapsed().as_nanos() as u64);
-        details.manifest_written = false;
-        if register {
-            // The manifest is the previous one, validated and in memory already.
-            if let Some(p) = previous.as_ref() {
-                registry::register_bytes(
-                    cas.root(),
-                    &registration(files, bytes),
-                    p.manifest().as_bytes(),
-                )?;
-                registered = true;
-            }
+        let mut registered = false;
+        // The manifest is the previous one, validated and in memory already.
+        if let (Some(name), Some(p)) = (register, previous.as_ref()) {
+            registry::register_bytes(
+                cas.root(),
+                &registration(name, totals.0, totals.1),
+                p.manifest().as_bytes(),
+            )?;
+            registered = true;
         }
-    } else {
-        let mut entries = collected.into_entries(previous.as_ref(), &root);
-        if mode == Mode::Phantom {
-            if let Some(p) = previous.as_ref().or(phantom_previous.as_ref()) {
-                manifest::keep_phantom_entries(&mut entries, p);
-            }
-        }
-        if opts.keep_offloaded {
-            if let Some(p) = previous.as_ref() {
-                manifest::keep_offloaded_entries(&mut entries, p);
-            }
-        }
-        (files, bytes) = entries
-            .iter()
-            .filter(|e| e.kind.has_content())
-            .fold((0u64, 0u64), |(f, b), e| (f + 1, b + e.size));
-        let built = manifest::build(entries, &root, flags, previous.as_ref(), counters)?;
-        drop(previous.take());
-        details.manifest_written = built.is_some();
-        if let Some(image) = built {
-            // Solid: the store learns of the tree (cached copy, registry) before the manifest
-            // is published, so a failure here leaves `output` as it was. Phantom: the manifest
-            // must be durable before the first file moves (it is then the tree's only record).
-            if register && mode != Mode::Phantom {
-                registry::register_bytes(cas.root(), &registration(files, bytes), &image)?;
-                registered = true;
-            }
-            vrift_manifest::write_file_atomic(&output, &image)?;
-        }
+        return Ok(Published {
+            totals,
+            written: false,
+            registered,
+        });
     }
-    drop(previous);
-
+    let mut entries = collected.into_entries(previous.as_ref(), &target.root);
     if mode == Mode::Phantom {
-        // Before the first file moves, the store holds the manifest as a pending root: a gc
-        // while this run (or its interrupted remains) is unregistered keeps every moved blob.
-        let image = std::fs::read(&output).map_err(|e| PipelineError::io(&output, e))?;
-        let pending = vrift_cas::roots::PendingRoot::create(
-            cas.root(),
-            &image,
-            &vrift_cas::roots::RootInfo {
-                pid: std::process::id(),
-                source: root.clone(),
-                output: output.clone(),
-                created_unix: unix_now(),
-            },
-        )?;
-        phantom::write_journal(
-            &output,
-            &phantom::Journal {
-                version: 1,
-                root: root.clone(),
-                output: output.clone(),
-                tier1: opts.tier == crate::Tier::Tier1,
-                pid: std::process::id(),
-            },
-        )?;
-        phantom::move_phase(&cas, &output, opts.tier, threads, counters)?;
-        phantom::remove_journal(&output)?;
-        // Always registered: the moved files exist only in the store now, and only a
-        // registered project (or the pending root) keeps gc off them.
-        registry::register(cas.root(), &registration(files, bytes))?;
-        registered = true;
-        {
-            pending.release()?;
-            vrift_cas::roots::release_for_output(cas.root(), &output)?;
+        if let Some(p) = previous.as_ref().or(phantom_previous.as_ref()) {
+            manifest::keep_phantom_entries(&mut entries, p);
         }
-    } else if register && !registered {
-        registry::register(cas.root(), &registration(files, bytes))?;
-        registered = true;
     }
-    if registered {
-        details.project = Some(name.clone());
+    if keep_offloaded {
+        if let Some(p) = previous.as_ref() {
+            manifest::keep_offloaded_entries(&mut entries, p);
+        }
     }
+    let totals = entries
+        .iter()
+        .filter(|e| e.kind.has_content())
+        .fold((0u64, 0u64), |(f, b), e| (f + 1, b + e.size));
+    let built = manifest::build(entries, &target.root, flags, previous.as_ref(), counters)?;
+    drop(previous);
+    let mut registered = false;
+    let written = built.is_some();
+    if let Some(image) = built {
+        if let (Some(name), true) = (register, mode != Mode::Phantom) {
+            registry::register_bytes(cas.root(), &registration(name, totals.0, totals.1), &image)?;
+            registered = true;
+        }
+        vrift_manifest::write_file_atomic(&target.output, &image)?;
+    }
+    Ok(Published {
+        totals,
+        written,
+        registered,
+    })
+}
 
+/// Phantom mode, once the manifest is durable: the files move into the store and the
+/// project is registered (always: the moved files exist only in the store now, and only a
+/// registered project, or the pending root held meanwhile, keeps gc off them).
+fn move_phantom(
+    cas: &Cas,
+    target: &Target,
+    tier: crate::Tier,
+    threads: usize,
+    name: &str,
+    (files, bytes): (u64, u64),
+    counters: &Counters,
+) -> Result<(), PipelineError> {
+    let output = &target.output;
+    // Before the first file moves, the store holds the manifest as a pending root: a gc
+    // while this run (or its interrupted remains) is unregistered keeps every moved blob.
+    let image = std::fs::read(output).map_err(|e| PipelineError::io(output, e))?;
+    let pending = vrift_cas::roots::PendingRoot::create(
+        cas.root(),
+        &image,
+        &vrift_cas::roots::RootInfo {
+            pid: std::process::id(),
+            source: target.root.clone(),
+            output: output.clone(),
+            created_unix: unix_now(),
+        },
+    )?;
+    phantom::write_journal(
+        output,
+        &phantom::Journal {
+            version: 1,
+            root: target.root.clone(),
+            output: output.clone(),
+            tier1: tier == crate::Tier::Tier1,
+            pid: std::process::id(),
+        },
+    )?;
+    phantom::move_phase(cas, output, tier, threads, counters)?;
+    phantom::remove_journal(output)?;
+    registry::register(
+        cas.root(),
+        &Registration {
+            name,
+            source: &target.root,
+            manifest: output,
+            files,
+            bytes,
+        },
+    )?;
+    pending.release()?;
+    vrift_cas::roots::release_for_output(cas.root(), output)?;
+    Ok(())
+}
+
+/// The report of a finished run, from the counters.
+fn report(
+    started: Instant,
+    output: PathBuf,
+    mut details: ReportDetails,
+    counters: &Counters,
+) -> IngestReport {
     let g = Counters::get;
     let seconds = started.elapsed().as_secs_f64();
     let files_walked = g(&counters.files);
@@ -471,7 +640,7 @@ pub fn ingest(
     details.manifest_seconds = g(&counters.manifest_ns) as f64 / 1e9;
     details.issues = counters.take_issues();
     details.excluded_paths = counters.take_excluded();
-    Ok(IngestReport {
+    IngestReport {
         files: files_walked,
         dirs: g(&counters.dirs),
         symlinks: g(&counters.symlinks),
@@ -490,7 +659,7 @@ pub fn ingest(
         manifest: output,
         issues: counters.issue_counts(),
         details,
-    })
+    }
 }
 
 /// Whether `output` holds a phantom manifest of `root`, or an interrupted phantom run of it
