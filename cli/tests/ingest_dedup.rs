@@ -26,7 +26,7 @@ fn project(root: &Path, first: usize, n: usize) {
 fn hexes(t: &Tree) -> BTreeSet<String> {
     distinct_contents(t)
         .iter()
-        .map(|c| format!("{}_{}", blake3_ref::hex(c), c.len()))
+        .map(|c| format!("{}_{}", digest::hex(c), c.len()))
         .collect()
 }
 

@@ -68,7 +68,7 @@ fn read(p: impl AsRef<Path>) -> Vec<u8> {
 
 /// A blob's object in the FIRST remote format (one object per blob, the store's layout).
 fn blob_key(content: &[u8]) -> String {
-    let h = blake3_ref::hex(content);
+    let h = digest::hex(content);
     format!(
         "{PREFIX}/blake3/{}/{}/{h}_{}.bin",
         &h[..2],
@@ -282,7 +282,7 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
     let name_key = format!("{PREFIX}/manifests/app.vrmz");
     let hash_key = format!(
         "{PREFIX}/manifests/blake3/{}.vrmz",
-        blake3_ref::hex(&manifest_bytes)
+        digest::hex(&manifest_bytes)
     );
 
     let first = push_json(&s3, &store_a, &manifest, &[]);
@@ -396,7 +396,7 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
     assert_eq!(
         (e[0].hex.as_str(), e[0].size),
         (
-            blake3_ref::hex(new_content).as_str(),
+            digest::hex(new_content).as_str(),
             new_content.len() as u64
         )
     );
@@ -474,7 +474,7 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
     assert_eq!(read(&pulled), manifest_bytes);
     // By content hash, by key (the first format's name or the bundle's full key), into an
     // empty store each time.
-    let hex = blake3_ref::hex(&manifest_bytes);
+    let hex = digest::hex(&manifest_bytes);
     for (i, what) in [
         hex.clone(),
         "manifests/app.vrm".to_string(),
@@ -751,7 +751,7 @@ fn large_blobs_go_up_in_frames_of_their_own_and_come_back_verified() {
     let (packs, _) = remote_layout(&s3);
     assert_packs_hold(&packs, &local);
     // The large blob has a frame of its own (a pull of its neighbour need not fetch it).
-    let big_hex = blake3_ref::hex(&big);
+    let big_hex = digest::hex(&big);
     let e = packs
         .iter()
         .flat_map(|p| p.entries())
@@ -802,7 +802,7 @@ fn a_pull_fetches_only_the_frames_the_store_lacks_with_merged_ranged_gets() {
     let (packs, _) = remote_layout(&s3);
     assert_eq!(packs.len(), 1, "{packs:?}");
     let entry = |content: &[u8]| {
-        let h = blake3_ref::hex(content);
+        let h = digest::hex(content);
         packs[0]
             .entries()
             .iter()
@@ -1017,7 +1017,7 @@ fn a_pack_damaged_on_the_server_is_rejected_and_never_lands() {
     let good = read(&pack.path);
     let entries = pack.entries().to_vec();
     let frame_of = |content: &[u8]| {
-        let h = blake3_ref::hex(content);
+        let h = digest::hex(content);
         entries.iter().find(|e| e.hex == h).unwrap().clone()
     };
     // The blobs sharing a frame with `e` (`e`'s included).
@@ -1101,7 +1101,7 @@ fn a_remote_of_the_first_format_still_pulls_and_checks_out_identical() {
     let n = blobs.len() as u64;
     let total_bytes: u64 = blobs.iter().map(|b| b.size).sum();
     let manifest_bytes = read(&manifest);
-    let hex = blake3_ref::hex(&manifest_bytes);
+    let hex = digest::hex(&manifest_bytes);
 
     // The first format, laid out on the server's disk before any request: one object per
     // blob mirroring the store's layout, the raw manifest under its name and its hash.
@@ -1177,7 +1177,7 @@ fn a_remote_of_the_first_format_still_pulls_and_checks_out_identical() {
     assert!(!blob_path_of(&store_c, &victim).exists());
     assert!(!out.exists());
     let mut want = local.clone();
-    want.remove(&(blake3_ref::hex(&victim), victim.len() as u64));
+    want.remove(&(digest::hex(&victim), victim.len() as u64));
     assert_eq!(blob_set(&verify_store(&store_c)), want);
     assert_no_leftovers(&store_c, &src);
 

@@ -3,7 +3,7 @@
 //! store's invariants from the outside (blob names re-hashed with an independent BLAKE3).
 #![allow(dead_code)] // every test file uses a different subset
 
-pub mod blake3_ref;
+pub mod digest;
 pub mod s3;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -275,7 +275,7 @@ fn brief(n: &Node) -> String {
         Node::File { content, mode } => format!(
             "file {mode:o} {} bytes blake3 {}",
             content.len(),
-            &blake3_ref::hex(content)[..12]
+            &digest::hex(content)[..12]
         ),
         Node::Symlink { target } => format!("symlink -> {}", show(target)),
     }
@@ -626,7 +626,7 @@ pub fn verify_store(store: &Path) -> Vec<Blob> {
             b.path.display()
         );
         assert_eq!(
-            blake3_ref::hex(&bytes),
+            digest::hex(&bytes),
             b.hex,
             "blob {} does not match its name",
             b.path.display()
@@ -644,7 +644,7 @@ pub fn verify_store(store: &Path) -> Vec<Blob> {
 
 /// Blob path for some content, whether or not it exists.
 pub fn blob_path_of(store: &Path, content: &[u8]) -> PathBuf {
-    let h = blake3_ref::hex(content);
+    let h = digest::hex(content);
     store
         .join("blake3")
         .join(&h[..2])
