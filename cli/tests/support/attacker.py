@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The attacker of the trust tests (cli/tests/trust.rs): waits for an inotify event, then at
+"""The attacker of the trust tests (cli/tests/it/trust.rs): waits for an inotify event, then at
 once changes the tree under the feet of the vrift process being tested — as a real attacker
 (or an unlucky concurrent writer) would, reacting within microseconds of the trigger instead
 of hoping a busy loop wins the race.
