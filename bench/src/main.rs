@@ -47,7 +47,7 @@ struct Args {
     #[arg(long, required_unless_present = "chart")]
     corpus: Option<String>,
     /// Project directory of the corpus (the one holding node_modules). Default:
-    /// $VRIFT_BENCH_CORPORA/NAME, else <repo>/../corpora/NAME. Installed there with
+    /// $VRIFT_BENCH_CORPORA/NAME, else REPO/../corpora/NAME. Installed there with
     /// bench/make-corpus.sh (npm ci) when missing or out of date.
     #[arg(long)]
     corpus_dir: Option<PathBuf>,
@@ -60,7 +60,7 @@ struct Args {
     /// Rounds; each round runs every row once, and the table shows medians.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// The vrift binary under test (default: <repo>/target/release/vrift).
+    /// The vrift binary under test (default: REPO/target/release/vrift).
     #[arg(long)]
     vrift: Option<PathBuf>,
     /// Extra argument for every `vrift ingest` (repeatable), e.g. --vrift-arg=--io-backend=uring.
@@ -70,7 +70,7 @@ struct Args {
     /// (`sync; echo 3 > /proc/sys/vm/drop_caches` before each; needs root).
     #[arg(long)]
     cold: bool,
-    /// Write PREFIX.json and PREFIX.md (default: bench/results/<date>-<corpus>[-N]).
+    /// Write PREFIX.json and PREFIX.md (default: bench/results/DATE-CORPUS[-N]).
     #[arg(long, value_name = "PREFIX")]
     out: Option<PathBuf>,
     /// Where to make the working copies (default: the system temp dir). Best on the corpus's

@@ -39,7 +39,7 @@ pub struct Cli {
     pub verbose: u8,
 
     /// The remote tier for push, pull and ingest --push: s3://BUCKET[/PREFIX] (else
-    /// `url` in <store>/remote.toml). Endpoint, region and credentials: AWS_* variables and
+    /// `url` in STORE/remote.toml). Endpoint, region and credentials: AWS_* variables and
     /// profiles.
     #[arg(long, env = "VR_REMOTE", global = true, value_name = "URL")]
     pub remote: Option<String>,
@@ -337,7 +337,7 @@ pub struct PullArgs {
     #[arg(value_name = "MANIFEST_KEY_OR_NAME")]
     pub what: String,
 
-    /// Where to write the manifest (default: <store>/pulled/NAME.vrm).
+    /// Where to write the manifest (default: STORE/pulled/NAME.vrm).
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
 

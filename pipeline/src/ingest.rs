@@ -67,10 +67,10 @@ fn lock_tree(
 /// (`errors`, `details.issues`); only problems with the run as a whole are `Err`.
 ///
 /// The steps, each a function below: find what to ingest and where the manifest goes
-/// ([`Target`]), settle the mode, lock the tree and the store, finish an interrupted phantom
-/// run, run the stages ([`run_stages`]: walk → hash → place → collect), publish the manifest
-/// and register the project ([`publish`]), move a phantom tree's files ([`move_phantom`]),
-/// and report.
+/// (`Target`), settle the mode, lock the tree and the store, finish an interrupted phantom
+/// run, run the stages (`run_stages`: walk → hash → place → collect), publish the manifest
+/// and register the project (`publish`), move a phantom tree's files (`move_phantom`), and
+/// report.
 pub fn ingest(
     opts: &IngestOptions,
     store_root: &Path,

@@ -1,7 +1,7 @@
 //! The ingest pipeline. Read the stages in order, one file each:
 //! [`walk`] → [`filter`] → [`hash`] → [`place`] → [`manifest`]; [`item`] holds what travels
-//! between them, [`ingest`] wires them together, [`reingest`] skips unchanged files, [`phantom`] moves files after the manifest is
-//! durable, and [`checkout`] turns a manifest back into a tree.
+//! between them, [`ingest`](mod@ingest) wires them together, [`reingest`] skips unchanged files, [`phantom`] moves files after the manifest is
+//! durable, and [`checkout`](mod@checkout) turns a manifest back into a tree.
 
 pub mod checkout;
 pub mod dirs;

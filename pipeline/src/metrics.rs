@@ -37,7 +37,7 @@ pub const LAST_RUN: &str = "vrift_ingest_last_run_timestamp_seconds";
 pub const LAST_SUCCESS: &str = "vrift_ingest_last_run_success";
 pub const BUILD_INFO: &str = "vrift_build_info";
 
-/// `outcome` label values, in the order of [`IngestMetrics::files`] / `bytes`.
+/// `outcome` label values, in the order of the `files` / `bytes` handles of [`IngestMetrics`].
 pub const OUTCOMES: [&str; 5] = ["new_blob", "dedup_hit", "unchanged", "excluded", "error"];
 /// `method` label values of [`LINKS`].
 pub const METHODS: [&str; 4] = ["hardlink", "rename", "copy", "reflink"];

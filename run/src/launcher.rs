@@ -2,7 +2,7 @@
 //! command and every process it starts.
 //!
 //! * The shim is found in `VRIFT_SHIM` or next to the `vrift` binary (or in `../lib`).
-//! * It maps a validated private copy of each manifest ([`view_copy`]), never the user's file.
+//! * It maps a validated private copy of each manifest (`view_copy`), never the user's file.
 //! * Writes land in an upper directory: `VRIFT_UPPER` if set (kept), else a temporary one
 //!   removed when the command ends; a project run writes into the project itself
 //!   ([`Launch::through`]).

@@ -14,7 +14,7 @@
 //!   directory fd plus a synthesized listing. Misses go to the real filesystem.
 //! * Hooks never panic across the FFI boundary (each body runs under `catch_unwind` and
 //!   falls back to the real call), never recurse (a thread-local guard; our own libc calls
-//!   go through [`real`]), never allocate or lock on the stat/open/access hot paths, and keep
+//!   go through `real`), never allocate or lock on the stat/open/access hot paths, and keep
 //!   the fd table in a static array (safe after `fork`).
 
 #![allow(clippy::missing_safety_doc)]
