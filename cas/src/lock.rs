@@ -107,10 +107,16 @@ pub struct Holder {
     pub kind: LockKind,
 }
 
+/// Whether process `pid` exists (signal 0: existence and permission only; EPERM means it
+/// exists under another user).
 pub fn pid_alive(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence/permission.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
+    }
 }
 
 /// Live holders of the lock, from the marker files; stale markers of dead processes are removed.

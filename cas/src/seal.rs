@@ -43,15 +43,15 @@ pub fn sealed_mtime_ns(mtime_ns: i64) -> i64 {
 
 /// Whether a blob named for `size` bytes, as `st` describes it, is a sealed regular file
 /// of that size.
-pub fn is_sealed(st: &libc::stat, size: u64) -> bool {
+pub fn is_sealed(st: &crate::sys::Stat, size: u64) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFREG
         && st.st_size as u64 == size
-        && (st.st_mtime_nsec == SEAL_NSEC || st.st_mtime_nsec == LEGACY_SEAL_NSEC)
+        && (st.st_mtime_nsec as i64 == SEAL_NSEC || st.st_mtime_nsec as i64 == LEGACY_SEAL_NSEC)
 }
 
 /// Whether a sealed blob carries the old seal and should be sealed again (see the module).
-pub fn is_legacy(st: &libc::stat) -> bool {
-    st.st_mtime_nsec == LEGACY_SEAL_NSEC
+pub fn is_legacy(st: &crate::sys::Stat) -> bool {
+    st.st_mtime_nsec as i64 == LEGACY_SEAL_NSEC
 }
 
 /// Seals the open file `fd` whose current mtime is `mtime_ns` (atime untouched). Needs the
@@ -84,7 +84,7 @@ mod tests {
     use std::io::Write;
     use std::os::fd::AsFd;
 
-    fn stat(f: &std::fs::File) -> libc::stat {
+    fn stat(f: &std::fs::File) -> crate::sys::Stat {
         crate::sys::fstat(f.as_fd()).unwrap()
     }
 
@@ -95,7 +95,7 @@ mod tests {
         std::fs::write(&p, b"content").unwrap();
         let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         let before = stat(&f);
-        assert!(!is_sealed(&before, 7) || before.st_mtime_nsec == SEAL_NSEC);
+        assert!(!is_sealed(&before, 7) || before.st_mtime_nsec as i64 == SEAL_NSEC);
         seal_fd(f.as_fd(), crate::sys::mtime_ns(&before)).unwrap();
         let sealed = stat(&f);
         assert!(is_sealed(&sealed, 7));

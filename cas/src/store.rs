@@ -36,7 +36,7 @@ pub const QUARANTINE_DIR: &str = "quarantine";
 #[derive(Debug, Clone, Copy)]
 pub enum BlobCheck {
     /// The blob holds what its name says (sealed, or re-hashed just now); its `lstat`.
-    Sound(libc::stat),
+    Sound(crate::sys::Stat),
     /// No such blob.
     Missing,
     /// The blob did not hold what its name says and has been quarantined.
@@ -168,7 +168,7 @@ impl Cas {
     /// The blob directory as a raw fd, for `*at` calls relative to it (stays open as long as
     /// the `Cas`).
     pub fn blob_dir_fd(&self) -> RawFd {
-        self.bfd()
+        self.blob_fd.as_raw_fd()
     }
 
     /// The blob directory, for `*at` calls relative to it.
@@ -213,8 +213,8 @@ impl Cas {
         CString::new(rel).expect("blob names are ASCII")
     }
 
-    fn bfd(&self) -> RawFd {
-        self.blob_fd.as_raw_fd()
+    fn bfd(&self) -> BorrowedFd<'_> {
+        self.blob_fd.as_fd()
     }
 
     /// Learns which shards under the `ab/` of `hash` exist, listing it once per process.
@@ -323,7 +323,7 @@ impl Cas {
                         Some(libc::EPERM) | Some(libc::EINVAL) | Some(libc::ENOENT)
                     ) =>
                 {
-                    sys::linkat(src_dir.as_raw_fd(), src_name, self.bfd(), rel)
+                    sys::linkat(src_dir, src_name, self.bfd(), rel)
                 }
                 other => other,
             }
@@ -334,7 +334,7 @@ impl Cas {
     pub fn rename_in(&self, src: &Path, hash: &Hash, size: u64) -> io::Result<()> {
         let c = sys::cstring(src)?;
         self.with_shard(hash, size, |rel| {
-            sys::rename_noreplace(libc::AT_FDCWD, &c, self.bfd(), rel)
+            sys::rename_noreplace(sys::CWD, &c, self.bfd(), rel)
         })
     }
 
@@ -441,9 +441,7 @@ impl Cas {
         sys::fchmod(f.as_fd(), mode & 0o7777 & !WRITE_BITS).map_err(|e| CasError::io(tmp, e))?;
         seal::seal_fd(f.as_fd(), sys::mtime_ns(&st)).map_err(|e| CasError::io(tmp, e))?;
         let c = sys::cstring(tmp).map_err(|e| CasError::io(tmp, e))?;
-        match self.with_shard(hash, size, |rel| {
-            sys::linkat(libc::AT_FDCWD, &c, self.bfd(), rel)
-        }) {
+        match self.with_shard(hash, size, |rel| sys::linkat(sys::CWD, &c, self.bfd(), rel)) {
             Ok(()) => Ok(kind),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(CopyKind::Existed),
             Err(e) => Err(CasError::io(self.blob_path(hash, size), e)),
@@ -457,7 +455,7 @@ impl Cas {
     /// again and the next ingest of that content stores it afresh.
     pub fn check_blob(&self, hash: &Hash, size: u64) -> io::Result<BlobCheck> {
         let rel = Self::rel_c(hash, size);
-        let st = match sys::fstatat(self.bfd(), &rel, libc::AT_SYMLINK_NOFOLLOW) {
+        let st = match sys::lstatat(self.bfd(), &rel) {
             Ok(st) => st,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(BlobCheck::Missing),
             Err(e) => return Err(e),
@@ -473,7 +471,7 @@ impl Cas {
 
     /// Moves a blob with the old seal to the new one (see `seal`); best effort: a blob
     /// another user owns keeps the old seal, which is as strong. Its `stat` after.
-    fn reseal(&self, hash: &Hash, size: u64, st: libc::stat) -> libc::stat {
+    fn reseal(&self, hash: &Hash, size: u64, st: crate::sys::Stat) -> crate::sys::Stat {
         let Ok(f) = self.open_blob(hash, size) else {
             return st;
         };
@@ -527,8 +525,8 @@ impl Cas {
     /// Moves the damaged blob `rel` (as `st` describes it) out of `blake3/` into
     /// `<store>/quarantine/`, if the name still refers to that inode. Kept, not deleted: it
     /// may be the only trace of what was there; `gc --delete` empties the quarantine.
-    fn quarantine(&self, rel: &CStr, st: &libc::stat) -> io::Result<()> {
-        let now = sys::fstatat(self.bfd(), rel, libc::AT_SYMLINK_NOFOLLOW);
+    fn quarantine(&self, rel: &CStr, st: &crate::sys::Stat) -> io::Result<()> {
+        let now = sys::lstatat(self.bfd(), rel);
         match now {
             Ok(now) if now.st_dev == st.st_dev && now.st_ino == st.st_ino => {}
             Ok(_) => return Ok(()),
@@ -547,7 +545,7 @@ impl Cas {
         dest.extend_from_slice(format!(".{}-{n}", pid()).as_bytes());
         let dest = dir.join(std::ffi::OsStr::from_bytes(&dest));
         let d = sys::cstring(&dest)?;
-        sys::rename_noreplace(self.bfd(), rel, libc::AT_FDCWD, &d)
+        sys::rename_noreplace(self.bfd(), rel, sys::CWD, &d)
     }
 
     /// A fresh name under `<root>/tmp`, unique across threads and processes.
@@ -559,9 +557,9 @@ impl Cas {
     }
 
     /// `lstat` of a blob, or the error (ENOENT when absent).
-    pub fn blob_stat(&self, hash: &Hash, size: u64) -> io::Result<libc::stat> {
+    pub fn blob_stat(&self, hash: &Hash, size: u64) -> io::Result<crate::sys::Stat> {
         let rel = Self::rel_c(hash, size);
-        sys::fstatat(self.bfd(), &rel, libc::AT_SYMLINK_NOFOLLOW)
+        sys::lstatat(self.bfd(), &rel)
     }
 
     pub fn has_blob(&self, hash: &Hash, size: u64) -> bool {
@@ -579,7 +577,7 @@ impl Cas {
     pub fn link_out(&self, hash: &Hash, size: u64, dest: &Path) -> io::Result<()> {
         let rel = Self::rel_c(hash, size);
         let d = sys::cstring(dest)?;
-        sys::linkat(self.bfd(), &rel, libc::AT_FDCWD, &d)
+        sys::linkat(self.bfd(), &rel, sys::CWD, &d)
     }
 
     /// Atomically replaces `dest` by a hard link to the blob: link to a temp name beside it,
@@ -609,7 +607,7 @@ impl Cas {
     ) -> io::Result<()> {
         let rel = Self::rel_c(hash, size);
         let tmp = sibling_temp_name(self.tmp_counter.fetch_add(1, Ordering::Relaxed));
-        let d = dir.as_raw_fd();
+        let d = dir;
         sys::linkat(self.bfd(), &rel, d, &tmp)?;
         if let Err(e) = sys::renameat(d, &tmp, d, name) {
             let _ = sys::unlinkat(d, &tmp);
@@ -630,7 +628,7 @@ impl Cas {
     /// `Ok(false)`: the name was gone or was another inode.
     pub fn withdraw_blob(&self, hash: &Hash, size: u64, dev: u64, ino: u64) -> io::Result<bool> {
         let rel = Self::rel_c(hash, size);
-        match sys::fstatat(self.bfd(), &rel, libc::AT_SYMLINK_NOFOLLOW) {
+        match sys::lstatat(self.bfd(), &rel) {
             Ok(st) if st.st_dev == dev && st.st_ino == ino => {
                 sys::unlinkat(self.bfd(), &rel)?;
                 Ok(true)
@@ -907,7 +905,7 @@ mod tests {
             panic!("a legacy-sealed blob is sound");
         };
         assert_eq!(after.st_mtime, 1_796_520_359, "same second");
-        assert_eq!(after.st_mtime_nsec, seal::SEAL_NSEC);
+        assert_eq!(after.st_mtime_nsec as i64, seal::SEAL_NSEC);
         assert_eq!(after.st_ino, before.st_ino, "the same inode, not a copy");
     }
 

@@ -1,15 +1,24 @@
-//! Thin, safe wrappers over the few `*at` system calls the store needs that `std` lacks
-//! (linking an open file by descriptor, rename without replace, stat relative to a dirfd).
+//! The few `*at` system calls the store needs that `std` lacks (linking an open file by
+//! descriptor, rename without replace, stat relative to a directory descriptor), in one
+//! place and in one vocabulary: `rustix`, so this crate has no `unsafe` of its own. Every
+//! call takes descriptors, never a path that may have changed since it was checked; the
+//! current directory, where a caller means it, is [`CWD`].
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+
+/// What the store's `stat` calls return (the kernel's `struct stat`).
+pub use rustix::fs::Stat;
+/// The current directory, for the `*at` calls whose path is relative to it or absolute.
+pub use rustix::fs::CWD;
+
 pub fn cstring(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+    cbytes(path.as_os_str().as_bytes())
 }
 
 pub fn cbytes(bytes: &[u8]) -> io::Result<CString> {
@@ -17,107 +26,92 @@ pub fn cbytes(bytes: &[u8]) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
-fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Opens a directory as an `O_PATH` handle so blob paths resolve relative to it.
 pub fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
-    let c = cstring(path)?;
-    // SAFETY: c is a valid NUL-terminated string; the returned fd is owned by us.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// `linkat(fd, "", dir, name, AT_EMPTY_PATH)`: links exactly the inode we hashed, even if the
 /// path was replaced meanwhile.
-pub fn link_fd(fd: BorrowedFd<'_>, dir: RawFd, name: &CStr) -> io::Result<()> {
-    // SAFETY: valid fds and NUL-terminated strings.
-    check(unsafe {
-        libc::linkat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            dir,
-            name.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    })
+pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    Ok(rustix::fs::linkat(fd, c"", dir, name, AtFlags::EMPTY_PATH)?)
 }
 
-pub fn linkat(old_dir: RawFd, old: &CStr, new_dir: RawFd, new: &CStr) -> io::Result<()> {
-    // SAFETY: valid fds and NUL-terminated strings.
-    check(unsafe { libc::linkat(old_dir, old.as_ptr(), new_dir, new.as_ptr(), 0) })
+pub fn linkat(
+    old_dir: BorrowedFd<'_>,
+    old: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new: &CStr,
+) -> io::Result<()> {
+    Ok(rustix::fs::linkat(
+        old_dir,
+        old,
+        new_dir,
+        new,
+        AtFlags::empty(),
+    )?)
 }
 
 /// Rename that fails with EEXIST instead of replacing: a blob is never replaced in place.
-pub fn rename_noreplace(old_dir: RawFd, old: &CStr, new_dir: RawFd, new: &CStr) -> io::Result<()> {
-    // SAFETY: valid fds and NUL-terminated strings.
-    check(unsafe {
-        libc::renameat2(
-            old_dir,
-            old.as_ptr(),
-            new_dir,
-            new.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    })
+pub fn rename_noreplace(
+    old_dir: BorrowedFd<'_>,
+    old: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new: &CStr,
+) -> io::Result<()> {
+    Ok(rustix::fs::renameat_with(
+        old_dir,
+        old,
+        new_dir,
+        new,
+        RenameFlags::NOREPLACE,
+    )?)
 }
 
-pub fn renameat(old_dir: RawFd, old: &CStr, new_dir: RawFd, new: &CStr) -> io::Result<()> {
-    // SAFETY: valid fds and NUL-terminated strings.
-    check(unsafe { libc::renameat(old_dir, old.as_ptr(), new_dir, new.as_ptr()) })
+pub fn renameat(
+    old_dir: BorrowedFd<'_>,
+    old: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new: &CStr,
+) -> io::Result<()> {
+    Ok(rustix::fs::renameat(old_dir, old, new_dir, new)?)
 }
 
-pub fn mkdirat(dir: RawFd, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
-    // SAFETY: valid fd and NUL-terminated string.
-    check(unsafe { libc::mkdirat(dir, name.as_ptr(), mode) })
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    Ok(rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode))?)
 }
 
-pub fn unlinkat(dir: RawFd, name: &CStr) -> io::Result<()> {
-    // SAFETY: valid fd and NUL-terminated string.
-    check(unsafe { libc::unlinkat(dir, name.as_ptr(), 0) })
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
 }
 
-pub fn fstatat(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: st is a valid out pointer of the right type.
-    check(unsafe { libc::fstatat(dir, name.as_ptr(), st.as_mut_ptr(), flags) })?;
-    // SAFETY: fstatat succeeded, so st is initialised.
-    Ok(unsafe { st.assume_init() })
+/// `fstatat` without following a final symlink (the only way the store looks at names).
+pub fn lstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
+    Ok(rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
 }
 
-pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: st is a valid out pointer of the right type.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded, so st is initialised.
-    Ok(unsafe { st.assume_init() })
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    Ok(rustix::fs::fstat(fd)?)
 }
 
 pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
-    // SAFETY: valid fd.
-    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })
+    Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?)
 }
 
-pub fn fchmodat(dir: RawFd, name: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: valid fd and NUL-terminated string.
-    check(unsafe { libc::fchmodat(dir, name.as_ptr(), mode as libc::mode_t, 0) })
+pub fn fchmodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    Ok(rustix::fs::chmodat(
+        dir,
+        name,
+        Mode::from_raw_mode(mode),
+        AtFlags::empty(),
+    )?)
 }
 
 /// Nanoseconds since the epoch of a stat's mtime, the resolution ext4 keeps.
-pub fn mtime_ns(st: &libc::stat) -> i64 {
-    st.st_mtime * 1_000_000_000 + st.st_mtime_nsec
+pub fn mtime_ns(st: &Stat) -> i64 {
+    st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64
 }

@@ -121,7 +121,7 @@ impl std::fmt::Display for HashError {
 
 fn fstat(file: &File) -> Result<Stat, HashError> {
     vrift_cas::sys::fstat(file.as_fd())
-        .map(|st| Stat::from_libc(&st))
+        .map(|st| Stat::from_rustix(&st))
         .map_err(HashError::Read)
 }
 

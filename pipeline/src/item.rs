@@ -45,17 +45,6 @@ impl Stat {
         }
     }
 
-    pub fn from_libc(st: &libc::stat) -> Stat {
-        Stat {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            mode: st.st_mode,
-            size: st.st_size as u64,
-            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
-            nlink: st.st_nlink,
-        }
-    }
-
     pub fn from_rustix(st: &rustix::fs::Stat) -> Stat {
         Stat {
             dev: st.st_dev,

@@ -227,7 +227,7 @@ fn move_one(
         }
         Err(err) => return Err(format!("cannot open: {err}")),
     };
-    let st = Stat::from_libc(&vrift_cas::sys::fstat(file.as_fd()).map_err(|e| e.to_string())?);
+    let st = Stat::from_rustix(&vrift_cas::sys::fstat(file.as_fd()).map_err(|e| e.to_string())?);
     if st.mode & libc::S_IFMT != libc::S_IFREG {
         return Err("is no longer a regular file; left in place".into());
     }
@@ -350,7 +350,7 @@ fn store(
             Ok(()) => {
                 // Changed after it was checked (a writer that had it open before the write
                 // bits went): the blob name would lie. Take it back.
-                let now = vrift_cas::sys::fstat(fd).map(|s| Stat::from_libc(&s));
+                let now = vrift_cas::sys::fstat(fd).map(|s| Stat::from_rustix(&s));
                 let moved = matches!(&now, Ok(n) if n.size == entry.size
                     && crate::place::unchanged_mtime(n.mtime_ns, entry.cache_mtime_ns));
                 if !moved {

@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Instant;
 
@@ -256,7 +256,7 @@ fn changed_since_hashed(h: &Hashed) -> Option<Failure> {
     match vrift_cas::sys::fstat(h.file.as_fd()) {
         Ok(now)
             if now.st_size as u64 == h.st.size
-                && unchanged_mtime(Stat::from_libc(&now).mtime_ns, h.st.mtime_ns) =>
+                && unchanged_mtime(Stat::from_rustix(&now).mtime_ns, h.st.mtime_ns) =>
         {
             None
         }
@@ -331,7 +331,7 @@ fn dedup(h: &Hashed, cfg: &PlaceConfig<'_>, retried: bool) -> Option<Placed> {
     };
     let rel = || vrift_cas::blob_rel(&h.hash, h.st.size);
     let blob = match cfg.cas.check_blob(&h.hash, h.st.size) {
-        Ok(BlobCheck::Sound(b)) => Stat::from_libc(&b),
+        Ok(BlobCheck::Sound(b)) => Stat::from_rustix(&b),
         Ok(BlobCheck::Damaged) if !retried => {
             let msg = format!(
                 "blob {} was damaged (written to after it was stored); quarantined and \
@@ -519,7 +519,7 @@ pub fn symlink_over_at(
 ) -> io::Result<()> {
     let tmp = vrift_cas::store::sibling_temp_name(unique() | 1 << 63);
     rustix::fs::symlinkat(target, dir, tmp.as_c_str())?;
-    let d = dir.as_raw_fd();
+    let d = dir;
     vrift_cas::sys::renameat(d, &tmp, d, name).inspect_err(|_| {
         let _ = vrift_cas::sys::unlinkat(d, &tmp);
     })

@@ -6,8 +6,8 @@
 //! (ingest endpoint, serve endpoint, textfile, what the Pushgateway re-exposes) must pass
 //! `promtool check metrics`.
 
-use crate::metrics_support;
 use crate::common::s3;
+use crate::metrics_support;
 
 use std::path::Path;
 use std::process::Command;

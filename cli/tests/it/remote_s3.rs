@@ -395,10 +395,7 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
     assert_eq!(e.len(), 1, "{e:?}");
     assert_eq!(
         (e[0].hex.as_str(), e[0].size),
-        (
-            digest::hex(new_content).as_str(),
-            new_content.len() as u64
-        )
+        (digest::hex(new_content).as_str(), new_content.len() as u64)
     );
     assert_ne!(bundle_of(&s3, &name_key), bundle, "the name moved");
     // The original back under the name, for the pulls below: its bundle is there already.
