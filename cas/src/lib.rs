@@ -4,6 +4,7 @@
 pub mod clean;
 pub mod error;
 pub mod gc;
+pub mod inventory;
 pub mod layout;
 pub mod lock;
 pub mod registry;

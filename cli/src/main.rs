@@ -7,7 +7,6 @@ mod format;
 mod metrics_export;
 mod output;
 mod progress;
-mod store_stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -19,7 +19,7 @@ use vrift_cas::usage::ProjectUsage;
 
 use crate::args::ServeArgs;
 use crate::metrics_export;
-use crate::store_stats::{Inventory, RefreshWork, Totals};
+use vrift_cas::inventory::{Inventory, RefreshWork, Totals};
 use crate::{Globals, Outcome};
 
 /// Everything one refresh found.

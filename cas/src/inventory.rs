@@ -16,8 +16,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use vrift_cas::registry::{registry_path, Registry};
-use vrift_cas::usage::Usage;
+use crate::registry::{registry_path, Registry};
+use crate::usage::Usage;
 use vrift_manifest::Hash;
 
 /// Stamps younger than this (seconds) are not trusted.
@@ -135,7 +135,7 @@ impl Inventory {
     pub fn new(root: &Path) -> Inventory {
         Inventory {
             root: root.to_path_buf(),
-            blob_dir: root.join(vrift_cas::BLOB_DIR),
+            blob_dir: root.join(crate::BLOB_DIR),
             tops: HashMap::new(),
             leaves: HashMap::new(),
             top_foreign: 0,
@@ -338,7 +338,7 @@ fn relist(leaf: &mut Leaf, dir: &Path, a: u8, b: u8) -> io::Result<u64> {
     for e in rd.flatten() {
         let name = e.file_name();
         let parsed =
-            vrift_cas::parse_blob_name(name.as_bytes()).filter(|(h, _)| h[0] == a && h[1] == b);
+            crate::parse_blob_name(name.as_bytes()).filter(|(h, _)| h[0] == a && h[1] == b);
         let Some((hash, size)) = parsed else {
             foreign += 1;
             continue;
@@ -397,7 +397,7 @@ mod tests {
     #[test]
     fn matches_a_full_scan() {
         let dir = tempfile::tempdir().unwrap();
-        let cas = vrift_cas::Cas::open(dir.path()).unwrap();
+        let cas = crate::Cas::open(dir.path()).unwrap();
         let mut inv = Inventory::new(cas.root());
         inv.refresh().unwrap();
         assert_eq!(inv.totals().blobs, 0);
@@ -422,7 +422,7 @@ mod tests {
         }
         fs::write(cas.blob_dir().join("stray"), b"x").unwrap();
         let check = |inv: &Inventory| {
-            let full = vrift_cas::scan::scan(&cas).unwrap();
+            let full = crate::scan::scan(&cas).unwrap();
             let t = inv.totals();
             assert_eq!(t.blobs, full.blobs.len() as u64);
             assert_eq!(t.content_bytes, full.content_bytes());
@@ -434,7 +434,7 @@ mod tests {
         inv.refresh().unwrap();
         check(&inv);
         // Remove some blobs: their (racy, recent) shard dirs are re-listed.
-        let full = vrift_cas::scan::scan(&cas).unwrap();
+        let full = crate::scan::scan(&cas).unwrap();
         for b in full.blobs.iter().take(10) {
             cas.remove_blob(&b.hash, b.size).unwrap();
         }
@@ -447,7 +447,7 @@ mod tests {
     #[test]
     fn unchanged_store_costs_only_stats() {
         let dir = tempfile::tempdir().unwrap();
-        let cas = vrift_cas::Cas::open(dir.path()).unwrap();
+        let cas = crate::Cas::open(dir.path()).unwrap();
         let src = dir.path().join("src");
         fs::create_dir(&src).unwrap();
         let add = |i: u32| {
