@@ -5,6 +5,8 @@
 //! `wait4` hands back the `rusage` of exactly that child (peak RSS, user and system CPU).
 //! `getrusage(RUSAGE_CHILDREN)` would give a maximum over every child ever reaped, which
 //! says nothing about one ingest once a bigger `cp -a` has run before it.
+// Process set-up for timed commands (pre_exec, rusage).
+#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::path::Path;

@@ -3,6 +3,8 @@
 //!
 //! Copies go through `cp -a` / `cp -al` (the same tool as the `cp -al` baseline), so the
 //! trees vrift ingests are made exactly the way a user would make them.
+// Cache dropping and syscalls the benchmark times directly.
+#![allow(unsafe_code)]
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
 //! Ctrl-C and SIGTERM: stop between two timed commands and let the work directory (gigabytes
 //! of copies and stores) be removed on the way out, instead of dying in the middle of it.
+// A signal handler that restores the machine after Ctrl-C.
+#![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

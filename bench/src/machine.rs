@@ -1,5 +1,7 @@
 //! What machine a run was made on, recorded with every result: numbers from a 2-core VM
 //! with a drifting disk mean little without it.
+// Reads machine facts through libc (sysconf, uname).
+#![allow(unsafe_code)]
 
 use std::path::Path;
 use std::process::Command;

@@ -111,6 +111,21 @@ pub fn fchmodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
     )?)
 }
 
+/// Whether this process may write into `path` (`access(W_OK)`: real ids, as a user would
+/// expect `doctor` to judge).
+pub fn writable(path: &Path) -> bool {
+    rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
+}
+
+/// (available to us, total) bytes of the file system holding `path`.
+pub fn free_space(path: &Path) -> io::Result<(u64, u64)> {
+    let s = rustix::fs::statvfs(path)?;
+    Ok((
+        s.f_bavail.saturating_mul(s.f_frsize),
+        s.f_blocks.saturating_mul(s.f_frsize),
+    ))
+}
+
 /// Nanoseconds since the epoch of a stat's mtime, the resolution ext4 keeps.
 pub fn mtime_ns(st: &Stat) -> i64 {
     st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64

@@ -1,4 +1,6 @@
 //! Opening manifests: mmap (or an aligned heap copy), verify once, then read in place.
+// Maps the manifest file and reads the archive in place after validation.
+#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

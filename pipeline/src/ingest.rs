@@ -708,27 +708,25 @@ fn absolute(p: &Path) -> Result<PathBuf, PipelineError> {
 /// Batches in flight hold open files; make sure the soft limit is not what stops us.
 /// Returns the limit in force afterwards.
 fn raise_fd_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let (Some(cur), max) = (lim.current, lim.maximum) else {
+        return 1 << 16;
     };
-    // SAFETY: plain getrlimit/setrlimit on a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = lim.rlim_max.min(1 << 16);
-            let raised = libc::rlimit {
-                rlim_cur: want,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return want;
-            }
-        }
-        lim.rlim_cur
+    let want = max.unwrap_or(u64::MAX).min(1 << 16);
+    if cur < want
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want),
+                maximum: max,
+            },
+        )
+        .is_ok()
+    {
+        return want;
     }
+    cur
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 //! Only the file's owner (or a holder of CAP_LEASE) may take a lease, and some file systems do
 //! not support them; then the answer is "unknown" and the size/mtime check after linking is
 //! all there is.
+// File leases (F_SETLEASE) and SIGIO have no safe wrapper.
+#![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 

@@ -5,6 +5,8 @@
 //! per file; the kernel runs them on its own worker pool while this thread waits once. What
 //! follows a link (protect, dedup, fallbacks) is shared with the thread backend
 //! (`place::finish_link`). io_uring has no `fchmod`, so that stays a plain syscall.
+// io_uring submissions hand the kernel pointers that must outlive them.
+#![allow(unsafe_code)]
 
 use std::collections::HashSet;
 use std::ffi::CString;

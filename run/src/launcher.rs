@@ -11,6 +11,8 @@
 //! * Signals are forwarded to it ([`crate::signals`]); its wait status is returned.
 //!
 //! The names of the environment variables shared with the shim are `vrift_shim_core::env`.
+// Spawns the command with the shim; code between fork and exec.
+#![allow(unsafe_code)]
 
 use std::ffi::{CString, OsString};
 use std::os::fd::AsRawFd;

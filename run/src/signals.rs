@@ -4,6 +4,8 @@
 //! The handler only touches atomics and calls `kill`, all async-signal-safe. A terminal's
 //! SIGINT/SIGQUIT already reached the whole foreground process group (the command included),
 //! so only such signals sent to vrift in particular are passed on.
+// Signal forwarding to the child (sigaction, kill).
+#![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
@@ -42,6 +44,7 @@ extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut l
     let code = if info.is_null() {
         0
     } else {
+        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler (checked non-null).
         unsafe { (*info).si_code }
     };
     if code == libc::SI_KERNEL && (sig == libc::SIGINT || sig == libc::SIGQUIT) {

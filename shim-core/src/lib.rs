@@ -874,6 +874,8 @@ pub mod seen {
 
 /// Paths without allocation: a fixed NUL-terminated buffer and lexical normalization, what
 /// every hook does to an argument before it asks the view anything.
+// The C-string path buffer hands out its initialized prefix and raw pointers.
+#[allow(unsafe_code)]
 pub mod path {
     use core::ffi::c_char;
     use core::mem::MaybeUninit;

@@ -679,6 +679,7 @@ fn only_in_view(st: &State, a: &[u8]) -> bool {
         return false;
     }
     let on_disk = {
+        // SAFETY: all-zero bytes are a valid `struct stat`.
         let mut s: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: valid buffers.
         unsafe { real::lstat(abs.p.as_ptr(), &mut s) == 0 }
@@ -713,8 +714,9 @@ fn execve_scoped(
     // The re-entry guard is released before the real call: after `vfork` the child shares
     // the parent's thread-local storage, and a successful exec never comes back to reset it.
     match prepared {
-        // SAFETY: pointers into the caller's arrays or our arena, alive until the call returns.
         Ok((p, ar)) => {
+            // SAFETY: pointers into the caller's arrays or our arena, alive until the call
+            // returns.
             let rc = unsafe { real::execve(p.path, p.argv, p.envp) };
             drop(ar);
             Some(rc)

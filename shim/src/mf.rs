@@ -30,6 +30,7 @@ pub struct Mf {
 
 // SAFETY: a read-only private mapping owned for the life of the process.
 unsafe impl Send for Mf {}
+// SAFETY: as above; nothing writes through it.
 unsafe impl Sync for Mf {}
 
 /// A slice `len` elements long at `ptr`, if it lies inside `[lo, hi)` and is aligned.

@@ -396,8 +396,9 @@ pub(crate) fn library_dir(st: &State, entry: &[u8]) -> Option<PBuf> {
     }
     let mut dl = PBuf::from(st.libs.as_ref()?.as_bytes())?;
     dl.push(r.path.as_bytes())?;
-    // SAFETY: valid buffer.
+    // SAFETY: all-zero bytes are a valid `struct stat`.
     let mut s: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid buffer and NUL-terminated path.
     if unsafe { real::lstat(dl.as_ptr(), &mut s) } != 0 {
         link_shared_objects(st, r.path.as_bytes(), dl.as_bytes(), b"");
     }

@@ -79,8 +79,8 @@ pub(crate) fn fstatat_impl(
                 })
             }
             Node::Real if !r.moved && a.orig_ok => None,
-            // SAFETY: valid buffers.
             Node::Real => {
+                // SAFETY: valid buffers.
                 Some(unsafe { real::fstatat(libc::AT_FDCWD, r.path.as_ptr(), out, flags) })
             }
         }
@@ -128,8 +128,8 @@ pub(crate) fn statx_impl(
                 Some(unsafe { real::statx(libc::AT_FDCWD, mp.as_ptr(), flags, mask, out) })
             }
             Node::Real if !r.moved && a.orig_ok => None,
-            // SAFETY: valid buffers.
             Node::Real => {
+                // SAFETY: valid buffers.
                 Some(unsafe { real::statx(libc::AT_FDCWD, r.path.as_ptr(), flags, mask, out) })
             }
         }
@@ -244,8 +244,8 @@ pub(crate) fn access_impl(
                 Some(unsafe { real::faccessat(libc::AT_FDCWD, mp.as_ptr(), mode, flags) })
             }
             Node::Real if !r.moved && a.orig_ok => None,
-            // SAFETY: valid buffers.
             Node::Real => {
+                // SAFETY: valid buffers.
                 Some(unsafe { real::faccessat(libc::AT_FDCWD, r.path.as_ptr(), mode, flags) })
             }
         }

@@ -229,8 +229,9 @@ fn load() -> Option<State> {
         ancestors,
         env_pass,
         shim_path,
-        // SAFETY: never fail.
+        // SAFETY: never fails, touches no memory.
         uid: unsafe { libc::getuid() },
+        // SAFETY: as getuid.
         gid: unsafe { libc::getgid() },
         exe: None,
         vrift_bin: env(ENV_BIN).filter(|v| v.starts_with(b"/")).map(|mut v| {

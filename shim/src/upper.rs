@@ -41,6 +41,7 @@ pub struct Upper {
 // SAFETY: the table pointer is a MAP_SHARED mapping that lives as long as the process and is
 // only accessed through atomics.
 unsafe impl Send for Upper {}
+// SAFETY: as above.
 unsafe impl Sync for Upper {}
 
 impl Upper {

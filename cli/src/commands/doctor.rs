@@ -386,24 +386,10 @@ pub fn run(g: &Globals, a: &DoctorArgs) -> Result<Outcome> {
 }
 
 fn nix_access_w(p: &std::path::Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: valid NUL-terminated path.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+    vrift_cas::sys::writable(p)
 }
 
 /// (available to us, total) bytes of the filesystem holding `p`.
 pub fn free_space(p: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
-    let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: valid path and out pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), s.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: statvfs succeeded.
-    let s = unsafe { s.assume_init() };
-    Some((s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize))
+    vrift_cas::sys::free_space(p).ok()
 }

@@ -19,8 +19,8 @@ use vrift_cas::usage::ProjectUsage;
 
 use crate::args::ServeArgs;
 use crate::metrics_export;
-use vrift_cas::inventory::{Inventory, RefreshWork, Totals};
 use crate::{Globals, Outcome};
+use vrift_cas::inventory::{Inventory, RefreshWork, Totals};
 
 /// Everything one refresh found.
 #[derive(Clone, Default)]

@@ -5,6 +5,9 @@
 //! Shared helpers: `common` (binary under test, trees, snapshots, S3 server), and one support
 //! module per family (`isolate_support`, `run_support`, `metrics_support`).
 
+// Tests set up faults and identities with libc directly (geteuid, statfs, signals).
+#![allow(unsafe_code)]
+
 mod common;
 mod isolate_support;
 mod metrics_support;

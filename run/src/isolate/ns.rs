@@ -23,6 +23,8 @@
 //!
 //! Setup errors travel back to the parent over a close-on-exec pipe (errno + message); the
 //! pipe reaching EOF without a message means CMD was exec'd.
+// Namespaces: clone, setns, uid maps, pre_exec code after fork.
+#![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString, OsString};
 use std::io;

@@ -22,6 +22,8 @@
 //! write meanwhile reaches it only where it lands on disk (the project, the mirror's files).
 //! Where namespaces cannot be made, one line names the program and `vrift run --isolate`,
 //! exit 126.
+// Re-executes static binaries inside namespaces (fork/exec paths).
+#![allow(unsafe_code)]
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
