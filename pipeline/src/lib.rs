@@ -20,7 +20,35 @@ pub mod place;
 pub mod reap;
 pub mod reingest;
 pub mod report;
+#[cfg(feature = "uring")]
 pub mod uring;
+
+/// Built without the `uring` feature: the io_uring backend is refused with a message saying
+/// how to get it (`--io-backend auto` never picks it).
+#[cfg(not(feature = "uring"))]
+pub mod uring {
+    use crate::error::PipelineError;
+
+    fn not_built() -> PipelineError {
+        PipelineError::Uring(
+            "this vrift was built without it (cargo feature `uring`: \
+             `cargo build --release --features uring`)"
+                .into(),
+        )
+    }
+
+    pub fn available() -> Result<(), PipelineError> {
+        Err(not_built())
+    }
+
+    pub fn place_stage(
+        _rx: flume::Receiver<Vec<crate::item::Hashed>>,
+        _tx: flume::Sender<Vec<crate::item::Done>>,
+        _cfg: &crate::place::PlaceConfig<'_>,
+    ) -> Result<(), PipelineError> {
+        Err(not_built())
+    }
+}
 pub mod walk;
 
 pub use checkout::{checkout, checkout_replacing, replace_dir, CheckoutReport};
