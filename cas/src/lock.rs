@@ -109,8 +109,15 @@ pub struct Holder {
 
 /// Whether process `pid` exists (signal 0: existence and permission only; EPERM means it
 /// exists under another user).
+///
+/// Pids come from file names anyone can create: 0, and anything that is not a positive
+/// `pid_t`, counts as dead (never a probe of a process group).
 pub fn pid_alive(pid: u32) -> bool {
-    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .filter(|&p| p > 0)
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return false;
     };
     match rustix::process::test_kill_process(pid) {
@@ -177,6 +184,15 @@ fn describe(holders: &[Holder]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_positive_pids_of_live_processes_are_alive() {
+        assert!(pid_alive(std::process::id()));
+        // Never a process-group probe (kill(0) or kill(-n)) for names anyone can make.
+        for pid in [0, u32::MAX, 3_000_000_000, (-5i32) as u32] {
+            assert!(!pid_alive(pid), "{pid}");
+        }
+    }
 
     #[test]
     fn shared_locks_coexist_exclusive_waits() {

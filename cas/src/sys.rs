@@ -127,6 +127,10 @@ pub fn free_space(path: &Path) -> io::Result<(u64, u64)> {
 }
 
 /// Nanoseconds since the epoch of a stat's mtime, the resolution ext4 keeps.
+#[allow(clippy::unnecessary_cast)] // st_mtime is a c_long: 32 bits on some targets
 pub fn mtime_ns(st: &Stat) -> i64 {
-    st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64
+    // Saturating: a file dated beyond 2262 must not wrap into another time.
+    (st.st_mtime as i64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(st.st_mtime_nsec as i64)
 }

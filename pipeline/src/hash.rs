@@ -36,10 +36,19 @@ pub fn hash_stage(
 ) {
     let mut buf = Vec::new();
     for batch in rx.iter() {
+        if counters.quitting() {
+            // Another stage failed: nothing of this run will be published.
+            return;
+        }
         let t = Instant::now();
         Counters::sub_queue(&counters.queue_hash, batch.len() as u64);
         let mut out = Vec::with_capacity(batch.len());
         for item in batch {
+            // The stage-failure tests need a stage that dies mid-run.
+            #[cfg(test)]
+            if item.rel.name_bytes() == crate::item::TEST_PANIC_NAME {
+                panic!("injected by a test");
+            }
             match hash_file(&item, &mut buf) {
                 Ok((_, _, st)) if is_secret(&item, &st, &buf) => {
                     // A key file holding a private key (or registry config with a token):

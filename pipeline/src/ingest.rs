@@ -82,6 +82,17 @@ pub fn ingest(
     let fd_limit = raise_fd_limit();
     let target = Target::resolve(opts)?;
     let mode = settle_mode(opts, &target, counters)?;
+    // The io_uring engine links (solid mode); other modes place on threads. Refused (not
+    // built, or no kernel support) before anything is locked or touched.
+    let use_uring = mode == Mode::Solid
+        && match opts.io_backend {
+            IoBackend::Threads => false,
+            IoBackend::Uring => {
+                crate::uring::available()?;
+                true
+            }
+            IoBackend::Auto => AUTO_USES_URING && crate::uring::available().is_ok(),
+        };
     let threads = opts.thread_count();
     // One phantom ingest of a tree at a time: two would move the same files and each lose
     // entries. Solid ingests of one tree may run together (they only link).
@@ -136,16 +147,6 @@ pub fn ingest(
     };
 
     let filter = filter_for(opts, &target, &cas)?;
-    // The io_uring engine links (solid mode); other modes place on threads.
-    let use_uring = mode == Mode::Solid
-        && match opts.io_backend {
-            IoBackend::Threads => false,
-            IoBackend::Uring => {
-                crate::uring::available()?;
-                true
-            }
-            IoBackend::Auto => AUTO_USES_URING && crate::uring::available().is_ok(),
-        };
     details.io_backend = if use_uring { "uring" } else { "threads" };
 
     let collected = run_stages(&Stages {
@@ -386,6 +387,12 @@ fn run_stages(st: &Stages<'_>) -> Result<manifest::Collected, PipelineError> {
     let (hash_tx, hash_rx) = flume::bounded(cap);
     let (place_tx, place_rx) = flume::bounded(cap);
     let (done_tx, done_rx) = flume::bounded(cap * 4);
+    // Each worker holds the only receivers of its input: when a stage dies (a panic), its
+    // channel disconnects and the stage before it stops at its next send instead of waiting
+    // forever for room.
+    let hash_rxs: Vec<_> = (0..threads).map(|_| hash_rx.clone()).collect();
+    let place_rxs: Vec<_> = (0..threads).map(|_| place_rx.clone()).collect();
+    drop((hash_rx, place_rx));
     let walk_cfg = WalkConfig {
         start: &st.target.start,
         root,
@@ -405,8 +412,8 @@ fn run_stages(st: &Stages<'_>) -> Result<manifest::Collected, PipelineError> {
             let walk_cfg = &walk_cfg;
             s.spawn(move || counters.stage("walk", || walk(walk_cfg, sinks)));
         }
-        for _ in 0..threads {
-            let (rx, tx) = (hash_rx.clone(), place_tx.clone());
+        for rx in hash_rxs {
+            let tx = place_tx.clone();
             s.spawn(move || counters.stage("hash", || hash_stage(rx, tx, root, counters)));
         }
         drop(place_tx);
@@ -427,8 +434,8 @@ fn run_stages(st: &Stages<'_>) -> Result<manifest::Collected, PipelineError> {
         // The place workers get a scope of their own: when they are done, `place_cfg` (and
         // with it the reapers' channel) goes away, so the reapers finish too.
         let collected = std::thread::scope(|inner| {
-            for _ in 0..threads {
-                let (rx, tx) = (place_rx.clone(), done_tx.clone());
+            for rx in place_rxs {
+                let tx = done_tx.clone();
                 let cfg = &place_cfg;
                 if st.use_uring {
                     inner.spawn(move || {
@@ -732,6 +739,7 @@ fn raise_fd_limit() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::item::rel_os;
 
     /// A stage that died of a bug ends the ingest with an error naming it, and nothing is
     /// published (here a hash thread's failure recorded before the walk starts: the walk stops
@@ -759,5 +767,37 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("the hash stage failed"), "{text}");
         assert!(!out.exists(), "a manifest was published");
+    }
+
+    /// A hash thread that dies mid-run, with one hash thread and a directory large enough to
+    /// fill every queue behind it: the walker must not wait forever for room (the review of
+    /// the first version found that it did, the channel being kept open by the stage set-up).
+    #[test]
+    fn a_stage_dying_mid_run_ends_the_ingest_instead_of_hanging_it() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("big")).unwrap();
+        std::fs::write(src.join(rel_os(crate::item::TEST_PANIC_NAME)), "boom").unwrap();
+        for i in 0..3000 {
+            std::fs::write(src.join(format!("big/f{i}")), format!("{i}")).unwrap();
+        }
+        let out = t.path().join("m.vrm");
+        let store = t.path().join("store");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let counters = Counters::default();
+            let mut opts = IngestOptions::new(&src, &out);
+            opts.threads = 1;
+            let r = ingest(&opts, &store, &counters, |_| {});
+            let _ = tx.send((r.map(|_| ()), out.exists()));
+        });
+        let (r, published) = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("the ingest hung after a stage died");
+        match r {
+            Err(PipelineError::StageFailed { stage, .. }) => assert_eq!(stage, "hash"),
+            other => panic!("unexpected: {other:?}"),
+        }
+        assert!(!published, "a manifest was published");
     }
 }

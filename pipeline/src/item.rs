@@ -18,6 +18,11 @@ use vrift_manifest::{EntryInput, Hash, Kind};
 
 use crate::filter::Inspect;
 
+/// A file of this name makes the hash stage panic, in this crate's tests only (a stage that
+/// dies mid-run).
+#[cfg(test)]
+pub(crate) const TEST_PANIC_NAME: &[u8] = b"vrift-test-panic-in-hash";
+
 /// Entries per message between stages.
 pub const BATCH: usize = 128;
 
@@ -40,19 +45,21 @@ impl Stat {
             ino: m.ino(),
             mode: m.mode(),
             size: m.size(),
-            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            mtime_ns: mtime_ns(m.mtime(), m.mtime_nsec()),
             nlink: m.nlink(),
         }
     }
 
+    #[allow(clippy::unnecessary_cast)] // c_long and friends differ in width across targets
     pub fn from_rustix(st: &rustix::fs::Stat) -> Stat {
         Stat {
             dev: st.st_dev,
             ino: st.st_ino,
             mode: st.st_mode,
             size: st.st_size as u64,
-            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64,
-            nlink: st.st_nlink,
+            mtime_ns: mtime_ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
+            #[allow(clippy::useless_conversion)] // u32 on some targets
+            nlink: u64::from(st.st_nlink),
         }
     }
 
@@ -68,6 +75,12 @@ impl Stat {
     pub(crate) fn file_type(&self) -> FileType {
         FileType::from_raw_mode(self.mode)
     }
+}
+
+/// Seconds and nanoseconds as one count of nanoseconds since the epoch, saturating: a file
+/// dated beyond the year 2262 (ext4 allows it) gets the largest time, not a wrapped one.
+pub fn mtime_ns(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 
 /// An open directory of the source tree, shared by the entries found in it.

@@ -22,7 +22,7 @@ use crate::hash::hash_fd;
 use crate::item::{rel_os, Stat};
 use crate::lease::Lease;
 use crate::options::Tier;
-use crate::report::{Counters, IssueKind};
+use crate::report::{Counters, Failure, IssueKind};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Journal {
@@ -113,7 +113,11 @@ pub fn move_phase(
                     let mut chain = match chain {
                         Ok(c) => c,
                         Err(e) => {
-                            counters.issue(IssueKind::NotStored, root, format!("cannot open: {e}"));
+                            counters.issue(
+                                IssueKind::Unreadable,
+                                root,
+                                format!("cannot open: {e}"),
+                            );
                             return (updated, part.iter().map(|e| e.path.clone()).collect());
                         }
                     };
@@ -122,9 +126,9 @@ pub fn move_phase(
                         match move_one(cas, &mut chain, e, &path, tier, counters, &mut buf) {
                             Ok(Some(newer)) => updated.push(newer),
                             Ok(None) => {}
-                            Err(msg) => {
+                            Err((kind, msg)) => {
                                 Counters::add(&counters.bytes_error, e.size);
-                                counters.issue(IssueKind::NotStored, &path, msg);
+                                counters.issue(kind, &path, msg);
                                 // Left where it was: a manifest never names a missing blob.
                                 if !cas.has_blob(&e.hash, e.size) {
                                     dropped.push(e.path.clone());
@@ -189,15 +193,18 @@ fn move_one(
     tier: Tier,
     counters: &Counters,
     buf: &mut Vec<u8>,
-) -> Result<Option<EntryInput>, String> {
+) -> Result<Option<EntryInput>, Failure> {
     let (dir, name) = match chain.parent_of(&e.path) {
         Ok(x) => x,
         Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
             return gone(cas, e, None);
         }
         Err(err) => {
-            return Err(format!(
-                "cannot open its directory without following a symlink: {err}; left in place"
+            return Err((
+                IssueKind::Unreadable,
+                format!(
+                    "cannot open its directory without following a symlink: {err}; left in place"
+                ),
             ))
         }
     };
@@ -222,21 +229,30 @@ fn move_one(
             let target = rustix::fs::readlinkat(dir, name.as_c_str(), Vec::new());
             return match target {
                 Ok(t) if t.as_bytes() == blob.as_os_str().as_bytes() => Ok(None),
-                _ => Err("was replaced by a symlink; left in place".into()),
+                _ => Err((
+                    IssueKind::Changed,
+                    "was replaced by a symlink; left in place".into(),
+                )),
             };
         }
-        Err(err) => return Err(format!("cannot open: {err}")),
+        Err(err) => return Err((IssueKind::Unreadable, format!("cannot open: {err}"))),
     };
-    let st = Stat::from_rustix(&vrift_cas::sys::fstat(file.as_fd()).map_err(|e| e.to_string())?);
+    let st = Stat::from_rustix(
+        &vrift_cas::sys::fstat(file.as_fd()).map_err(|e| (IssueKind::Unreadable, e.to_string()))?,
+    );
     if st.mode & libc::S_IFMT != libc::S_IFREG {
-        return Err("is no longer a regular file; left in place".into());
+        return Err((
+            IssueKind::Changed,
+            "is no longer a regular file; left in place".into(),
+        ));
     }
     let same =
         st.dev == e.dev && st.ino == e.ino && st.size == e.size && st.mtime_ns == e.cache_mtime_ns;
     let (entry, file, updated) = if same {
         (e.clone(), file, false)
     } else {
-        let (hash, file, now) = hash_fd(file, st, buf).map_err(|err| err.to_string())?;
+        let (hash, file, now) =
+            hash_fd(file, st, buf).map_err(|err| (err.kind(), err.to_string()))?;
         let mut n = e.clone();
         n.hash = hash;
         n.size = now.size;
@@ -252,13 +268,20 @@ fn move_one(
     let restore_mode = || {
         let _ = vrift_cas::sys::fchmod(fd, entry.mode & 0o7777);
     };
-    vrift_cas::sys::fchmod(fd, entry.mode & 0o7777 & !WRITE_BITS)
-        .map_err(|err| format!("cannot protect before moving: {err}"))?;
+    vrift_cas::sys::fchmod(fd, entry.mode & 0o7777 & !WRITE_BITS).map_err(|err| {
+        (
+            IssueKind::NotStored,
+            format!("cannot protect before moving: {err}"),
+        )
+    })?;
     // The inode becomes the blob: nobody may still hold it open for writing (see lease.rs).
     let lease = Lease::take(fd);
     if let Lease::Writer = lease {
         restore_mode();
-        return Err("open for writing by another process; left in place".into());
+        return Err((
+            IssueKind::Busy,
+            "open for writing by another process; left in place".into(),
+        ));
     }
     let stored = store(cas, &file, &entry, &name, dir, path, tier, counters);
     drop(lease);
@@ -277,22 +300,31 @@ fn move_one(
     // (whatever else is there now was put there since, by the tree's owner: not ours).
     match rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
         Ok(now) if now.st_dev == st.dev && now.st_ino == st.ino => {
-            rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::empty())
-                .map_err(|err| format!("stored, but cannot remove it from its path: {err}"))?;
+            rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::empty()).map_err(|err| {
+                (
+                    IssueKind::NotStored,
+                    format!("stored, but cannot remove it from its path: {err}"),
+                )
+            })?;
             if tier == Tier::Tier1 {
                 // Killed between the two steps, a rerun finds the name missing and its blob
                 // stored, and makes the symlink then (see `gone`); no temp name is left behind.
                 let blob = cas.blob_path(&entry.hash, entry.size);
-                rustix::fs::symlinkat(&blob, dir, name.as_c_str())
-                    .map_err(|err| format!("moved, but the tier1 symlink failed: {err}"))?;
+                rustix::fs::symlinkat(&blob, dir, name.as_c_str()).map_err(|err| {
+                    (
+                        IssueKind::NotStored,
+                        format!("moved, but the tier1 symlink failed: {err}"),
+                    )
+                })?;
             }
         }
         _ => {
-            return Err(
-                "stored, but its name was taken by another file meanwhile; left that \
-                        file in place"
+            return Err((
+                IssueKind::Changed,
+                "stored, but its name was taken by another file meanwhile; left that file in \
+                 place"
                     .into(),
-            )
+            ))
         }
     }
     Ok(updated.then_some(entry))
@@ -305,20 +337,28 @@ fn gone(
     cas: &Cas,
     e: &EntryInput,
     tier1_at: Option<(std::os::fd::BorrowedFd<'_>, &std::ffi::CStr)>,
-) -> Result<Option<EntryInput>, String> {
+) -> Result<Option<EntryInput>, Failure> {
     if cas.has_blob(&e.hash, e.size) {
         if let Some((dir, name)) = tier1_at {
             let blob = cas.blob_path(&e.hash, e.size);
             match rustix::fs::symlinkat(&blob, dir, name) {
                 Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                Err(err) => return Err(format!("moved, but the tier1 symlink failed: {err}")),
+                Err(err) => {
+                    return Err((
+                        IssueKind::NotStored,
+                        format!("moved, but the tier1 symlink failed: {err}"),
+                    ))
+                }
             }
         }
         Ok(None)
     } else {
-        Err(format!(
-            "gone from its path and its blob {} is missing",
-            vrift_cas::blob_rel(&e.hash, e.size)
+        Err((
+            IssueKind::Unreadable,
+            format!(
+                "gone from its path and its blob {} is missing",
+                vrift_cas::blob_rel(&e.hash, e.size)
+            ),
         ))
     }
 }
@@ -343,7 +383,7 @@ fn store(
     path: &Path,
     tier: Tier,
     counters: &Counters,
-) -> Result<Stored, String> {
+) -> Result<Stored, Failure> {
     let fd = file.as_fd();
     for attempt in 0..2 {
         match cas.link_in(fd, dir, name, &entry.hash, entry.size) {
@@ -355,12 +395,12 @@ fn store(
                     && crate::place::unchanged_mtime(n.mtime_ns, entry.cache_mtime_ns));
                 if !moved {
                     let _ = cas.withdraw_blob(&entry.hash, entry.size, entry.dev, entry.ino);
-                    return Err(
-                        "changed while it was being moved into the store (still open \
-                                for writing by another process?); left in place, not in the \
-                                manifest"
+                    return Err((
+                        IssueKind::Changed,
+                        "changed while it was being moved into the store (still open for \
+                         writing by another process?); left in place, not in the manifest"
                             .into(),
-                    );
+                    ));
                 }
                 if let Err(err) = vrift_cas::seal::seal_fd(fd, entry.cache_mtime_ns) {
                     counters.issue(
@@ -389,8 +429,18 @@ fn store(
                     }
                     // Damaged (now quarantined) or gone: ours takes its place.
                     Ok(BlobCheck::Damaged | BlobCheck::Missing) if attempt == 0 => continue,
-                    Ok(_) => return Err("its blob keeps changing under us; left in place".into()),
-                    Err(err) => return Err(format!("cannot check its blob: {err}")),
+                    Ok(_) => {
+                        return Err((
+                            IssueKind::NotStored,
+                            "its blob keeps changing under us; left in place".into(),
+                        ))
+                    }
+                    Err(err) => {
+                        return Err((
+                            IssueKind::NotStored,
+                            format!("cannot check its blob: {err}"),
+                        ))
+                    }
                 }
             }
             Err(err)
@@ -424,11 +474,22 @@ fn store(
                         Counters::add(&counters.dedup_hits, 1);
                         Ok(Stored::InStore)
                     }
-                    Err(err) => Err(format!("cannot copy into store: {}", err.reason())),
+                    Err(err) => Err((
+                        IssueKind::NotStored,
+                        format!("cannot copy into store: {}", err.reason()),
+                    )),
                 };
             }
-            Err(err) => return Err(format!("cannot move into store: {err}")),
+            Err(err) => {
+                return Err((
+                    IssueKind::NotStored,
+                    format!("cannot move into store: {err}"),
+                ))
+            }
         }
     }
-    Err("its blob keeps changing under us; left in place".into())
+    Err((
+        IssueKind::NotStored,
+        "its blob keeps changing under us; left in place".into(),
+    ))
 }

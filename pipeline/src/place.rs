@@ -21,10 +21,7 @@ use crate::item::{Done, Hashed, Stat};
 use crate::lease::Lease;
 use crate::options::{Mode, Tier};
 use crate::reap::reap;
-use crate::report::{Counters, IssueKind};
-
-/// Why a file was not placed: counted by kind, the message names what happened.
-type Failure = (IssueKind, String);
+use crate::report::{Counters, Failure, IssueKind};
 
 /// Mode bits that must agree for two files to share one inode (write bits are stripped from
 /// every blob anyway).
@@ -45,6 +42,10 @@ pub struct PlaceConfig<'a> {
 pub fn place_stage(rx: Receiver<Vec<Hashed>>, tx: Sender<Vec<Done>>, cfg: &PlaceConfig<'_>) {
     let c = cfg.counters;
     for batch in rx.iter() {
+        if c.quitting() {
+            // Another stage failed: link nothing more (solid mode strips write bits).
+            return;
+        }
         let t = Instant::now();
         Counters::sub_queue(&c.queue_place, batch.len() as u64);
         let mut out = Vec::with_capacity(batch.len());

@@ -184,6 +184,9 @@ impl IssueKind {
     }
 }
 
+/// Why one path failed: counted by its kind, the message says what happened.
+pub type Failure = (IssueKind, String);
+
 /// Issue counts per kind, in [`IssueKind::ALL`] order; what `--json` and the summary show.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IssueCounts(pub [u64; IssueKind::ALL.len()]);

@@ -42,6 +42,9 @@ pub fn place_stage(
     let mut ring = IoUring::new(RING_ENTRIES).map_err(|e| PipelineError::Uring(e.to_string()))?;
     let c = cfg.counters;
     for batch in rx.iter() {
+        if c.quitting() {
+            return Ok(());
+        }
         let t = Instant::now();
         Counters::sub_queue(&c.queue_place, batch.len() as u64);
         let out: Vec<Done> = if cfg.mode == Mode::Phantom {

@@ -196,8 +196,12 @@ impl<'a, 'b> Visitor<'a, 'b> {
     fn flush_files(&mut self) {
         if !self.files.is_empty() {
             let batch = std::mem::replace(&mut self.files, Vec::with_capacity(BATCH));
+            if self.cfg.counters.quitting() {
+                // A stage failed: nothing more is hashed.
+                return;
+            }
             Counters::add(&self.cfg.counters.queue_hash, batch.len() as u64);
-            // The receiver only disappears when the run is being torn down.
+            // The receivers only disappear when the run is being torn down.
             let _ = self.sinks.to_hash.send(batch);
         }
     }
