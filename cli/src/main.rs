@@ -157,7 +157,7 @@ fn main() -> ExitCode {
             if g.json {
                 println!(
                     "{}",
-                    crate::output::versioned(serde_json::json!({ "error": msg }))
+                    crate::output::versioned(serde_json::json!({ "error": msg, "exit": 1 }))
                 );
             }
             eprintln!("error: {msg}");

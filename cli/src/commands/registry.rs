@@ -41,7 +41,15 @@ pub fn run(g: &Globals, a: &RegistryArgs) -> Result<Outcome> {
     }
     let reg = Registry::load(cas.root())?;
     if g.json {
-        println!("{}", crate::output::versioned(serde_json::to_string(&reg)?));
+        // `version` is the output's schema version; the registry file's own format version
+        // goes under its own name (it used to be a second `version` key).
+        println!(
+            "{}",
+            crate::output::versioned(serde_json::json!({
+                "registry_version": reg.version,
+                "projects": reg.projects,
+            }))
+        );
     } else {
         println!(
             "{} registered projects in {}",

@@ -25,7 +25,9 @@ fn fail(g: &Globals, e: RemoteError) -> Result<Outcome> {
         if g.json {
             println!(
                 "{}",
-                crate::output::versioned(serde_json::json!({ "error": e.to_string() }))
+                crate::output::versioned(
+                    serde_json::json!({ "error": e.to_string(), "kind": "usage", "exit": 2 })
+                )
             );
         }
         eprintln!("error: {e}");
@@ -441,9 +443,11 @@ pub fn remote(g: &Globals, a: &crate::args::RemoteArgs) -> Result<Outcome> {
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
             if g.json {
+                // One object like every other command's answer (a bare list could not carry
+                // `version`).
                 println!(
                     "{}",
-                    crate::output::versioned(serde_json::to_string(&list)?)
+                    crate::output::versioned(serde_json::json!({ "manifests": list }))
                 );
             } else {
                 println!("{:<60} {:>10} {:>8}", "MANIFEST", "SIZE", "AGE");

@@ -127,8 +127,14 @@ fn every_json_answer_carries_its_version_first() {
         assert!(text.starts_with("{\"version\":1,"), "{args:?}: {text}");
         assert_eq!(text.lines().count(), 1, "{args:?}: one line: {text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // One `version` key: `registry` once printed the file's own version as a second one.
+        assert_eq!(text.matches("\"version\":").count(), 1, "{args:?}: {text}");
         if code != 0 {
             assert!(v["error"].is_string(), "{args:?}: {v}");
+            assert_eq!(
+                v["exit"], code,
+                "{args:?}: the exit code is in the answer: {v}"
+            );
         }
     }
 }

@@ -284,7 +284,10 @@ fn remote_ls(s3: &S3Server, store: &Path) -> BTreeSet<String> {
     let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one JSON line\n{}", describe(&o));
     let v: Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {out}"));
-    let list = v.as_array().unwrap_or_else(|| panic!("not a list: {v}"));
+    assert_eq!(v["version"], 1, "{v}");
+    let list = v["manifests"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no manifests list: {v}"));
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
