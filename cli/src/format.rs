@@ -1,6 +1,11 @@
 //! Human-readable numbers for summaries and tables.
 
 /// 63732 → "63,732".
+/// `n` and its noun, singular for one: "1 blob", "2,048 blobs".
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", thousands(n), if n == 1 { one } else { many })
+}
+
 pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);

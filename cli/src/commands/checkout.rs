@@ -6,7 +6,7 @@ use vrift_manifest::Manifest;
 use vrift_pipeline::Counters;
 
 use crate::args::CheckoutArgs;
-use crate::format::thousands;
+use crate::format::{count, thousands};
 use crate::{Globals, Outcome};
 
 pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
@@ -70,15 +70,15 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
             String::new()
         };
         println!(
-            "Checked out {} → {}: {} files ({} linked, {} copied{reflinked}), {} dirs, {} symlinks, {} errors in {:.2} s",
+            "Checked out {} → {}: {} ({} linked, {} copied{reflinked}), {}, {}, {} in {:.2} s",
             a.manifest.display(),
             a.dir.display(),
-            thousands(report.files),
+            count(report.files, "file", "files"),
             thousands(report.linked),
             thousands(report.copied),
-            thousands(report.dirs),
-            thousands(report.symlinks),
-            thousands(report.errors),
+            count(report.dirs, "dir", "dirs"),
+            count(report.symlinks, "symlink", "symlinks"),
+            count(report.errors, "error", "errors"),
             report.seconds
         );
         if report.setid_dropped > 0 {

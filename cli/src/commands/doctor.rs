@@ -6,7 +6,7 @@ use vrift_cas::usage::Usage;
 use vrift_cas::verify::check_blob;
 
 use crate::args::DoctorArgs;
-use crate::format::{bytes, thousands};
+use crate::format::{bytes, count, thousands};
 use crate::{Globals, Outcome};
 
 #[derive(Serialize, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +45,10 @@ pub fn run(g: &Globals, a: &DoctorArgs) -> Result<Outcome> {
             check(
                 "Registry",
                 Status::Ok,
-                format!("valid ({} manifests)", r.projects.len()),
+                format!(
+                    "valid ({})",
+                    count(r.projects.len() as u64, "manifest", "manifests")
+                ),
             );
             Some(r)
         }

@@ -3,7 +3,7 @@ use serde_json::json;
 use vrift_cas::gc::{self, parse_age};
 
 use crate::args::GcArgs;
-use crate::format::{bytes, thousands};
+use crate::format::{bytes, count, thousands};
 use crate::{Globals, Outcome};
 
 pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
@@ -73,16 +73,16 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
         };
         if a.delete {
             println!(
-                "Deleted {} orphan blobs ({}) of {} found{guard}; {} blobs still referenced",
-                thousands(r.deleted),
+                "Deleted {} ({}) of {} found{guard}; {} still referenced",
+                count(r.deleted, "orphan blob", "orphan blobs"),
                 bytes(r.deleted_bytes),
                 thousands(r.orphans),
-                thousands(r.referenced_blobs)
+                count(r.referenced_blobs, "blob", "blobs")
             );
         } else {
             println!(
-                "{} orphan blobs ({}) referenced by no registered manifest{guard}",
-                thousands(r.orphans),
+                "{} ({}) referenced by no registered manifest{guard}",
+                count(r.orphans, "orphan blob", "orphan blobs"),
                 bytes(r.orphan_bytes)
             );
             if r.orphans > 0 && r.unsafe_to_delete.is_empty() {

@@ -62,8 +62,8 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<Outcome> {
             println!("foreign file (not a blob): {}", p.display());
         }
         println!(
-            "Verified {} blobs ({}) in {:.2} s: {} corrupt, {} unreadable{}",
-            thousands(r.checked),
+            "Verified {} ({}) in {:.2} s: {} corrupt, {} unreadable{}",
+            crate::format::count(r.checked, "blob", "blobs"),
             bytes(r.bytes),
             t.elapsed().as_secs_f64(),
             thousands(r.corrupt.len() as u64),

@@ -16,6 +16,7 @@ mod run_support;
 mod checkout_corrupt;
 mod cli_contract;
 mod demo_dedup;
+mod human_output;
 mod ingest_concurrency;
 mod ingest_dedup;
 mod ingest_enospc;
