@@ -12,7 +12,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::{entries, Seen};
+use common::{assert_same, entries, expected, Seen};
 use vrift_manifest::Manifest;
 use vrift_pipeline::{ingest, Counters, IngestOptions, IoBackend};
 
@@ -47,42 +47,6 @@ fn build_tree(root: &Path) {
     )
     .unwrap();
     fs::write(root.join("big.bin"), vec![3u8; 3 << 20]).unwrap();
-}
-
-/// The oracle: what the manifest of `root` must say, read with `std::fs` one path at a time
-/// (kind, mode, size, mtime of non-directories, BLAKE3 of the content, symlink target).
-fn expected(root: &Path) -> Seen {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Seen::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let md = fs::symlink_metadata(&p).unwrap();
-            let rel = p
-                .strip_prefix(root)
-                .unwrap()
-                .as_os_str()
-                .as_bytes()
-                .to_vec();
-            let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-            let mode = md.mode() & 0o7777;
-            let v = if md.file_type().is_symlink() {
-                let t = fs::read_link(&p).unwrap();
-                let t = t.as_os_str().as_bytes().to_vec();
-                (3u8, mode, t.len() as u64, mtime, [0u8; 32], t)
-            } else if md.is_dir() {
-                stack.push(p.clone());
-                (0u8, mode, md.size(), 0, [0u8; 32], Vec::new())
-            } else {
-                let kind = if mode & 0o111 != 0 { 2u8 } else { 1u8 };
-                let hash = *blake3::hash(&fs::read(&p).unwrap()).as_bytes();
-                (kind, mode, md.size(), mtime, hash, Vec::new())
-            };
-            out.insert(rel, v);
-        }
-    }
-    out
 }
 
 fn run(src: &Path, store: &Path, out: &Path, threads: usize, backend: IoBackend) -> (Seen, u64) {
@@ -208,20 +172,6 @@ fn an_unchanged_tree_is_not_rewritten_and_a_change_is_seen() {
     assert!(!now.contains_key(b"node_modules/pkg4/package.json".as_slice()));
     assert!(now.contains_key(b"node_modules/pkg5/new.txt".as_slice()));
     assert_eq!(now.len(), first.len());
-}
-
-fn assert_same(a: &Seen, b: &Seen, what: &str) {
-    let only_a: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).collect();
-    let only_b: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).collect();
-    let differ: Vec<_> = a
-        .iter()
-        .filter(|(k, v)| b.get(*k).is_some_and(|w| w != *v))
-        .map(|(k, v)| (String::from_utf8_lossy(k), v, &b[k]))
-        .collect();
-    assert!(
-        only_a.is_empty() && only_b.is_empty() && differ.is_empty(),
-        "{what}: only in first {only_a:?}, only in second {only_b:?}, differ {differ:?}"
-    );
 }
 
 fn walk_files(dir: &Path) -> Vec<String> {
