@@ -2,6 +2,7 @@
 //! and the bookkeeping beside them (registry of projects, store lock).
 
 pub mod clean;
+pub mod doctor;
 pub mod error;
 pub mod gc;
 pub mod inventory;

@@ -306,7 +306,7 @@ fn render(root: &Path, s: &Snapshot, state: &State) -> String {
             };
             set("vrift_store_dedup_ratio", ratio);
         }
-        if let Some((avail, total)) = super::doctor::free_space(root) {
+        if let Ok((avail, total)) = vrift_cas::sys::free_space(root) {
             set("vrift_store_filesystem_avail_bytes", avail as f64);
             set("vrift_store_filesystem_size_bytes", total as f64);
         }
