@@ -383,6 +383,23 @@ fn hex(b: u8) -> String {
 mod tests {
     use super::*;
 
+    /// Stores file `f{i}` of `src` (content "content {i}") as a copy.
+    fn store_one(cas: &crate::Cas, src: &Path, i: u32) {
+        let p = src.join(format!("f{i}"));
+        fs::write(&p, format!("content {i}")).unwrap();
+        let data = fs::read(&p).unwrap();
+        let h = *blake3::hash(&data).as_bytes();
+        let f = std::fs::File::open(&p).unwrap();
+        cas.copy_in_fd(
+            std::os::fd::AsFd::as_fd(&f),
+            &p,
+            &h,
+            data.len() as u64,
+            0o644,
+        )
+        .unwrap();
+    }
+
     #[test]
     fn hex_names() {
         assert_eq!(hex2(b"0a"), Some(10));
@@ -404,21 +421,7 @@ mod tests {
         let src = dir.path().join("src");
         fs::create_dir(&src).unwrap();
         for i in 0..50u32 {
-            let p = src.join(format!("f{i}"));
-            fs::write(&p, format!("content {i}")).unwrap();
-            let data = fs::read(&p).unwrap();
-            let h = *blake3::hash(&data).as_bytes();
-            {
-                let f = std::fs::File::open(&p).unwrap();
-                cas.copy_in_fd(
-                    std::os::fd::AsFd::as_fd(&f),
-                    &p,
-                    &h,
-                    data.len() as u64,
-                    0o644,
-                )
-                .unwrap();
-            }
+            store_one(&cas, &src, i);
         }
         fs::write(cas.blob_dir().join("stray"), b"x").unwrap();
         let check = |inv: &Inventory| {
@@ -450,23 +453,7 @@ mod tests {
         let cas = crate::Cas::open(dir.path()).unwrap();
         let src = dir.path().join("src");
         fs::create_dir(&src).unwrap();
-        let add = |i: u32| {
-            let p = src.join(format!("f{i}"));
-            fs::write(&p, format!("content {i}")).unwrap();
-            let data = fs::read(&p).unwrap();
-            let h = *blake3::hash(&data).as_bytes();
-            {
-                let f = std::fs::File::open(&p).unwrap();
-                cas.copy_in_fd(
-                    std::os::fd::AsFd::as_fd(&f),
-                    &p,
-                    &h,
-                    data.len() as u64,
-                    0o644,
-                )
-                .unwrap();
-            }
-        };
+        let add = |i: u32| store_one(&cas, &src, i);
         for i in 0..30 {
             add(i);
         }

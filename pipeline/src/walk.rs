@@ -628,40 +628,51 @@ mod tests {
         }
     }
 
-    /// A walker thread that panics mid-directory must not leave the others waiting for it
-    /// (the directory it held is never finished): all return, and the failure names the walk.
-    #[test]
-    fn a_panicking_walker_stops_the_walk_instead_of_hanging_it() {
-        let counters = Counters::default();
+    /// Runs `threads` walkers over a queue starting at "root"; returns how many directories
+    /// `visit` was given.
+    fn walk_with(
+        threads: usize,
+        counters: &Counters,
+        visit: impl Fn(Job, &mut Vec<Job>) + Sync,
+    ) -> u64 {
         let queue = Queue {
             state: Mutex::new((vec![job("root")], 0)),
             ready: Condvar::new(),
         };
         let visited = std::sync::atomic::AtomicU64::new(0);
         std::thread::scope(|s| {
-            for _ in 0..4 {
+            for _ in 0..threads {
                 s.spawn(|| {
-                    queue.serve(&counters, |j, found| {
+                    queue.serve(counters, |j, found| {
                         visited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        match j.rel.as_bytes() {
-                            b"root" => {
-                                // d40 on top of the stack: taken first.
-                                found.extend(
-                                    (0..64).filter(|&i| i != 40).map(|i| job(&format!("d{i}"))),
-                                );
-                                found.push(job("d40"));
-                            }
-                            b"d40" => panic!("bug while reading d40"),
-                            // The others are busy until the failure is known (or 20 s).
-                            _ => {
-                                let t = std::time::Instant::now();
-                                while !counters.quitting() && t.elapsed().as_secs() < 20 {
-                                    std::thread::sleep(std::time::Duration::from_millis(1));
-                                }
-                            }
-                        }
+                        visit(j, found)
                     })
                 });
+            }
+        });
+        visited.into_inner()
+    }
+
+    /// A walker thread that panics mid-directory must not leave the others waiting for it
+    /// (the directory it held is never finished): all return, and the failure names the walk.
+    #[test]
+    fn a_panicking_walker_stops_the_walk_instead_of_hanging_it() {
+        let counters = Counters::default();
+        let n = walk_with(4, &counters, |j, found| {
+            match j.rel.as_bytes() {
+                b"root" => {
+                    // d40 on top of the stack: taken first.
+                    found.extend((0..64).filter(|&i| i != 40).map(|i| job(&format!("d{i}"))));
+                    found.push(job("d40"));
+                }
+                b"d40" => panic!("bug while reading d40"),
+                // The others are busy until the failure is known (or 20 s).
+                _ => {
+                    let t = std::time::Instant::now();
+                    while !counters.quitting() && t.elapsed().as_secs() < 20 {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
             }
         });
         let (stage, message) = counters.stage_failure().expect("the failure is recorded");
@@ -669,31 +680,18 @@ mod tests {
         assert!(message.contains("d40"), "{message}");
         assert!(counters.quitting());
         // It stopped early: the root, d40, and the directory each other walker held.
-        let n = visited.load(std::sync::atomic::Ordering::Relaxed);
         assert!(n <= 5, "{n} directories visited");
     }
 
     #[test]
     fn a_walk_without_failures_visits_everything() {
         let counters = Counters::default();
-        let queue = Queue {
-            state: Mutex::new((vec![job("root")], 0)),
-            ready: Condvar::new(),
-        };
-        let visited = std::sync::atomic::AtomicU64::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..3 {
-                s.spawn(|| {
-                    queue.serve(&counters, |j, found| {
-                        visited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if j.rel.as_bytes() == b"root" {
-                            found.extend((0..20).map(|i| job(&format!("d{i}"))));
-                        }
-                    })
-                });
+        let n = walk_with(3, &counters, |j, found| {
+            if j.rel.as_bytes() == b"root" {
+                found.extend((0..20).map(|i| job(&format!("d{i}"))));
             }
         });
-        assert_eq!(visited.load(std::sync::atomic::Ordering::Relaxed), 21);
+        assert_eq!(n, 21);
         assert!(counters.stage_failure().is_none());
     }
 }
