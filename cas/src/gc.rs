@@ -76,7 +76,7 @@ pub fn prune_stale(cas: &Cas) -> Result<Vec<Project>> {
         stale
     })?;
     for p in &pruned {
-        let _ = std::fs::remove_file(root.join(&p.cached_manifest));
+        crate::registry::remove_project_files(&root, p);
     }
     Ok(pruned)
 }
@@ -94,7 +94,7 @@ pub fn forget(cas: &Cas, name_or_id: &str) -> Result<Vec<Project>> {
         gone
     })?;
     for p in &gone {
-        let _ = std::fs::remove_file(root.join(&p.cached_manifest));
+        crate::registry::remove_project_files(&root, p);
     }
     Ok(gone)
 }

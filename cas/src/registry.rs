@@ -36,6 +36,13 @@ pub struct Project {
     /// Path of the cached manifest copy, relative to the store root.
     pub cached_manifest: String,
     pub last_ingest_unix: u64,
+    /// When the project was first registered (ns since the epoch). The registry's order is
+    /// registration order, which `status` attributes blobs by (a blob is "new" in the first
+    /// project that has it); a rebuild restores that order from this (or from the stamp file
+    /// beside the cached manifest, when the registry itself is lost). 0 in registries written
+    /// before it existed.
+    #[serde(default)]
+    pub registered_unix_ns: u64,
     pub files: u64,
     pub bytes: u64,
 }
@@ -76,6 +83,30 @@ pub fn project_id(source: &Path) -> String {
 
 pub fn cached_manifest_rel(id: &str) -> String {
     format!("{MANIFEST_DIR}/{id}{CACHED_SUFFIX}")
+}
+
+/// The file beside a project's cached manifest that records when it was first registered:
+/// written once, never replaced, so the registration order survives the loss of
+/// `registry.json`.
+pub fn registered_stamp_path(root: &Path, id: &str) -> PathBuf {
+    root.join(MANIFEST_DIR)
+        .join(format!("{id}{REGISTERED_SUFFIX}"))
+}
+
+const REGISTERED_SUFFIX: &str = ".registered";
+
+fn read_registered_stamp(root: &Path, id: &str) -> Option<u64> {
+    fs::read_to_string(registered_stamp_path(root, id))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Removes what the store keeps for a project besides its registry entry (forget, prune).
+pub fn remove_project_files(root: &Path, p: &Project) {
+    let _ = fs::remove_file(root.join(&p.cached_manifest));
+    let _ = fs::remove_file(registered_stamp_path(root, &p.id));
 }
 
 impl Registry {
@@ -160,27 +191,51 @@ pub fn register_bytes(root: &Path, r: &Registration<'_>, image: &[u8]) -> Result
     let rel = cached_manifest_rel(&id);
     let cached = root.join(&rel);
     cache_manifest(root, image, &cached)?;
-    let now = SystemTime::now()
+    let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let project = Project {
+        .unwrap_or_default();
+    let mut project = Project {
         id: id.clone(),
         name: r.name.to_string(),
         source: r.source.to_path_buf(),
         manifest: r.manifest.to_path_buf(),
         cached_manifest: rel,
-        last_ingest_unix: now,
+        last_ingest_unix: since.as_secs(),
+        registered_unix_ns: since.as_nanos() as u64,
         files: r.files,
         bytes: r.bytes,
     };
-    let p = project.clone();
-    Registry::update(root, move |reg| {
+    let mut p = project.clone();
+    project = Registry::update(root, move |reg| {
         match reg.projects.iter_mut().find(|x| x.id == p.id) {
-            Some(slot) => *slot = p,
-            None => reg.projects.push(p),
+            // A re-ingest keeps its place in the registration order.
+            Some(slot) => {
+                if slot.registered_unix_ns != 0 {
+                    p.registered_unix_ns = slot.registered_unix_ns;
+                }
+                *slot = p.clone();
+            }
+            None => {
+                // Later than every project registered before, whatever the clock says.
+                let last = reg.projects.iter().map(|x| x.registered_unix_ns).max();
+                if let Some(last) = last.filter(|&l| l >= p.registered_unix_ns) {
+                    p.registered_unix_ns = last + 1;
+                }
+                reg.projects.push(p.clone());
+            }
         }
+        p
     })?;
+    // Written once (a later ingest finds it there): best effort, the registry holds the
+    // same time; only a rebuild after losing registry.json reads it.
+    let _ = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(registered_stamp_path(root, &id))
+        .and_then(|mut f| {
+            use std::io::Write;
+            writeln!(f, "{}", project.registered_unix_ns)
+        });
     Ok(project)
 }
 
@@ -250,7 +305,14 @@ pub fn rebuild(root: &Path) -> Result<(Registry, Vec<(PathBuf, String)>)> {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let registered_unix_ns = prev
+            .as_ref()
+            .map(|p| p.registered_unix_ns)
+            .filter(|&n| n != 0)
+            .or_else(|| read_registered_stamp(root, &id))
+            .unwrap_or(mtime.saturating_mul(1_000_000_000));
         reg.projects.push(Project {
+            registered_unix_ns,
             name: prev
                 .as_ref()
                 .map(|p| p.name.clone())
@@ -267,7 +329,15 @@ pub fn rebuild(root: &Path) -> Result<(Registry, Vec<(PathBuf, String)>)> {
             bytes,
         });
     }
-    reg.projects.sort_by_key(|p| p.last_ingest_unix);
+    // Registration order, as before the loss (status attributes blobs by it); ties (stores
+    // from before the stamps) by last ingest, then id.
+    reg.projects.sort_by(|a, b| {
+        (a.registered_unix_ns, a.last_ingest_unix, &a.id).cmp(&(
+            b.registered_unix_ns,
+            b.last_ingest_unix,
+            &b.id,
+        ))
+    });
     reg.save(root)?;
     Ok((reg, bad))
 }
@@ -371,6 +441,7 @@ mod tests {
             manifest: PathBuf::from("/tmp/m.bin"),
             cached_manifest: "manifests/x.vrm".into(),
             last_ingest_unix: 1,
+            registered_unix_ns: 5,
             files: 2,
             bytes: 3,
         };

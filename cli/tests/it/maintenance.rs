@@ -9,8 +9,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// The binary under test (`VRIFT_TEST_BIN` or this build's) on `store`.
 fn vrift(store: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vrift"));
+    let mut c = Command::new(crate::common::bin());
     c.arg("--the-source-root")
         .arg(store)
         .env_remove("VR_THE_SOURCE");
@@ -355,7 +356,42 @@ fn verify_detects_a_blob_changed_behind_the_stores_back_and_repair_drops_it() {
 #[test]
 fn registry_rebuild_restores_every_project() {
     let t = three_projects();
+    // The first project ingested again, later: its last ingest is now the newest, but it
+    // keeps its place in the registration order (which status attributes new blobs by).
+    let first = json(&run_ok(vrift(&t.store).args(["--json", "registry"])))["projects"][0].clone();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    run_ok(
+        vrift(&t.store)
+            .arg("ingest")
+            .arg(first["source"].as_str().unwrap())
+            .arg("-o")
+            .arg(first["manifest"].as_str().unwrap())
+            .arg("--name")
+            .arg(first["name"].as_str().unwrap()),
+    );
     let before = json(&run_ok(vrift(&t.store).args(["--json", "status"])));
+    // Who brought which blobs, in order: unchanged by a rebuild.
+    let attribution = |v: &Value| -> Vec<(String, u64, u64)> {
+        v["projects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["source"].as_str().unwrap().to_string(),
+                    p["new_blobs"].as_u64().unwrap(),
+                    p["shared_blobs"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    run_ok(vrift(&t.store).args(["registry", "--rebuild"]));
+    let rebuilt = json(&run_ok(vrift(&t.store).args(["--json", "status"])));
+    assert_eq!(
+        attribution(&rebuilt),
+        attribution(&before),
+        "rebuild with the registry"
+    );
     fs::remove_file(t.store.join("registry.json")).unwrap();
     let empty = json(&run_ok(vrift(&t.store).args(["--json", "status"])));
     assert_eq!(empty["projects"].as_array().unwrap().len(), 0);
@@ -376,6 +412,12 @@ fn registry_rebuild_restores_every_project() {
             .collect()
     };
     assert_eq!(key(&after), key(&before));
+    // Lost registry: the order comes back from the stamps beside the cached manifests.
+    assert_eq!(
+        attribution(&after),
+        attribution(&before),
+        "rebuild from nothing"
+    );
     // A corrupt registry is reported, not overwritten, and rebuild fixes it.
     fs::write(t.store.join("registry.json"), b"{ garbage").unwrap();
     let doc = vrift(&t.store).arg("doctor").output().unwrap();
