@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use crate::error::Result;
 use crate::registry::{Project, Registry};
-use crate::scan::{scan, BlobInfo};
+use crate::scan::BlobInfo;
 use crate::store::Cas;
 use crate::usage::Usage;
 
@@ -105,6 +105,14 @@ pub fn collect(cas: &Cas, delete: bool, min_age_secs: Option<u64>) -> Result<GcR
     collect_without(cas, delete, min_age_secs, &[])
 }
 
+/// How far a gc has got, for a progress line.
+#[derive(Default, Debug)]
+pub struct GcProgress {
+    pub scan: crate::scan::ScanProgress,
+    /// Orphans examined after the scan (each deleted, kept as too young, or listed).
+    pub orphans_done: std::sync::atomic::AtomicU64,
+}
+
 /// [`collect`] as if the projects with these ids were not registered (a dry run of
 /// `--prune-stale` shows what pruning them would orphan).
 pub fn collect_without(
@@ -112,6 +120,23 @@ pub fn collect_without(
     delete: bool,
     min_age_secs: Option<u64>,
     ignore_ids: &[String],
+) -> Result<GcReport> {
+    collect_counted(
+        cas,
+        delete,
+        min_age_secs,
+        ignore_ids,
+        &GcProgress::default(),
+    )
+}
+
+/// [`collect_without`], counting into `progress` as it goes.
+pub fn collect_counted(
+    cas: &Cas,
+    delete: bool,
+    min_age_secs: Option<u64>,
+    ignore_ids: &[String],
+    progress: &GcProgress,
 ) -> Result<GcReport> {
     let mut reg = Registry::load(cas.root())?;
     reg.projects.retain(|p| !ignore_ids.contains(&p.id));
@@ -122,7 +147,7 @@ pub fn collect_without(
             reasons: unsafe_why.join("; "),
         });
     }
-    let blobs = scan(cas)?;
+    let blobs = crate::scan::scan_counted(cas, &progress.scan)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -137,6 +162,9 @@ pub fn collect_without(
         }
         r.orphans += 1;
         r.orphan_bytes += b.disk_bytes;
+        progress
+            .orphans_done
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let young = min_age_secs.is_some_and(|min| now - b.ctime < min as i64);
         if young {
             r.too_young += 1;

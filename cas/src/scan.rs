@@ -8,6 +8,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use vrift_manifest::Hash;
 
@@ -45,11 +46,38 @@ impl Scan {
     }
 }
 
+/// How far a scan has got, for a progress line: top-level shard directories (`ab/`) done of
+/// all, and blobs seen. Relaxed atomics, read by another thread.
+#[derive(Default, Debug)]
+pub struct ScanProgress {
+    pub dirs_done: AtomicU64,
+    pub dirs_total: AtomicU64,
+    pub blobs: AtomicU64,
+}
+
+impl ScanProgress {
+    /// Percent of the top-level directories done (0 before the scan knows how many).
+    pub fn percent(&self) -> u64 {
+        let total = self.dirs_total.load(Relaxed);
+        (self.dirs_done.load(Relaxed) * 100)
+            .checked_div(total)
+            .unwrap_or(0)
+    }
+}
+
 /// Lists every blob in the store.
 pub fn scan(cas: &Cas) -> Result<Scan> {
+    scan_counted(cas, &ScanProgress::default())
+}
+
+/// [`scan`], counting into `progress` as it goes.
+pub fn scan_counted(cas: &Cas, progress: &ScanProgress) -> Result<Scan> {
     let mut out = Scan::default();
     let top = cas.blob_dir();
-    for a in read_sorted(top)? {
+    let tops = read_sorted(top)?;
+    progress.dirs_total.store(tops.len() as u64, Relaxed);
+    for a in tops {
+        let _done = DoneOnDrop(&progress.dirs_done);
         let Ok(ft) = a.file_type() else { continue };
         if !ft.is_dir() || !is_hex2(a.file_name().as_bytes()) {
             out.foreign.push(a.path());
@@ -73,20 +101,32 @@ pub fn scan(cas: &Cas) -> Result<Scan> {
                     Err(_) => continue, // removed while we looked (a concurrent gc)
                 };
                 match parsed {
-                    Some((hash, size)) if md.is_file() => out.blobs.push(BlobInfo {
-                        hash,
-                        size,
-                        disk_bytes: md.blocks() * 512,
-                        nlink: md.nlink(),
-                        mode: md.mode(),
-                        ctime: md.ctime(),
-                    }),
+                    Some((hash, size)) if md.is_file() => {
+                        progress.blobs.fetch_add(1, Relaxed);
+                        out.blobs.push(BlobInfo {
+                            hash,
+                            size,
+                            disk_bytes: md.blocks() * 512,
+                            nlink: md.nlink(),
+                            mode: md.mode(),
+                            ctime: md.ctime(),
+                        })
+                    }
                     _ => out.foreign.push(f.path()),
                 }
             }
         }
     }
     Ok(out)
+}
+
+/// Counts one top-level directory done however its loop iteration ends (`continue`).
+struct DoneOnDrop<'a>(&'a AtomicU64);
+
+impl Drop for DoneOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Relaxed);
+    }
 }
 
 fn is_hex2(n: &[u8]) -> bool {
@@ -102,4 +142,34 @@ fn read_sorted(dir: &std::path::Path) -> Result<Vec<fs::DirEntry>> {
         .collect();
     v.sort_by_key(|e| e.file_name());
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counted_scan_ends_at_every_directory_and_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(dir.path()).unwrap();
+        for i in 0..40u32 {
+            let data = format!("blob {i}");
+            let h = *blake3::hash(data.as_bytes()).as_bytes();
+            cas.insert_bytes(&h, data.len() as u64, data.as_bytes(), 0o644)
+                .unwrap();
+        }
+        // Something that is not a blob is counted as foreign, not as a blob.
+        std::fs::write(cas.blob_dir().join("stray"), b"x").unwrap();
+        let p = ScanProgress::default();
+        assert_eq!(p.percent(), 0);
+        let s = scan_counted(&cas, &p).unwrap();
+        assert_eq!(s.blobs.len(), 40);
+        assert_eq!(p.blobs.load(Relaxed), 40);
+        assert_eq!(
+            p.dirs_done.load(Relaxed),
+            p.dirs_total.load(Relaxed),
+            "every top directory (and the stray file) counted once"
+        );
+        assert_eq!(p.percent(), 100);
+    }
 }

@@ -39,7 +39,29 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
     } else {
         pruned.iter().map(|p| p.id.clone()).collect()
     };
-    let mut r = gc::collect_without(&cas, a.delete, min_age, &ignore)?;
+    // On a terminal: how far the scan of the store (and the deletion) has got.
+    let progress = std::sync::Arc::new(gc::GcProgress::default());
+    let line = {
+        let p = progress.clone();
+        let deleting = a.delete;
+        crate::progress::Progress::start_with(g.progress, "gc", move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            let orphans = p.orphans_done.load(Relaxed);
+            if orphans > 0 {
+                let verb = if deleting { "deleting" } else { "checking" };
+                format!("{verb} orphans: {}", thousands(orphans))
+            } else {
+                format!(
+                    "scanning the store {}% ({} blobs)",
+                    p.scan.percent(),
+                    thousands(p.scan.blobs.load(Relaxed))
+                )
+            }
+        })
+    };
+    let r = gc::collect_counted(&cas, a.delete, min_age, &ignore, &progress);
+    line.finish();
+    let mut r = r?;
     if r.pending_roots > 0 && !g.json {
         crate::note!(
             "note: {} pending roots of running or interrupted ingests keep their blobs (see `vrift doctor`)",

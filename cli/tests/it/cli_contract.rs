@@ -653,6 +653,46 @@ fn verify_shows_percent_on_a_terminal_only() {
     );
 }
 
+/// `gc` on a terminal says how far its scan of the store has got; in a pipe, nothing.
+#[test]
+fn gc_shows_its_scan_on_a_terminal_only() {
+    if !have_script() {
+        return;
+    }
+    let t = tempdir();
+    let src = t.path().join("p");
+    // Enough blobs (and so shard directories) that the scan outlasts the line's first draw.
+    for i in 0..5000u32 {
+        write_file(
+            &src.join(format!("d{}/f{i}", i % 50)),
+            format!("{i}").as_bytes(),
+            0o644,
+        );
+    }
+    let store = t.path().join("store");
+    ingest_ok(&store, &src, &t.path().join("m.vrm"), &[]);
+    let line = format!(
+        "{} --the-source-root {} gc",
+        bin().display(),
+        store.display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        tty.contains("scanning the store") && tty.contains("% ("),
+        "no progress line: {tty:?}"
+    );
+    assert!(tty.contains("0 orphan blobs"), "{tty:?}");
+    let o = vrift(&store).arg("gc").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(stderr(&o).is_empty(), "{}", describe(&o));
+}
+
 /// Every environment variable named in the sources (the crates, the scripts, CI) is in the
 /// README's one list.
 #[test]
