@@ -609,6 +609,23 @@ fn the_config_file_gives_defaults_that_flags_and_variables_override() {
     }
 }
 
+/// Runs `vrift --the-source-root STORE ARGS` on a terminal (util-linux `script`), expects
+/// exit 0, and returns what the terminal showed (stdout and stderr, escape codes and all).
+fn on_a_terminal(store: &std::path::Path, args: &str) -> String {
+    let line = format!(
+        "{} --the-source-root {} {args}",
+        bin().display(),
+        store.display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// `verify` on a terminal shows how far it is in percent of the bytes, and clears the line
 /// before its summary; in a pipe nothing of it appears.
 #[test]
@@ -627,18 +644,7 @@ fn verify_shows_percent_on_a_terminal_only() {
     }
     let store = t.path().join("store");
     ingest_ok(&store, &src, &t.path().join("m.vrm"), &[]);
-    let line = format!(
-        "{} --the-source-root {} verify -j 1",
-        bin().display(),
-        store.display()
-    );
-    let o = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .env("TERM", "xterm")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
-    let tty = String::from_utf8_lossy(&o.stdout);
+    let tty = on_a_terminal(&store, "verify -j 1");
     assert!(
         tty.contains("% ") && tty.contains("/48 blobs ("),
         "no progress line: {tty:?}"
@@ -671,18 +677,7 @@ fn gc_shows_its_scan_on_a_terminal_only() {
     }
     let store = t.path().join("store");
     ingest_ok(&store, &src, &t.path().join("m.vrm"), &[]);
-    let line = format!(
-        "{} --the-source-root {} gc",
-        bin().display(),
-        store.display()
-    );
-    let o = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .env("TERM", "xterm")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
-    let tty = String::from_utf8_lossy(&o.stdout);
+    let tty = on_a_terminal(&store, "gc");
     assert!(
         tty.contains("scanning the store") && tty.contains("% ("),
         "no progress line: {tty:?}"
