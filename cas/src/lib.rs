@@ -15,6 +15,7 @@ pub mod seal;
 pub mod shard;
 pub mod store;
 pub mod sys;
+mod temp;
 pub mod usage;
 pub mod verify;
 

@@ -18,6 +18,7 @@ use crate::layout::{blob_rel_into, shard_index, BLOB_DIR, MAX_REL_LEN};
 use crate::seal;
 use crate::shard::ShardSet;
 use crate::sys;
+use crate::temp::{Naming, TempFile};
 
 /// Write bits are stripped from every blob: a blob's name is its content, so nobody may write it.
 pub const WRITE_BITS: u32 = 0o222;
@@ -59,6 +60,8 @@ pub struct Cas {
     blob_fd: OwnedFd,
     shards: ShardSet,
     tmp_counter: AtomicU64,
+    /// How temp files get their blob names here (probed on the first write).
+    naming: std::sync::OnceLock<Naming>,
 }
 
 impl Cas {
@@ -118,6 +121,7 @@ impl Cas {
             blob_fd,
             shards,
             tmp_counter: AtomicU64::new(0),
+            naming: std::sync::OnceLock::new(),
         })
     }
 
@@ -352,32 +356,28 @@ impl Cas {
         size: u64,
         mode: u32,
     ) -> Result<CopyKind> {
-        let tmp = self.temp_path("copy");
-        let result = (|| {
-            let out = create_temp(&tmp)?;
-            let reflinked = rustix::fs::ioctl_ficlone(&out, src).is_ok();
-            let (got, len) = if reflinked {
-                hash_fd(out.as_fd(), &mut Vec::new()).map_err(|e| CasError::io(&tmp, e))?
-            } else {
-                copy_hashing(src, &out).map_err(|e| match e {
-                    CopyError::Read(e) => CasError::io(origin, e),
-                    CopyError::Write(e) => CasError::io(&tmp, e),
-                })?
-            };
-            if len != size || got != *hash {
-                return Err(CasError::Changed {
-                    path: origin.to_path_buf(),
-                });
-            }
-            let kind = if reflinked {
-                CopyKind::Reflink
-            } else {
-                CopyKind::Copy
-            };
-            self.link_temp(&out, &tmp, origin, hash, size, mode, kind)
-        })();
-        let _ = fs::remove_file(&tmp);
-        result
+        let t = self.temp_file("copy")?;
+        let out = t.file();
+        let reflinked = rustix::fs::ioctl_ficlone(out, src).is_ok();
+        let (got, len) = if reflinked {
+            hash_fd(out.as_fd(), &mut Vec::new()).map_err(|e| CasError::io(t.path(), e))?
+        } else {
+            copy_hashing(src, out).map_err(|e| match e {
+                CopyError::Read(e) => CasError::io(origin, e),
+                CopyError::Write(e) => CasError::io(t.path(), e),
+            })?
+        };
+        if len != size || got != *hash {
+            return Err(CasError::Changed {
+                path: origin.to_path_buf(),
+            });
+        }
+        let kind = if reflinked {
+            CopyKind::Reflink
+        } else {
+            CopyKind::Copy
+        };
+        self.link_temp(&t, origin, hash, size, mode, kind)
     }
 
     /// Makes `tmp`, a complete file under `<root>/tmp` whose content the caller has just
@@ -392,46 +392,40 @@ impl Cas {
         size: u64,
         mode: u32,
     ) -> Result<CopyKind> {
-        let result = File::open(tmp)
-            .map_err(|e| CasError::io(tmp, e))
-            .and_then(|f| self.link_temp(&f, tmp, tmp, hash, size, mode, CopyKind::Copy));
-        let _ = fs::remove_file(tmp);
-        result
+        let f = match File::open(tmp) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_file(tmp);
+                return Err(CasError::io(tmp, e));
+            }
+        };
+        let t = TempFile::adopt(f, tmp);
+        self.link_temp(&t, tmp, hash, size, mode, CopyKind::Copy)
     }
 
     /// Stores `data`, which the caller has just checked against `hash`/`size` (a blob
     /// decoded from a remote pack), the way [`insert_verified`](Self::insert_verified) does.
     pub fn insert_bytes(&self, hash: &Hash, size: u64, data: &[u8], mode: u32) -> Result<CopyKind> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = self.temp_path("unpack");
-        let written = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(data).map(|()| f));
-        let result = match written {
-            Ok(f) => self.link_temp(&f, &tmp, &tmp, hash, size, mode, CopyKind::Copy),
-            Err(e) => Err(CasError::io(&tmp, e)),
-        };
-        let _ = fs::remove_file(&tmp);
-        result
+        let t = self.temp_file("unpack")?;
+        t.file()
+            .write_all(data)
+            .map_err(|e| CasError::io(t.path(), e))?;
+        self.link_temp(&t, t.path(), hash, size, mode, CopyKind::Copy)
     }
 
     /// The shared tail of [`copy_in_fd`](Self::copy_in_fd) and
     /// [`insert_verified`](Self::insert_verified): size check, strip write bits, seal, link.
-    #[allow(clippy::too_many_arguments)]
     fn link_temp(
         &self,
-        f: &File,
-        tmp: &Path,
+        t: &TempFile,
         origin: &Path,
         hash: &Hash,
         size: u64,
         mode: u32,
         kind: CopyKind,
     ) -> Result<CopyKind> {
+        let (f, tmp) = (t.file(), t.path());
         let st = sys::fstat(f.as_fd()).map_err(|e| CasError::io(tmp, e))?;
         if st.st_size as u64 != size {
             return Err(CasError::Changed {
@@ -440,8 +434,7 @@ impl Cas {
         }
         sys::fchmod(f.as_fd(), mode & 0o7777 & !WRITE_BITS).map_err(|e| CasError::io(tmp, e))?;
         seal::seal_fd(f.as_fd(), sys::mtime_ns(&st)).map_err(|e| CasError::io(tmp, e))?;
-        let c = sys::cstring(tmp).map_err(|e| CasError::io(tmp, e))?;
-        match self.with_shard(hash, size, |rel| sys::linkat(sys::CWD, &c, self.bfd(), rel)) {
+        match self.with_shard(hash, size, |rel| t.link_as(self.bfd(), rel)) {
             Ok(()) => Ok(kind),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(CopyKind::Existed),
             Err(e) => Err(CasError::io(self.blob_path(hash, size), e)),
@@ -549,6 +542,16 @@ impl Cas {
     }
 
     /// A fresh name under `<root>/tmp`, unique across threads and processes.
+    /// A new temp file for a blob's bytes (see [`crate::temp`]).
+    fn temp_file(&self, what: &str) -> Result<TempFile> {
+        let dir = self.root.join(TMP_DIR);
+        let naming = *self
+            .naming
+            .get_or_init(|| Naming::probe(&dir, &self.temp_path("probe")));
+        let named = self.temp_path(what);
+        TempFile::create(&dir, named, naming).map_err(|e| CasError::io(&dir, e))
+    }
+
     pub fn temp_path(&self, what: &str) -> PathBuf {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         self.root
@@ -662,19 +665,6 @@ pub fn sibling_temp_name(n: u64) -> CString {
     let mut name = SIBLING_TEMP_PREFIX.to_vec();
     name.extend_from_slice(format!("{}-{n}", pid()).as_bytes());
     CString::new(name).expect("prefix and digits hold no NUL")
-}
-
-/// Creates a new temp file for writing (and reading back), failing if the name exists.
-fn create_temp(path: &Path) -> Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| CasError::io(path, e))
 }
 
 /// BLAKE3 and length of everything `fd` holds, read from offset 0 (whatever the descriptor's

@@ -56,6 +56,30 @@ pub fn linkat(
     )?)
 }
 
+/// An unnamed file in `dir` (`O_TMPFILE`), read-write, mode 0600: it has no directory entry
+/// until [`link_fd`] or [`link_proc_fd`] gives it one, and vanishes if the process dies first.
+pub fn open_tmpfile(dir: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    )?)
+}
+
+/// Links `fd` as `dir/name` through `/proc/self/fd/N`: what an unprivileged process can use
+/// where [`link_fd`] (`AT_EMPTY_PATH`) needs `CAP_DAC_READ_SEARCH`.
+pub fn link_proc_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = cbytes(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
+    Ok(rustix::fs::linkat(
+        CWD,
+        &path,
+        dir,
+        name,
+        AtFlags::SYMLINK_FOLLOW,
+    )?)
+}
+
 /// Rename that fails with EEXIST instead of replacing: a blob is never replaced in place.
 pub fn rename_noreplace(
     old_dir: BorrowedFd<'_>,
