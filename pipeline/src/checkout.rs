@@ -1,6 +1,7 @@
 //! `vrift checkout`: a manifest turned back into a real tree ("restore node_modules in CI"),
 //! through the one materializer ([`crate::materialize`]).
 
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use vrift_cas::Cas;
@@ -30,6 +31,9 @@ pub fn checkout(
 }
 
 /// [`checkout`] over an existing tree (`checkout --replace`, `restore`); see [`replace_dir`].
+/// Directories of the old tree that already hold what the manifest says are moved into the
+/// new tree instead of being built again ([`crate::reuse`]); if the new tree cannot be
+/// completed they are moved back, so the old tree is left as it was.
 pub fn checkout_replacing(
     cas: &Cas,
     manifest: &Manifest,
@@ -38,13 +42,61 @@ pub fn checkout_replacing(
     counters: &Counters,
 ) -> Result<CheckoutReport, PipelineError> {
     let mut report = None;
+    // The tree being replaced, when it is a real directory (a symlink named as `dest` is
+    // replaced as a whole, never entered).
+    let old = rustix::fs::openat(
+        rustix::fs::CWD,
+        dest,
+        rustix::fs::OFlags::PATH
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok();
     replace_dir(dest, |at| {
-        let r = checkout(cas, manifest, at, opts, counters)?;
-        let errors = r.errors;
+        let old = old.as_ref().filter(|_| at != dest);
+        let dest_fd = materialize::open_empty_dest(at).map_err(|e| PipelineError::io(at, e))?;
+        let nodes = materialize::manifest_nodes(manifest);
+        let reusable = match old {
+            Some(o) => crate::reuse::find(cas, o.as_fd(), &nodes, opts),
+            None => Default::default(),
+        };
+        let (r, moved) = materialize::materialize_over(
+            cas,
+            at,
+            dest_fd,
+            &nodes,
+            old.map(|o| materialize::Old {
+                root: o.as_fd(),
+                reusable: &reusable,
+            }),
+            opts,
+            counters,
+        );
+        let complete = r.errors == 0;
+        if !complete {
+            if let Some(o) = old {
+                put_back(at, o.as_fd(), &moved);
+            }
+        }
         report = Some(r);
-        Ok::<bool, PipelineError>(errors == 0)
+        Ok::<bool, PipelineError>(complete)
     })?;
     Ok(report.unwrap_or_default())
+}
+
+/// Moves directories taken from the old tree (under `old`) back from the abandoned new one
+/// at `new`. Best effort: what cannot go back is deleted with the new tree.
+fn put_back(new: &Path, old: std::os::fd::BorrowedFd<'_>, moved: &[Vec<u8>]) {
+    use crate::dirs::{open_root, DirChain};
+    let (Ok(from), Ok(to)) = (open_root(new), rustix::io::fcntl_dupfd_cloexec(old, 0)) else {
+        return;
+    };
+    let (mut from, mut to) = (DirChain::new(from), DirChain::new(to));
+    for rel in moved {
+        let _ = materialize::move_dir(&mut from, &mut to, rel);
+    }
 }
 
 /// Puts a tree built by `build` at `dest`, which may exist with content: when it does, the

@@ -20,6 +20,7 @@ pub mod place;
 pub mod reap;
 pub mod reingest;
 pub mod report;
+pub mod reuse;
 #[cfg(feature = "uring")]
 pub mod uring;
 

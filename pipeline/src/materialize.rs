@@ -120,6 +120,9 @@ pub struct Report {
     pub linked: u64,
     pub reflinked: u64,
     pub copied: u64,
+    /// Files taken, with their directories, from the tree this one replaced (see
+    /// [`crate::reuse`]): already the blobs' links, so neither linked again nor deleted.
+    pub reused: u64,
     /// Entries whose setuid/setgid bits were dropped.
     pub setid_dropped: u64,
     pub errors: u64,
@@ -134,6 +137,7 @@ impl Report {
         self.linked += o.linked;
         self.reflinked += o.reflinked;
         self.copied += o.copied;
+        self.reused += o.reused;
         self.setid_dropped += o.setid_dropped;
         self.errors += o.errors;
     }
@@ -169,6 +173,28 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
     opts: &Options,
     counters: &Counters,
 ) -> Report {
+    materialize_over(cas, dest, dest_fd, nodes, None, opts, counters).0
+}
+
+/// The tree a [`materialize_over`] replaces: its root and what of it can be taken whole.
+pub struct Old<'a> {
+    pub root: BorrowedFd<'a>,
+    pub reusable: &'a crate::reuse::Reusable,
+}
+
+/// [`materialize`], taking the directories `old.reusable` names from the old tree (moved,
+/// one `rename` each, relative to both trees' descriptors) instead of building them. Returns
+/// the paths moved, so a caller that gives up on the new tree can move them back. A directory
+/// that cannot be moved is built as usual.
+pub fn materialize_over<P: AsRef<[u8]> + Sync>(
+    cas: &Cas,
+    dest: &Path,
+    dest_fd: OwnedFd,
+    nodes: &[(P, Node<'_>)],
+    old: Option<Old<'_>>,
+    opts: &Options,
+    counters: &Counters,
+) -> (Report, Vec<Vec<u8>>) {
     let t = Instant::now();
     let mut report = Report::default();
     let mut chain = DirChain::new(dest_fd);
@@ -184,19 +210,70 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
         report.errors += 1;
     };
 
+    // Nodes that come with a directory taken from the old tree (the directory included).
+    let mut taken = vec![false; nodes.len()];
+    let subtree = |d: usize| {
+        let top = nodes[d].0.as_ref();
+        d..(d + 1..nodes.len())
+            .find(|&k| !vrift_manifest::order::is_ancestor(top, nodes[k].0.as_ref()))
+            .unwrap_or(nodes.len())
+    };
+    if let Some(old) = &old {
+        for &d in &old.reusable.dirs {
+            for k in subtree(d) {
+                taken[k] = true;
+            }
+        }
+    }
+
     // 1. Directories, parents first, owner-writable until the end.
     let mut failed_dirs: std::collections::HashSet<usize> = Default::default();
-    for (i, (p, n)) in nodes.iter().enumerate() {
-        let rel = p.as_ref();
-        let Node::Dir { .. } = n else { continue };
-        if rel.is_empty() {
-            continue;
+    let mut make = |chain: &mut DirChain, report: &mut Report, i: usize| {
+        let rel = nodes[i].0.as_ref();
+        if rel.is_empty() || !matches!(nodes[i].1, Node::Dir { .. }) {
+            return;
         }
-        match make_dir(&mut chain, rel) {
+        match make_dir(chain, rel) {
             Ok(()) => report.dirs += 1,
             Err(e) => {
                 failed_dirs.insert(i);
-                fail(&mut report, rel, format!("cannot create directory: {e}"));
+                fail(report, rel, format!("cannot create directory: {e}"));
+            }
+        }
+    };
+    for (i, _) in taken.iter().enumerate().filter(|(_, t)| !**t) {
+        make(&mut chain, &mut report, i);
+    }
+
+    // 1b. Directories taken whole from the old tree, now that their parents exist here.
+    let mut moved = Vec::new();
+    if let Some(old) = &old {
+        let mut old_chain = rustix::io::fcntl_dupfd_cloexec(old.root, 0).map(DirChain::new);
+        for &d in &old.reusable.dirs {
+            let rel = nodes[d].0.as_ref();
+            let done = match &mut old_chain {
+                Ok(oc) => move_dir(oc, &mut chain, rel).is_ok(),
+                Err(_) => false,
+            };
+            if done {
+                moved.push(rel.to_vec());
+                for k in subtree(d) {
+                    match nodes[k].1 {
+                        Node::Dir { .. } => report.dirs += 1,
+                        Node::Leaf(e) if e.kind() == Kind::Symlink => report.symlinks += 1,
+                        Node::Leaf(_) => {
+                            report.files += 1;
+                            report.reused += 1;
+                            Counters::add(&counters.files, 1);
+                        }
+                    }
+                }
+            } else {
+                // Built as usual instead.
+                for k in subtree(d) {
+                    taken[k] = false;
+                    make(&mut chain, &mut report, k);
+                }
             }
         }
     }
@@ -205,7 +282,7 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
     let leaves: Vec<usize> = nodes
         .iter()
         .enumerate()
-        .filter(|(_, (_, n))| matches!(n, Node::Leaf(_)))
+        .filter(|(i, (_, n))| matches!(n, Node::Leaf(_)) && !taken[*i])
         .map(|(i, _)| i)
         .collect();
     // Which leaves repeat content seen earlier in the tree (see `Options::distinct_inodes`).
@@ -302,7 +379,22 @@ pub fn materialize<P: AsRef<[u8]> + Sync>(
         }
     }
     report.seconds = t.elapsed().as_secs_f64();
-    report
+    (report, moved)
+}
+
+/// Moves the directory `rel` of the tree under `from` to the same place under `to` (whose
+/// parent exists), never replacing anything there.
+pub fn move_dir(from: &mut DirChain, to: &mut DirChain, rel: &[u8]) -> io::Result<()> {
+    let (src, name) = from.parent_of(rel)?;
+    let (dst, _) = to.parent_of(rel)?;
+    rustix::fs::renameat_with(
+        src,
+        name.as_c_str(),
+        dst,
+        name.as_c_str(),
+        rustix::fs::RenameFlags::NOREPLACE,
+    )?;
+    Ok(())
 }
 
 fn make_dir(chain: &mut DirChain, rel: &[u8]) -> io::Result<()> {

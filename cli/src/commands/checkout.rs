@@ -69,8 +69,14 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
         } else {
             String::new()
         };
+        // Files of the replaced tree that already were the right links (`--replace`).
+        let kept = if report.reused > 0 {
+            format!("{} kept, ", thousands(report.reused))
+        } else {
+            String::new()
+        };
         println!(
-            "Checked out {} → {}: {} ({} linked, {} copied{reflinked}), {}, {}, {} in {:.2} s",
+            "Checked out {} → {}: {} ({kept}{} linked, {} copied{reflinked}), {}, {}, {} in {:.2} s",
             a.manifest.display(),
             a.dir.display(),
             count(report.files, "file", "files"),
@@ -87,7 +93,7 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
                 thousands(report.setid_dropped)
             );
         }
-        if report.linked > 0 {
+        if report.linked + report.reused > 0 {
             crate::note!(
                 "note: linked files share their inode with the store: edit them by replacing \
                  the file, or check out with --link-mode copy to patch in place"

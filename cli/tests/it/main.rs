@@ -14,6 +14,7 @@ mod metrics_support;
 mod run_support;
 
 mod checkout_corrupt;
+mod checkout_replace;
 mod cli_contract;
 mod demo_dedup;
 mod human_output;
