@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vrift_pipeline::Counters;
@@ -143,5 +143,74 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.stop_drawing();
+    }
+}
+
+/// The time left of a job whose size is known, from its rate so far: what a progress line
+/// shows after its percent.
+#[derive(Debug, Clone, Copy)]
+pub struct Eta {
+    started: Instant,
+}
+
+impl Eta {
+    pub fn start() -> Eta {
+        Eta {
+            started: Instant::now(),
+        }
+    }
+
+    /// `", 12 s left"` once a second has passed and part of `total` is `done`; empty before
+    /// (a rate from the first few milliseconds says nothing) and once it is all done.
+    pub fn left(&self, done: u64, total: u64) -> String {
+        let spent = self.started.elapsed().as_secs_f64();
+        if spent < 1.0 || done == 0 || done >= total {
+            return String::new();
+        }
+        let left = spent * (total - done) as f64 / done as f64;
+        format!(", {} left", span(left))
+    }
+}
+
+/// `" 42% 1,234/2,938 files and symlinks, 3 s left"`: a count of `what` against its total.
+pub fn count_line(done: u64, total: u64, what: &str, eta: &Eta) -> String {
+    let done = done.min(total);
+    format!(
+        "{:>3}% {}/{} {what}{}",
+        (done * 100).checked_div(total).unwrap_or(100),
+        thousands(done),
+        thousands(total),
+        eta.left(done, total)
+    )
+}
+
+/// A duration for people: `7 s`, `3 min 05 s`, `2 h 10 min`.
+pub fn span(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {:02} s", s / 60, s % 60),
+        _ => format!("{} h {:02} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_reads_for_people() {
+        assert_eq!(span(0.4), "0 s");
+        assert_eq!(span(59.4), "59 s");
+        assert_eq!(span(185.0), "3 min 05 s");
+        assert_eq!(span(7_800.0), "2 h 10 min");
+        let e = Eta {
+            started: Instant::now() - Duration::from_secs(10),
+        };
+        // A quarter done in 10 s: 30 s to go.
+        assert_eq!(e.left(25, 100), ", 30 s left");
+        assert_eq!(e.left(0, 100), "");
+        assert_eq!(e.left(100, 100), "");
+        assert_eq!(Eta::start().left(1, 100), "", "too early to tell");
     }
 }

@@ -93,6 +93,8 @@ pub struct Options {
     pub read_only: bool,
     /// Print the set-up's timings on stderr (`-v`; also `VRIFT_ISOLATE_STATS`).
     pub stats: bool,
+    /// Told when a link farm is built for this run, and when the build ends.
+    pub progress: Option<farm::BuildObserver>,
 }
 
 /// The canonical path of each `--bind` directory (a symlinked path would be mounted where it
@@ -194,7 +196,7 @@ pub fn run_isolated(
         }
         layers.push(Layer { manifest: m, at });
     }
-    let farm = farm::ensure(&cas, &layers, &paths)?;
+    let farm = farm::ensure(&cas, &layers, &paths, opts.progress.as_ref())?;
     let t_farm = t0.elapsed();
 
     // What to mount: in base mode the farm is the root; otherwise one overlay per top-level

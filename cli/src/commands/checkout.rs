@@ -42,14 +42,9 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
         .filter(|e| e.kind().has_content() || e.kind() == vrift_manifest::Kind::Symlink)
         .count() as u64;
     let c = counters.clone();
+    let eta = crate::progress::Eta::start();
     let line = crate::progress::Progress::start_with(g.progress, "checkout", move || {
-        let done = Counters::get(&c.files).min(total);
-        format!(
-            "{:>3}% {}/{} files and symlinks",
-            (done * 100).checked_div(total).unwrap_or(100),
-            thousands(done),
-            thousands(total)
-        )
+        crate::progress::count_line(Counters::get(&c.files), total, "files and symlinks", &eta)
     });
     let report = if a.replace {
         vrift_pipeline::checkout_replacing(&cas, &manifest, &a.dir, &opts, &counters)?

@@ -44,6 +44,7 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
     let line = {
         let p = progress.clone();
         let deleting = a.delete;
+        let eta = crate::progress::Eta::start();
         crate::progress::Progress::start_with(g.progress, "gc", move || {
             use std::sync::atomic::Ordering::Relaxed;
             let orphans = p.orphans_done.load(Relaxed);
@@ -52,9 +53,13 @@ pub fn run(g: &Globals, a: &GcArgs) -> Result<Outcome> {
                 format!("{verb} orphans: {}", thousands(orphans))
             } else {
                 format!(
-                    "scanning the store {}% ({} blobs)",
+                    "scanning the store {}% ({} blobs){}",
                     p.scan.percent(),
-                    thousands(p.scan.blobs.load(Relaxed))
+                    thousands(p.scan.blobs.load(Relaxed)),
+                    eta.left(
+                        p.scan.dirs_done.load(Relaxed),
+                        p.scan.dirs_total.load(Relaxed)
+                    )
                 )
             }
         })

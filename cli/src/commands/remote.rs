@@ -56,15 +56,17 @@ fn progress(
     verb: &'static str,
 ) -> Progress {
     let s = stats.clone();
+    let eta = crate::progress::Eta::start();
     Progress::start_with(g.progress, label, move || {
         let get = RemoteStats::get;
         // Percent of the blobs settled (moved, or found there already) once the total is known.
-        let settled = (get(&s.blobs_moved) + get(&s.blobs_present)).saturating_mul(100);
+        let settled = get(&s.blobs_moved) + get(&s.blobs_present);
         let pct = settled
+            .saturating_mul(100)
             .checked_div(get(&s.blobs_total))
             .map_or(String::new(), |p| format!("{}% ", p.min(100)));
         format!(
-            "{pct}checked {}/{} blobs, {} {} ({}), already there {}, {} requests, {} retries",
+            "{pct}checked {}/{} blobs, {} {} ({}), already there {}, {} requests, {} retries{}",
             thousands(get(&s.blobs_checked).max(get(&s.blobs_present))),
             thousands(get(&s.blobs_total)),
             verb,
@@ -73,6 +75,7 @@ fn progress(
             thousands(get(&s.blobs_present)),
             thousands(RemoteStats::total(&s.requests)),
             thousands(RemoteStats::total(&s.retries)),
+            eta.left(settled, get(&s.blobs_total)),
         )
     })
 }
@@ -348,6 +351,7 @@ pub fn restore(g: &Globals, a: &crate::args::RestoreArgs) -> Result<Outcome> {
             .unwrap_or(2)
     };
     let s = stats.clone();
+    let eta = crate::progress::Eta::start();
     let line = Progress::start_with(g.progress, "restore", move || {
         let get = RemoteStats::get;
         let total = get(&s.bytes_total);
@@ -357,12 +361,13 @@ pub fn restore(g: &Globals, a: &crate::args::RestoreArgs) -> Result<Outcome> {
             return format!("{requests} requests");
         }
         format!(
-            "{:>3}% {}/{} blobs, {} of {}, {requests} requests",
+            "{:>3}% {}/{} blobs, {} of {}, {requests} requests{}",
             (done.min(total) * 100) / total,
             thousands(get(&s.blobs_moved) + get(&s.blobs_present)),
             thousands(get(&s.blobs_total)),
             bytes(done),
             bytes(total),
+            eta.left(done, total),
         )
     });
     let opts = RestoreOptions {

@@ -150,6 +150,36 @@ fn transient_ingest(g: &Globals, cleanup: &mut Vec<TempDir>) -> Result<PathBuf> 
     Ok(out)
 }
 
+/// A progress line while a link farm is built (on a terminal only), taken off before CMD
+/// starts.
+fn farm_progress(enabled: bool) -> vrift_run::isolate::farm::BuildObserver {
+    use std::sync::{Arc, Mutex};
+    use vrift_run::isolate::farm::{BuildEvent, BuildObserver};
+    let line: Mutex<Option<crate::progress::Progress>> = Mutex::new(None);
+    BuildObserver(Arc::new(move |ev| {
+        let mut line = line.lock().unwrap_or_else(|e| e.into_inner());
+        match ev {
+            BuildEvent::Started { counters, total } => {
+                let c = counters.clone();
+                let eta = crate::progress::Eta::start();
+                *line = Some(crate::progress::Progress::start_with(
+                    enabled,
+                    "link farm",
+                    move || {
+                        let done = vrift_pipeline::Counters::get(&c.files);
+                        crate::progress::count_line(done, total, "files and symlinks", &eta)
+                    },
+                ));
+            }
+            BuildEvent::Ended => {
+                if let Some(p) = line.take() {
+                    p.finish();
+                }
+            }
+        }
+    }))
+}
+
 pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
     if a.isolate {
         // `--base` alone is a whole root: no implicit manifest of the current directory.
@@ -186,6 +216,7 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
             binds,
             read_only: a.read_only,
             stats: g.verbose > 0,
+            progress: Some(farm_progress(g.progress)),
         };
         let code = vrift_run::isolate::run_isolated(&g.store, bases, tops, &a.cmd, &opts);
         drop(cleanup);

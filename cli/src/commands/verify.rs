@@ -27,15 +27,17 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<Outcome> {
     let (total, count) = (blobs.content_bytes().max(1), blobs.blobs.len() as u64);
     let line = {
         let d = done.clone();
+        let eta = crate::progress::Eta::start();
         crate::progress::Progress::start_with(g.progress, "verify", move || {
             let b = d.bytes.load(std::sync::atomic::Ordering::Relaxed);
             format!(
-                "{}% {}/{} blobs ({} of {})",
+                "{}% {}/{} blobs ({} of {}){}",
                 b.saturating_mul(100) / total,
                 thousands(d.blobs.load(std::sync::atomic::Ordering::Relaxed)),
                 thousands(count),
                 bytes(b),
-                bytes(total)
+                bytes(total),
+                eta.left(b, total)
             )
         })
     };

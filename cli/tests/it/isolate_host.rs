@@ -482,3 +482,55 @@ fn a_bind_below_a_symlink_of_the_view_is_refused() {
     );
     env.assert_clean();
 }
+
+/// Building a link farm shows a percent line on a terminal, taken off before the command
+/// writes anything; in a pipe nothing of it appears.
+#[test]
+fn the_farm_build_shows_progress_on_a_terminal_only_and_before_the_command() {
+    let Some(env) = Env::new() else { return };
+    if !common::have_script() {
+        return;
+    }
+    // Two trees, so each run builds a farm of its own; enough files for a visible build.
+    for tree in ["piped", "tty"] {
+        for i in 0..4000 {
+            env.write(
+                &format!("{tree}/pkg{}/f{i}.js", i % 40),
+                format!("{tree} {i}").as_bytes(),
+                0o644,
+            );
+        }
+        env.ingest(
+            &env.home.join(tree),
+            &env.home.join(format!("{tree}.manifest")),
+        );
+    }
+    let o = env.isolate(["--manifest", "piped.manifest", "--", "echo", "CMD-SAYS-HI"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("link farm"), "progress in a pipe: {err}");
+
+    let line = format!(
+        "{} --the-source-root {} run --isolate --manifest tty.manifest -- echo CMD-SAYS-HI",
+        env.bin.display(),
+        env.store.display()
+    );
+    let o = env
+        .cmd("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let tty = String::from_utf8_lossy(&o.stdout);
+    let drawn = tty.rfind("files and symlinks");
+    let said = tty.find("CMD-SAYS-HI");
+    assert!(
+        tty.contains("link farm") && drawn.is_some(),
+        "no progress line: {tty:?}"
+    );
+    assert!(
+        drawn < said && said.is_some(),
+        "the line was still drawn once the command wrote: {tty:?}"
+    );
+}

@@ -181,8 +181,45 @@ fn try_open(dir: &Path) -> Result<Option<Farm>> {
 
 static BUILD_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// The farm of `layers`: from the cache, or built now.
-pub fn ensure(cas: &Cas, layers: &[Layer<'_>], manifest_paths: &[PathBuf]) -> Result<Farm> {
+/// What a farm build tells whoever started the run: that it starts (the counters it
+/// advances, one per file or symlink placed, and how many there are), and that it ended —
+/// always before CMD starts, so a progress line is off the terminal before CMD writes.
+pub enum BuildEvent<'a> {
+    Started {
+        counters: &'a std::sync::Arc<vrift_pipeline::Counters>,
+        total: u64,
+    },
+    Ended,
+}
+
+/// A listener for [`BuildEvent`]s (the CLI draws a progress line from them).
+#[derive(Clone)]
+pub struct BuildObserver(pub std::sync::Arc<dyn Fn(BuildEvent<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for BuildObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BuildObserver")
+    }
+}
+
+/// Sends [`BuildEvent::Ended`] however the build ends.
+struct EndOnDrop<'a>(Option<&'a BuildObserver>);
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(o) = self.0 {
+            (o.0)(BuildEvent::Ended);
+        }
+    }
+}
+
+/// The farm of `layers`: from the cache, or built now (telling `observer` how it goes).
+pub fn ensure(
+    cas: &Cas,
+    layers: &[Layer<'_>],
+    manifest_paths: &[PathBuf],
+    observer: Option<&BuildObserver>,
+) -> Result<Farm> {
     let farms = farms_dir(cas.root());
     // Warm path: the manifests' headers (their payload checksum) name the farm through the
     // index, without reading every entry.
@@ -221,7 +258,7 @@ pub fn ensure(cas: &Cas, layers: &[Layer<'_>], manifest_paths: &[PathBuf]) -> Re
     let lock = File::open(&tmp).with_context(|| format!("cannot open {}", tmp.display()))?;
     lock.lock()
         .with_context(|| format!("cannot lock {}", tmp.display()))?;
-    let stats = match build(cas, layers, &tmp.join(ROOT_DIR)) {
+    let stats = match build(cas, layers, &tmp.join(ROOT_DIR), observer) {
         Ok(s) => s,
         Err(e) => {
             let _ = remove_tree(&tmp);
@@ -375,10 +412,27 @@ pub fn abandoned(f: &File, name: &[u8]) -> bool {
 /// Builds the merged tree of `layers` at `dest` (which must not exist), through the one
 /// materializer that `checkout` uses too (fd-relative, never following a symlink, blobs
 /// checked before they are linked, setuid/setgid dropped).
-fn build(cas: &Cas, layers: &[Layer<'_>], dest: &Path) -> Result<BuildStats> {
+fn build(
+    cas: &Cas,
+    layers: &[Layer<'_>],
+    dest: &Path,
+    observer: Option<&BuildObserver>,
+) -> Result<BuildStats> {
     use vrift_pipeline::materialize::{self, Options};
     let t0 = std::time::Instant::now();
     let nodes = merged(layers);
+    let counters = std::sync::Arc::new(vrift_pipeline::Counters::default());
+    let _end = EndOnDrop(observer);
+    if let Some(o) = observer {
+        let total = nodes
+            .iter()
+            .filter(|(_, n)| matches!(n, MNode::Leaf(_)))
+            .count() as u64;
+        (o.0)(BuildEvent::Started {
+            counters: &counters,
+            total,
+        });
+    }
     fs::DirBuilder::new()
         .mode(0o700)
         .create(dest)
@@ -396,7 +450,6 @@ fn build(cas: &Cas, layers: &[Layer<'_>], dest: &Path) -> Result<BuildStats> {
         distinct_inodes: true,
         ..Options::default()
     };
-    let counters = vrift_pipeline::Counters::default();
     let r = materialize::materialize(cas, dest, dest_fd, &nodes, &opts, &counters);
     if r.errors > 0 {
         let issues = counters.take_issues();

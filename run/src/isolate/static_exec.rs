@@ -189,7 +189,7 @@ pub fn run(args: &[OsString]) -> Result<libc::c_int> {
         layers.push(Layer { manifest: m, at });
     }
     // Held (shared flock) until the program is gone: `gc --farms` leaves the farm alone.
-    let farm = farm::ensure(&cas, &layers, &paths)?;
+    let farm = farm::ensure(&cas, &layers, &paths, None)?;
 
     let scratch = upper_dir
         .join("static")
