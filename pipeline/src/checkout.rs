@@ -32,8 +32,8 @@ pub fn checkout(
 
 /// [`checkout`] over an existing tree (`checkout --replace`, `restore`); see [`replace_dir`].
 /// Directories of the old tree that already hold what the manifest says are moved into the
-/// new tree instead of being built again ([`crate::reuse`]); if the new tree cannot be
-/// completed they are moved back, so the old tree is left as it was.
+/// new tree instead of being built again ([`crate::reuse`]); if the new tree is not put in
+/// place after all, they are moved back, so the old tree is left as it was.
 pub fn checkout_replacing(
     cas: &Cas,
     manifest: &Manifest,
@@ -41,6 +41,7 @@ pub fn checkout_replacing(
     opts: &Options,
     counters: &Counters,
 ) -> Result<CheckoutReport, PipelineError> {
+    use crate::dirs::{open_root, DirChain};
     let mut report = None;
     // The tree being replaced, when it is a real directory (a symlink named as `dest` is
     // replaced as a whole, never entered).
@@ -54,49 +55,43 @@ pub fn checkout_replacing(
         rustix::fs::Mode::empty(),
     )
     .ok();
-    replace_dir(dest, |at| {
-        let old = old.as_ref().filter(|_| at != dest);
-        let dest_fd = materialize::open_empty_dest(at).map_err(|e| PipelineError::io(at, e))?;
-        let nodes = materialize::manifest_nodes(manifest);
-        let reusable = match old {
-            Some(o) => crate::reuse::find(cas, o.as_fd(), &nodes, opts),
-            None => Default::default(),
-        };
-        let (r, moved) = materialize::materialize_over(
-            cas,
-            at,
-            dest_fd,
-            &nodes,
-            old.map(|o| materialize::Old {
-                root: o.as_fd(),
-                reusable: &reusable,
-            }),
-            opts,
-            counters,
-        );
-        let complete = r.errors == 0;
-        if !complete {
-            if let Some(o) = old {
-                put_back(at, o.as_fd(), &moved);
+    let mover = std::cell::RefCell::new(None::<crate::reuse::Mover>);
+    replace_dir_undoing(
+        dest,
+        |at| {
+            let old = old.as_ref().filter(|_| at != dest);
+            let dest_fd = materialize::open_empty_dest(at).map_err(|e| PipelineError::io(at, e))?;
+            let nodes = materialize::manifest_nodes(manifest);
+            let reusable = match old {
+                Some(o) => crate::reuse::find(cas, o.as_fd(), &nodes, opts),
+                None => Default::default(),
+            };
+            let (r, m) = materialize::materialize_over(
+                cas,
+                at,
+                dest_fd,
+                &nodes,
+                old.map(|o| materialize::Old {
+                    root: o.as_fd(),
+                    reusable: &reusable,
+                }),
+                opts,
+                counters,
+            );
+            *mover.borrow_mut() = m;
+            let complete = r.errors == 0;
+            report = Some(r);
+            Ok::<bool, PipelineError>(complete)
+        },
+        |new| {
+            if let Some(m) = mover.borrow_mut().as_mut().filter(|m| m.taken() > 0) {
+                if let Ok(fd) = open_root(new) {
+                    m.give_back(&mut DirChain::new(fd));
+                }
             }
-        }
-        report = Some(r);
-        Ok::<bool, PipelineError>(complete)
-    })?;
+        },
+    )?;
     Ok(report.unwrap_or_default())
-}
-
-/// Moves directories taken from the old tree (under `old`) back from the abandoned new one
-/// at `new`. Best effort: what cannot go back is deleted with the new tree.
-fn put_back(new: &Path, old: std::os::fd::BorrowedFd<'_>, moved: &[Vec<u8>]) {
-    use crate::dirs::{open_root, DirChain};
-    let (Ok(from), Ok(to)) = (open_root(new), rustix::io::fcntl_dupfd_cloexec(old, 0)) else {
-        return;
-    };
-    let (mut from, mut to) = (DirChain::new(from), DirChain::new(to));
-    for rel in moved {
-        let _ = materialize::move_dir(&mut from, &mut to, rel);
-    }
 }
 
 /// Puts a tree built by `build` at `dest`, which may exist with content: when it does, the
@@ -107,6 +102,17 @@ fn put_back(new: &Path, old: std::os::fd::BorrowedFd<'_>, moved: &[Vec<u8>]) {
 pub fn replace_dir<E: From<PipelineError>>(
     dest: &Path,
     build: impl FnOnce(&Path) -> Result<bool, E>,
+) -> Result<(), E> {
+    replace_dir_undoing(dest, build, |_| {})
+}
+
+/// [`replace_dir`], calling `undo` with the new tree's path before that tree is deleted
+/// unused (a build that failed or is incomplete, a swap that failed): a build that took
+/// things from the old tree puts them back.
+fn replace_dir_undoing<E: From<PipelineError>>(
+    dest: &Path,
+    build: impl FnOnce(&Path) -> Result<bool, E>,
+    undo: impl FnOnce(&Path),
 ) -> Result<(), E> {
     let empty = match std::fs::read_dir(dest) {
         Ok(mut rd) => rd.next().is_none(),
@@ -140,15 +146,19 @@ pub fn replace_dir<E: From<PipelineError>>(
     };
     let new = side("new");
     let _ = vrift_cas::clean::remove_tree(&new);
+    let abandon = |p: &Path| {
+        undo(p);
+        let _ = vrift_cas::clean::remove_tree(p);
+    };
     let complete = match build(&new) {
         Ok(c) => c,
         Err(e) => {
-            let _ = vrift_cas::clean::remove_tree(&new);
+            abandon(&new);
             return Err(e);
         }
     };
     if !complete {
-        let _ = vrift_cas::clean::remove_tree(&new);
+        abandon(&new);
         return Ok(());
     }
     let io = |p: &Path, e| -> E { PipelineError::io(p, e).into() };
@@ -158,12 +168,19 @@ pub fn replace_dir<E: From<PipelineError>>(
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
             // No RENAME_EXCHANGE here: two renames (dest is missing for an instant).
             let old = side("old");
-            std::fs::rename(dest, &old).map_err(|e| io(dest, e))?;
-            std::fs::rename(&new, dest).map_err(|e| io(dest, e))?;
+            if let Err(e) = std::fs::rename(dest, &old) {
+                abandon(&new);
+                return Err(io(dest, e));
+            }
+            if let Err(e) = std::fs::rename(&new, dest) {
+                let _ = std::fs::rename(&old, dest);
+                abandon(&new);
+                return Err(io(dest, e));
+            }
             vrift_cas::clean::remove_tree(&old).map_err(|e| io(&old, e))?;
         }
         Err(e) => {
-            let _ = vrift_cas::clean::remove_tree(&new);
+            abandon(&new);
             return Err(io(dest, e));
         }
     }

@@ -183,9 +183,11 @@ pub struct Old<'a> {
 }
 
 /// [`materialize`], taking the directories `old.reusable` names from the old tree (moved,
-/// one `rename` each, relative to both trees' descriptors) instead of building them. Returns
-/// the paths moved, so a caller that gives up on the new tree can move them back. A directory
-/// that cannot be moved is built as usual.
+/// one `rename` each, relative to both trees' descriptors: see [`crate::reuse::Mover`])
+/// instead of building them. A directory that cannot be taken is built as usual. When the
+/// tree cannot be completed, taken directories go back to the old tree before anything of
+/// them is changed; otherwise the returned mover holds them, so a caller that gives up on
+/// the new tree later can still give them back.
 pub fn materialize_over<P: AsRef<[u8]> + Sync>(
     cas: &Cas,
     dest: &Path,
@@ -194,7 +196,7 @@ pub fn materialize_over<P: AsRef<[u8]> + Sync>(
     old: Option<Old<'_>>,
     opts: &Options,
     counters: &Counters,
-) -> (Report, Vec<Vec<u8>>) {
+) -> (Report, Option<crate::reuse::Mover>) {
     let t = Instant::now();
     let mut report = Report::default();
     let mut chain = DirChain::new(dest_fd);
@@ -219,7 +221,7 @@ pub fn materialize_over<P: AsRef<[u8]> + Sync>(
             .unwrap_or(nodes.len())
     };
     if let Some(old) = &old {
-        for &d in &old.reusable.dirs {
+        for &(d, _) in &old.reusable.dirs {
             for k in subtree(d) {
                 taken[k] = true;
             }
@@ -246,24 +248,25 @@ pub fn materialize_over<P: AsRef<[u8]> + Sync>(
     }
 
     // 1b. Directories taken whole from the old tree, now that their parents exist here.
-    let mut moved = Vec::new();
+    let mut mover = None;
     if let Some(old) = &old {
-        let mut old_chain = rustix::io::fcntl_dupfd_cloexec(old.root, 0).map(DirChain::new);
-        for &d in &old.reusable.dirs {
+        mover = crate::reuse::Mover::new(old.root).ok();
+        for &(d, id) in &old.reusable.dirs {
             let rel = nodes[d].0.as_ref();
-            let done = match &mut old_chain {
-                Ok(oc) => move_dir(oc, &mut chain, rel).is_ok(),
-                Err(_) => false,
-            };
-            if done {
-                moved.push(rel.to_vec());
+            if mover.as_mut().is_some_and(|m| m.take(&mut chain, rel, id)) {
                 for k in subtree(d) {
                     match nodes[k].1 {
                         Node::Dir { .. } => report.dirs += 1,
-                        Node::Leaf(e) if e.kind() == Kind::Symlink => report.symlinks += 1,
-                        Node::Leaf(_) => {
-                            report.files += 1;
-                            report.reused += 1;
+                        Node::Leaf(e) => {
+                            if e.kind() == Kind::Symlink {
+                                report.symlinks += 1;
+                            } else {
+                                report.files += 1;
+                                report.reused += 1;
+                                if !opts.keep_setid && e.mode() & SETID_BITS != 0 {
+                                    report.setid_dropped += 1;
+                                }
+                            }
                             Counters::add(&counters.files, 1);
                         }
                     }
@@ -359,6 +362,14 @@ pub fn materialize_over<P: AsRef<[u8]> + Sync>(
         report.add(p);
     }
 
+    // The tree will not be complete: what was taken goes back to the old tree untouched.
+    let gave_back = report.errors > 0 && mover.as_ref().is_some_and(|m| m.taken() > 0);
+    if gave_back {
+        if let Some(m) = &mut mover {
+            m.give_back(&mut chain);
+        }
+    }
+
     // 3. Directory modes and mtimes, deepest first: a read-only directory would refuse its
     // children, and adding a child changes the parent's mtime.
     for (i, (p, n)) in nodes.iter().enumerate().rev() {
@@ -366,8 +377,8 @@ pub fn materialize_over<P: AsRef<[u8]> + Sync>(
         let Node::Dir { mode, mtime_ns } = *n else {
             continue;
         };
-        if failed_dirs.contains(&i) {
-            continue; // already counted: it was never made
+        if failed_dirs.contains(&i) || (gave_back && taken[i]) {
+            continue; // never made (already counted), or given back
         }
         let mut mode = mode & 0o7777;
         if !opts.keep_setid && mode & SETID_BITS != 0 {
@@ -379,7 +390,7 @@ pub fn materialize_over<P: AsRef<[u8]> + Sync>(
         }
     }
     report.seconds = t.elapsed().as_secs_f64();
-    (report, moved)
+    (report, mover)
 }
 
 /// Moves the directory `rel` of the tree under `from` to the same place under `to` (whose

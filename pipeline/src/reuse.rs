@@ -16,7 +16,11 @@
 //!   content is the blob's; a copy could hold anything and is never taken;
 //! * every symlink has the manifest's target;
 //! * every subdirectory matches the same way (its mode and time are set afterwards, as for
-//!   every directory).
+//!   every directory);
+//! * every directory of it belongs to this process's user and is writable by nobody else, so
+//!   nobody but that user (or root) can change it between this check and the move; the
+//!   directory that is moved is checked to be the same inode after the move, so a look-alike
+//!   put in its place meanwhile (by whoever can write its parent) is never taken.
 //!
 //! Only a hard-linking checkout reuses (`--link-mode auto|hardlink`): a copy was asked to be
 //! independent of the store and of the old tree. Everything is opened relative to its
@@ -25,19 +29,36 @@
 use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use vrift_cas::{BlobCheck, Cas, WRITE_BITS};
 use vrift_manifest::order::is_ancestor;
 use vrift_manifest::Kind;
 
-use crate::dirs::{c_name, split};
-use crate::materialize::{LinkMode, Node, Options, SETID_BITS};
+use crate::dirs::{c_name, split, DirChain};
+use crate::materialize::{move_dir, LinkMode, Node, Options, SETID_BITS};
 
 /// Directories of the old tree that can be moved into the new one whole.
 #[derive(Debug, Default)]
 pub struct Reusable {
-    /// Indices (into the nodes) of the topmost matching directories, in node order.
-    pub dirs: Vec<usize>,
+    /// Indices (into the nodes) of the topmost matching directories, in node order, each
+    /// with the identity of the directory that was checked.
+    pub dirs: Vec<(usize, DirId)>,
+}
+
+/// A directory's device and inode: what a moved directory must still be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DirId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl DirId {
+    pub fn of(st: &rustix::fs::Stat) -> DirId {
+        DirId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
 }
 
 /// Whether this checkout may take files from the tree it replaces (see the module docs).
@@ -62,7 +83,12 @@ pub fn find<P: AsRef<[u8]>>(
         return out;
     };
     let start = usize::from(nodes.first().is_some_and(|(p, _)| p.as_ref().is_empty()));
-    let ctx = Ctx { cas, nodes, opts };
+    let ctx = Ctx {
+        cas,
+        nodes,
+        opts,
+        uid: rustix::process::geteuid().as_raw(),
+    };
     let mut found = Vec::new();
     // The root itself is never moved: only what it holds.
     ctx.check_dir(root.as_fd(), b"", start, nodes.len(), &mut found);
@@ -75,6 +101,8 @@ struct Ctx<'a, 'n, P> {
     cas: &'a Cas,
     nodes: &'a [(P, Node<'n>)],
     opts: &'a Options,
+    /// The effective user: the only owner whose directories are taken.
+    uid: u32,
 }
 
 impl<P: AsRef<[u8]>> Ctx<'_, '_, P> {
@@ -88,12 +116,14 @@ impl<P: AsRef<[u8]>> Ctx<'_, '_, P> {
         dir: &[u8],
         start: usize,
         end: usize,
-        found: &mut Vec<usize>,
+        found: &mut Vec<(usize, DirId)>,
     ) -> bool {
         let Some(names) = list(fd) else {
             return false;
         };
-        let mut matches = true;
+        // Ours, and writable by nobody else (its subdirectories may still match on their own).
+        let mut matches =
+            rustix::fs::fstat(fd).is_ok_and(|st| st.st_uid == self.uid && st.st_mode & 0o022 == 0);
         let mut children = 0usize;
         let mut pending = Vec::new();
         let mut i = start;
@@ -122,11 +152,13 @@ impl<P: AsRef<[u8]>> Ctx<'_, '_, P> {
                     match sub {
                         Some(sub) => {
                             let mut below = Vec::new();
-                            if self.check_dir(sub.as_fd(), rel, i + 1, j, &mut below) {
-                                pending.push(i);
-                            } else {
-                                matches = false;
-                                found.extend(below);
+                            let id = rustix::fs::fstat(&sub).map(|st| DirId::of(&st));
+                            match (self.check_dir(sub.as_fd(), rel, i + 1, j, &mut below), id) {
+                                (true, Ok(id)) => pending.push((i, id)),
+                                _ => {
+                                    matches = false;
+                                    found.extend(below);
+                                }
                             }
                         }
                         None => matches = false,
@@ -201,4 +233,88 @@ fn reopen_readable(fd: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
+}
+
+/// Moves checked directories from the old tree into the new one, and back when the new tree
+/// is given up (restoring the times of the old directories they were moved out of).
+pub struct Mover {
+    old: DirChain,
+    /// The paths moved, in order.
+    moved: Vec<Vec<u8>>,
+    /// The old tree's directories that lost a child to the new tree, with their mtime
+    /// before (a move changes its parent's).
+    parents: Vec<(Vec<u8>, Timespec)>,
+}
+
+impl Mover {
+    /// A mover out of the old tree rooted at `old_root`.
+    pub fn new(old_root: BorrowedFd<'_>) -> std::io::Result<Mover> {
+        Ok(Mover {
+            old: DirChain::new(rustix::io::fcntl_dupfd_cloexec(old_root, 0)?),
+            moved: Vec::new(),
+            parents: Vec::new(),
+        })
+    }
+
+    /// How many directories have been taken (and not given back).
+    pub fn taken(&self) -> usize {
+        self.moved.len()
+    }
+
+    /// Moves the directory `rel` of the old tree to the same place in `new` (whose parent
+    /// exists there) if it still is the directory `id` that was checked; anything else there
+    /// is moved back at once. Whether the directory is now in the new tree.
+    pub fn take(&mut self, new: &mut DirChain, rel: &[u8], id: DirId) -> bool {
+        let (parent, _) = split(rel);
+        if !self.parents.iter().any(|(p, _)| p == parent) {
+            let Ok(st) = self
+                .old
+                .open_readable(parent)
+                .and_then(|fd| Ok(rustix::fs::fstat(&fd)?))
+            else {
+                return false;
+            };
+            let mtime = Timespec {
+                tv_sec: st.st_mtime as _,
+                tv_nsec: st.st_mtime_nsec as _,
+            };
+            self.parents.push((parent.to_vec(), mtime));
+        }
+        if move_dir(&mut self.old, new, rel).is_err() {
+            return false;
+        }
+        let same = new.parent_of(rel).is_ok_and(|(dir, name)| {
+            rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| DirId::of(&st) == id)
+        });
+        if !same {
+            let _ = move_dir(new, &mut self.old, rel);
+            return false;
+        }
+        self.moved.push(rel.to_vec());
+        true
+    }
+
+    /// Moves every taken directory back from `new` into the old tree (newest first) and
+    /// gives the old directories they came from their times back. Best effort: what cannot
+    /// go back stays in `new`.
+    pub fn give_back(&mut self, new: &mut DirChain) {
+        while let Some(rel) = self.moved.pop() {
+            let _ = move_dir(new, &mut self.old, &rel);
+        }
+        for (parent, mtime) in self.parents.drain(..) {
+            if let Ok(fd) = self.old.open_readable(&parent) {
+                let _ = rustix::fs::futimens(
+                    &fd,
+                    &Timestamps {
+                        last_access: Timespec {
+                            tv_sec: 0,
+                            tv_nsec: rustix::fs::UTIME_OMIT,
+                        },
+                        last_modification: mtime,
+                    },
+                );
+            }
+        }
+    }
 }

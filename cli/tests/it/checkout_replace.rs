@@ -12,9 +12,9 @@ use std::process::Output;
 
 use common::*;
 
-/// Two versions of a small dependency tree: `keep/` (nested, with an executable and a
-/// symlink) and the `touched-*` packages are the same in both; `bump/` changes one file
-/// but keeps `bump/sub/`; `gone/` goes; `new/` comes.
+/// Two versions of a small dependency tree: `whole/` and `keep/` (nested, with an executable
+/// and a symlink) and the `touched-*` packages are the same in both (but for the mode of
+/// `whole/lib`); `bump/` changes one file but keeps `bump/sub/`; `gone/` goes; `new/` comes.
 fn versions(root: &Path) -> (PathBuf, PathBuf) {
     let (v1, v2) = (root.join("v1"), root.join("v2"));
     for v in [&v1, &v2] {
@@ -27,7 +27,13 @@ fn versions(root: &Path) -> (PathBuf, PathBuf) {
             write_file(&v.join(p).join("lib/util.js"), b"util\n", 0o644);
         }
         write_file(&v.join("bump/sub/x.js"), b"x\n", 0o644);
+        write_file(&v.join("whole/index.js"), b"whole\n", 0o644);
+        write_file(&v.join("whole/lib/deep/w.js"), b"exports.w = 1;\n", 0o644);
+        symlink("lib/deep/w.js", &v.join("whole/main.js"));
     }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(v1.join("whole/lib"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(v2.join("whole/lib"), fs::Permissions::from_mode(0o750)).unwrap();
     write_file(
         &v1.join("bump/package.json"),
         b"{\"version\":\"1.0.0\"}\n",
@@ -111,8 +117,21 @@ fn replace_takes_matching_directories_and_builds_the_rest() {
     write_file(&outside.join("util.js"), b"util\n", 0o644);
     fs::remove_dir_all(dest.join("touched-link/lib")).unwrap();
     symlink(&outside, &dest.join("touched-link/lib"));
+    // A directory someone else may write (group-writable), and, when the test can, one
+    // another user owns: neither is taken (it could change between the check and the move),
+    // though the matching directories beside them are.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        dest.join("keep/lib/deep"),
+        fs::Permissions::from_mode(0o775),
+    )
+    .unwrap();
+    let foreign = is_root();
+    if foreign {
+        std::os::unix::fs::lchown(dest.join("bump/sub"), Some(65534), Some(65534)).unwrap();
+    }
     let outside_before = snapshot(&outside);
-    let kept_inode = ino(&dest.join("keep/lib/deep/a.js"));
+    let whole_inode = ino(&dest.join("whole"));
     let copy_inode = ino(&f);
 
     let o = checkout_replace(&store, &m2, &dest, &[]);
@@ -124,11 +143,22 @@ fn replace_takes_matching_directories_and_builds_the_rest() {
         dir_times(&dest),
         "directory times"
     );
-    // Taken: keep/ (3 files), bump/sub/ (1), and the untouched lib/ of touched-extra and
+    // Taken: whole/ (2 files), keep/bin/ (1; keep/lib/deep is group-writable), bump/sub/
+    // (1, unless another user owns it), and the untouched lib/ of touched-extra and
     // touched-file (1 each); built: everything else.
-    assert_eq!(num(&v, "reused"), 6, "{v}");
+    let want = 2 + 1 + u64::from(!foreign) + 1 + 1;
+    assert_eq!(num(&v, "reused"), want, "{v}");
     assert_eq!(num(&v, "files"), file_count(&expected) as u64, "{v}");
-    assert_eq!(ino(&dest.join("keep/lib/deep/a.js")), kept_inode);
+    assert_eq!(
+        ino(&dest.join("whole")),
+        whole_inode,
+        "whole/ was not taken"
+    );
+    assert_eq!(
+        fs::metadata(dest.join("bump/sub")).unwrap().uid(),
+        fs::metadata(&expected_dir).unwrap().uid(),
+        "another user's directory was taken"
+    );
     assert_ne!(
         ino(&dest.join("touched-file/index.js")),
         copy_inode,
@@ -173,7 +203,8 @@ fn a_replace_that_fails_leaves_the_old_tree_as_it_was() {
     let dest = t.path().join("node_modules");
     checkout_ok(&store, &m1, &dest);
     let before = snapshot(&dest);
-    let kept_inode = ino(&dest.join("keep/lib/deep/a.js"));
+    let times = dir_times(&dest);
+    let kept_inode = ino(&dest.join("keep"));
     // A blob only the new tree needs is gone: the new tree cannot be completed, after the
     // matching directories were already taken from the old one.
     let blob = blob_path_of(&store, b"new in v2\n");
@@ -181,12 +212,22 @@ fn a_replace_that_fails_leaves_the_old_tree_as_it_was() {
 
     let o = checkout_replace(&store, &m2, &dest, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    let v = json_of(&o);
+    assert!(
+        num(&v, "reused") > 0,
+        "nothing was taken, so nothing was put back: {v}"
+    );
     assert_trees_equal(
         &before,
         &snapshot(&dest),
         "the old tree after a failed replace",
     );
-    assert_eq!(ino(&dest.join("keep/lib/deep/a.js")), kept_inode);
+    assert_eq!(
+        dir_times(&dest),
+        times,
+        "directory times after a failed replace"
+    );
+    assert_eq!(ino(&dest.join("keep")), kept_inode);
     let leftovers: Vec<_> = fs::read_dir(t.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
