@@ -160,7 +160,7 @@ for c in $corpora; do
             out=$(cd "$run/dst" && cp "$work/proj-$c/package-lock.json" . && "$vrift" --the-source-root "$run/sb" \
                 --remote "$pre" --no-progress --json restore node_modules --key-from package-lock.json --key "$c")
             rest_v="$rest_v $(( $(ms) - t0 ))"
-            recv="$recv $(echo "$out" | json bytes_received)"
+            recv="$recv $(echo "$out" | json received_bytes)"
             reqs="$reqs $(echo "$out" | json requests)"
             packs="$packs $(find "$work/s3/bench/$link-$c-$r/packs" -name '*.pack' | wc -l)"
             disk="$disk $(du -skc "$run/sb" "$run/dst/node_modules" | tail -1 | cut -f1)"
@@ -197,7 +197,7 @@ for c in $corpora; do
                 out=$(cd "$run/dl" && "$vrift" --the-source-root "$run/sc" --remote "$pre" \
                     --no-progress --json restore node_modules --key-from package-lock.json --key "$c")
                 lv="$lv $(( $(ms) - t0 ))"
-                lb="$lb $(echo "$out" | json bytes_received)"
+                lb="$lb $(echo "$out" | json received_bytes)"
             done
             lvm=$(echo "$lv" | median); lbm=$(echo "$lb" | median)
             echo "$c after $prev $link: lock change restore ${lvm} ms vs tar ${rt} ms (x$(ratio "$lvm" "$rt"), bar 0.3) | bytes $((lbm / 1000000)) MB vs $((tar_bytes / 1000000)) MB (x$(ratio "$lbm" "$tar_bytes"), bar 0.3)"

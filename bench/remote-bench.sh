@@ -68,18 +68,18 @@ python3 - "$push1" "$push2" "$push3" "$push4" "$pull1" "$pull2" <<'PY'
 import json, sys
 p1, p2, p3, p4, l1, l2 = (json.loads(a) for a in sys.argv[1:])
 mb = 1e6
-print(f"corpus: {p1['blobs_total']} blobs, {p1['bytes_total']/mb:.1f} MB")
+print(f"corpus: {p1['blobs_total']} blobs, {p1['total_bytes']/mb:.1f} MB")
 print("| run | blobs moved | MB moved | seconds | blobs/s | MB/s | requests | check |")
 print("|---|---:|---:|---:|---:|---:|---:|---|")
 def row(name, r, moved, bytes_):
     s = r["seconds"]
     print(f"| {name} | {r[moved]} | {r[bytes_]/mb:.1f} | {s:.2f} | {r[moved]/s:.0f} | {r[bytes_]/mb/s:.1f} | {r['requests']} | {r.get('check','')} {r.get('check_seconds',0):.2f} s |")
-row("push, cold", p1, "blobs_uploaded", "bytes_uploaded")
-row("push again (auto: manifest already there)", p2, "blobs_uploaded", "bytes_uploaded")
-row("push again, --check head (HEAD each blob)", p3, "blobs_uploaded", "bytes_uploaded")
-row("push again, --check list (LIST of 256 prefixes)", p4, "blobs_uploaded", "bytes_uploaded")
-row("pull into an empty store", l1, "blobs_downloaded", "bytes_downloaded")
-row("pull again (all local)", l2, "blobs_downloaded", "bytes_downloaded")
+row("push, cold", p1, "blobs_uploaded", "uploaded_bytes")
+row("push again (auto: manifest already there)", p2, "blobs_uploaded", "uploaded_bytes")
+row("push again, --check head (HEAD each blob)", p3, "blobs_uploaded", "uploaded_bytes")
+row("push again, --check list (LIST of 256 prefixes)", p4, "blobs_uploaded", "uploaded_bytes")
+row("pull into an empty store", l1, "blobs_downloaded", "downloaded_bytes")
+row("pull again (all local)", l2, "blobs_downloaded", "downloaded_bytes")
 ok = p2["seconds"] < 2.0
 print(f"second push: {p2['seconds']:.2f} s ({'under' if ok else 'NOT under'} 2 s)")
 PY

@@ -2,8 +2,10 @@
 //! schema version of the JSON output, first. Scripts can check it; it goes up when a key
 //! changes meaning or goes away (new keys do not change it).
 
-/// The JSON output's schema version.
-pub const JSON_VERSION: u32 = 1;
+/// The JSON output's schema version. 2: byte counts are named `<what>_bytes` everywhere, as
+/// `gc`, `status` and the Prometheus metrics always had them (`push`, `pull`, `restore` and
+/// `remote gc` said `bytes_<what>`: `received_bytes` was `bytes_received`, and so on).
+pub const JSON_VERSION: u32 = 2;
 
 /// `json` (one serialized JSON value) with `"version"` as the first key when it is an
 /// object; anything else unchanged. Works on the text, so the keys keep their order.
@@ -22,15 +24,15 @@ mod tests {
 
     #[test]
     fn version_goes_first_in_objects_only() {
-        assert_eq!(versioned("{}"), r#"{"version":1}"#);
+        assert_eq!(versioned("{}"), r#"{"version":2}"#);
         assert_eq!(
             versioned(r#"{"b":1,"a":2}"#),
-            r#"{"version":1,"b":1,"a":2}"#
+            r#"{"version":2,"b":1,"a":2}"#
         );
         assert_eq!(versioned("[1,2]"), "[1,2]");
         let v: serde_json::Value =
             serde_json::from_str(&versioned(serde_json::json!({"x": {"y": 1}}))).unwrap();
-        assert_eq!(v["version"], 1);
+        assert_eq!(v["version"], 2);
         assert_eq!(v["x"]["y"], 1);
     }
 }

@@ -50,11 +50,11 @@ pub struct GcReport {
     /// Unindexed now (deleted by a run after the grace period).
     pub packs_condemned: u64,
     pub packs_deleted: u64,
-    pub bytes_deleted: u64,
+    pub deleted_bytes: u64,
     /// Given their index back: a kept manifest uses them.
     pub packs_restored: u64,
     pub packs_repacked: u64,
-    pub bytes_total: u64,
+    pub total_bytes: u64,
     pub seconds: f64,
 }
 
@@ -119,7 +119,7 @@ impl Remote {
         // The packs as they are.
         let packs = self.rt.block_on(self.list_packs())?;
         rep.packs = packs.iter().filter(|p| p.size > 0).count() as u64;
-        rep.bytes_total = packs.iter().map(|p| p.size).sum();
+        rep.total_bytes = packs.iter().map(|p| p.size).sum();
         let grace = o.grace_secs as i64;
         let cache = self.index_cache(store);
 
@@ -146,7 +146,7 @@ impl Remote {
                 None => match p.condemned_at {
                     Some(t) if now - t >= grace => {
                         rep.packs_deleted += 1;
-                        rep.bytes_deleted += p.size;
+                        rep.deleted_bytes += p.size;
                         if o.delete {
                             self.rt.block_on(async {
                                 self.delete(&self.keys.pack(id)).await?;

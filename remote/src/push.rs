@@ -54,15 +54,15 @@ pub struct PushReport {
     /// `manifests/blake3/<hex>.vrmz` (this exact manifest, forever).
     pub manifest_hash_key: String,
     pub blobs_total: u64,
-    pub bytes_total: u64,
+    pub total_bytes: u64,
     /// Blobs sent and their size before compression.
     pub blobs_uploaded: u64,
-    pub bytes_uploaded: u64,
+    pub uploaded_bytes: u64,
     pub blobs_present: u64,
-    pub bytes_present: u64,
+    pub present_bytes: u64,
     /// New packs, and the bytes that went over the wire (packs, indexes, bundles).
     pub packs_uploaded: u64,
-    pub bytes_sent: u64,
+    pub sent_bytes: u64,
     /// How presence was learnt: `manifest` (this exact manifest was on the remote already)
     /// or `index` (the packs' indexes).
     pub check: &'static str,
@@ -213,13 +213,13 @@ impl Remote {
             manifest_key,
             manifest_hash_key,
             blobs_total: g(&st.blobs_total),
-            bytes_total: g(&st.bytes_total),
+            total_bytes: g(&st.bytes_total),
             blobs_uploaded: g(&st.blobs_moved),
-            bytes_uploaded: g(&st.bytes_moved),
+            uploaded_bytes: g(&st.bytes_moved),
             blobs_present: g(&st.blobs_present),
-            bytes_present: g(&st.bytes_present),
+            present_bytes: g(&st.bytes_present),
             packs_uploaded,
-            bytes_sent: g(&st.bytes_up),
+            sent_bytes: g(&st.bytes_up),
             check,
             check_seconds,
             seconds,

@@ -84,8 +84,8 @@ pub struct RestoreReport {
     /// Saved to the remote too.
     pub pushed: bool,
     /// Bytes received and sent over the wire, and S3 requests.
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
     pub requests: u64,
     pub seconds: f64,
 }
@@ -240,8 +240,8 @@ pub fn restore(cas: &Cas, remote: Option<&Remote>, opts: &RestoreOptions) -> Res
         files: 0,
         saved: false,
         pushed: false,
-        bytes_received: 0,
-        bytes_sent: 0,
+        received_bytes: 0,
+        sent_bytes: 0,
         requests: 0,
         seconds: 0.0,
     };
@@ -334,8 +334,8 @@ pub fn restore(cas: &Cas, remote: Option<&Remote>, opts: &RestoreOptions) -> Res
     }
     if let Some(r) = remote {
         let st = r.stats();
-        report.bytes_received = crate::stats::RemoteStats::get(&st.bytes_down);
-        report.bytes_sent = crate::stats::RemoteStats::get(&st.bytes_up);
+        report.received_bytes = crate::stats::RemoteStats::get(&st.bytes_down);
+        report.sent_bytes = crate::stats::RemoteStats::get(&st.bytes_up);
         report.requests = crate::stats::RemoteStats::total(&st.requests);
     }
     report.seconds = started.elapsed().as_secs_f64();

@@ -173,19 +173,19 @@ pub fn print_push(manifest: &Path, r: &PushReport) {
     println!(
         "  blobs       {:>12}  ({})",
         thousands(r.blobs_total),
-        bytes(r.bytes_total)
+        bytes(r.total_bytes)
     );
     println!(
         "  uploaded    {:>12}  ({}; {} sent, zstd, in {} new packs)",
         thousands(r.blobs_uploaded),
-        bytes(r.bytes_uploaded),
-        bytes(r.bytes_sent),
+        bytes(r.uploaded_bytes),
+        bytes(r.sent_bytes),
         thousands(r.packs_uploaded)
     );
     println!(
         "  present     {:>12}  ({}; checked by {} in {:.2} s)",
         thousands(r.blobs_present),
-        bytes(r.bytes_present),
+        bytes(r.present_bytes),
         r.check,
         r.check_seconds
     );
@@ -274,18 +274,18 @@ fn print_pull(r: &PullReport) {
     println!(
         "  blobs       {:>12}  ({})",
         thousands(r.blobs_total),
-        bytes(r.bytes_total)
+        bytes(r.total_bytes)
     );
     println!(
         "  downloaded  {:>12}  ({}, {} received; every one verified)",
         thousands(r.blobs_downloaded),
-        bytes(r.bytes_downloaded),
-        bytes(r.bytes_received)
+        bytes(r.downloaded_bytes),
+        bytes(r.received_bytes)
     );
     println!(
         "  present     {:>12}  ({}, already in the local store)",
         thousands(r.blobs_present),
-        bytes(r.bytes_present)
+        bytes(r.present_bytes)
     );
     print_traffic(
         r.requests,
@@ -415,7 +415,7 @@ pub fn restore(g: &Globals, a: &crate::args::RestoreArgs) -> Result<Outcome> {
             report.dir.display(),
             if report.saved { "; saved" } else { "" },
             if report.pushed { " and pushed" } else { "" },
-            bytes(report.bytes_received),
+            bytes(report.received_bytes),
             thousands(report.requests),
             report.seconds
         );
@@ -507,11 +507,11 @@ pub fn remote(g: &Globals, a: &crate::args::RemoteArgs) -> Result<Outcome> {
                     thousands(r.manifests),
                     thousands(r.manifests_dropped.len() as u64),
                     thousands(r.packs),
-                    bytes(r.bytes_total),
+                    bytes(r.total_bytes),
                     thousands(r.packs_live),
                     thousands(r.packs_condemned),
                     thousands(r.packs_deleted),
-                    bytes(r.bytes_deleted),
+                    bytes(r.deleted_bytes),
                     thousands(r.packs_restored),
                     thousands(r.packs_repacked),
                 );

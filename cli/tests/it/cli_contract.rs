@@ -124,9 +124,10 @@ fn every_json_answer_carries_its_version_first() {
         let o = vrift(&store).arg("--json").args(&args).output().unwrap();
         assert_eq!(o.status.code(), Some(code), "{args:?}: {}", describe(&o));
         let text = String::from_utf8_lossy(&o.stdout);
-        assert!(text.starts_with("{\"version\":1,"), "{args:?}: {text}");
+        assert!(text.starts_with("{\"version\":2,"), "{args:?}: {text}");
         assert_eq!(text.lines().count(), 1, "{args:?}: one line: {text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_bytes_named_by_suffix(&v, &args);
         // One `version` key: `registry` once printed the file's own version as a second one.
         assert_eq!(text.matches("\"version\":").count(), 1, "{args:?}: {text}");
         if code != 0 {
@@ -896,4 +897,23 @@ fn store_from_environment() {
         ["env-store", "m.vrm", "p"],
         "files outside the store root"
     );
+}
+
+/// Byte counts are `<what>_bytes` in every command's JSON (version 2), as in `status` and
+/// the Prometheus metrics; a rate (`bytes_per_sec`) is the one `bytes_` prefix.
+#[track_caller]
+pub fn assert_bytes_named_by_suffix(v: &serde_json::Value, what: &dyn std::fmt::Debug) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                assert!(
+                    !k.starts_with("bytes_") || k == "bytes_per_sec",
+                    "{what:?}: key {k} (byte counts are named <what>_bytes)"
+                );
+                assert_bytes_named_by_suffix(x, what);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| assert_bytes_named_by_suffix(x, what)),
+        _ => {}
+    }
 }

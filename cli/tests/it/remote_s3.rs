@@ -36,7 +36,9 @@ fn run(cmd: &mut Command) -> Output {
 fn ok_json(cmd: &mut Command) -> Value {
     let o = run(cmd);
     assert_eq!(o.status.code(), Some(0), "{cmd:?} failed\n{}", describe(&o));
-    json_of(&o)
+    let v = json_of(&o);
+    crate::cli_contract::assert_bytes_named_by_suffix(&v, cmd);
+    v
 }
 
 fn push_json(s3: &S3Server, store: &Path, manifest: &Path, extra: &[&str]) -> Value {
@@ -288,11 +290,11 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
     let first = push_json(&s3, &store_a, &manifest, &[]);
     for (k, want) in [
         ("blobs_total", n),
-        ("bytes_total", total_bytes),
+        ("total_bytes", total_bytes),
         ("blobs_uploaded", n),
-        ("bytes_uploaded", total_bytes),
+        ("uploaded_bytes", total_bytes),
         ("blobs_present", 0),
-        ("bytes_present", 0),
+        ("present_bytes", 0),
     ] {
         assert_eq!(num(&first, k), want, "{k}: {first}");
     }
@@ -322,7 +324,7 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
         .map(|p| p.len + p.index.as_ref().unwrap().0)
         .sum();
     assert_eq!(
-        num(&first, "bytes_sent"),
+        num(&first, "sent_bytes"),
         packed + 2 * bundle.len() as u64,
         "{first}"
     );
@@ -341,10 +343,10 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
         let again = push_json(&s3, &store_a, &manifest, &["--check", check]);
         for (k, want) in [
             ("blobs_uploaded", 0),
-            ("bytes_uploaded", 0),
+            ("uploaded_bytes", 0),
             ("packs_uploaded", 0),
             ("blobs_present", n),
-            ("bytes_present", total_bytes),
+            ("present_bytes", total_bytes),
         ] {
             assert_eq!(num(&again, k), want, "{check}: {k}: {again}");
         }
@@ -355,10 +357,10 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
                 3,
                 "HEAD, GET, PUT: {again}"
             );
-            assert_eq!(num(&again, "bytes_sent"), bundle.len() as u64, "{again}");
+            assert_eq!(num(&again, "sent_bytes"), bundle.len() as u64, "{again}");
         } else {
             assert_eq!(
-                num(&again, "bytes_sent"),
+                num(&again, "sent_bytes"),
                 2 * bundle.len() as u64,
                 "only the bundles: {again}"
             );
@@ -378,7 +380,7 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
     let p2 = push_json(&s3, &store_a, &changed, &["--name", "app"]);
     assert_eq!(p2["check"], "index", "{p2}");
     assert_eq!(num(&p2, "blobs_uploaded"), 1, "{p2}");
-    assert_eq!(num(&p2, "bytes_uploaded"), new_content.len() as u64, "{p2}");
+    assert_eq!(num(&p2, "uploaded_bytes"), new_content.len() as u64, "{p2}");
     assert_eq!(
         num(&p2, "blobs_present"),
         num(&p2, "blobs_total") - 1,
@@ -418,9 +420,9 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
     for (k, want) in [
         ("blobs_total", n),
         ("blobs_downloaded", n),
-        ("bytes_downloaded", total_bytes),
+        ("downloaded_bytes", total_bytes),
         ("blobs_present", 0),
-        ("bytes_present", 0),
+        ("present_bytes", 0),
     ] {
         assert_eq!(num(&p, k), want, "{k}: {p}");
     }
@@ -432,7 +434,7 @@ fn push_then_pull_into_an_empty_store_checks_out_identical() {
     );
     let pack_bytes: u64 = packs.iter().map(|p| p.len).sum();
     assert_eq!(
-        num(&p, "bytes_received"),
+        num(&p, "received_bytes"),
         bundle.len() as u64 + pack_bytes,
         "{p}"
     );
@@ -544,7 +546,7 @@ fn ingest_push_does_both_in_one_step_and_exports_remote_metrics() {
     // files (120 files of ~16 bytes).
     let pack_bytes: u64 = packs.iter().map(|p| p.len).sum();
     assert!(
-        pack_bytes * 2 < num(push, "bytes_uploaded"),
+        pack_bytes * 2 < num(push, "uploaded_bytes"),
         "{pack_bytes} bytes of packs for {v}"
     );
     let text = std::fs::read_to_string(&prom).unwrap();
@@ -598,7 +600,7 @@ fn ingest_push_does_both_in_one_step_and_exports_remote_metrics() {
             &text,
             "vrift_remote_bytes_total{project=\"web\",direction=\"upload\"}"
         ),
-        num(push, "bytes_sent"),
+        num(push, "sent_bytes"),
         "{text}"
     );
 
@@ -741,7 +743,7 @@ fn large_blobs_go_up_in_frames_of_their_own_and_come_back_verified() {
     );
     assert_eq!(num(&p, "blobs_uploaded"), 2, "{p}");
     assert_eq!(
-        num(&p, "bytes_uploaded"),
+        num(&p, "uploaded_bytes"),
         (big.len() + small.len()) as u64,
         "{p}"
     );
@@ -762,7 +764,7 @@ fn large_blobs_go_up_in_frames_of_their_own_and_come_back_verified() {
     let l = pull_json(&s3, &store2, "big", &pulled);
     assert_eq!(num(&l, "blobs_downloaded"), 2, "{l}");
     assert_eq!(
-        num(&l, "bytes_downloaded"),
+        num(&l, "downloaded_bytes"),
         (big.len() + small.len()) as u64,
         "{l}"
     );
@@ -834,7 +836,7 @@ fn a_pull_fetches_only_the_frames_the_store_lacks_with_merged_ranged_gets() {
     let l = json_of(&o);
     assert_eq!(num(&l, "blobs_downloaded"), 3, "{l}");
     assert_eq!(
-        num(&l, "bytes_downloaded"),
+        num(&l, "downloaded_bytes"),
         (a.len() + c.len() + d.len()) as u64,
         "{l}"
     );
@@ -847,7 +849,7 @@ fn a_pull_fetches_only_the_frames_the_store_lacks_with_merged_ranged_gets() {
     // flight). Either way the pull succeeds and stores exactly a, c and d.
     let exact = bundle.len() as u64 + ea.frame_len + (ed.frame_off + ed.frame_len - ec.frame_off);
     let requests = num(&l, "requests") - num(&l, "retries");
-    let received = num(&l, "bytes_received");
+    let received = num(&l, "received_bytes");
     if received == exact {
         assert_eq!(requests, 3, "the bundle and two ranges: {l}");
     } else {
@@ -948,7 +950,7 @@ fn a_killed_push_resumes_without_uploading_again_what_landed() {
     assert_eq!(num(&r, "blobs_present"), landed_blobs, "{r}");
     assert_eq!(num(&r, "blobs_uploaded"), N - landed_blobs, "{r}");
     assert_eq!(
-        num(&r, "bytes_uploaded"),
+        num(&r, "uploaded_bytes"),
         (N - landed_blobs) * SIZE as u64,
         "{r}"
     );
@@ -1128,7 +1130,7 @@ fn a_remote_of_the_first_format_still_pulls_and_checks_out_identical() {
     for (k, want) in [
         ("blobs_total", n),
         ("blobs_downloaded", n),
-        ("bytes_downloaded", total_bytes),
+        ("downloaded_bytes", total_bytes),
         ("blobs_present", 0),
     ] {
         assert_eq!(num(&p, k), want, "{k}: {p}");

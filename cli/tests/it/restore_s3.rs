@@ -284,7 +284,7 @@ fn remote_ls(s3: &S3Server, store: &Path) -> BTreeSet<String> {
     let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one JSON line\n{}", describe(&o));
     let v: Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {out}"));
-    assert_eq!(v["version"], 1, "{v}");
+    assert_eq!(v["version"], 2, "{v}");
     let list = v["manifests"]
         .as_array()
         .unwrap_or_else(|| panic!("no manifests list: {v}"));
@@ -427,7 +427,7 @@ fn restore_misses_saves_then_hits_remote_and_local_and_falls_back_to_a_prefix() 
     assert!(v["restored_key"].is_null(), "{v}");
     assert!(!flag(&v, "saved") && !flag(&v, "pushed"), "{v}");
     assert_eq!(num(&v, "files"), 0, "{v}");
-    assert_eq!(num(&v, "bytes_sent"), 0, "{v}");
+    assert_eq!(num(&v, "sent_bytes"), 0, "{v}");
     for k in [
         "hit",
         "key",
@@ -436,8 +436,8 @@ fn restore_misses_saves_then_hits_remote_and_local_and_falls_back_to_a_prefix() 
         "files",
         "saved",
         "pushed",
-        "bytes_received",
-        "bytes_sent",
+        "received_bytes",
+        "sent_bytes",
         "requests",
         "seconds",
     ] {
@@ -462,7 +462,7 @@ fn restore_misses_saves_then_hits_remote_and_local_and_falls_back_to_a_prefix() 
     assert_eq!(text(&v, "hit"), "miss", "{v}");
     assert_eq!(text(&v, "key"), key1, "same lock file, same key: {v}");
     assert!(flag(&v, "saved") && flag(&v, "pushed"), "{v}");
-    assert!(num(&v, "bytes_sent") > 0, "{v}");
+    assert!(num(&v, "sent_bytes") > 0, "{v}");
     let made = snapshot(&w1.join("dep"));
     assert_eq!(file_count(&made), 303);
     assert_eq!(num(&v, "files"), 303, "{v}");
@@ -494,7 +494,7 @@ fn restore_misses_saves_then_hits_remote_and_local_and_falls_back_to_a_prefix() 
     assert_eq!(text(&v, "hit"), "local", "{v}");
     assert_eq!(text(&v, "restored_key"), key1, "{v}");
     assert_eq!(num(&v, "requests"), 0, "{v}");
-    assert_eq!(num(&v, "bytes_received") + num(&v, "bytes_sent"), 0, "{v}");
+    assert_eq!(num(&v, "received_bytes") + num(&v, "sent_bytes"), 0, "{v}");
     assert!(!flag(&v, "saved"), "{v}");
     assert!(!w1.join("ran-install").exists(), "a hit ran the command");
     assert_trees_equal(&made, &snapshot(&w1.join("dep")), "local hit");
@@ -515,7 +515,7 @@ fn restore_misses_saves_then_hits_remote_and_local_and_falls_back_to_a_prefix() 
     assert_eq!(text(&v, "restored_key"), key1, "{v}");
     assert!(!flag(&v, "saved") && !flag(&v, "pushed"), "{v}");
     assert_eq!(num(&v, "files"), 303, "{v}");
-    assert!(num(&v, "bytes_received") > 0, "{v}");
+    assert!(num(&v, "received_bytes") > 0, "{v}");
     assert!(
         num(&v, "requests") <= 2 + n_packs,
         "{n_packs} packs on the remote: {v}"
@@ -561,7 +561,7 @@ fn restore_misses_saves_then_hits_remote_and_local_and_falls_back_to_a_prefix() 
     let v = restore_exit(&s3, &s3_store, &w3, &hard, 0);
     assert_eq!(text(&v, "hit"), "local", "{v}");
     assert_eq!(num(&v, "requests"), 0, "{v}");
-    assert_eq!(num(&v, "bytes_received"), 0, "{v}");
+    assert_eq!(num(&v, "received_bytes"), 0, "{v}");
     let dep3 = w3.join("dep");
     let md = std::fs::metadata(dep3.join("pkg-b/big.txt")).unwrap();
     assert!(md.nlink() >= 2, "hardlink mode: a link to the store blob");
@@ -1098,11 +1098,11 @@ fn remote_gc_dry_run_changes_nothing_then_deletes_in_two_phases() {
     assert_eq!(num(&r, "packs_condemned"), 1, "{r}");
     assert_eq!(num(&r, "packs_deleted"), 0, "{r}");
     assert_eq!(
-        num(&r, "bytes_total"),
+        num(&r, "total_bytes"),
         pa_size + object_size(&s3, &format!("packs/{pb}.pack")),
         "{r}"
     );
-    for k in ["bytes_deleted", "packs_restored", "packs_repacked"] {
+    for k in ["deleted_bytes", "packs_restored", "packs_repacked"] {
         assert_eq!(num(&r, k), 0, "{k}: {r}");
     }
     assert_eq!(bucket_files(&s3), before, "a dry run changed the server");
@@ -1147,7 +1147,7 @@ fn remote_gc_dry_run_changes_nothing_then_deletes_in_two_phases() {
     // A later run deletes it.
     let r = remote_gc(&s3, &janitor, &["--delete", "--grace", "0s"]);
     assert_eq!(num(&r, "packs_deleted"), 1, "{r}");
-    assert_eq!(num(&r, "bytes_deleted"), pa_size, "{r}");
+    assert_eq!(num(&r, "deleted_bytes"), pa_size, "{r}");
     assert_eq!(num(&r, "packs_condemned"), 0, "{r}");
     assert!(!packs(&s3).contains_key(&pa), "{:?}", packs(&s3));
     assert_eq!(packs(&s3)[&pb], both);
@@ -1256,7 +1256,7 @@ fn remote_gc_repacks_a_mostly_dead_pack_and_kept_manifests_still_pull() {
     // The old pack goes; K still pulls into an empty store, exactly; nothing more to repack.
     let rep = remote_gc(&s3, &janitor, &["--delete", "--grace", "0s"]);
     assert_eq!(num(&rep, "packs_deleted"), 1, "{rep}");
-    assert_eq!(num(&rep, "bytes_deleted"), pr_size, "{rep}");
+    assert_eq!(num(&rep, "deleted_bytes"), pr_size, "{rep}");
     assert_eq!(num(&rep, "packs_repacked"), 0, "{rep}");
     assert!(!packs(&s3).contains_key(&pr), "{:?}", packs(&s3));
     assert_trees_equal(
