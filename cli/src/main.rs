@@ -7,6 +7,7 @@ mod format;
 mod metrics_export;
 mod output;
 mod progress;
+mod shim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -27,8 +27,10 @@ use crate::error::{bail, Context, Result, RunError};
 
 const SHIM_FILE: &str = "libvrift_shim.so";
 
-/// Where the shim library is: `VRIFT_SHIM`, else beside the running `vrift`.
-pub fn find_shim() -> Result<PathBuf> {
+/// Where the shim library is: `VRIFT_SHIM`, else beside the running `vrift` (a build tree, or
+/// a release archive's `lib/`), else the copy `embedded` in the binary, written out once (see
+/// [`write_out`]).
+pub fn find_shim(store: &Path, embedded: Option<&[u8]>) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(env::SHIM).filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         if !p.is_file() {
@@ -48,11 +50,105 @@ pub fn find_shim() -> Result<PathBuf> {
     if lib.is_file() {
         return absolute(&lib);
     }
+    if let Some(bytes) = embedded {
+        return write_out(bytes, store);
+    }
     bail!(
         "shim library {SHIM_FILE} not found next to {} (build the workspace: `cargo build --release`), or set {}",
         exe.display(),
         env::SHIM
     )
+}
+
+/// The embedded shim as a file the dynamic loader can open:
+/// `$XDG_CACHE_HOME/vrift/shim/<BLAKE3 prefix>/libvrift_shim.so` (or under `~/.cache`, or
+/// the store's `shim/` without a home), written once per version of its bytes.
+///
+/// `LD_PRELOAD` names a path that the loader opens later, in every child: a file someone else
+/// could replace would run their code in the user's programs. So the file and its directory
+/// are this user's own and writable by nobody else (a shared store's directory is not used
+/// then), and an existing file is used only if it holds exactly `bytes`; anything else is
+/// written anew, atomically (temp file, rename).
+pub fn write_out(bytes: &[u8], store: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|p| Path::new(p).is_absolute())
+        .map(|p| PathBuf::from(p).join("vrift"))
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|p| Path::new(p).is_absolute())
+                .map(|h| PathBuf::from(h).join(".cache/vrift"))
+        })
+        .unwrap_or_else(|| store.to_path_buf());
+    let hash = blake3::hash(bytes).to_hex();
+    let dir = base.join("shim").join(&hash.as_str()[..16]);
+    let path = dir.join(SHIM_FILE);
+    if private_copy_of(&path, bytes) {
+        return Ok(path);
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    if !private(&std::fs::symlink_metadata(&dir).with_context(|| format!("{}", dir.display()))?) {
+        bail!(
+            "{}: not a directory of this user's that only it may write; the shim library is not              written there (set {} to a copy of libvrift_shim.so)",
+            dir.display(),
+            env::SHIM
+        );
+    }
+    let tmp = dir.join(format!(".{SHIM_FILE}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o500)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e)
+            .with_context(|| format!("cannot write the shim library to {}", path.display()));
+    }
+    Ok(path)
+}
+
+/// A file or directory owned by this user that nobody else may write.
+fn private(md: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    md.uid() == rustix::process::geteuid().as_raw() && md.mode() & 0o022 == 0
+}
+
+/// Whether `path` (not a symlink) is a private file (see [`private`]) in a private directory
+/// and holds exactly `bytes`.
+fn private_copy_of(path: &Path, bytes: &[u8]) -> bool {
+    use std::io::Read;
+    let dir_ok = path
+        .parent()
+        .and_then(|d| std::fs::symlink_metadata(d).ok())
+        .is_some_and(|md| md.is_dir() && private(&md));
+    if !dir_ok {
+        return false;
+    }
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    else {
+        return false;
+    };
+    let ok = f
+        .metadata()
+        .is_ok_and(|md| md.is_file() && private(&md) && md.len() == bytes.len() as u64);
+    let mut have = Vec::with_capacity(bytes.len());
+    ok && f.read_to_end(&mut have).is_ok() && have == bytes
 }
 
 pub fn absolute(p: &Path) -> Result<PathBuf> {
@@ -479,6 +575,8 @@ pub struct Launch<'a> {
     pub through: Option<PathBuf>,
     /// Cleaned up when the command has ended (a transient manifest's directory).
     pub cleanup: Vec<TempDir>,
+    /// The shim library built into the calling binary, used when none is installed beside it.
+    pub embedded_shim: Option<&'static [u8]>,
 }
 
 /// Runs the command of `l` and returns its wait status once it ended. The environment of
@@ -490,8 +588,9 @@ pub fn launch(l: Launch<'_>) -> Result<libc::c_int> {
         cmd,
         through,
         mut cleanup,
+        embedded_shim,
     } = l;
-    let shim = find_shim()?;
+    let shim = find_shim(store, embedded_shim)?;
     std::fs::create_dir_all(store)
         .with_context(|| format!("cannot create store {}", store.display()))?;
     let store = absolute(store)?;

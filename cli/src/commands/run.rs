@@ -235,6 +235,7 @@ pub fn run(g: &Globals, a: &RunArgs) -> Result<Outcome> {
         cmd: &a.cmd,
         through: through.clone(),
         cleanup,
+        embedded_shim: Some(crate::shim::EMBEDDED),
     }) {
         Ok(s) => s,
         Err(RunError::Spawn { program, errno }) => {

@@ -369,3 +369,78 @@ fn a_store_without_the_manifests_blobs_is_refused_at_start() {
     // With the store it was made in, it runs.
     assert_eq!(env.run_ok(&[&m], &["echo", "ran"]), "ran\n");
 }
+
+/// `vrift` alone, with no `libvrift_shim.so` beside it (what `cargo install` leaves), serves
+/// views with the library built into it: written once to the user's cache (private, exactly
+/// the built-in bytes), rewritten when someone changed it, refused in a directory others may
+/// write.
+#[test]
+fn the_binary_alone_serves_views_with_its_built_in_shim() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = Env::new();
+    make_tree(&env);
+    let m = env.ingest_and_remove("proj", "m.vrm");
+    let alone = env.path("installed/bin/vrift");
+    std::fs::create_dir_all(alone.parent().unwrap()).unwrap();
+    std::fs::copy(vrift_bin(), &alone).unwrap();
+    std::fs::set_permissions(&alone, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cache = env.path("cache");
+    let run = || {
+        let mut c = env.vrift();
+        c.env_remove("VRIFT_SHIM")
+            .env("XDG_CACHE_HOME", &cache)
+            .arg("run")
+            .arg("--manifest")
+            .arg(&m)
+            .args(["--", "cat"])
+            .arg(env.path("proj/sub/deep/c.txt"));
+        let mut c2 = Command::new(&alone);
+        c2.args(c.get_args());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => c2.env(k, v),
+                None => c2.env_remove(k),
+            };
+        }
+        c2.current_dir(env.root()).output().unwrap()
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "sea\n");
+    let dirs: Vec<_> = std::fs::read_dir(cache.join("vrift/shim"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let lib = dirs[0].join("libvrift_shim.so");
+    let md = std::fs::metadata(&lib).unwrap();
+    assert_eq!(md.mode() & 0o777, 0o500);
+    assert_eq!(std::fs::metadata(&dirs[0]).unwrap().mode() & 0o777, 0o700);
+    let written = std::fs::read(&lib).unwrap();
+    assert!(written.starts_with(b"\x7fELF"), "not a shared library");
+
+    // Someone changed the copy: it is written again, never loaded as it is.
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(&lib, b"not the shim").unwrap();
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&lib).unwrap(), written);
+
+    // A directory others may write is refused, with a line saying what to do.
+    std::fs::set_permissions(&dirs[0], std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::remove_file(&lib).unwrap();
+    let o = run();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("VRIFT_SHIM") && err.contains(&*dirs[0].to_string_lossy()),
+        "{err}"
+    );
+}
