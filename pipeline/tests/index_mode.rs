@@ -7,11 +7,9 @@ use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-mod common;
-
-use common::{entries, Seen};
 use vrift_manifest::Manifest;
 use vrift_pipeline::{ingest, Counters, IngestOptions, Mode};
+use vrift_test::oracle::{entries, Seen};
 
 fn build_tree(root: &Path) {
     for p in 0..5 {

@@ -3,8 +3,6 @@
 //! numbers of the copies), the same counts, and the same store — and those entries are what
 //! an independent reading of the tree says (`std::fs` and the `blake3` crate, file by file).
 
-mod common;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -12,9 +10,9 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::{assert_same, entries, expected, Seen};
 use vrift_manifest::Manifest;
 use vrift_pipeline::{ingest, Counters, IngestOptions, IoBackend};
+use vrift_test::oracle::{assert_same, entries, expected, Seen};
 
 /// A tree shaped like a small node_modules: nested packages, shared contents, scripts,
 /// symlinks (relative, absolute, dangling), empty files and directories, odd names.

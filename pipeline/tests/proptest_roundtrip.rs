@@ -1,12 +1,10 @@
 //! Random trees through the whole pipeline, judged by an independent oracle: a plain
-//! recursive `std::fs` walk with the `blake3` crate (`common::expected`) says what the
+//! recursive `std::fs` walk with the `blake3` crate (`vrift_test::oracle::expected`) says what the
 //! manifest must hold, entry by entry; then a checkout of that manifest must give back the
 //! same tree (kinds, contents, modes, symlink targets). The trees mix what `node_modules`
 //! has: shared contents, empty files, executables, nesting, dotfiles, names with spaces and
 //! non-ASCII, relative, absolute and dangling symlinks, empty directories, and a file larger
 //! than one whole-file read.
-
-mod common;
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -18,7 +16,7 @@ use vrift_manifest::Manifest;
 use vrift_pipeline::materialize::{LinkMode, Options};
 use vrift_pipeline::{checkout, ingest, Counters, IngestOptions};
 
-use common::{assert_same, entries, expected, Seen};
+use vrift_test::oracle::{assert_same, entries, expected, Seen};
 
 #[derive(Debug, Clone)]
 enum Node {

@@ -90,18 +90,18 @@ fn dir_times(root: &Path) -> Vec<(PathBuf, i64, i64)> {
 
 #[test]
 fn replace_takes_matching_directories_and_builds_the_rest() {
-    let t = tempdir();
-    let store = t.path().join("store");
-    let (v1, v2) = versions(t.path());
-    let (m1, m2) = (t.path().join("v1.vrm"), t.path().join("v2.vrm"));
-    ingest_ok(&store, &v1, &m1, &[]);
-    ingest_ok(&store, &v2, &m2, &[]);
-    let expected_dir = t.path().join("expected");
-    checkout_ok(&store, &m2, &expected_dir);
+    let cx = TestContext::new();
+    let store = &cx.store;
+    let (v1, v2) = versions(cx.root());
+    let (m1, m2) = (cx.path("v1.vrm"), cx.path("v2.vrm"));
+    cx.ingest(&v1, &m1, &[]);
+    cx.ingest(&v2, &m2, &[]);
+    let expected_dir = cx.root().join("expected");
+    cx.checkout(&m2, &expected_dir);
     let expected = snapshot(&expected_dir);
 
-    let dest = t.path().join("node_modules");
-    checkout_ok(&store, &m1, &dest);
+    let dest = cx.root().join("node_modules");
+    cx.checkout(&m1, &dest);
     // What build steps do to a kept tree: add a file, replace one by a copy with the same
     // bytes (patch-package, an editor), swap a directory for a symlink to elsewhere.
     write_file(
@@ -113,7 +113,7 @@ fn replace_takes_matching_directories_and_builds_the_rest() {
     let bytes = fs::read(&f).unwrap();
     fs::remove_file(&f).unwrap();
     write_file(&f, &bytes, 0o444);
-    let outside = t.path().join("outside");
+    let outside = cx.root().join("outside");
     write_file(&outside.join("util.js"), b"util\n", 0o644);
     fs::remove_dir_all(dest.join("touched-link/lib")).unwrap();
     symlink(&outside, &dest.join("touched-link/lib"));
@@ -134,7 +134,7 @@ fn replace_takes_matching_directories_and_builds_the_rest() {
     let whole_inode = ino(&dest.join("whole"));
     let copy_inode = ino(&f);
 
-    let o = checkout_replace(&store, &m2, &dest, &[]);
+    let o = checkout_replace(store, &m2, &dest, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let v = json_of(&o);
     assert_trees_equal(&expected, &snapshot(&dest), "replaced tree");
@@ -166,14 +166,14 @@ fn replace_takes_matching_directories_and_builds_the_rest() {
     );
     assert_eq!(
         ino(&dest.join("touched-file/index.js")),
-        ino(&blob_path_of(&store, b"touched-file"))
+        ino(&blob_path_of(store, b"touched-file"))
     );
     assert_eq!(
         outside_before,
         snapshot(&outside),
         "the symlinked directory was entered"
     );
-    let leftovers: Vec<_> = fs::read_dir(t.path())
+    let leftovers: Vec<_> = fs::read_dir(cx.root())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains(".vrift-"))
@@ -181,7 +181,8 @@ fn replace_takes_matching_directories_and_builds_the_rest() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // The human line says how many files were kept.
-    let o = vrift(&store)
+    let o = cx
+        .vrift()
         .args(["checkout", "--replace"])
         .arg(&m1)
         .arg(&dest)
@@ -194,23 +195,23 @@ fn replace_takes_matching_directories_and_builds_the_rest() {
 
 #[test]
 fn a_replace_that_fails_leaves_the_old_tree_as_it_was() {
-    let t = tempdir();
-    let store = t.path().join("store");
-    let (v1, v2) = versions(t.path());
-    let (m1, m2) = (t.path().join("v1.vrm"), t.path().join("v2.vrm"));
-    ingest_ok(&store, &v1, &m1, &[]);
-    ingest_ok(&store, &v2, &m2, &[]);
-    let dest = t.path().join("node_modules");
-    checkout_ok(&store, &m1, &dest);
+    let cx = TestContext::new();
+    let store = &cx.store;
+    let (v1, v2) = versions(cx.root());
+    let (m1, m2) = (cx.path("v1.vrm"), cx.path("v2.vrm"));
+    cx.ingest(&v1, &m1, &[]);
+    cx.ingest(&v2, &m2, &[]);
+    let dest = cx.root().join("node_modules");
+    cx.checkout(&m1, &dest);
     let before = snapshot(&dest);
     let times = dir_times(&dest);
     let kept_inode = ino(&dest.join("keep"));
     // A blob only the new tree needs is gone: the new tree cannot be completed, after the
     // matching directories were already taken from the old one.
-    let blob = blob_path_of(&store, b"new in v2\n");
+    let blob = blob_path_of(store, b"new in v2\n");
     fs::remove_file(&blob).unwrap();
 
-    let o = checkout_replace(&store, &m2, &dest, &[]);
+    let o = checkout_replace(store, &m2, &dest, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let v = json_of(&o);
     assert!(
@@ -228,7 +229,7 @@ fn a_replace_that_fails_leaves_the_old_tree_as_it_was() {
         "directory times after a failed replace"
     );
     assert_eq!(ino(&dest.join("keep")), kept_inode);
-    let leftovers: Vec<_> = fs::read_dir(t.path())
+    let leftovers: Vec<_> = fs::read_dir(cx.root())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains(".vrift-"))
@@ -238,21 +239,21 @@ fn a_replace_that_fails_leaves_the_old_tree_as_it_was() {
 
 #[test]
 fn a_copying_replace_takes_nothing_from_the_old_tree() {
-    let t = tempdir();
-    let store = t.path().join("store");
-    let (v1, v2) = versions(t.path());
-    let (m1, m2) = (t.path().join("v1.vrm"), t.path().join("v2.vrm"));
-    ingest_ok(&store, &v1, &m1, &[]);
-    ingest_ok(&store, &v2, &m2, &[]);
-    let dest = t.path().join("node_modules");
-    checkout_ok(&store, &m1, &dest);
-    let o = checkout_replace(&store, &m2, &dest, &["--link-mode", "copy"]);
+    let cx = TestContext::new();
+    let store = &cx.store;
+    let (v1, v2) = versions(cx.root());
+    let (m1, m2) = (cx.path("v1.vrm"), cx.path("v2.vrm"));
+    cx.ingest(&v1, &m1, &[]);
+    cx.ingest(&v2, &m2, &[]);
+    let dest = cx.root().join("node_modules");
+    cx.checkout(&m1, &dest);
+    let o = checkout_replace(store, &m2, &dest, &["--link-mode", "copy"]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let v = json_of(&o);
     assert_eq!(num(&v, "reused"), 0, "{v}");
     assert_ne!(
         ino(&dest.join("keep/lib/deep/a.js")),
-        ino(&blob_path_of(&store, b"exports.a = 'a';\n")),
+        ino(&blob_path_of(store, b"exports.a = 'a';\n")),
         "a copy shares the store's inode"
     );
 }

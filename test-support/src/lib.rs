@@ -1,9 +1,17 @@
-//! Shared helpers for the end-to-end tests of the `vrift` binary: running it against a temp
-//! store, building awkward trees, snapshotting and comparing trees exactly, and checking the
-//! store's invariants from the outside (blob names re-hashed with an independent BLAKE3).
-#![allow(dead_code)] // every test file uses a different subset
+//! Velo Rift's test support, shared by the workspace's integration tests: a private store per
+//! test ([`TestContext`]), the `vrift` binary under test, awkward trees, exact snapshots and
+//! comparisons of trees, the store's invariants checked from the outside (blob names re-hashed
+//! with an independent BLAKE3: [`digest`]), a real S3 server ([`s3`]), the installed corpora,
+//! and the pipeline's manifest oracle ([`oracle`]).
+//!
+//! A capability a test needs and this machine lacks (a tool, a privilege, a kernel feature)
+//! fails the test under `CI` ([`skip_unless_ci`]): CI installs everything, so nothing passes
+//! there without running.
+// Tests set up identities with libc directly (`geteuid`).
+#![allow(unsafe_code)]
 
 pub mod digest;
+pub mod oracle;
 pub mod s3;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,12 +46,86 @@ pub const JSON_KEYS: [&str; 18] = [
     "total_seconds",
 ];
 
-/// The binary under test: this build's, or `VRIFT_TEST_BIN` (to show that a test fails on an
-/// older build, e.g. the one before a security fix).
+/// The binary under test: this build's (`target/<profile>/vrift`, beside the test binary's
+/// `deps/`), or `VRIFT_TEST_BIN` (to show that a test fails on an older build, e.g. the one
+/// before a security fix).
 pub fn bin() -> PathBuf {
     std::env::var_os("VRIFT_TEST_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vrift")))
+        .unwrap_or_else(|| assert_cmd::cargo::cargo_bin("vrift"))
+}
+
+/// One test's own world: a temp directory holding a private store, and the binary under test
+/// run against it.
+pub struct TestContext {
+    dir: tempfile::TempDir,
+    /// `<dir>/store`, made on first use by the binary.
+    pub store: PathBuf,
+}
+
+impl Default for TestContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestContext {
+    pub fn new() -> TestContext {
+        let dir = tempdir();
+        let store = dir.path().join("store");
+        TestContext { dir, store }
+    }
+
+    /// The temp directory (removed with the context).
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `rel` under the temp directory.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `vrift --the-source-root STORE`, with no store variable from the environment.
+    pub fn vrift(&self) -> Command {
+        vrift(&self.store)
+    }
+
+    /// `vrift ingest SRC -o OUT --json EXTRA...`, which must succeed without per-file errors;
+    /// its JSON report.
+    pub fn ingest(&self, src: &Path, out: &Path, extra: &[&str]) -> Value {
+        ingest_ok(&self.store, src, out, extra)
+    }
+
+    /// `vrift checkout MANIFEST DEST`, which must succeed.
+    pub fn checkout(&self, manifest: &Path, dest: &Path) {
+        checkout_ok(&self.store, manifest, dest)
+    }
+
+    /// A real S3 server on loopback (see [`s3::S3Server`]); `None` only where
+    /// `VRIFT_SKIP_S3_TESTS=1` allows it.
+    pub fn s3(&self) -> Option<s3::S3Server> {
+        s3::S3Server::start()
+    }
+}
+
+/// The installed corpus `name` (`xsmall`, `small`, …: a `node_modules` with its lock file,
+/// from `../shared/bench/make-corpus.sh`): `VRIFT_TEST_CORPUS` for `xsmall`, else
+/// `../corpora/NAME` beside the repository or `/work/corpora/NAME`. `None` when it is not
+/// installed.
+pub fn corpus(name: &str) -> Option<PathBuf> {
+    if name == "xsmall" {
+        if let Some(p) = std::env::var_os("VRIFT_TEST_CORPUS") {
+            return Some(PathBuf::from(p));
+        }
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    [
+        repo.join("../corpora").join(name),
+        PathBuf::from("/work/corpora").join(name),
+    ]
+    .into_iter()
+    .find(|c| c.join("node_modules").is_dir() && c.join("package-lock.json").is_file())
 }
 
 /// A test that cannot run on this machine (a missing tool, privilege or kernel feature):
@@ -724,6 +806,12 @@ pub struct SharedDir {
     pub bin: PathBuf,
 }
 
+impl Default for SharedDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl SharedDir {
     pub fn new() -> SharedDir {
         let dir = tempdir();
@@ -816,6 +904,8 @@ impl Rng {
         Rng(seed | 1)
     }
 
+    // A draw, not an iterator: the tests call it as `rng.next()`.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;

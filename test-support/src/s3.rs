@@ -5,7 +5,6 @@
 //!
 //! A missing or too old rclone fails the test with the fix in the message. Only with
 //! `VRIFT_SKIP_S3_TESTS=1` (never set by CI) are these tests skipped instead.
-#![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
