@@ -1,5 +1,7 @@
 //! The content-addressable store ("TheSource"): where blobs live, how they enter atomically,
 //! and the bookkeeping beside them (registry of projects, store lock).
+// Every dependency in Cargo.toml is used (tests' own come from dev-dependencies).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 pub mod clean;
 pub mod doctor;

@@ -1,4 +1,6 @@
 //! `vrift`: the command line over the ingest pipeline and the store.
+// Every dependency in Cargo.toml is used (tests' own come from dev-dependencies).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 mod args;
 mod commands;

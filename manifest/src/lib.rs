@@ -29,6 +29,8 @@
 //! assert_eq!(names, [&b".bin"[..], b"left-pad"]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+// Every dependency in Cargo.toml is used (tests' own come from dev-dependencies).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 mod builder;
 mod entry;

@@ -2,6 +2,8 @@
 //! [`walk`] → [`filter`] → [`hash`] → [`place`] → [`manifest`]; [`item`] holds what travels
 //! between them, [`ingest`](mod@ingest) wires them together, [`reingest`] skips unchanged files, [`phantom`] moves files after the manifest is
 //! durable, and [`checkout`](mod@checkout) turns a manifest back into a tree.
+// Every dependency in Cargo.toml is used (tests' own come from dev-dependencies).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 pub mod checkout;
 pub mod dirs;

@@ -19,6 +19,8 @@
 //! has SigV4, multipart, listing and retries with exponential backoff built in, and talks to
 //! any S3 implementation with a plain endpoint setting. What it lacks, AWS profile files, is
 //! read here with `rust-ini` (see [`config`]).
+// Every dependency in Cargo.toml is used (tests' own come from dev-dependencies).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 pub mod bundle;
 pub mod client;

@@ -11,6 +11,8 @@
 //!
 //! The environment contract with the shim (variable names) is `vrift_shim_core::env`.
 //! Errors are [`RunError`]s that say what each step was doing.
+// Every dependency in Cargo.toml is used (tests' own come from dev-dependencies).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 pub mod error;
 pub mod isolate;

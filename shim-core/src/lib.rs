@@ -2,6 +2,8 @@
 //! these are unit-tested like any code (the shim itself, which interposes `open`, `stat` and
 //! friends, cannot host a test harness). The hooks in `shim/` are thin wrappers that gather
 //! the facts (an fd's tag, an `fstat`) and act on what these functions decide.
+// Every dependency in Cargo.toml is used (tests' own come from dev-dependencies).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 #![no_std]
 
 extern crate alloc;

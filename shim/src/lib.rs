@@ -16,6 +16,8 @@
 //!   falls back to the real call), never recurse (a thread-local guard; our own libc calls
 //!   go through `real`), never allocate or lock on the stat/open/access hot paths, and keep
 //!   the fd table in a static array (safe after `fork`).
+// Every dependency in Cargo.toml is used (tests' own come from dev-dependencies).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 // The whole crate is C-ABI hooks over libc: unsafe by nature, each block argued.
 #![allow(unsafe_code)]
 #![allow(clippy::missing_safety_doc)]

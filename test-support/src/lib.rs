@@ -7,6 +7,8 @@
 //! A capability a test needs and this machine lacks (a tool, a privilege, a kernel feature)
 //! fails the test under `CI` ([`skip_unless_ci`]): CI installs everything, so nothing passes
 //! there without running.
+// Every dependency in Cargo.toml is used (tests' own come from dev-dependencies).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 // Tests set up identities with libc directly (`geteuid`).
 #![allow(unsafe_code)]
 
