@@ -88,20 +88,43 @@ fn dir_times(root: &Path) -> Vec<(PathBuf, i64, i64)> {
     out
 }
 
-#[test]
-fn replace_takes_matching_directories_and_builds_the_rest() {
+/// A store holding both versions (`m1`, `m2`) and `dest`, a checkout of the first.
+struct Setup {
+    cx: TestContext,
+    m1: PathBuf,
+    m2: PathBuf,
+    dest: PathBuf,
+}
+
+fn setup() -> Setup {
     let cx = TestContext::new();
-    let store = &cx.store;
     let (v1, v2) = versions(cx.root());
     let (m1, m2) = (cx.path("v1.vrm"), cx.path("v2.vrm"));
     cx.ingest(&v1, &m1, &[]);
     cx.ingest(&v2, &m2, &[]);
+    let dest = cx.path("node_modules");
+    cx.checkout(&m1, &dest);
+    Setup { cx, m1, m2, dest }
+}
+
+/// Nothing of a replace is left beside the destination (`.NAME.vrift-new-PID`, `-old-`).
+#[track_caller]
+fn assert_no_side_trees(dir: &Path) {
+    let left: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".vrift-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn replace_takes_matching_directories_and_builds_the_rest() {
+    let Setup { cx, m1, m2, dest } = setup();
+    let store = &cx.store;
     let expected_dir = cx.root().join("expected");
     cx.checkout(&m2, &expected_dir);
     let expected = snapshot(&expected_dir);
-
-    let dest = cx.root().join("node_modules");
-    cx.checkout(&m1, &dest);
     // What build steps do to a kept tree: add a file, replace one by a copy with the same
     // bytes (patch-package, an editor), swap a directory for a symlink to elsewhere.
     write_file(
@@ -173,12 +196,7 @@ fn replace_takes_matching_directories_and_builds_the_rest() {
         snapshot(&outside),
         "the symlinked directory was entered"
     );
-    let leftovers: Vec<_> = fs::read_dir(cx.root())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".vrift-"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_no_side_trees(cx.root());
 
     // The human line says how many files were kept.
     let o = cx
@@ -195,14 +213,8 @@ fn replace_takes_matching_directories_and_builds_the_rest() {
 
 #[test]
 fn a_replace_that_fails_leaves_the_old_tree_as_it_was() {
-    let cx = TestContext::new();
+    let Setup { cx, m2, dest, .. } = setup();
     let store = &cx.store;
-    let (v1, v2) = versions(cx.root());
-    let (m1, m2) = (cx.path("v1.vrm"), cx.path("v2.vrm"));
-    cx.ingest(&v1, &m1, &[]);
-    cx.ingest(&v2, &m2, &[]);
-    let dest = cx.root().join("node_modules");
-    cx.checkout(&m1, &dest);
     let before = snapshot(&dest);
     let times = dir_times(&dest);
     let kept_inode = ino(&dest.join("keep"));
@@ -229,24 +241,13 @@ fn a_replace_that_fails_leaves_the_old_tree_as_it_was() {
         "directory times after a failed replace"
     );
     assert_eq!(ino(&dest.join("keep")), kept_inode);
-    let leftovers: Vec<_> = fs::read_dir(cx.root())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".vrift-"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_no_side_trees(cx.root());
 }
 
 #[test]
 fn a_copying_replace_takes_nothing_from_the_old_tree() {
-    let cx = TestContext::new();
+    let Setup { cx, m2, dest, .. } = setup();
     let store = &cx.store;
-    let (v1, v2) = versions(cx.root());
-    let (m1, m2) = (cx.path("v1.vrm"), cx.path("v2.vrm"));
-    cx.ingest(&v1, &m1, &[]);
-    cx.ingest(&v2, &m2, &[]);
-    let dest = cx.root().join("node_modules");
-    cx.checkout(&m1, &dest);
     let o = checkout_replace(store, &m2, &dest, &["--link-mode", "copy"]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let v = json_of(&o);
