@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+use metrics::{counter, describe_counter, describe_gauge, gauge};
 use vrift_cas::gc::LastGc;
 use vrift_cas::lock::{LockKind, StoreLock};
 use vrift_cas::usage::ProjectUsage;
@@ -192,87 +192,266 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The store's metrics, each name spelled once: [`describe`] announces every one of
+/// [`names::ALL`], the render sets them by these constants.
+mod names {
+    use metrics::Unit;
+
+    /// A metric `vrift serve` exports: name, kind, unit, help.
+    pub struct Metric {
+        pub name: &'static str,
+        pub counter: bool,
+        pub unit: Option<Unit>,
+        pub help: &'static str,
+    }
+
+    pub const STORE_CONTENT_BYTES: Metric = Metric {
+        name: "vrift_store_content_bytes",
+        counter: false,
+        unit: Some(Unit::Bytes),
+        help: "Sum of the sizes of all blobs in the store",
+    };
+    pub const STORE_DISK_BYTES: Metric = Metric {
+        name: "vrift_store_disk_bytes",
+        counter: false,
+        unit: Some(Unit::Bytes),
+        help: "Disk space the blobs occupy (allocated blocks, each blob once)",
+    };
+    pub const STORE_ORPHAN_BYTES: Metric = Metric {
+        name: "vrift_store_orphan_bytes",
+        counter: false,
+        unit: Some(Unit::Bytes),
+        help: "Disk space of blobs that no registered manifest references (what `vrift gc --delete` would free)",
+    };
+    pub const STORE_APPARENT_BYTES: Metric = Metric {
+        name: "vrift_store_apparent_bytes",
+        counter: false,
+        unit: Some(Unit::Bytes),
+        help: "Sum of all registered projects' file sizes: what they would take without the store",
+    };
+    pub const STORE_REFERENCED_BYTES: Metric = Metric {
+        name: "vrift_store_referenced_bytes",
+        counter: false,
+        unit: Some(Unit::Bytes),
+        help: "Bytes of distinct content referenced by registered projects",
+    };
+    pub const STORE_SAVED_BYTES: Metric = Metric {
+        name: "vrift_store_saved_bytes",
+        counter: false,
+        unit: Some(Unit::Bytes),
+        help: "apparent - referenced: bytes deduplication saves",
+    };
+    pub const STORE_FILESYSTEM_AVAIL_BYTES: Metric = Metric {
+        name: "vrift_store_filesystem_avail_bytes",
+        counter: false,
+        unit: Some(Unit::Bytes),
+        help: "Bytes available to vrift on the store's filesystem (read at scrape time)",
+    };
+    pub const STORE_FILESYSTEM_SIZE_BYTES: Metric = Metric {
+        name: "vrift_store_filesystem_size_bytes",
+        counter: false,
+        unit: Some(Unit::Bytes),
+        help: "Size of the store's filesystem",
+    };
+    pub const STORE_LAST_GC_DELETED_BYTES: Metric = Metric {
+        name: "vrift_store_last_gc_deleted_bytes",
+        counter: false,
+        unit: Some(Unit::Bytes),
+        help: "Bytes the last `vrift gc --delete` freed",
+    };
+    pub const PROJECT_APPARENT_BYTES: Metric = Metric {
+        name: "vrift_project_apparent_bytes",
+        counter: false,
+        unit: Some(Unit::Bytes),
+        help: "Sum of the project's file sizes",
+    };
+    pub const PROJECT_UNIQUE_BYTES: Metric = Metric {
+        name: "vrift_project_unique_bytes",
+        counter: false,
+        unit: Some(Unit::Bytes),
+        help: "Bytes of blobs only this project references (what removing it would free)",
+    };
+    pub const PROJECT_SHARED_BYTES: Metric = Metric {
+        name: "vrift_project_shared_bytes",
+        counter: false,
+        unit: Some(Unit::Bytes),
+        help: "Bytes of the project's distinct blobs that other projects reference too",
+    };
+    pub const PROJECT_ADDED_BYTES: Metric = Metric {
+        name: "vrift_project_added_bytes",
+        counter: false,
+        unit: Some(Unit::Bytes),
+        help: "Bytes of blobs this project added to the store (first referenced by it, registry order)",
+    };
+    pub const STORE_BLOBS: Metric = Metric {
+        name: "vrift_store_blobs",
+        counter: false,
+        unit: Some(Unit::Count),
+        help: "Blobs in the store",
+    };
+    pub const STORE_ORPHAN_BLOBS: Metric = Metric {
+        name: "vrift_store_orphan_blobs",
+        counter: false,
+        unit: Some(Unit::Count),
+        help: "Blobs that no registered manifest references",
+    };
+    pub const STORE_REFERENCED_BLOBS: Metric = Metric {
+        name: "vrift_store_referenced_blobs",
+        counter: false,
+        unit: Some(Unit::Count),
+        help: "Distinct blobs referenced by registered projects",
+    };
+    pub const STORE_FOREIGN_FILES: Metric = Metric {
+        name: "vrift_store_foreign_files",
+        counter: false,
+        unit: Some(Unit::Count),
+        help: "Files under blake3/ that are not blobs (temp files of a crashed copy, strays)",
+    };
+    pub const STORE_PROJECTS: Metric = Metric {
+        name: "vrift_store_projects",
+        counter: false,
+        unit: Some(Unit::Count),
+        help: "Registered projects",
+    };
+    pub const STORE_LOCK_HOLDERS: Metric = Metric {
+        name: "vrift_store_lock_holders",
+        counter: false,
+        unit: Some(Unit::Count),
+        help: "Processes holding the store lock, by kind (shared: ingests; exclusive: gc --delete, clean)",
+    };
+    pub const STORE_LAST_GC_DELETED_BLOBS: Metric = Metric {
+        name: "vrift_store_last_gc_deleted_blobs",
+        counter: false,
+        unit: Some(Unit::Count),
+        help: "Blobs the last `vrift gc --delete` removed",
+    };
+    pub const STORE_REFRESH_SHARD_DIRS_RELISTED: Metric = Metric {
+        name: "vrift_store_refresh_shard_dirs_relisted",
+        counter: false,
+        unit: Some(Unit::Count),
+        help: "Blob shard directories the last refresh had to list again",
+    };
+    pub const PROJECT_FILES: Metric = Metric {
+        name: "vrift_project_files",
+        counter: false,
+        unit: Some(Unit::Count),
+        help: "Files (with content) in the project's manifest",
+    };
+    pub const PROJECT_BLOBS: Metric = Metric {
+        name: "vrift_project_blobs",
+        counter: false,
+        unit: Some(Unit::Count),
+        help: "Distinct blobs the project references",
+    };
+    pub const STORE_DEDUP_RATIO: Metric = Metric {
+        name: "vrift_store_dedup_ratio",
+        counter: false,
+        unit: None,
+        help: "Fraction of the projects' apparent bytes saved by deduplication, 0..1 (as `vrift status`)",
+    };
+    pub const STORE_REGISTRY_READABLE: Metric = Metric {
+        name: "vrift_store_registry_readable",
+        counter: false,
+        unit: None,
+        help: "1 if registry.json and the cached manifests could be read (orphan and project numbers need them)",
+    };
+    pub const PROJECT_MANIFEST_READABLE: Metric = Metric {
+        name: "vrift_project_manifest_readable",
+        counter: false,
+        unit: None,
+        help: "1 if the project's cached manifest could be read",
+    };
+    pub const STORE_LAST_GC_TIMESTAMP_SECONDS: Metric = Metric {
+        name: "vrift_store_last_gc_timestamp_seconds",
+        counter: false,
+        unit: Some(Unit::Seconds),
+        help: "Unix time of the last `vrift gc --delete` (0: never)",
+    };
+    pub const PROJECT_LAST_INGEST_TIMESTAMP_SECONDS: Metric = Metric {
+        name: "vrift_project_last_ingest_timestamp_seconds",
+        counter: false,
+        unit: Some(Unit::Seconds),
+        help: "Unix time of the project's last ingest",
+    };
+    pub const STORE_LOCK_WAIT_SECONDS: Metric = Metric {
+        name: "vrift_store_lock_wait_seconds",
+        counter: false,
+        unit: Some(Unit::Seconds),
+        help: "How long the exporter's last probe waited for the shared store lock, or, while it still waits, for how long so far: what a starting ingest waits (long while gc --delete or clean runs)",
+    };
+    pub const STORE_REFRESH_TIMESTAMP_SECONDS: Metric = Metric {
+        name: "vrift_store_refresh_timestamp_seconds",
+        counter: false,
+        unit: Some(Unit::Seconds),
+        help: "Unix time at which the numbers were taken (they are at most --refresh seconds plus one refresh old)",
+    };
+    pub const STORE_REFRESH_DURATION_SECONDS: Metric = Metric {
+        name: "vrift_store_refresh_duration_seconds",
+        counter: false,
+        unit: Some(Unit::Seconds),
+        help: "Wall time of the last refresh",
+    };
+    pub const STORE_REFRESH_ERRORS_TOTAL: Metric = Metric {
+        name: "vrift_store_refresh_errors_total",
+        counter: true,
+        unit: Some(Unit::Count),
+        help: "Refreshes that failed (the previous numbers are kept)",
+    };
+    /// Always 1; the labels say which vrift produced the metrics (the ingest exports it too).
+    pub const BUILD_INFO: Metric = Metric {
+        name: vrift_pipeline::metrics::BUILD_INFO,
+        counter: false,
+        unit: None,
+        help: "Always 1; the labels say which vrift produced the metrics",
+    };
+
+    pub const ALL: &[Metric] = &[
+        STORE_CONTENT_BYTES,
+        STORE_DISK_BYTES,
+        STORE_ORPHAN_BYTES,
+        STORE_APPARENT_BYTES,
+        STORE_REFERENCED_BYTES,
+        STORE_SAVED_BYTES,
+        STORE_FILESYSTEM_AVAIL_BYTES,
+        STORE_FILESYSTEM_SIZE_BYTES,
+        STORE_LAST_GC_DELETED_BYTES,
+        PROJECT_APPARENT_BYTES,
+        PROJECT_UNIQUE_BYTES,
+        PROJECT_SHARED_BYTES,
+        PROJECT_ADDED_BYTES,
+        STORE_BLOBS,
+        STORE_ORPHAN_BLOBS,
+        STORE_REFERENCED_BLOBS,
+        STORE_FOREIGN_FILES,
+        STORE_PROJECTS,
+        STORE_LOCK_HOLDERS,
+        STORE_LAST_GC_DELETED_BLOBS,
+        STORE_REFRESH_SHARD_DIRS_RELISTED,
+        PROJECT_FILES,
+        PROJECT_BLOBS,
+        STORE_DEDUP_RATIO,
+        STORE_REGISTRY_READABLE,
+        PROJECT_MANIFEST_READABLE,
+        STORE_LAST_GC_TIMESTAMP_SECONDS,
+        PROJECT_LAST_INGEST_TIMESTAMP_SECONDS,
+        STORE_LOCK_WAIT_SECONDS,
+        STORE_REFRESH_TIMESTAMP_SECONDS,
+        STORE_REFRESH_DURATION_SECONDS,
+        STORE_REFRESH_ERRORS_TOTAL,
+        BUILD_INFO,
+    ];
+}
+
 /// Describes every store metric on the current recorder.
 fn describe() {
-    let bytes = [
-        ("vrift_store_content_bytes", "Sum of the sizes of all blobs in the store"),
-        ("vrift_store_disk_bytes", "Disk space the blobs occupy (allocated blocks, each blob once)"),
-        ("vrift_store_orphan_bytes", "Disk space of blobs that no registered manifest references (what `vrift gc --delete` would free)"),
-        ("vrift_store_apparent_bytes", "Sum of all registered projects' file sizes: what they would take without the store"),
-        ("vrift_store_referenced_bytes", "Bytes of distinct content referenced by registered projects"),
-        ("vrift_store_saved_bytes", "apparent - referenced: bytes deduplication saves"),
-        ("vrift_store_filesystem_avail_bytes", "Bytes available to vrift on the store's filesystem (read at scrape time)"),
-        ("vrift_store_filesystem_size_bytes", "Size of the store's filesystem"),
-        ("vrift_store_last_gc_deleted_bytes", "Bytes the last `vrift gc --delete` freed"),
-        ("vrift_project_apparent_bytes", "Sum of the project's file sizes"),
-        ("vrift_project_unique_bytes", "Bytes of blobs only this project references (what removing it would free)"),
-        ("vrift_project_shared_bytes", "Bytes of the project's distinct blobs that other projects reference too"),
-        ("vrift_project_added_bytes", "Bytes of blobs this project added to the store (first referenced by it, registry order)"),
-    ];
-    for (name, help) in bytes {
-        describe_gauge!(name, Unit::Bytes, help);
+    for m in names::ALL {
+        match (m.counter, m.unit) {
+            (true, Some(u)) => describe_counter!(m.name, u, m.help),
+            (true, None) => describe_counter!(m.name, m.help),
+            (false, Some(u)) => describe_gauge!(m.name, u, m.help),
+            (false, None) => describe_gauge!(m.name, m.help),
+        }
     }
-    let counts = [
-        ("vrift_store_blobs", "Blobs in the store"),
-        ("vrift_store_orphan_blobs", "Blobs that no registered manifest references"),
-        ("vrift_store_referenced_blobs", "Distinct blobs referenced by registered projects"),
-        ("vrift_store_foreign_files", "Files under blake3/ that are not blobs (temp files of a crashed copy, strays)"),
-        ("vrift_store_projects", "Registered projects"),
-        ("vrift_store_lock_holders", "Processes holding the store lock, by kind (shared: ingests; exclusive: gc --delete, clean)"),
-        ("vrift_store_last_gc_deleted_blobs", "Blobs the last `vrift gc --delete` removed"),
-        ("vrift_store_refresh_shard_dirs_relisted", "Blob shard directories the last refresh had to list again"),
-        ("vrift_project_files", "Files (with content) in the project's manifest"),
-        ("vrift_project_blobs", "Distinct blobs the project references"),
-    ];
-    for (name, help) in counts {
-        describe_gauge!(name, Unit::Count, help);
-    }
-    describe_gauge!(
-        "vrift_store_dedup_ratio",
-        "Fraction of the projects' apparent bytes saved by deduplication, 0..1 (as `vrift status`)"
-    );
-    describe_gauge!(
-        "vrift_store_registry_readable",
-        "1 if registry.json and the cached manifests could be read (orphan and project numbers need them)"
-    );
-    describe_gauge!(
-        "vrift_project_manifest_readable",
-        "1 if the project's cached manifest could be read"
-    );
-    describe_gauge!(
-        "vrift_store_last_gc_timestamp_seconds",
-        Unit::Seconds,
-        "Unix time of the last `vrift gc --delete` (0: never)"
-    );
-    describe_gauge!(
-        "vrift_project_last_ingest_timestamp_seconds",
-        Unit::Seconds,
-        "Unix time of the project's last ingest"
-    );
-    describe_gauge!(
-        "vrift_store_lock_wait_seconds",
-        Unit::Seconds,
-        "How long the exporter's last probe waited for the shared store lock, or, while it still waits, for how long so far: what a starting ingest waits (long while gc --delete or clean runs)"
-    );
-    describe_gauge!(
-        "vrift_store_refresh_timestamp_seconds",
-        Unit::Seconds,
-        "Unix time at which the numbers were taken (they are at most --refresh seconds plus one refresh old)"
-    );
-    describe_gauge!(
-        "vrift_store_refresh_duration_seconds",
-        Unit::Seconds,
-        "Wall time of the last refresh"
-    );
-    describe_counter!(
-        "vrift_store_refresh_errors_total",
-        Unit::Count,
-        "Refreshes that failed (the previous numbers are kept)"
-    );
-    describe_gauge!(
-        "vrift_build_info",
-        "Always 1; the labels say which vrift produced the metrics"
-    );
 }
 
 /// The exposition of one scrape.
@@ -282,40 +461,50 @@ fn render(root: &Path, s: &Snapshot, state: &State) -> String {
         describe();
         let set = |name: &'static str, v: f64| gauge!(name).set(v);
         let t = &s.totals;
-        set("vrift_store_blobs", t.blobs as f64);
-        set("vrift_store_content_bytes", t.content_bytes as f64);
-        set("vrift_store_disk_bytes", t.disk_bytes as f64);
-        set("vrift_store_foreign_files", t.foreign_files as f64);
+        set(names::STORE_BLOBS.name, t.blobs as f64);
+        set(names::STORE_CONTENT_BYTES.name, t.content_bytes as f64);
+        set(names::STORE_DISK_BYTES.name, t.disk_bytes as f64);
+        set(names::STORE_FOREIGN_FILES.name, t.foreign_files as f64);
         set(
-            "vrift_store_registry_readable",
+            names::STORE_REGISTRY_READABLE.name,
             f64::from(u8::from(s.registry_readable)),
         );
-        set("vrift_store_projects", s.registry_projects as f64);
+        set(names::STORE_PROJECTS.name, s.registry_projects as f64);
         if s.registry_readable {
-            set("vrift_store_orphan_blobs", t.orphan_blobs as f64);
-            set("vrift_store_orphan_bytes", t.orphan_bytes as f64);
-            set("vrift_store_apparent_bytes", s.apparent_bytes as f64);
-            set("vrift_store_referenced_bytes", s.referenced_bytes as f64);
-            set("vrift_store_referenced_blobs", s.referenced_blobs as f64);
+            set(names::STORE_ORPHAN_BLOBS.name, t.orphan_blobs as f64);
+            set(names::STORE_ORPHAN_BYTES.name, t.orphan_bytes as f64);
+            set(names::STORE_APPARENT_BYTES.name, s.apparent_bytes as f64);
+            set(
+                names::STORE_REFERENCED_BYTES.name,
+                s.referenced_bytes as f64,
+            );
+            set(
+                names::STORE_REFERENCED_BLOBS.name,
+                s.referenced_blobs as f64,
+            );
             let saved = s.apparent_bytes.saturating_sub(s.referenced_bytes);
-            set("vrift_store_saved_bytes", saved as f64);
+            set(names::STORE_SAVED_BYTES.name, saved as f64);
             let ratio = if s.apparent_bytes > 0 {
                 saved as f64 / s.apparent_bytes as f64
             } else {
                 0.0
             };
-            set("vrift_store_dedup_ratio", ratio);
+            set(names::STORE_DEDUP_RATIO.name, ratio);
         }
         if let Ok((avail, total)) = vrift_cas::sys::free_space(root) {
-            set("vrift_store_filesystem_avail_bytes", avail as f64);
-            set("vrift_store_filesystem_size_bytes", total as f64);
+            set(names::STORE_FILESYSTEM_AVAIL_BYTES.name, avail as f64);
+            set(names::STORE_FILESYSTEM_SIZE_BYTES.name, total as f64);
         }
         let gc = s.last_gc.clone().unwrap_or_default();
-        set("vrift_store_last_gc_timestamp_seconds", gc.unix as f64);
-        set("vrift_store_last_gc_deleted_blobs", gc.deleted as f64);
-        set("vrift_store_last_gc_deleted_bytes", gc.deleted_bytes as f64);
-        gauge!("vrift_store_lock_holders", "kind" => "shared").set(s.holders_shared as f64);
-        gauge!("vrift_store_lock_holders", "kind" => "exclusive").set(s.holders_exclusive as f64);
+        set(names::STORE_LAST_GC_TIMESTAMP_SECONDS.name, gc.unix as f64);
+        set(names::STORE_LAST_GC_DELETED_BLOBS.name, gc.deleted as f64);
+        set(
+            names::STORE_LAST_GC_DELETED_BYTES.name,
+            gc.deleted_bytes as f64,
+        );
+        gauge!(names::STORE_LOCK_HOLDERS.name, "kind" => "shared").set(s.holders_shared as f64);
+        gauge!(names::STORE_LOCK_HOLDERS.name, "kind" => "exclusive")
+            .set(s.holders_exclusive as f64);
         if let Ok(p) = state.probe.lock() {
             let wait = match p.waiting_since {
                 Some(since) if since.elapsed() > Duration::from_millis(100) => {
@@ -324,37 +513,43 @@ fn render(root: &Path, s: &Snapshot, state: &State) -> String {
                 _ => p.last_wait,
             };
             if let Some(w) = wait {
-                set("vrift_store_lock_wait_seconds", w);
+                set(names::STORE_LOCK_WAIT_SECONDS.name, w);
             }
         }
-        set("vrift_store_refresh_timestamp_seconds", s.refreshed_unix);
-        set("vrift_store_refresh_duration_seconds", s.refresh_seconds);
         set(
-            "vrift_store_refresh_shard_dirs_relisted",
+            names::STORE_REFRESH_TIMESTAMP_SECONDS.name,
+            s.refreshed_unix,
+        );
+        set(
+            names::STORE_REFRESH_DURATION_SECONDS.name,
+            s.refresh_seconds,
+        );
+        set(
+            names::STORE_REFRESH_SHARD_DIRS_RELISTED.name,
             s.work.shard_dirs_relisted as f64,
         );
         let errors = state.refresh_errors.lock().map(|n| *n).unwrap_or(0);
-        counter!("vrift_store_refresh_errors_total").absolute(errors);
-        gauge!("vrift_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        counter!(names::STORE_REFRESH_ERRORS_TOTAL.name).absolute(errors);
+        gauge!(names::BUILD_INFO.name, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 
         for p in &s.projects {
             let labels = [("project", p.name.clone()), ("project_id", p.id.clone())];
             let pset = |name: &'static str, v: u64| gauge!(name, &labels).set(v as f64);
-            pset("vrift_project_files", p.files);
-            pset("vrift_project_apparent_bytes", p.apparent_bytes);
-            pset("vrift_project_blobs", p.blobs);
-            pset("vrift_project_unique_bytes", p.unique_bytes);
+            pset(names::PROJECT_FILES.name, p.files);
+            pset(names::PROJECT_APPARENT_BYTES.name, p.apparent_bytes);
+            pset(names::PROJECT_BLOBS.name, p.blobs);
+            pset(names::PROJECT_UNIQUE_BYTES.name, p.unique_bytes);
             pset(
-                "vrift_project_shared_bytes",
+                names::PROJECT_SHARED_BYTES.name,
                 p.blob_bytes.saturating_sub(p.unique_bytes),
             );
-            pset("vrift_project_added_bytes", p.added_bytes);
+            pset(names::PROJECT_ADDED_BYTES.name, p.added_bytes);
             pset(
-                "vrift_project_last_ingest_timestamp_seconds",
+                names::PROJECT_LAST_INGEST_TIMESTAMP_SECONDS.name,
                 p.last_ingest_unix,
             );
             pset(
-                "vrift_project_manifest_readable",
+                names::PROJECT_MANIFEST_READABLE.name,
                 u64::from(p.unreadable.is_none()),
             );
         }
