@@ -82,7 +82,7 @@ fn remove_in_parallel(root: &Path) {
         for p in parts {
             match std::fs::read_dir(&p) {
                 Ok(rd) if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) => {
-                    next.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+                    next.extend(rd.filter_map(std::result::Result::ok).map(|e| e.path()));
                 }
                 _ => next.push(p),
             }

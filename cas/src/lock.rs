@@ -205,7 +205,7 @@ mod tests {
                 assert!(
                     holders.contains(&format!("pid {}", std::process::id())),
                     "{holders}"
-                )
+                );
             }
             _ => panic!("exclusive lock should be busy"),
         }

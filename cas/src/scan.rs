@@ -110,7 +110,7 @@ pub fn scan_counted(cas: &Cas, progress: &ScanProgress) -> Result<Scan> {
                             nlink: md.nlink(),
                             mode: md.mode(),
                             ctime: md.ctime(),
-                        })
+                        });
                     }
                     _ => out.foreign.push(f.path()),
                 }
@@ -138,9 +138,9 @@ fn is_hex2(n: &[u8]) -> bool {
 fn read_sorted(dir: &std::path::Path) -> Result<Vec<fs::DirEntry>> {
     let mut v: Vec<fs::DirEntry> = fs::read_dir(dir)
         .map_err(|e| CasError::io(dir, e))?
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .collect();
-    v.sort_by_key(|e| e.file_name());
+    v.sort_by_key(std::fs::DirEntry::file_name);
     Ok(v)
 }
 

@@ -324,7 +324,7 @@ impl Cas {
                 Err(e)
                     if matches!(
                         e.raw_os_error(),
-                        Some(libc::EPERM) | Some(libc::EINVAL) | Some(libc::ENOENT)
+                        Some(libc::EPERM | libc::EINVAL | libc::ENOENT)
                     ) =>
                 {
                     sys::linkat(src_dir, src_name, self.bfd(), rel)

@@ -68,7 +68,7 @@ fn report(n: usize) {
     println!(
         "manifest: {} entries, {:.1} MiB, build+write {build:?}",
         m.len(),
-        size as f64 / (1 << 20) as f64
+        size as f64 / f64::from(1 << 20)
     );
 
     let full = best_of(50, || {
@@ -110,13 +110,13 @@ fn report(n: usize) {
     let t = Instant::now();
     let mut found = 0;
     for p in &paths {
-        found += m.lookup(black_box(p)).is_some() as usize;
+        found += usize::from(m.lookup(black_box(p)).is_some());
     }
     let per_lookup = t.elapsed() / paths.len() as u32;
     assert_eq!(found, paths.len());
     let t = Instant::now();
     let mut listed = 0;
-    for e in m.iter().filter(|e| e.is_dir()) {
+    for e in m.iter().filter(vrift_manifest::Entry::is_dir) {
         listed += m.children(&e).count();
     }
     let list_all = t.elapsed();

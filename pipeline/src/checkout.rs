@@ -165,7 +165,7 @@ fn replace_dir_undoing<E: From<PipelineError>>(
     match exchange(&new, dest) {
         // `new` now names the old tree.
         Ok(()) => vrift_cas::clean::remove_tree(&new).map_err(|e| io(&new, e))?,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
             // No RENAME_EXCHANGE here: two renames (dest is missing for an instant).
             let old = side("old");
             if let Err(e) = std::fs::rename(dest, &old) {

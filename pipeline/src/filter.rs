@@ -253,7 +253,7 @@ mod tests {
     use super::*;
 
     fn f(sec: bool, user: &[&str]) -> Filter {
-        let u: Vec<String> = user.iter().map(|s| s.to_string()).collect();
+        let u: Vec<String> = user.iter().map(std::string::ToString::to_string).collect();
         Filter::new(sec, true, &u).unwrap()
     }
 

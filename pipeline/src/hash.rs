@@ -35,7 +35,7 @@ pub fn hash_stage(
     counters: &Counters,
 ) {
     let mut buf = Vec::new();
-    for batch in rx.iter() {
+    for batch in &rx {
         if counters.quitting() {
             // Another stage failed: nothing of this run will be published.
             return;
@@ -71,7 +71,7 @@ pub fn hash_stage(
                 }
                 Err(e) => {
                     Counters::add(&counters.bytes_error, item.st.size);
-                    counters.issue(e.kind(), item.path(root), e)
+                    counters.issue(e.kind(), item.path(root), e);
                 }
             }
         }

@@ -106,7 +106,7 @@ pub fn ingest(
         })?;
     let lock_started = Instant::now();
     let _lock = StoreLock::acquire(cas.root(), LockKind::Shared, true, |h| {
-        on_wait(Wait::Store(h))
+        on_wait(Wait::Store(h));
     })?;
     Counters::add(
         &counters.lock_wait_ns,
@@ -130,7 +130,7 @@ pub fn ingest(
             );
             None
         }
-        Err(NotReused::Missing) | Err(NotReused::OtherRoot) => None,
+        Err(NotReused::Missing | NotReused::OtherRoot) => None,
     };
     // The re-ingest cache (skip unchanged files), unless --no-cache.
     let previous = if opts.reuse_previous {
@@ -511,10 +511,10 @@ fn publish(
     if mode != Mode::Phantom && collected.is_unchanged(previous.as_ref(), flags) {
         // Nothing changed: the previous manifest is the answer, byte for byte.
         let t = Instant::now();
-        let m = previous.as_ref().map(|p| p.manifest());
+        let m = previous.as_ref().map(super::reingest::Previous::manifest);
         let totals = m
             .into_iter()
-            .flat_map(|m| m.iter())
+            .flat_map(vrift_manifest::Manifest::iter)
             .filter(|e| e.kind().has_content())
             .fold((0u64, 0u64), |(f, b), e| (f + 1, b + e.size()));
         Counters::add(&counters.manifest_ns, t.elapsed().as_nanos() as u64);

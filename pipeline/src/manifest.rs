@@ -74,7 +74,7 @@ impl Collected {
 /// Drains the collect channel until every producer has hung up.
 pub fn collect(rx: Receiver<Vec<Done>>, counters: &Counters) -> Collected {
     let mut all = Collected::default();
-    for batch in rx.iter() {
+    for batch in &rx {
         Counters::sub_queue(&counters.queue_collect, batch.len() as u64);
         for d in batch {
             match d {

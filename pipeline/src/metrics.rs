@@ -249,7 +249,10 @@ impl IngestMetrics {
             h.absolute(issues.get(k));
         }
         let queues = [g(&c.queue_hash), g(&c.queue_place), g(&c.queue_collect)];
-        let mut max = self.max_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut max = self
+            .max_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for i in 0..3 {
             // A gauge briefly "below zero" (a consumer ran before the producer's add) wraps.
             let depth = if queues[i] > u64::MAX / 2 {
@@ -313,7 +316,9 @@ impl Sampler {
             .name("vrift-metrics".into())
             .spawn(move || {
                 let (lock, cv) = &*s;
-                let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut stopped = lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 while !*stopped {
                     for m in sinks.iter() {
                         m.sample(&counters);
@@ -335,7 +340,9 @@ impl Sampler {
 
     fn halt(&mut self) {
         let (lock, cv) = &*self.stop;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
         cv.notify_all();
         if let Some(h) = self.handle.take() {
             let _ = h.join();

@@ -92,7 +92,7 @@ impl IngestOptions {
             self.threads
         } else {
             std::thread::available_parallelism()
-                .map(|n| n.get())
+                .map(std::num::NonZero::get)
                 .unwrap_or(2)
         }
     }

@@ -446,7 +446,7 @@ fn store(
             Err(err)
                 if matches!(
                     err.raw_os_error(),
-                    Some(libc::EXDEV) | Some(libc::EMLINK) | Some(libc::EPERM) | Some(libc::EACCES)
+                    Some(libc::EXDEV | libc::EMLINK | libc::EPERM | libc::EACCES)
                 ) =>
             {
                 match err.raw_os_error() {

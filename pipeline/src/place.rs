@@ -41,7 +41,7 @@ pub struct PlaceConfig<'a> {
 /// Runs one place worker (thread backend) until the input channel closes.
 pub fn place_stage(rx: Receiver<Vec<Hashed>>, tx: Sender<Vec<Done>>, cfg: &PlaceConfig<'_>) {
     let c = cfg.counters;
-    for batch in rx.iter() {
+    for batch in &rx {
         if c.quitting() {
             // Another stage failed: link nothing more (solid mode strips write bits).
             return;
@@ -212,7 +212,7 @@ fn link_result(
                 Counters::add(&c.fallback_emlink, 1);
                 copy_in(&h, cfg)
             }
-            Some(libc::EPERM) | Some(libc::EACCES) => {
+            Some(libc::EPERM | libc::EACCES) => {
                 Counters::add(&c.fallback_eperm, 1);
                 copy_in(&h, cfg)
             }
@@ -488,7 +488,7 @@ fn copy_in(h: &Hashed, cfg: &PlaceConfig<'_>) -> Result<Placed, Failure> {
 pub fn is_store_failure(errno: Option<i32>) -> bool {
     matches!(
         errno,
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EROFS) | Some(libc::EIO)
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS | libc::EIO)
     )
 }
 

@@ -28,7 +28,7 @@ pub const PER_MESSAGE: usize = 8;
 
 /// Runs one reaper until every sender is gone.
 pub fn reap_stage(rx: Receiver<Vec<File>>) {
-    for files in rx.iter() {
+    for files in &rx {
         drop(files);
     }
 }

@@ -273,7 +273,7 @@ impl Counters {
             Err(payload) => {
                 let message = payload
                     .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
+                    .map(std::string::ToString::to_string)
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "panicked".to_string());
                 if let Ok(mut f) = self.stage_failure.lock() {

@@ -41,7 +41,7 @@ pub fn place_stage(
 ) -> Result<(), PipelineError> {
     let mut ring = IoUring::new(RING_ENTRIES).map_err(|e| PipelineError::Uring(e.to_string()))?;
     let c = cfg.counters;
-    for batch in rx.iter() {
+    for batch in &rx {
         if c.quitting() {
             return Ok(());
         }
@@ -96,7 +96,7 @@ fn place_batch(ring: &mut IoUring, batch: Vec<Hashed>, cfg: &PlaceConfig<'_>) ->
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::ENOENT) | Some(libc::EPERM) | Some(libc::EINVAL)
+                    Some(libc::ENOENT | libc::EPERM | libc::EINVAL)
                 ) =>
             {
                 cas.link_in(

@@ -62,7 +62,10 @@ struct Queue {
 
 impl Queue {
     fn pop(&self, counters: &Counters) -> Option<Job> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             if counters.quitting() {
                 // A stage failed: stop, and wake the others so they stop too.
@@ -77,7 +80,10 @@ impl Queue {
                 self.ready.notify_all();
                 return None;
             }
-            st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self
+                .ready
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
@@ -94,14 +100,20 @@ impl Queue {
             }
         });
         if counters.quitting() {
-            let _st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let _st = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             self.ready.notify_all();
         }
     }
 
     /// Hands over the subdirectories found in one directory and marks that one finished.
     fn finish(&self, found: &mut Vec<Job>) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = found.len();
         st.0.append(found);
         st.1 -= 1;
@@ -233,7 +245,7 @@ impl<'a, 'b> Visitor<'a, 'b> {
             .cfg
             .start
             .file_name()
-            .map(|n| n.as_bytes())
+            .map(std::os::unix::ffi::OsStrExt::as_bytes)
             .unwrap_or(b"");
         let rel = RelPath::child(b"", name);
         let dir = match SourceDir::open(self.cfg.root) {
@@ -298,11 +310,13 @@ impl<'a, 'b> Visitor<'a, 'b> {
                 return;
             }
         };
-        let prev = self.prev_entry(job.prev).filter(|e| e.is_dir());
+        let prev = self
+            .prev_entry(job.prev)
+            .filter(vrift_manifest::Entry::is_dir);
         Counters::add(&c.dirs, 1);
         match prev {
             Some(e) if same_meta(&e, Kind::Dir, &st, st.size) => {
-                self.push_done(Done::Same(e.index()))
+                self.push_done(Done::Same(e.index()));
             }
             _ => self.push_done(Done::Entry(EntryInput {
                 path: job.rel.as_bytes().to_vec(),
@@ -544,7 +558,7 @@ impl<'a, 'b> Visitor<'a, 'b> {
                     && e.target() == target
                     && same_meta(&e, Kind::Symlink, st, st.size) =>
             {
-                self.push_done(Done::Same(e.index()))
+                self.push_done(Done::Same(e.index()));
             }
             _ => self.push_done(Done::Entry(EntryInput {
                 path: rel.into_vec(),
@@ -645,8 +659,8 @@ mod tests {
                 s.spawn(|| {
                     queue.serve(counters, |j, found| {
                         visited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        visit(j, found)
-                    })
+                        visit(j, found);
+                    });
                 });
             }
         });

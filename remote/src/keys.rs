@@ -159,7 +159,7 @@ pub fn check_name(name: &str) -> Result<()> {
     if name.contains('/') || name.contains('\\') {
         return bad("contains a slash");
     }
-    if name.chars().any(|c| c.is_control()) {
+    if name.chars().any(char::is_control) {
         return bad("contains a control character");
     }
     if name.len() > 200 {

@@ -393,7 +393,7 @@ impl Remote {
             segments.push(&blobs[start..]);
         }
         let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
+            .map(std::num::NonZero::get)
             .unwrap_or(2)
             .clamp(1, segments.len().max(1));
         let next = AtomicUsize::new(0);
@@ -411,7 +411,7 @@ impl Remote {
                                 return Ok(());
                             };
                             let mut b = PackBuilder::new();
-                            for &(hash, size) in seg.iter() {
+                            for &(hash, size) in *seg {
                                 let path = locate(&hash, size);
                                 let data = crate::push::read_for_push(&path, &hash, size, store)?;
                                 let full =
@@ -484,7 +484,7 @@ impl Remote {
         // Decoding, checking and writing run on threads of their own, one per core: the
         // transfers are futures polled on this one thread, which would otherwise do all of
         // that work itself, one frame at a time, while the other cores idle.
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         let (tx, rx) = flume::bounded::<FrameJob>(workers * 4);
         let failed: Mutex<Vec<RemoteError>> = Mutex::new(Vec::new());
         let (mut errors, gone) = std::thread::scope(|s| {
@@ -492,7 +492,7 @@ impl Remote {
                 let rx = rx.clone();
                 let failed = &failed;
                 s.spawn(move || {
-                    for j in rx.iter() {
+                    for j in &rx {
                         if let Err(e) = self.store_frame(sink, &j.key, &j.z, &j.f) {
                             if let Ok(mut f) = failed.lock() {
                                 f.push(e);
@@ -597,7 +597,7 @@ impl Remote {
         if let Some(mut rx) = job.wait {
             // A dropped sender (the lead failed before an answer) counts as "not covered".
             let covered = rx
-                .wait_for(|v| v.is_some())
+                .wait_for(std::option::Option::is_some)
                 .await
                 .map(|v| v.unwrap_or(false))
                 .unwrap_or(false);
@@ -634,7 +634,7 @@ impl Remote {
     ) -> Result<(), RangeFailure> {
         let tell = |covered: bool| {
             if let Some(f) = answered {
-                f(covered)
+                f(covered);
             }
         };
         let key = self.keys.pack(&pack);

@@ -257,7 +257,7 @@ unsafe fn next_r(v: &mut VDir, e: *mut dirent64, r: *mut *mut dirent64) -> c_int
 
 hooks! {
     fn readdir(d: *mut DIR) -> *mut libc::dirent
-        => ours(d).map(|v| next(v).map_or(std::ptr::null_mut(), |p| p.cast())), else real::readdir(d);
+        => ours(d).map(|v| next(v).map_or(std::ptr::null_mut(), <*mut libc::dirent64>::cast)), else real::readdir(d);
     fn readdir64(d: *mut DIR) -> *mut dirent64
         => ours(d).map(|v| next(v).unwrap_or(std::ptr::null_mut())), else real::readdir64(d);
     fn readdir_r(d: *mut DIR, e: *mut libc::dirent, r: *mut *mut libc::dirent) -> c_int

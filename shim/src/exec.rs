@@ -95,7 +95,7 @@ impl Drop for Arena {
             std::alloc::dealloc(
                 self.base,
                 std::alloc::Layout::from_size_align_unchecked(self.cap, 8),
-            )
+            );
         };
     }
 }

@@ -33,17 +33,17 @@ thread_local! {
 pub struct ShimAlloc;
 
 fn on() -> bool {
-    ON.with(|o| o.get())
+    ON.with(std::cell::Cell::get)
 }
 
 fn in_region(p: *mut u8) -> bool {
-    let b = BASE.with(|b| b.get());
+    let b = BASE.with(std::cell::Cell::get);
     b != 0 && (p as usize) >= b && (p as usize) < b + REGION
 }
 
 /// A bump allocation from this thread's region, mapping it on first use.
 fn bump(l: Layout) -> Option<*mut u8> {
-    let mut base = BASE.with(|b| b.get());
+    let mut base = BASE.with(std::cell::Cell::get);
     if base == 0 {
         // SAFETY: a fresh anonymous private mapping.
         let m = unsafe {
@@ -62,7 +62,7 @@ fn bump(l: Layout) -> Option<*mut u8> {
         base = m as usize;
         BASE.with(|b| b.set(base));
     }
-    let used = USED.with(|u| u.get());
+    let used = USED.with(std::cell::Cell::get);
     let start = (base + used).checked_next_multiple_of(l.align())?;
     let end = start.checked_add(l.size())?;
     if end > base + REGION {
@@ -89,7 +89,7 @@ unsafe impl GlobalAlloc for ShimAlloc {
         if in_region(p) || on() {
             return;
         }
-        System.dealloc(p, l)
+        System.dealloc(p, l);
     }
 
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {

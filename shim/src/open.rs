@@ -1084,7 +1084,11 @@ fn mktemp_impl(tmpl: *mut c_char, suffixlen: c_int, flags: c_int, dir: bool) -> 
         if made.len() >= n {
             // SAFETY: the caller's template holds `n` bytes; names differ only in the X's.
             unsafe {
-                std::ptr::copy_nonoverlapping(made[made.len() - n..].as_ptr(), tmpl.cast::<u8>(), n)
+                std::ptr::copy_nonoverlapping(
+                    made[made.len() - n..].as_ptr(),
+                    tmpl.cast::<u8>(),
+                    n,
+                );
             };
         }
         let virt = PBuf::from(a.p.as_bytes());

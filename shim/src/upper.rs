@@ -124,7 +124,7 @@ impl Upper {
 
     /// Flags `virt` and every ancestor up to `/`.
     pub fn flag_with_ancestors(&self, virt: &[u8]) {
-        upper_state::flag_with_ancestors(self.table(), virt)
+        upper_state::flag_with_ancestors(self.table(), virt);
     }
 
     /// The mirror path of a virtual path: where what is written to it goes (the path itself

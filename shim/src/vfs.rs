@@ -190,7 +190,11 @@ fn nlink_of(st: &State, layer: usize, e: &Entry<'_>) -> u64 {
     let Some(l) = st.layers.get(layer) else {
         return 2;
     };
-    2 + l.m.children(e).filter(|c| c.is_dir()).count() as u64
+    2 + l
+        .m
+        .children(e)
+        .filter(vrift_manifest::Entry::is_dir)
+        .count() as u64
 }
 
 /// Fills `out` for a virtual entry.
@@ -296,7 +300,7 @@ pub fn list_virtual(st: &State, abs: &[u8], self_ino: u64) -> Vec<DEnt> {
                             {
                                 continue;
                             }
-                            out.push(DEnt { name, ino, dtype })
+                            out.push(DEnt { name, ino, dtype });
                         }
                     }
                 }

@@ -101,7 +101,7 @@ impl TestContext {
 
     /// `vrift checkout MANIFEST DEST`, which must succeed.
     pub fn checkout(&self, manifest: &Path, dest: &Path) {
-        checkout_ok(&self.store, manifest, dest)
+        checkout_ok(&self.store, manifest, dest);
     }
 
     /// A real S3 server on loopback (see [`s3::S3Server`]); `None` only where

@@ -17,7 +17,7 @@ pub fn run(g: &Globals, a: &CheckoutArgs) -> Result<Outcome> {
         a.jobs
     } else {
         std::thread::available_parallelism()
-            .map(|n| n.get())
+            .map(std::num::NonZero::get)
             .unwrap_or(2)
     };
     // Shared lock: a concurrent `gc --delete` must not remove blobs while we link them.

@@ -246,7 +246,7 @@ fn start_metrics(
 /// directory): then stripping write bits is expected and not worth a note. A single file or a
 /// project's own tree gets one.
 fn looks_disposable(root: &std::path::Path, given: Option<&std::path::Path>) -> bool {
-    if given.is_some_and(|g| g.is_file()) {
+    if given.is_some_and(std::path::Path::is_file) {
         return false;
     }
     let deps = [

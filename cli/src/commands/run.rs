@@ -157,7 +157,9 @@ fn farm_progress(enabled: bool) -> vrift_run::isolate::farm::BuildObserver {
     use vrift_run::isolate::farm::{BuildEvent, BuildObserver};
     let line: Mutex<Option<crate::progress::Progress>> = Mutex::new(None);
     BuildObserver(Arc::new(move |ev| {
-        let mut line = line.lock().unwrap_or_else(|e| e.into_inner());
+        let mut line = line
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match ev {
             BuildEvent::Started { counters, total } => {
                 let c = counters.clone();

@@ -18,7 +18,7 @@ pub fn run(g: &Globals, a: &VerifyArgs) -> Result<Outcome> {
         a.jobs
     } else {
         std::thread::available_parallelism()
-            .map(|n| n.get())
+            .map(std::num::NonZero::get)
             .unwrap_or(2)
     };
     let t = std::time::Instant::now();

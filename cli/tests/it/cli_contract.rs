@@ -36,7 +36,12 @@ fn ingest_json_has_exactly_the_contract_keys() {
         let o = ingest_raw(&store, &src, &out, &[]);
         assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
         let v = json_of(&o);
-        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut keys: Vec<&str> = v
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(std::string::String::as_str)
+            .collect();
         keys.sort_unstable();
         let mut want = JSON_KEYS.to_vec();
         want.sort_unstable();
@@ -50,10 +55,10 @@ fn ingest_json_has_exactly_the_contract_keys() {
                     // Every kind, zero or not: a consumer never meets a missing key.
                     let kinds = v[k].as_object().unwrap();
                     assert_eq!(kinds.len(), 11, "{v}");
-                    assert!(kinds.values().all(|n| n.is_u64()), "{v}");
+                    assert!(kinds.values().all(serde_json::Value::is_u64), "{v}");
                 }
                 "seconds" | "files_per_sec" | "total_seconds" => {
-                    assert!(v[k].as_f64().is_some_and(|x| x >= 0.0), "{k}: {v}")
+                    assert!(v[k].as_f64().is_some_and(|x| x >= 0.0), "{k}: {v}");
                 }
                 _ => assert!(v[k].is_u64(), "{k} must be a count: {v}"),
             }

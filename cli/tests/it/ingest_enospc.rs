@@ -90,7 +90,7 @@ fn a_full_store_fails_files_not_the_run() {
     }
     assert_eq!(
         fs::read_dir(store.join("tmp"))
-            .map(|d| d.count())
+            .map(std::iter::Iterator::count)
             .unwrap_or(0),
         0,
         "no temp files left"

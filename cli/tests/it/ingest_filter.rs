@@ -133,7 +133,7 @@ fn secrets_and_vcs_are_excluded_by_default_and_listed_on_request() {
     let restored = t.path().join("restored");
     checkout_ok(&store, &out, &restored);
     let got = paths(&snapshot(&restored));
-    let want: BTreeSet<String> = KEEP.iter().map(|s| s.to_string()).collect();
+    let want: BTreeSet<String> = KEEP.iter().map(std::string::ToString::to_string).collect();
     assert_eq!(
         got, want,
         "exactly the non-secret, non-VCS files are restored"
@@ -180,7 +180,11 @@ fn no_security_filter_keeps_secrets_but_not_vcs() {
     let restored = t.path().join("restored");
     checkout_ok(&store, &out, &restored);
     let got = paths(&snapshot(&restored));
-    let want: BTreeSet<String> = KEEP.iter().chain(SECRETS).map(|s| s.to_string()).collect();
+    let want: BTreeSet<String> = KEEP
+        .iter()
+        .chain(SECRETS)
+        .map(std::string::ToString::to_string)
+        .collect();
     assert_eq!(got, want);
     // Secrets come back with their content and owner-only permissions.
     let tree = snapshot(&restored);
@@ -227,7 +231,7 @@ fn user_exclude_globs() {
     let got = paths(&snapshot(&restored));
     let want: BTreeSet<String> = ["keep.js", "src/build/out/kept.js"]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
     assert_eq!(got, want);
 }
@@ -256,7 +260,7 @@ fn vriftignore_of_the_ingested_dir_applies() {
     let got = paths(&snapshot(&restored));
     let want: BTreeSet<String> = [".vriftignore", "keep.js"]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
     assert_eq!(got, want);
 }

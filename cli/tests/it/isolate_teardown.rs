@@ -362,7 +362,10 @@ fn gc_farms_lists_deletes_and_spares_farms_in_use() {
     assert!(env.farms().is_empty());
     // The index that named the farm went with it.
     let index = env.store.join("farms/.index");
-    assert_eq!(fs::read_dir(&index).map_or(0, |d| d.count()), 0);
+    assert_eq!(
+        fs::read_dir(&index).map_or(0, std::iter::Iterator::count),
+        0
+    );
     // Blobs are untouched by dropping farms, and the next run rebuilds.
     common::verify_store(&env.store);
     let o = env.isolate(sh_args(

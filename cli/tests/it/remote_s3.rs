@@ -753,7 +753,7 @@ fn large_blobs_go_up_in_frames_of_their_own_and_come_back_verified() {
     let big_hex = digest::hex(&big);
     let e = packs
         .iter()
-        .flat_map(|p| p.entries())
+        .flat_map(RemotePack::entries)
         .find(|e| e.hex == big_hex)
         .unwrap();
     assert_eq!((e.off, e.frame_raw), (0, big.len() as u64), "{e:?}");

@@ -263,7 +263,7 @@ fn pack_count(s3: &S3Server) -> u64 {
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {
-    items.iter().map(|s| s.to_string()).collect()
+    items.iter().map(std::string::ToString::to_string).collect()
 }
 
 fn object_size(s3: &S3Server, key: &str) -> u64 {
@@ -673,7 +673,7 @@ fn a_fresh_runner_saves_and_gets_the_tree_straight_through_the_packs_and_keeps_n
     let store1 = root.join("store1");
     assert_eq!(
         std::fs::read_dir(store1.join("blake3"))
-            .map(|d| d.count())
+            .map(std::iter::Iterator::count)
             .unwrap_or(0),
         0,
         "a direct save put blobs in the store"
@@ -706,7 +706,7 @@ fn a_fresh_runner_saves_and_gets_the_tree_straight_through_the_packs_and_keeps_n
     assert_trees_equal(&made, &snapshot(&w2.join("dep")), "remote hit, direct");
     assert!(!store.join("restore").join(format!("{key}.vrm")).exists());
     let blobs = std::fs::read_dir(store.join("blake3"))
-        .map(|d| d.count())
+        .map(std::iter::Iterator::count)
         .unwrap_or(0);
     assert_eq!(blobs, 0, "a direct restore put blobs in the store");
     let v = restore_exit(&s3, &store, &w2, &[], 0);

@@ -370,7 +370,7 @@ fn checkout_never_follows_a_directory_swapped_for_a_symlink() {
         let o = checkout_raw(&store, &manifest, &dest);
         assert_no_panic(&o);
         let acted = attacker.finish();
-        fired += acted as u32;
+        fired += u32::from(acted);
         assert_eq!(
             listing(&victim),
             before,
@@ -486,7 +486,7 @@ fn phantom_move_never_follows_a_directory_swapped_for_a_symlink() {
         );
         let o = ingest_raw(&store, &src, &manifest, &["--mode", "phantom", "-j", "1"]);
         assert_no_panic(&o);
-        fired += attacker.finish() as u32;
+        fired += u32::from(attacker.finish());
         assert_eq!(
             fs::read(root_only.join("secret.txt")).ok().as_deref(),
             Some(secret),
@@ -574,7 +574,7 @@ fn copy_fallback_copies_what_was_hashed_not_what_the_path_names_now() {
         let manifest = tmp.join(format!("m{round}.vrm"));
         let o = ingest_raw(&store, &src, &manifest, &["-j", "1"]);
         assert_no_panic(&o);
-        fired += attacker.finish() as u32;
+        fired += u32::from(attacker.finish());
         assert!(
             !blob_path_of(&store, secret).exists(),
             "round {round}: the root-only file became a blob\n{}",
@@ -632,7 +632,7 @@ fn copy_fallback_never_stores_a_file_rewritten_during_ingest() {
         let manifest = tmp.join(format!("m{round}.vrm"));
         let o = ingest_raw(&store, &src, &manifest, &["-j", "1"]);
         assert_no_panic(&o);
-        fired += attacker.finish() as u32;
+        fired += u32::from(attacker.finish());
         verify_store(&store);
         // Whatever the manifest says of the file, its blob holds exactly that.
         let back = tmp.join(format!("back{round}"));
@@ -1434,7 +1434,7 @@ fn push_never_spreads_a_damaged_blob() {
         "a manifest was pushed"
     );
     let packs = fs::read_dir(s3.object("ci/cache/packs"))
-        .map(|d| d.count())
+        .map(std::iter::Iterator::count)
         .unwrap_or(0);
     assert_eq!(packs, 0, "a pack holding the damaged blob was pushed");
 }

@@ -47,7 +47,10 @@ pub fn check_structure(m: &Manifest) {
             .count();
         assert_eq!(e.subtree_end(), e.index() + 1 + desc, "{e:?}");
         let got: Vec<usize> = m.children(e).map(|c| c.index()).collect();
-        let want: Vec<usize> = brute_children(m, e).iter().map(|c| c.index()).collect();
+        let want: Vec<usize> = brute_children(m, e)
+            .iter()
+            .map(vrift_manifest::Entry::index)
+            .collect();
         assert_eq!(got, want, "children of {e:?}");
         // lookup finds every entry, also with a trailing slash
         assert_eq!(m.lookup(e.path()).map(|x| x.index()), Some(e.index()));

@@ -280,7 +280,7 @@ pub fn ensure(
     match fs::rename(&tmp, &dir) {
         Ok(()) => {}
         // Another run finished the same farm first: use theirs.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOTEMPTY)) => {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
             let _ = remove_tree(&tmp);
         }
         Err(e) => {
@@ -440,7 +440,7 @@ fn build(
     let dest_fd = vrift_pipeline::dirs::open_root(dest)
         .with_context(|| format!("cannot open {}", dest.display()))?;
     let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
+        .map(std::num::NonZero::get)
         .unwrap_or(2)
         .clamp(1, 16);
     let opts = Options {

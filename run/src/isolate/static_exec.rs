@@ -85,7 +85,7 @@ impl RunUpper {
     /// Where a write to `v` lands: the path itself below a write-through root whose real
     /// parent exists (as the shim's `mirror_of`), else the mirror.
     fn dest(&self, v: &Path) -> PathBuf {
-        if self.is_through(v) && v.parent().is_some_and(|p| p.is_dir()) {
+        if self.is_through(v) && v.parent().is_some_and(std::path::Path::is_dir) {
             v.to_path_buf()
         } else {
             self.hidden(v)

@@ -38,7 +38,7 @@ pub fn mount(
     flags: libc::c_ulong,
     data: Option<&CStr>,
 ) -> io::Result<()> {
-    let p = |c: Option<&CStr>| c.map_or(std::ptr::null(), |c| c.as_ptr());
+    let p = |c: Option<&CStr>| c.map_or(std::ptr::null(), std::ffi::CStr::as_ptr);
     // SAFETY: every pointer is NULL or a valid NUL-terminated string.
     check(unsafe {
         libc::mount(
@@ -268,7 +268,7 @@ pub fn restrict_for_exec(dac_override: bool) -> io::Result<()> {
         if dac_override && cap == CAP_DAC_OVERRIDE {
             continue;
         }
-        match prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) {
+        match prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap)) {
             Ok(()) => {}
             // Beyond the kernel's last capability.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
@@ -284,7 +284,7 @@ pub fn restrict_for_exec(dac_override: bool) -> io::Result<()> {
         libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-            CAP_DAC_OVERRIDE as libc::c_ulong,
+            libc::c_ulong::from(CAP_DAC_OVERRIDE),
             0 as libc::c_ulong,
             0 as libc::c_ulong,
         )
